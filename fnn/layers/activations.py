@@ -1,0 +1,175 @@
+"""Activation layers. Most are exported as ready-made layers (``fnn.Relu``); call one to change
+its arguments (``fnn.LeakyRelu(alpha=0.2)``, ``fnn.Softmax(axis=1)``).
+
+Example:
+    >>> net = fnn.serial(fnn.Dense(8), fnn.PRelu(per_channel=True), fnn.Dense(1), fnn.Sigmoid)
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+
+from fnn import activations as act
+from fnn.core import Layer, LayerError, check_shape, layer_type, require_rng
+
+__all__ = ["Sigmoid", "Tanh", "Relu", "LeakyRelu", "PRelu", "RRelu", "Elu", "Selu", "Gelu",
+           "Swish", "Softplus", "Softmax", "LogSoftmax", "Activation"]
+
+
+def _elementwise(fn: Callable[[jax.Array], jax.Array]) -> Layer:
+    def init(rng, input_shape):
+        return input_shape, {}, {}
+
+    def apply(params, state, x, *, rng=None, train=False):
+        return fn(x), state
+
+    return Layer(init, apply)
+
+
+@layer_type("Sigmoid")
+def _sigmoid(*, name: str | None = None) -> Layer:
+    """Logistic sigmoid, ``1 / (1 + exp(-x))``."""
+    return _elementwise(act.sigmoid)
+
+
+@layer_type("Tanh")
+def _tanh(*, name: str | None = None) -> Layer:
+    """Hyperbolic tangent."""
+    return _elementwise(act.tanh)
+
+
+@layer_type("Relu")
+def _relu(*, name: str | None = None) -> Layer:
+    """Rectified linear unit, ``max(x, 0)``."""
+    return _elementwise(act.relu)
+
+
+@layer_type("LeakyRelu")
+def _leaky_relu(alpha: float = 0.01, *, name: str | None = None) -> Layer:
+    """``x`` for ``x >= 0``, ``alpha * x`` otherwise."""
+    return _elementwise(lambda x: act.leaky_relu(x, alpha))
+
+
+@layer_type("Elu")
+def _elu(alpha: float = 1.0, *, name: str | None = None) -> Layer:
+    """Exponential linear unit: ``x`` for ``x > 0``, ``alpha * (exp(x) - 1)`` otherwise."""
+    return _elementwise(lambda x: act.elu(x, alpha))
+
+
+@layer_type("Selu")
+def _selu(*, name: str | None = None) -> Layer:
+    """Scaled ELU with the self-normalising constants (Klambauer et al. 2017)."""
+    return _elementwise(act.selu)
+
+
+@layer_type("Gelu")
+def _gelu(approximate: bool = False, *, name: str | None = None) -> Layer:
+    """Gaussian error linear unit, ``x * Phi(x)``."""
+    return _elementwise(lambda x: act.gelu(x, approximate))
+
+
+@layer_type("Softplus")
+def _softplus(*, name: str | None = None) -> Layer:
+    """``log(1 + exp(x))``."""
+    return _elementwise(act.softplus)
+
+
+@layer_type("Softmax")
+def _softmax(axis: int = -1, *, name: str | None = None) -> Layer:
+    """Softmax over ``axis``."""
+    return _elementwise(lambda x: act.softmax(x, axis))
+
+
+@layer_type("LogSoftmax")
+def _log_softmax(axis: int = -1, *, name: str | None = None) -> Layer:
+    """Log-softmax over ``axis``."""
+    return _elementwise(lambda x: act.log_softmax(x, axis))
+
+
+@layer_type("PRelu")
+def _prelu(init_alpha: float = 0.25, per_channel: bool = False, *,
+           name: str | None = None) -> Layer:
+    """Parametric ReLU (He et al. 2015): ``x`` for ``x >= 0``, ``alpha * x`` otherwise, alpha learned.
+
+    Params: ``{"alpha": ()}`` shared, or ``{"alpha": (channels,)}`` with ``per_channel`` (last axis).
+    """
+
+    def init(rng, input_shape):
+        shape = check_shape(input_shape)
+        alpha_shape = (shape[-1],) if per_channel else ()
+        if per_channel and shape[-1] < 1:
+            raise LayerError(f"per-channel alpha needs a known last axis, got shape {shape}")
+        return shape, {"alpha": jnp.full(alpha_shape, init_alpha, jnp.float32)}, {}
+
+    def apply(params, state, x, *, rng=None, train=False):
+        return act.leaky_relu(x, params["alpha"]), state
+
+    return Layer(init, apply)
+
+
+@layer_type("RRelu")
+def _rrelu(lower: float = 1.0 / 8.0, upper: float = 1.0 / 3.0, *,
+           name: str | None = None) -> Layer:
+    """Randomized leaky ReLU (Xu et al. 2015).
+
+    In training each element's negative slope is drawn from ``U(lower, upper)`` (needs ``rng``);
+    at test the slope is the mean ``(lower + upper) / 2``.
+    """
+    if not 0.0 <= lower <= upper:
+        raise ValueError(f"RRelu: need 0 <= lower <= upper, got lower={lower}, upper={upper}")
+
+    def init(rng, input_shape):
+        return input_shape, {}, {}
+
+    def apply(params, state, x, *, rng=None, train=False):
+        if train:
+            key = require_rng(rng, "its negative slope is random in training")
+            slope = jax.random.uniform(key, x.shape, x.dtype, lower, upper)
+        else:
+            slope = (lower + upper) / 2.0
+        return jnp.where(x >= 0, x, slope * x), state
+
+    return Layer(init, apply)
+
+
+@layer_type("Swish")
+def _swish(beta: float = 1.0, learnable: bool = False, *, name: str | None = None) -> Layer:
+    """Swish (Ramachandran et al. 2017): ``x * sigmoid(beta * x)``; ``learnable``: beta is a param."""
+
+    def init(rng, input_shape):
+        params = {"beta": jnp.asarray(beta, jnp.float32)} if learnable else {}
+        return input_shape, params, {}
+
+    def apply(params, state, x, *, rng=None, train=False):
+        b = params["beta"] if learnable else beta
+        return act.swish(x, b), state
+
+    return Layer(init, apply)
+
+
+@layer_type("Activation")
+def Activation(activation: str, *, name: str | None = None) -> Layer:
+    """An elementwise activation by name: ``Activation("relu")``; see ``fnn.activations.names()``."""
+    try:
+        fn = act.get(activation)
+    except ValueError as e:
+        raise LayerError(str(e), kind="Activation", path=(name,) if name else ()) from None
+    return _elementwise(fn)
+
+
+Sigmoid = _sigmoid()
+Tanh = _tanh()
+Relu = _relu()
+LeakyRelu = _leaky_relu()
+Elu = _elu()
+Selu = _selu()
+Gelu = _gelu()
+Softplus = _softplus()
+Softmax = _softmax()
+LogSoftmax = _log_softmax()
+PRelu = _prelu()
+RRelu = _rrelu()
+Swish = _swish()

@@ -1,0 +1,60 @@
+"""The fully connected layer: ``y = x @ w + b`` over the last axis."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from fnn import initializers
+from fnn.core import Layer, LayerError, check_shape, layer_type
+
+__all__ = ["Dense"]
+
+
+@layer_type("Dense")
+def Dense(features: int, *, use_bias: bool = True, w_init: Any = "glorot_uniform",
+          b_init: Any = "zeros", name: str | None = None) -> Layer:
+    """A fully connected layer on the last axis: ``y = x @ w + b``.
+
+    Shapes: input ``(batch, ..., in)``; output ``(batch, ..., features)``.
+    Params: ``{"w": (in, features), "b": (features,)}`` (``b`` only with ``use_bias``).
+
+    Args:
+        features: output width.
+        use_bias: add a learned bias ``b``.
+        w_init, b_init: initializers, by name (``"he_normal"``) or as functions.
+        name: key of this layer in its network.
+
+    Example:
+        >>> out_shape, params, _ = fnn.Dense(10).init(jax.random.key(0), (-1, 784))
+        >>> out_shape, params["w"].shape
+        ((-1, 10), (784, 10))
+    """
+    if not isinstance(features, int) or isinstance(features, bool) or features < 1:
+        raise ValueError(f"Dense: features must be a positive int, got {features!r}")
+    w_initializer = initializers.get(w_init)
+    b_initializer = initializers.get(b_init)
+
+    def init(rng, input_shape):
+        shape = check_shape(input_shape, min_rank=2)
+        fan_in = shape[-1]
+        if fan_in < 1:
+            raise LayerError(f"needs a known feature size on the last axis, got shape {shape}")
+        w_rng, b_rng = jax.random.split(rng)
+        params = {"w": w_initializer(w_rng, (fan_in, features), jnp.float32)}
+        if use_bias:
+            params["b"] = b_initializer(b_rng, (features,), jnp.float32)
+        return shape[:-1] + (features,), params, {}
+
+    def apply(params, state, x, *, rng=None, train=False):
+        w = params["w"]
+        if x.ndim < 2 or x.shape[-1] != w.shape[0]:
+            raise LayerError(f"expects inputs (batch, ..., {w.shape[0]}), got shape {x.shape}")
+        y = x @ w
+        if use_bias:
+            y = y + params["b"]
+        return y, state
+
+    return Layer(init, apply)
