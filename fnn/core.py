@@ -195,8 +195,8 @@ def registered_layers() -> dict[str, Callable[..., Layer]]:
 
 def snake_case(name: str) -> str:
     """``"BatchNorm"`` -> ``"batch_norm"``, ``"Conv2D"`` -> ``"conv2d"``, ``"PRelu"`` -> ``"prelu"``."""
-    s = re.sub(r"([a-z0-9])([A-Z])", r"\1_\2", name)
-    s = re.sub(r"([A-Z]+)([A-Z][a-z])", r"\1_\2", s)
+    s = re.sub(r"([a-z])([A-Z])", r"\1_\2", name)
+    s = re.sub(r"([A-Z]{2,})([A-Z][a-z])", r"\1_\2", s)
     return s.lower()
 
 

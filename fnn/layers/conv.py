@@ -1,0 +1,278 @@
+"""Channels-last convolutions: ``Conv1D`` on ``(N, L, C)``, ``Conv2D`` on ``(N, H, W, C)``.
+
+For each spatial axis of input size ``n``, window ``k``, stride ``s``, dilation ``d`` the
+effective window is ``k_eff = (k - 1) * d + 1`` and the output size is
+
+* ``"VALID"``: ``floor((n - k_eff) / s) + 1`` (no padding);
+* ``"SAME"``: ``ceil(n / s)``, padding ``p = max((ceil(n / s) - 1) * s + k_eff - n, 0)`` split
+  as ``(p // 2, p - p // 2)`` (the extra element goes after, as in TensorFlow and ``jax.lax``);
+* explicit ``(lo, hi)``: ``floor((n + lo + hi - k_eff) / s) + 1``.
+
+The helpers :func:`as_tuple`, :func:`resolve_padding`, :func:`axis_pads` and
+:func:`output_size` implement these rules once; ``fnn.layers.pooling`` uses them too.
+
+Example:
+    >>> net = fnn.serial(fnn.Conv2D(8, 3), fnn.Relu, fnn.Conv2D(16, 3, strides=2))
+    >>> net.init(jax.random.key(0), (-1, 28, 28, 1))[0]
+    (-1, 14, 14, 16)
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from fnn import initializers
+from fnn.core import Layer, LayerError, check_shape, layer_type
+
+__all__ = ["Conv1D", "Conv2D"]
+
+Padding = str | tuple[tuple[int, int], ...]
+
+_DIMENSION_NUMBERS = {1: ("NWC", "WIO", "NWC"), 2: ("NHWC", "HWIO", "NHWC")}
+_AXES = {1: "length", 2: "height, width"}
+
+
+# --------------------------------------------------------------------------- shape helpers
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def as_tuple(value: int | Sequence[int], n: int, what: str, kind: str) -> tuple[int, ...]:
+    """``value`` (an int, or ``n`` ints) as a tuple of ``n`` positive ints.
+
+    Raises ``ValueError("<kind>: <what> ...")`` otherwise.
+
+    Example:
+        >>> as_tuple(3, 2, "kernel_size", "Conv2D"), as_tuple((3, 5), 2, "kernel_size", "Conv2D")
+        ((3, 3), (3, 5))
+    """
+    if _is_int(value):
+        value = (value,) * n
+    if (not isinstance(value, (tuple, list)) or len(value) != n
+            or not all(_is_int(v) and v >= 1 for v in value)):
+        raise ValueError(f"{kind}: {what} must be a positive int or {n} positive ints, "
+                         f"got {value!r}")
+    return tuple(value)
+
+
+def resolve_padding(padding: Any, n: int, kind: str) -> Padding:
+    """Normalise a padding argument for ``n`` spatial axes.
+
+    Accepted: ``"SAME"`` / ``"VALID"`` (any case); an int ``p`` (``(p, p)`` on every axis);
+    ``n`` entries, each an int or a ``(lo, hi)`` pair; for one axis also a bare ``(lo, hi)``
+    pair. Returns ``"SAME"``, ``"VALID"`` or ``n`` ``(lo, hi)`` pairs of non-negative ints.
+
+    Example:
+        >>> resolve_padding(1, 2, "Conv2D"), resolve_padding((2, 0), 1, "Conv1D")
+        (((1, 1), (1, 1)), ((2, 0),))
+    """
+    if isinstance(padding, str):
+        if padding.upper() in ("SAME", "VALID"):
+            return padding.upper()
+        raise ValueError(f"{kind}: padding must be 'SAME', 'VALID' or explicit ints, "
+                         f"got {padding!r}")
+
+    def pair(p: Any) -> tuple[int, int] | None:
+        if _is_int(p):
+            return (p, p)
+        if isinstance(p, (tuple, list)) and len(p) == 2 and all(_is_int(v) for v in p):
+            return (p[0], p[1])
+        return None
+
+    pads: list[tuple[int, int] | None] | None = None
+    if _is_int(padding):
+        pads = [(padding, padding)] * n
+    elif isinstance(padding, (tuple, list)):
+        if len(padding) == n:
+            pads = [pair(p) for p in padding]
+        if n == 1 and len(padding) == 2 and all(_is_int(v) for v in padding):
+            pads = [(padding[0], padding[1])]  # Conv1D(padding=(lo, hi))
+    if pads is None or any(p is None or min(p) < 0 for p in pads):
+        raise ValueError(f"{kind}: padding must be 'SAME', 'VALID', a non-negative int or "
+                         f"{n} entries of ints / (lo, hi) pairs, got {padding!r}")
+    return tuple(pads)  # type: ignore[arg-type]
+
+
+def axis_pads(size: int, window: int, stride: int, dilation: int,
+              padding: Padding, axis: int) -> tuple[int, int]:
+    """The ``(lo, hi)`` padding of spatial axis ``axis`` of input size ``size`` (``size >= 1``).
+
+    Example:
+        >>> axis_pads(6, 3, 2, 1, "SAME", 0)  # 3 outputs need 2 * 2 + 3 = 7 inputs: one extra
+        (0, 1)
+    """
+    if padding == "VALID":
+        return (0, 0)
+    if padding == "SAME":
+        effective = (window - 1) * dilation + 1
+        total = max((-(-size // stride) - 1) * stride + effective - size, 0)
+        return (total // 2, total - total // 2)
+    return padding[axis]  # type: ignore[return-value]
+
+
+def output_size(size: int, window: int, stride: int, dilation: int, padding: Padding,
+                axis: int) -> int:
+    """Output size of one spatial axis (``-1`` stays ``-1``); may be ``< 1`` if the window
+    does not fit, which callers report as an error.
+
+    Example:
+        >>> output_size(28, 3, 2, 1, "SAME", 0), output_size(28, 3, 2, 1, "VALID", 0)
+        (14, 13)
+    """
+    if size < 0:
+        return -1
+    lo, hi = axis_pads(size, window, stride, dilation, padding, axis)
+    effective = (window - 1) * dilation + 1
+    return (size + lo + hi - effective) // stride + 1
+
+
+def spatial_output(spatial: Sequence[int], window: Sequence[int], strides: Sequence[int],
+                   dilation: Sequence[int], padding: Padding, shape: Sequence[int]
+                   ) -> tuple[int, ...]:
+    """Output sizes of all spatial axes; a ``LayerError`` naming ``shape`` if a window does not fit.
+
+    Example:
+        >>> spatial_output((5, 5), (3, 3), (1, 1), (1, 1), "VALID", (-1, 5, 5, 2))
+        (3, 3)
+    """
+    out = []
+    for axis, (n, k, s, d) in enumerate(zip(spatial, window, strides, dilation)):
+        size = output_size(n, k, s, d, padding, axis)
+        if n >= 0 and size < 1:
+            raise LayerError(f"window {tuple(window)} (dilation {tuple(dilation)}) does not fit "
+                             f"spatial axis {axis} of size {n} with padding {padding!r}, "
+                             f"got shape {tuple(shape)}")
+        out.append(size)
+    return tuple(out)
+
+
+# --------------------------------------------------------------------------- the layers
+
+def _conv(ndim: int, kind: str, features: int, kernel_size: Any, strides: Any, padding: Any,
+          dilation: Any, groups: int, use_bias: bool, w_init: Any, b_init: Any) -> Layer:
+    if not _is_int(features) or features < 1:
+        raise ValueError(f"{kind}: features must be a positive int, got {features!r}")
+    if not _is_int(groups) or groups < 1:
+        raise ValueError(f"{kind}: groups must be a positive int, got {groups!r}")
+    if features % groups:
+        raise ValueError(f"{kind}: groups={groups} must divide features={features}")
+    window = as_tuple(kernel_size, ndim, "kernel_size", kind)
+    stride = as_tuple(strides, ndim, "strides", kind)
+    dil = as_tuple(dilation, ndim, "dilation", kind)
+    pad = resolve_padding(padding, ndim, kind)
+    w_initializer = initializers.get(w_init)
+    b_initializer = initializers.get(b_init)
+    layout = f"(batch, {_AXES[ndim]}, channels)"
+
+    def check_input(shape: tuple[int, ...]) -> int:
+        if len(shape) != ndim + 2:
+            raise LayerError(f"expects inputs {layout} of rank {ndim + 2}, got shape {shape}")
+        channels = shape[-1]
+        if channels < 1:
+            raise LayerError(f"needs a known channel count on the last axis, got shape {shape}")
+        if channels % groups:
+            raise LayerError(f"groups={groups} must divide the {channels} input channels, "
+                             f"got shape {shape}")
+        return channels
+
+    def init(rng, input_shape):
+        shape = check_shape(input_shape)
+        channels = check_input(shape)
+        spatial = spatial_output(shape[1:-1], window, stride, dil, pad, shape)
+        w_rng, b_rng = jax.random.split(rng)
+        params = {"w": w_initializer(w_rng, (*window, channels // groups, features), jnp.float32)}
+        if use_bias:
+            params["b"] = b_initializer(b_rng, (features,), jnp.float32)
+        return (shape[0], *spatial, features), params, {}
+
+    def apply(params, state, x, *, rng=None, train=False):
+        w = params["w"]
+        shape = tuple(x.shape)
+        channels = check_input(shape)
+        if channels != w.shape[-2] * groups:
+            raise LayerError(f"expects {w.shape[-2] * groups} input channels {layout}, "
+                             f"got shape {shape}")
+        spatial_output(shape[1:-1], window, stride, dil, pad, shape)
+        pads = [axis_pads(n, k, s, d, pad, a)
+                for a, (n, k, s, d) in enumerate(zip(shape[1:-1], window, stride, dil))]
+        dtype = jnp.result_type(x.dtype, w.dtype)
+        y = lax.conv_general_dilated(
+            jnp.asarray(x, dtype), w.astype(dtype), window_strides=stride, padding=pads,
+            rhs_dilation=dil, dimension_numbers=_DIMENSION_NUMBERS[ndim],
+            feature_group_count=groups)
+        if use_bias:
+            y = y + params["b"]
+        return y, state
+
+    return Layer(init, apply)
+
+
+@layer_type("Conv1D")
+def Conv1D(features: int, kernel_size: int | Sequence[int], *, strides: int | Sequence[int] = 1,
+           padding: Any = "SAME", dilation: int | Sequence[int] = 1, groups: int = 1,
+           use_bias: bool = True, w_init: Any = "glorot_uniform", b_init: Any = "zeros",
+           name: str | None = None) -> Layer:
+    """A 1-D convolution (cross-correlation, as in every deep-learning library) over length.
+
+    Shapes: input ``(batch, length, in)``; output ``(batch, out_length, features)`` with
+    ``out_length`` as in the module docstring.
+    Params: ``{"w": (kernel_size, in // groups, features), "b": (features,)}``.
+
+    Args:
+        features: output channels.
+        kernel_size: window length.
+        strides: step between windows.
+        padding: ``"SAME"`` (default), ``"VALID"``, an int, or ``(lo, hi)``.
+        dilation: spacing between kernel taps (atrous convolution).
+        groups: split input and output channels into ``groups`` independent convolutions
+            (``groups == in`` with ``features == in`` is a depthwise convolution).
+        use_bias: add a learned bias ``b``.
+        w_init, b_init: initializers, by name or as functions (fan-in of ``w`` is
+            ``kernel_size * in // groups``).
+        name: key of this layer in its network.
+
+    Example:
+        >>> out_shape, params, _ = fnn.Conv1D(8, 5, strides=2).init(jax.random.key(0), (-1, 100, 3))
+        >>> out_shape, params["w"].shape
+        ((-1, 50, 8), (5, 3, 8))
+    """
+    return _conv(1, "Conv1D", features, kernel_size, strides, padding, dilation, groups,
+                 use_bias, w_init, b_init)
+
+
+@layer_type("Conv2D")
+def Conv2D(features: int, kernel_size: int | Sequence[int], *, strides: int | Sequence[int] = 1,
+           padding: Any = "SAME", dilation: int | Sequence[int] = 1, groups: int = 1,
+           use_bias: bool = True, w_init: Any = "glorot_uniform", b_init: Any = "zeros",
+           name: str | None = None) -> Layer:
+    """A 2-D convolution (cross-correlation) over height and width, channels last.
+
+    Shapes: input ``(batch, height, width, in)``; output ``(batch, out_h, out_w, features)``
+    with the output sizes as in the module docstring.
+    Params: ``{"w": (kh, kw, in // groups, features), "b": (features,)}`` (HWIO layout).
+
+    Args:
+        features: output channels.
+        kernel_size: window, an int or ``(kh, kw)``.
+        strides: an int or ``(sh, sw)``.
+        padding: ``"SAME"`` (default), ``"VALID"``, an int, or one int / ``(lo, hi)`` per axis,
+            e.g. ``((1, 2), (0, 0))``.
+        dilation: an int or ``(dh, dw)``, spacing between kernel taps.
+        groups: grouped convolution; must divide input channels and ``features``.
+        use_bias: add a learned bias ``b``.
+        w_init, b_init: initializers, by name or as functions (fan-in of ``w`` is
+            ``kh * kw * in // groups``).
+        name: key of this layer in its network.
+
+    Example:
+        >>> out_shape, params, _ = fnn.Conv2D(32, 3).init(jax.random.key(0), (-1, 28, 28, 1))
+        >>> out_shape, params["w"].shape
+        ((-1, 28, 28, 32), (3, 3, 1, 32))
+    """
+    return _conv(2, "Conv2D", features, kernel_size, strides, padding, dilation, groups,
+                 use_bias, w_init, b_init)

@@ -1,0 +1,227 @@
+"""Normalization layers: batch normalization (with running statistics) and layer normalization.
+
+* ``BatchNorm`` (Ioffe & Szegedy 2015) normalizes each feature over the batch (and the spatial
+  axes of conv inputs) with the batch statistics in training, and with running averages of
+  them at test. The running averages live in ``state``; ``axis_name`` averages the batch
+  statistics across devices (synchronised batch norm under ``pmap``/``vmap``/``shard_map``).
+* ``LayerNorm`` (Ba et al. 2016) normalizes each example over its last axis; no state.
+
+Statistics are computed in float32 (or wider) whatever the input dtype, with the centred
+variance ``E[(x - mean)^2]`` rather than ``E[x^2] - mean^2``, which cancels catastrophically
+when ``|mean| >> std``; the output has the input's dtype.
+
+Example:
+    >>> net = fnn.serial(fnn.Dense(64), fnn.BatchNorm(), fnn.Relu, fnn.Dense(10))
+    >>> _, params, state = net.init(jax.random.key(0), (-1, 784))
+    >>> y, state = net.apply(params, state, x, train=True)   # updates the running statistics
+    >>> y, _ = net.apply(params, state, x)                    # test: uses them
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import jax
+import jax.numpy as jnp
+
+from fnn import initializers
+from fnn.core import Layer, LayerError, check_shape, layer_type
+
+__all__ = ["BatchNorm", "LayerNorm"]
+
+
+def _stat_dtype(dtype: Any) -> Any:
+    """The dtype statistics are computed in: float32, or float64 for float64 inputs."""
+    return jnp.promote_types(dtype, jnp.float32)
+
+
+def _out_dtype(dtype: Any) -> Any:
+    """Outputs keep a floating input's dtype; integer inputs give float32."""
+    return dtype if jnp.issubdtype(dtype, jnp.floating) else _stat_dtype(dtype)
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _check_axes(axis: int | Sequence[int]) -> tuple[int, ...]:
+    axes = (axis,) if isinstance(axis, int) and not isinstance(axis, bool) else axis
+    if (not isinstance(axes, (tuple, list)) or not axes
+            or not all(isinstance(a, int) and not isinstance(a, bool) for a in axes)):
+        raise ValueError(f"BatchNorm: axis must be an int or a non-empty tuple of ints, "
+                         f"got {axis!r}")
+    return tuple(axes)
+
+
+def _feature_axes(axes: tuple[int, ...], shape: tuple[int, ...]) -> tuple[int, ...]:
+    """``axes`` made non-negative and sorted for an input of ``shape``; ``LayerError`` if bad."""
+    rank = len(shape)
+    if rank < 2:
+        raise LayerError(f"expects an input of rank >= 2 (batch, ..., features), got shape {shape}")
+    if any(not -rank <= a < rank for a in axes):
+        raise LayerError(f"feature axis {axes} is out of range for an input of rank {rank}, "
+                         f"got shape {shape}")
+    feats = sorted({a % rank for a in axes})
+    if len(feats) != len(axes):
+        raise LayerError(f"feature axes {axes} repeat an axis, got shape {shape}")
+    if 0 in feats:
+        raise LayerError(f"axis 0 is the batch axis and cannot be a feature axis (axis={axes}), "
+                         f"got shape {shape}")
+    return tuple(feats)
+
+
+@layer_type("BatchNorm")
+def BatchNorm(axis: int | Sequence[int] = -1, *, momentum: float = 0.99, epsilon: float = 1e-5,
+              use_scale: bool = True, use_offset: bool = True, scale_init: Any = "ones",
+              offset_init: Any = "zeros", axis_name: str | tuple[str, ...] | None = None,
+              name: str | None = None) -> Layer:
+    """Batch normalization: ``y = scale * (x - mean) / sqrt(var + epsilon) + offset``.
+
+    ``mean`` and ``var`` are per feature, taken over every axis except the feature axis
+    (or axes): over ``N`` for ``(N, C)`` inputs, over ``N, H, W`` for ``(N, H, W, C)``.
+
+    * Training (``train=True``): the batch mean and biased variance ``E[(x - mean)^2]``;
+      the running statistics are updated with the Keras convention
+      ``running = momentum * running + (1 - momentum) * batch`` (so ``momentum=0.99`` is
+      PyTorch's ``momentum=0.01``; the running variance is the biased batch variance).
+    * Test (``train=False``): the running statistics; ``state`` is returned unchanged.
+
+    Shapes: output shape = input shape. With ``F`` the sizes of the feature axes (``(C,)``):
+    Params ``{"scale": F, "offset": F}`` (each only if enabled);
+    State ``{"mean": F, "var": F}``, initialised to 0 and 1, float32.
+
+    Args:
+        axis: the feature axis, or a tuple of them, kept (not reduced); not the batch axis 0.
+        momentum: running-average decay in ``[0, 1]``.
+        epsilon: added to the variance, ``> 0``.
+        use_scale, use_offset: learn ``scale`` (gamma) and ``offset`` (beta).
+        scale_init, offset_init: their initializers, by name or as functions.
+        axis_name: a mapped axis name (``pmap``/``vmap``/``shard_map``); the batch mean is
+            averaged over it with ``lax.pmean``, then the variance about that global mean is
+            averaged too. This equals the statistics of the whole batch when every device
+            holds the same number of examples. ``None``: per-device statistics.
+        name: key of this layer in its network.
+
+    Example:
+        >>> bn = fnn.BatchNorm()
+        >>> _, params, state = bn.init(jax.random.key(0), (-1, 3))
+        >>> y, state = bn.apply(params, state, jnp.arange(12.0).reshape(4, 3), train=True)
+        >>> state["mean"]  # 0.01 * batch mean
+        Array([0.045, 0.055, 0.065], dtype=float32)
+    """
+    axes = _check_axes(axis)
+    if not _is_number(momentum) or not 0.0 <= momentum <= 1.0:
+        raise ValueError(f"BatchNorm: momentum must be a number in [0, 1], got {momentum!r}")
+    if not _is_number(epsilon) or not epsilon > 0.0:
+        raise ValueError(f"BatchNorm: epsilon must be a positive number, got {epsilon!r}")
+    scale_initializer = initializers.get(scale_init)
+    offset_initializer = initializers.get(offset_init)
+
+    def init(rng, input_shape):
+        shape = check_shape(input_shape, min_rank=2)
+        feats = _feature_axes(axes, shape)
+        fshape = tuple(shape[a] for a in feats)
+        if any(d < 1 for d in fshape):
+            raise LayerError(f"needs known sizes on the feature axes {axes}, got shape {shape}")
+        s_rng, o_rng = jax.random.split(rng)
+        params = {}
+        if use_scale:
+            params["scale"] = scale_initializer(s_rng, fshape, jnp.float32)
+        if use_offset:
+            params["offset"] = offset_initializer(o_rng, fshape, jnp.float32)
+        state = {"mean": jnp.zeros(fshape, jnp.float32), "var": jnp.ones(fshape, jnp.float32)}
+        return shape, params, state
+
+    def apply(params, state, x, *, rng=None, train=False):
+        shape = tuple(x.shape)
+        feats = _feature_axes(axes, shape)
+        fshape = tuple(shape[a] for a in feats)
+        expected = tuple(state["mean"].shape)
+        if fshape != expected:
+            raise LayerError(f"expects size {expected} on feature axes {axes} (as at init), "
+                             f"got shape {shape}")
+        reduce_axes = tuple(i for i in range(x.ndim) if i not in feats)
+        bshape = tuple(d if i in feats else 1 for i, d in enumerate(shape))
+        xs = x.astype(_stat_dtype(x.dtype))
+        if train:
+            mean = jnp.mean(xs, axis=reduce_axes, keepdims=True)
+            if axis_name is not None:
+                mean = jax.lax.pmean(mean, axis_name)
+            var = jnp.mean(jnp.square(xs - mean), axis=reduce_axes, keepdims=True)
+            if axis_name is not None:
+                var = jax.lax.pmean(var, axis_name)
+            new_state = {
+                k: (momentum * state[k] + (1.0 - momentum)
+                    * jax.lax.stop_gradient(v).reshape(expected)).astype(state[k].dtype)
+                for k, v in (("mean", mean), ("var", var))
+            }
+        else:
+            mean = state["mean"].reshape(bshape)
+            var = state["var"].reshape(bshape)
+            new_state = state
+        y = (xs - mean) * jax.lax.rsqrt(var + epsilon)
+        if use_scale:
+            y = y * params["scale"].reshape(bshape)
+        if use_offset:
+            y = y + params["offset"].reshape(bshape)
+        return y.astype(_out_dtype(x.dtype)), new_state
+
+    return Layer(init, apply)
+
+
+@layer_type("LayerNorm")
+def LayerNorm(*, epsilon: float = 1e-5, use_scale: bool = True, use_offset: bool = True,
+              name: str | None = None) -> Layer:
+    """Layer normalization over the last axis, per example.
+
+    ``y = scale * (x - m) / sqrt(v + epsilon) + offset``, where ``m`` and ``v`` are the mean
+    and biased variance of each example's last axis. The same computation in training and at
+    test; no state.
+
+    Shapes: output shape = input shape ``(batch, ..., C)``.
+    Params: ``{"scale": (C,), "offset": (C,)}`` (each only if enabled), initialised to 1 and 0.
+
+    Args:
+        epsilon: added to the variance, ``> 0``.
+        use_scale, use_offset: learn ``scale`` and ``offset``.
+        name: key of this layer in its network.
+
+    Example:
+        >>> ln = fnn.LayerNorm()
+        >>> _, params, state = ln.init(jax.random.key(0), (-1, 4))
+        >>> y, _ = ln.apply(params, state, jnp.array([[1.0, 2.0, 3.0, 4.0]]))
+        >>> y.mean(-1), y.var(-1)  # ~0 and ~1
+    """
+    if not _is_number(epsilon) or not epsilon > 0.0:
+        raise ValueError(f"LayerNorm: epsilon must be a positive number, got {epsilon!r}")
+
+    def init(rng, input_shape):
+        shape = check_shape(input_shape, min_rank=2)
+        c = shape[-1]
+        if c < 1:
+            raise LayerError(f"needs a known feature size on the last axis, got shape {shape}")
+        params = {}
+        if use_scale:
+            params["scale"] = jnp.ones((c,), jnp.float32)
+        if use_offset:
+            params["offset"] = jnp.zeros((c,), jnp.float32)
+        return shape, params, {}
+
+    def apply(params, state, x, *, rng=None, train=False):
+        if x.ndim < 2:
+            raise LayerError(f"expects inputs (batch, ..., C), got shape {tuple(x.shape)}")
+        for k in ("scale", "offset"):
+            if k in params and params[k].shape != (x.shape[-1],):
+                raise LayerError(f"expects inputs (batch, ..., {params[k].shape[0]}), "
+                                 f"got shape {tuple(x.shape)}")
+        xs = x.astype(_stat_dtype(x.dtype))
+        mean = jnp.mean(xs, axis=-1, keepdims=True)
+        var = jnp.mean(jnp.square(xs - mean), axis=-1, keepdims=True)
+        y = (xs - mean) * jax.lax.rsqrt(var + epsilon)
+        if use_scale:
+            y = y * params["scale"]
+        if use_offset:
+            y = y + params["offset"]
+        return y.astype(_out_dtype(x.dtype)), state
+
+    return Layer(init, apply)

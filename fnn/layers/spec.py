@@ -1,0 +1,124 @@
+"""Build layers from specs: the plain-data form used by configs and saved architectures.
+
+A spec is one of:
+
+* ``"Relu"`` -- a layer kind with default arguments;
+* ``{"Dense": 800}`` -- one positional argument;
+* ``{"Dense": {"features": 800, "use_bias": false}}`` -- keyword arguments;
+* ``{"serial": [spec, spec, ...]}`` -- the sub-layers of a combinator (also
+  ``{"residual": {"layers": [...], "shortcut": spec}}``);
+* a list of specs -- shorthand for ``serial``.
+
+``layer.spec`` gives back a layer's spec, so ``from_spec(net.spec)`` rebuilds ``net``.
+
+Example:
+    >>> net = from_spec([{"Dense": 800}, "Relu", {"Dropout": 0.2}, {"Dense": 10}])
+    >>> net.init(jax.random.key(0), (-1, 784))[0]
+    (-1, 10)
+"""
+
+from __future__ import annotations
+
+import difflib
+import inspect
+from typing import Any, Callable
+
+from fnn.core import Layer, registered_layers
+
+__all__ = ["from_spec", "SpecError"]
+
+
+class SpecError(ValueError):
+    """A bad layer spec; the message starts with the key path of the bad entry (``model[3].Dense``)."""
+
+    def __init__(self, path: str, detail: str):
+        self.path = path
+        self.detail = detail
+        super().__init__(f"{path}: {detail}")
+
+
+def _lookup(kind: str, path: str) -> tuple[str, Callable[..., Layer]]:
+    registry = registered_layers()
+    if kind in registry:
+        return kind, registry[kind]
+    folded = {k.lower().replace("_", ""): k for k in registry}
+    key = kind.lower().replace("_", "")
+    if key in folded:
+        return folded[key], registry[folded[key]]
+    close = difflib.get_close_matches(kind, list(registry), n=3, cutoff=0.5)
+    close = close or [folded[k] for k in difflib.get_close_matches(key, list(folded), n=3)]
+    hint = f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+    raise SpecError(path, f"unknown layer {kind!r}{hint} (known layers: {', '.join(sorted(registry))})")
+
+
+def _takes_layers(param: inspect.Parameter) -> bool:
+    return "Layer" in str(param.annotation)
+
+
+def _convert(value: Any, param: inspect.Parameter, path: str) -> Any:
+    if not _takes_layers(param) or value is None:
+        return value
+    if param.kind is param.VAR_POSITIONAL or (isinstance(value, list) and "Sequence" in str(param.annotation)):
+        if not isinstance(value, list):
+            raise SpecError(path, f"expected a list of layers, got {value!r}")
+        return [from_spec(v, f"{path}[{i}]") for i, v in enumerate(value)]
+    return from_spec(value, path)
+
+
+def from_spec(spec: Any, path: str = "model") -> Layer:
+    """Build a :class:`~fnn.core.Layer` from its spec (see the module docstring).
+
+    Raises:
+        SpecError: naming the key path for an unknown layer (with a "did you mean" hint),
+            an unknown argument, or arguments the layer rejects.
+    """
+    if isinstance(spec, Layer):
+        return spec
+    if isinstance(spec, list):
+        serial = registered_layers()["serial"]
+        return serial(*[from_spec(item, f"{path}[{i}]") for i, item in enumerate(spec)])
+    if isinstance(spec, str):
+        kind, args = spec, None
+    elif isinstance(spec, dict) and len(spec) == 1:
+        (kind, args), = spec.items()
+        if not isinstance(kind, str):
+            raise SpecError(path, f"a layer's name must be a string, got {kind!r}")
+    else:
+        raise SpecError(path, "a layer is a name (\"Relu\") or a one-key mapping "
+                              f"({{\"Dense\": {{\"features\": 10}}}}), got {spec!r}")
+    kind, constructor = _lookup(kind, path)
+    here = f"{path}.{kind}"
+    params = inspect.signature(constructor).parameters
+    positional = [p for p in params.values()
+                  if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD, p.VAR_POSITIONAL)]
+    call_args: list[Any] = []
+    call_kwargs: dict[str, Any] = {}
+    if args is None:
+        pass
+    elif isinstance(args, dict):
+        for key, value in args.items():
+            if key not in params:
+                close = difflib.get_close_matches(str(key), list(params), n=1)
+                hint = f"; did you mean {close[0]!r}?" if close else ""
+                raise SpecError(f"{here}.{key}", f"unknown argument{hint} "
+                                f"({kind} takes: {', '.join(params)})")
+            p = params[key]
+            converted = _convert(value, p, f"{here}.{key}")
+            if p.kind is p.VAR_POSITIONAL:
+                call_args.extend(converted if isinstance(converted, list) else [converted])
+            else:
+                call_kwargs[key] = converted
+    elif isinstance(args, list) and positional and positional[0].kind is inspect.Parameter.VAR_POSITIONAL:
+        call_args.extend(_convert(args, positional[0], here))
+    elif positional:
+        call_args.append(_convert(args, positional[0], f"{here}.{positional[0].name}"))
+    else:
+        raise SpecError(here, f"takes keyword arguments only ({', '.join(params)}), got {args!r}")
+    try:
+        return constructor(*call_args, **call_kwargs)
+    except SpecError:
+        raise
+    except (TypeError, ValueError) as e:
+        message = str(e)
+        message = message[len(kind) + 2:] if message.startswith(f"{kind}: ") else message
+        raise SpecError(here, message) from None
