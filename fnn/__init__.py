@@ -8,7 +8,7 @@ Example:
     >>> out_shape, params, state = net.init(jax.random.key(0), (-1, 784))
 """
 
-from fnn import activations, initializers, losses, metrics, regularizers
+from fnn import activations, initializers, losses, metrics, optim, regularizers
 from fnn.core import Layer, LayerError, layer_type, num_params
 from fnn.layers import *  # noqa: F401,F403
 
