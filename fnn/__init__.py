@@ -8,8 +8,12 @@ Example:
     >>> out_shape, params, state = net.init(jax.random.key(0), (-1, 784))
 """
 
-from fnn import activations, initializers, losses, metrics, optim, regularizers
 from fnn.core import Layer, LayerError, layer_type, num_params
 from fnn.layers import *  # noqa: F401,F403
+# Modules after the star import: fnn.layers has submodules of the same names (activations).
+from fnn import activations, initializers, losses, metrics, optim, regularizers  # noqa: E402
+from fnn.summary import summary  # noqa: E402
+from fnn.train.checkpoint import load, load_weights, save, save_weights  # noqa: E402
+from fnn import config, data, train  # noqa: E402
 
 __version__ = "0.1.0"

@@ -235,7 +235,12 @@ def layer_type(kind: str) -> Callable[[Callable[..., Layer]], Callable[..., Laye
                 bound = sig.bind(*args, **kwargs)
             except TypeError as e:
                 raise TypeError(f"{kind}: {e}") from None
-            made = constructor(*bound.args, **bound.kwargs)
+            try:
+                made = constructor(*bound.args, **bound.kwargs)
+            except LayerError as e:  # e.g. duplicate child names: say which kind of layer
+                if e.kind is None:
+                    raise LayerError(e.detail, kind=kind, path=e.path) from None
+                raise
             arguments = dict(bound.arguments)
             non_default = {
                 k: v for k, v in arguments.items()

@@ -39,7 +39,8 @@ class Summary:
 
     def __str__(self) -> str:
         lines = [("Layer", "Type", "Output shape", "Params")]
-        for row in self.rows[1:]:  # the root is the whole network; its total is printed below
+        # the root is the whole network (its total is printed below), unless it is all there is
+        for row in (self.rows[1:] if len(self.rows) > 1 else self.rows):
             indent = "  " * (len(row.path) - 2)
             lines.append((indent + row.path[-1], row.kind, _fmt_shape(row.output_shape),
                           f"{row.params:,}"))

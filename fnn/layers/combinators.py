@@ -85,9 +85,12 @@ def serial(*layers: Layer, name: str | None = None) -> Layer:
 
 
 def _as_tuple(x: Any, n: int, what: str) -> tuple:
-    if not isinstance(x, (tuple, list)) or len(x) != n:
-        got = f"{type(x).__name__} of length {len(x)}" if isinstance(x, (tuple, list)) else (
-            f"a single input of shape {getattr(x, 'shape', x)}")
+    # a tuple of ints is one shape, not a tuple of shapes
+    single = not isinstance(x, (tuple, list)) or (
+        what == "input shapes" and not all(isinstance(s, (tuple, list)) for s in x))
+    if single or len(x) != n:
+        got = (f"a single input of shape {getattr(x, 'shape', x)}" if single
+               else f"{type(x).__name__} of length {len(x)}")
         raise LayerError(f"expects a tuple of {n} {what}, got {got}")
     return tuple(x)
 

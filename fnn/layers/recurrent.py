@@ -10,9 +10,10 @@
   (``- LSTM: {units: 128, return_sequences: false}``).
 * :func:`Bidirectional` runs a recurrent layer forwards and backwards and merges the two.
 * Padding: the input may be ``(x, mask)`` with ``mask`` a ``(batch, time)`` bool array or
-  ``(batch,)`` integer lengths, and ``(x, mask, initial_carry)``. Masked steps leave the carry
-  and the output unchanged. A sequence output keeps the mask, ``(y, mask)``, so recurrent layers
-  stack with ``fnn.serial``; :func:`StripMask` drops it before a non-recurrent layer.
+  ``(batch,)`` integer lengths, and ``(x, mask, initial_carry)``. A masked step leaves the
+  carry unchanged and outputs zeros. A sequence output keeps the mask, ``(y, mask)``, so
+  recurrent layers stack with ``fnn.serial``; :func:`StripMask` drops it before a
+  non-recurrent layer.
 
 Example:
     >>> net = fnn.serial(LSTM(32), LSTM(16, return_sequences=False), fnn.Dense(2))
@@ -91,7 +92,7 @@ class Cell:
         return self.recur(params, carry, self.project(params, x_t))
 
     def carry_shape(self, batch_size: int = -1) -> Any:
-        """The carry's shapes: ``(batch, units)``, or ``((batch, units), (batch, units))`` (LSTM)."""
+        """The carry's shapes: ``(batch, units)``; LSTM: ``((batch, units), (batch, units))``."""
         structs = jax.eval_shape(lambda: self.initial_carry(1))
         return jax.tree.map(lambda s: (batch_size, *s.shape[1:]), structs)
 
@@ -508,7 +509,8 @@ def _recurrent_layer(cell: Cell, return_sequences: bool, reverse: bool, return_c
         seq, mask, carry = _split_input(x)
         seq = jnp.asarray(seq)
         if seq.ndim != 3:
-            raise LayerError(f"expects inputs (batch, time, features), got shape {tuple(seq.shape)}")
+            raise LayerError(f"expects inputs (batch, time, features), "
+                             f"got shape {tuple(seq.shape)}")
         n, t = seq.shape[:2]
         m = None if mask is None else _mask_array(mask, n, t)
         final, y_last, ys = _scan(cell, params, seq, m, carry, reverse=reverse,
@@ -574,7 +576,7 @@ def SimpleRNN(units: int, *, activation: str | Callable = "tanh", return_sequenc
               reverse: bool = False, return_carry: bool = False, unroll: int = 1,
               w_x_init: Any = "glorot_uniform", w_h_init: Any = "orthogonal",
               b_init: Any = "zeros", name: str | None = None) -> Layer:
-    """``RNN(SimpleRNNCell(units, activation))``: ``h_t = activation(x_t @ w_x + h_{{t-1}} @ w_h + b)``.
+    """``RNN(SimpleRNNCell(units, activation))``: ``h_t = act(x_t @ w_x + h_{{t-1}} @ w_h + b)``.
     {doc}
     Example:
         >>> SimpleRNN(8).init(jax.random.key(0), (-1, 20, 3))[0]

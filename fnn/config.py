@@ -1,0 +1,284 @@
+"""Run configs: YAML files with sections for model, loss, regularizers, optimizer, data,
+training, parallel and output; validated before anything is compiled.
+
+Every error names the full key path and, for a misspelt key or value, the closest valid one::
+
+    ConfigError: training.epohcs: unknown key; did you mean 'epochs'?
+    ConfigError: training.batch_size: expected an int, got 'big'
+    ConfigError: model[2]: unknown layer 'Dnse'; did you mean 'Dense'?
+
+Command-line overrides use dotted paths (list items by index): ``optimizer.learning_rate=3e-4``,
+``training.epochs=5``, ``model.1.Dense.features=256``; values are read as YAML.
+
+Example:
+    >>> cfg = load_config("configs/mnist_mlp.yaml", ["training.epochs=2"])
+    >>> cfg["training"]["epochs"]
+    2
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import difflib
+import re
+from pathlib import Path
+from typing import Any, Sequence
+
+import yaml
+
+__all__ = ["ConfigError", "load_config", "parse_config", "apply_overrides", "validate",
+           "SCHEMA", "dump_config"]
+
+
+class ConfigError(ValueError):
+    """A bad config; the message starts with the key path of the bad entry."""
+
+    def __init__(self, path: str, detail: str):
+        self.path = path
+        self.detail = detail
+        super().__init__(f"{path}: {detail}" if path else detail)
+
+
+@dataclasses.dataclass(frozen=True)
+class Field:
+    """One config key: its accepted types, default, and (optionally) allowed values."""
+
+    types: tuple[type, ...]
+    default: Any = None
+    choices: tuple[Any, ...] | None = None
+    doc: str = ""
+    free: bool = False  # a mapping whose keys are checked elsewhere (optimizer options, ...)
+
+
+ANY = (object,)
+NUM = (int, float)
+_SECTIONS: dict[str, Any] = {
+    "name": Field((str,), "run", doc="the run's name (default output folder runs/<name>)"),
+    "seed": Field((int,), 0, doc="fixes init, data order, dropout, splits"),
+    "model": Field((list, dict, str), None, doc="a list of layer specs (see fnn.layers.spec)"),
+    "loss": {
+        "name": Field((str,), "softmax_cross_entropy", doc="a name from fnn.losses.names()"),
+        "options": Field((dict,), {}, free=True, doc="keyword options of the loss"),
+    },
+    "regularizers": {
+        "l1": Field(NUM, 0.0, doc="coefficient of the L1 penalty on weights"),
+        "l2": Field(NUM, 0.0, doc="coefficient of the L2 penalty (sum of squares) on weights"),
+        "max_norm": Field(NUM + (type(None),), None, doc="max-norm r, projected after updates"),
+        "layers": Field((list, type(None)), None, doc="restrict penalties to these layer names"),
+    },
+    "optimizer": Field((dict,), {"name": "adam", "learning_rate": 1e-3}, free=True,
+                       doc="passed to fnn.optim.make_optimizer"),
+    "data": {
+        "name": Field((str,), "mnist", choices=("mnist", "fashion_mnist", "xor", "spirals",
+                                                "circles", "regression", "arrays", "csv")),
+        "dir": Field((str, type(None)), None, doc="folder of the dataset files"),
+        "path": Field((str, type(None)), None, doc="file for arrays (.npz/.npy) and csv"),
+        "options": Field((dict,), {}, free=True, doc="loader options (csv columns, noise...)"),
+        "scale": Field((bool,), True, doc="images: uint8 -> float32 in [0, 1]"),
+        "flatten": Field((bool,), False, doc="images: (N, 28, 28) -> (N, 784)"),
+        "channels": Field((bool,), False, doc="images: add a channel axis (N, 28, 28, 1)"),
+        "validation": Field(NUM, 0.1, doc="held-out examples: a fraction or a count"),
+        "stratify": Field((bool,), False, doc="stratified validation split"),
+        "standardize": Field((bool,), False, doc="standardize features (fitted on train only)"),
+        "augment": Field((dict, type(None)), None, free=True, doc="training-batch augmentation"),
+    },
+    "training": {
+        "epochs": Field((int,), 10),
+        "batch_size": Field((int,), 128),
+        "eval_batch_size": Field((int,), 1000),
+        "mode": Field((str,), "epoch", choices=("epoch", "step"),
+                      doc="epoch: one scanned epoch on device; step: per-step with prefetch"),
+        "early_stopping": {
+            "enabled": Field((bool,), False),
+            "monitor": Field((str,), "val_loss"),
+            "mode": Field((str,), "auto", choices=("auto", "min", "max")),
+            "patience": Field((int,), 5),
+            "min_delta": Field(NUM, 0.0),
+            "restore_best": Field((bool,), True),
+        },
+        "pretrained": Field((str, type(None)), None, doc="checkpoint whose matching params start the run"),
+        "freeze": Field((list,), [], doc="layer names whose params are not trained"),
+    },
+    "parallel": {
+        "mode": Field((str,), "none", choices=("none", "pmap", "mesh")),
+        "devices": Field((int, type(None)), None, doc="local devices to use (default: all)"),
+        "coordinator_address": Field((str, type(None)), None),
+        "num_processes": Field((int, type(None)), None),
+        "process_id": Field((int, type(None)), None),
+    },
+    "output": {
+        "dir": Field((str, type(None)), None, doc="run folder (default runs/<name>)"),
+        "plots": Field((bool,), True, doc="write curves.png"),
+        "progress": Field((bool,), True, doc="progress bars"),
+    },
+}
+SCHEMA = _SECTIONS
+
+
+class _Loader(yaml.SafeLoader):
+    """YAML 1.1 reads ``3e-4`` as a string; read every number-looking scalar as a number."""
+
+
+_FLOAT = re.compile(r"^[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?$")
+_Loader.add_implicit_resolver("tag:yaml.org,2002:float", _FLOAT, list("-+0123456789."))
+
+
+def _construct_number(loader: yaml.SafeLoader, node: yaml.Node) -> Any:
+    text = loader.construct_scalar(node)
+    if re.fullmatch(r"[-+]?\d+", text):
+        return int(text)
+    return float(text)
+
+
+_Loader.add_constructor("tag:yaml.org,2002:float", _construct_number)
+
+
+def parse_yaml(text: str, source: str = "<config>") -> Any:
+    """Parse YAML text with numbers like ``1e-3`` read as floats."""
+    try:
+        return yaml.load(text, Loader=_Loader)
+    except yaml.YAMLError as e:
+        raise ConfigError("", f"{source} is not valid YAML: {e}") from None
+
+
+def _hint(key: str, options: Sequence[str]) -> str:
+    close = difflib.get_close_matches(str(key), list(options), n=1, cutoff=0.6)
+    return f"; did you mean {close[0]!r}?" if close else f"; valid keys: {', '.join(options)}"
+
+
+def _type_name(types: tuple[type, ...]) -> str:
+    names = {int: "an int", float: "a number", str: "a string", bool: "true/false",
+             list: "a list", dict: "a mapping", type(None): "null", object: "anything"}
+    return " or ".join(names.get(t, t.__name__) for t in types)
+
+
+def _check_value(path: str, value: Any, field: Field) -> Any:
+    if isinstance(value, bool) and bool not in field.types:
+        raise ConfigError(path, f"expected {_type_name(field.types)}, got {value!r}")
+    if isinstance(value, int) and not isinstance(value, bool) and float in field.types \
+            and int not in field.types:
+        value = float(value)
+    if not isinstance(value, field.types):
+        raise ConfigError(path, f"expected {_type_name(field.types)}, got {value!r}")
+    if field.choices is not None and value not in field.choices:
+        close = difflib.get_close_matches(str(value), [str(c) for c in field.choices], n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        raise ConfigError(path, f"must be one of {', '.join(map(str, field.choices))}, "
+                                f"got {value!r}{hint}")
+    return copy.deepcopy(value)
+
+
+def _validate_section(path: str, raw: Any, schema: dict[str, Any]) -> dict[str, Any]:
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(path, f"expected a mapping with keys {', '.join(schema)}, got {raw!r}")
+    for key in raw:
+        if key not in schema:
+            raise ConfigError(f"{path}.{key}" if path else str(key),
+                              "unknown key" + _hint(key, list(schema)))
+    out: dict[str, Any] = {}
+    for key, sub in schema.items():
+        here = f"{path}.{key}" if path else key
+        if isinstance(sub, dict):
+            out[key] = _validate_section(here, raw.get(key), sub)
+        elif key in raw:
+            out[key] = _check_value(here, raw[key], sub)
+        else:
+            out[key] = copy.deepcopy(sub.default)
+    return out
+
+
+def validate(raw: dict[str, Any]) -> dict[str, Any]:
+    """Check a raw config against the schema and fill defaults; returns the resolved config.
+
+    This checks keys, types and choices, and that the model's layers, the loss and the
+    optimizer exist with valid arguments, all without compiling anything.
+    """
+    cfg = _validate_section("", raw, SCHEMA)
+    if cfg["model"] is None:
+        raise ConfigError("model", "missing: a list of layers, e.g. [{Dense: 10}]")
+    for key in ("epochs", "batch_size", "eval_batch_size"):
+        if cfg["training"][key] < 1:
+            raise ConfigError(f"training.{key}", f"must be >= 1, got {cfg['training'][key]}")
+    if cfg["data"]["validation"] < 0:
+        raise ConfigError("data.validation", "must be >= 0")
+    _check_components(cfg)
+    return cfg
+
+
+def _check_components(cfg: dict[str, Any]) -> None:
+    from fnn import losses
+    from fnn.layers.spec import SpecError, from_spec
+
+    try:
+        from_spec(cfg["model"], "model")
+    except SpecError as e:
+        raise ConfigError(e.path, e.detail) from None
+    try:
+        losses.get(cfg["loss"]["name"])
+    except ValueError as e:
+        raise ConfigError("loss.name", str(e)) from None
+    from fnn.optim import make_optimizer
+
+    try:
+        make_optimizer(cfg["optimizer"])
+    except ValueError as e:
+        msg = str(e)
+        raise ConfigError("" if msg.startswith("optimizer") else "optimizer", msg) from None
+
+
+def _set_path(cfg: Any, dotted: str, value: Any) -> None:
+    parts = dotted.split(".")
+    node = cfg
+    for i, part in enumerate(parts):
+        last = i == len(parts) - 1
+        here = ".".join(parts[:i + 1])
+        if isinstance(node, list):
+            if not part.lstrip("-").isdigit() or not -len(node) <= int(part) < len(node):
+                raise ConfigError(here, f"no list item {part!r} (the list has {len(node)} items)")
+            if last:
+                node[int(part)] = value
+            else:
+                node = node[int(part)]
+        elif isinstance(node, dict):
+            if last:
+                node[part] = value
+            else:
+                if node.get(part) is None:
+                    node[part] = {}
+                node = node[part]
+        else:
+            raise ConfigError(here, f"cannot set a key inside {node!r}")
+
+
+def apply_overrides(raw: dict[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
+    """Apply ``["a.b=1", "c.0.d=x"]`` to a raw config (values parsed as YAML); returns a copy."""
+    cfg = copy.deepcopy(raw)
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(item, "an override is KEY.PATH=VALUE, e.g. training.epochs=5")
+        key, text = item.split("=", 1)
+        _set_path(cfg, key.strip(), parse_yaml(text, f"override {key}") if text else None)
+    return cfg
+
+
+def parse_config(raw: Any, overrides: Sequence[str] = ()) -> dict[str, Any]:
+    """Validate a config given as a dict (after applying overrides)."""
+    if not isinstance(raw, dict):
+        raise ConfigError("", f"a config is a mapping of sections, got {type(raw).__name__}")
+    return validate(apply_overrides(raw, overrides))
+
+
+def load_config(path: str | Path, overrides: Sequence[str] = ()) -> dict[str, Any]:
+    """Read, override and validate a YAML config file."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError("", f"config file not found: {path}")
+    return parse_config(parse_yaml(path.read_text(), str(path)) or {}, overrides)
+
+
+def dump_config(cfg: dict[str, Any]) -> str:
+    """The resolved config as YAML (what a run writes to its folder)."""
+    return yaml.safe_dump(cfg, sort_keys=False, default_flow_style=None)

@@ -1,0 +1,134 @@
+"""Small synthetic data sets for demos and tests: XOR, two spirals, circles, noisy regression.
+
+Classification sets return ``(x float32 (N, 2), y int32 (N,))`` with labels 0/1, shuffled
+with the seed; for a single sigmoid output use ``y[:, None].astype("float32")``.
+
+Example:
+    >>> x, y = two_spirals(400, noise=0.05, seed=0)
+    >>> x.shape, y.shape, y.dtype
+    ((400, 2), (400,), dtype('int32'))
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+
+__all__ = ["xor", "two_spirals", "circles", "noisy_regression", "RegressionData"]
+
+
+def xor() -> tuple[np.ndarray, np.ndarray]:
+    """The four XOR points: ``x float32 (4, 2)`` in {0, 1}², ``y int32 (4,) = x0 xor x1``.
+
+    Example:
+        >>> x, y = xor()
+        >>> y.tolist()
+        [0, 1, 1, 0]
+    """
+    x = np.array([[0, 0], [0, 1], [1, 0], [1, 1]], np.float32)
+    y = np.array([0, 1, 1, 0], np.int32)
+    return x, y
+
+
+def _check(name: str, n: int, noise: float, minimum: int = 2) -> None:
+    if not isinstance(n, (int, np.integer)) or isinstance(n, bool) or n < minimum:
+        raise ValueError(f"{name}: n must be an int >= {minimum}, got {n!r}")
+    if not noise >= 0:
+        raise ValueError(f"{name}: noise must be >= 0, got {noise!r}")
+
+
+def _shuffled(rng: np.random.Generator, x: np.ndarray, y: np.ndarray):
+    order = rng.permutation(len(y))
+    return x[order].astype(np.float32), y[order].astype(np.int32)
+
+
+def two_spirals(n: int = 400, *, noise: float = 0.05, turns: float = 1.5,
+                seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Two interleaved spirals, a classic hard case for a small MLP.
+
+    Class 0 is ``r(t) * (cos t, sin t)`` with ``t`` in ``[0, 2 pi turns]`` and radius
+    ``r = t / (2 pi turns)`` (so points lie in the unit disc); class 1 is class 0 rotated by
+    180 degrees. Gaussian noise of std ``noise`` is added to each coordinate.
+
+    Shapes: ``x float32 (n, 2)``, ``y int32 (n,)``; ``n // 2`` points of class 0.
+
+    Example:
+        >>> x, y = two_spirals(200, noise=0.0, seed=1)
+    """
+    _check("two_spirals", n, noise)
+    if not turns > 0:
+        raise ValueError(f"two_spirals: turns must be > 0, got {turns!r}")
+    rng = np.random.default_rng(seed)
+    n0 = n // 2
+    t_max = 2 * np.pi * turns
+    # sqrt spreads points evenly along the arc length, which grows with the radius
+    t = np.sqrt(rng.uniform(0.0, 1.0, n)) * t_max
+    sign = np.where(np.arange(n) < n0, 1.0, -1.0)
+    r = t / t_max
+    x = sign[:, None] * np.stack([r * np.cos(t), r * np.sin(t)], axis=1)
+    x = x + noise * rng.standard_normal((n, 2))
+    y = (np.arange(n) >= n0).astype(np.int32)
+    return _shuffled(rng, x, y)
+
+
+def circles(n: int = 400, *, noise: float = 0.05, factor: float = 0.5,
+            seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Two concentric circles: class 0 on radius 1, class 1 on radius ``factor``.
+
+    Angles are uniform at random; Gaussian noise of std ``noise`` is added to each coordinate.
+
+    Shapes: ``x float32 (n, 2)``, ``y int32 (n,)``; ``n // 2`` points of class 0.
+
+    Example:
+        >>> x, y = circles(200, factor=0.3)
+    """
+    _check("circles", n, noise)
+    if not 0 < factor < 1:
+        raise ValueError(f"circles: factor must be in (0, 1), got {factor!r}")
+    rng = np.random.default_rng(seed)
+    n0 = n // 2
+    angle = rng.uniform(0.0, 2 * np.pi, n)
+    radius = np.where(np.arange(n) < n0, 1.0, factor)
+    x = radius[:, None] * np.stack([np.cos(angle), np.sin(angle)], axis=1)
+    x = x + noise * rng.standard_normal((n, 2))
+    y = (np.arange(n) >= n0).astype(np.int32)
+    return _shuffled(rng, x, y)
+
+
+class RegressionData(NamedTuple):
+    """Noisy samples of a smooth curve, and the clean curve on a dense grid for plotting.
+
+    Attributes:
+        x, y: ``float32 (n, 1)`` inputs in ``[0, 1]`` and noisy targets.
+        x_grid, y_grid: ``float32 (G, 1)`` the noiseless function on ``G`` evenly spaced points.
+    """
+
+    x: np.ndarray
+    y: np.ndarray
+    x_grid: np.ndarray
+    y_grid: np.ndarray
+
+
+def noisy_regression(n: int = 10, *, noise: float = 0.3, seed: int = 0,
+                     grid: int = 200) -> RegressionData:
+    """``y = sin(2 pi x) + noise`` at ``n`` evenly spaced ``x`` in ``[0, 1]`` (Bishop's
+    curve-fitting example): with 10 points, a large network or polynomial overfits visibly.
+
+    Shapes: ``x, y float32 (n, 1)``; ``x_grid, y_grid float32 (grid, 1)`` (noiseless).
+
+    Example:
+        >>> d = noisy_regression(10, noise=0.3, seed=0)
+        >>> d.x.shape, d.x_grid.shape
+        ((10, 1), (200, 1))
+    """
+    _check("noisy_regression", n, noise)
+    if not isinstance(grid, (int, np.integer)) or grid < 2:
+        raise ValueError(f"noisy_regression: grid must be an int >= 2, got {grid!r}")
+    rng = np.random.default_rng(seed)
+    x = np.linspace(0.0, 1.0, n)
+    y = np.sin(2 * np.pi * x) + noise * rng.standard_normal(n)
+    xg = np.linspace(0.0, 1.0, grid)
+    yg = np.sin(2 * np.pi * xg)
+    col = lambda a: a.astype(np.float32)[:, None]  # noqa: E731
+    return RegressionData(col(x), col(y), col(xg), col(yg))

@@ -1,0 +1,189 @@
+"""CSV tables as arrays, and feature standardisation fitted on the training split.
+
+* ``load_csv(path, label_column=...)``: float32 features and labels (integer class ids, or
+  float32 regression targets) as a ``Table``, which unpacks as ``x, y``.
+* ``Standardizer.fit(x_train)``: per-feature mean and std of the training split only, then
+  ``transform`` any split with them.
+
+Example:
+    >>> x, y = load_csv("iris.csv", label_column="species")
+    >>> scaler = Standardizer.fit(x[train_idx])
+    >>> x_train, x_val = scaler.transform(x[train_idx]), scaler.transform(x[val_idx])
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+from pathlib import Path
+from typing import Any, NamedTuple, Sequence
+
+import numpy as np
+
+__all__ = ["load_csv", "Table", "Standardizer"]
+
+
+class _XY(NamedTuple):
+    x: np.ndarray
+    y: np.ndarray
+
+
+class Table(_XY):
+    """A CSV file as arrays: a pair ``(x, y)`` that also names its columns and classes.
+
+    Attributes:
+        x: ``float32 (N, F)`` features.
+        y: ``int32 (N,)`` class ids, or ``float32 (N,)`` regression targets.
+        feature_names: the F feature column names (header names, or ``"col<i>"``).
+        classes: for string labels, the class name of each id (sorted, so id 0 is the
+            alphabetically first); ``None`` for numeric labels.
+
+    Example:
+        >>> t = load_csv("iris.csv", label_column="species")
+        >>> x, y = t                       # unpacks like a pair
+        >>> t.classes[y[0]]
+        'setosa'
+    """
+
+    feature_names: tuple[str, ...] = ()
+    classes: tuple[str, ...] | None = None
+
+    def __new__(cls, x: np.ndarray, y: np.ndarray, feature_names: Sequence[str] = (),
+                classes: Sequence[str] | None = None) -> "Table":
+        self = super().__new__(cls, x, y)
+        self.feature_names = tuple(feature_names)
+        self.classes = tuple(classes) if classes is not None else None
+        return self
+
+    def __repr__(self) -> str:
+        return (f"Table(x={self.x.dtype}{self.x.shape}, y={self.y.dtype}{self.y.shape}, "
+                f"feature_names={self.feature_names}, classes={self.classes})")
+
+
+def load_csv(path: str | os.PathLike, *, label_column: int | str,
+             feature_columns: Sequence[int | str] | None = None, delimiter: str = ",",
+             header: bool = True) -> Table:
+    """Read a CSV table of numeric features and one label column.
+
+    Labels: if every label is an integer (``"3"``, ``"-1"``, ``"2.0"``), ``y`` is those
+    integers as ``int32`` (class ids, not renumbered); else if every label is a number, ``y``
+    is ``float32`` (a regression target); else labels are names, mapped to ids ``0..K-1`` in
+    sorted order, and ``classes`` gives the name of each id.
+
+    Args:
+        label_column: the label's column, by index or (with ``header``) by name.
+        feature_columns: feature columns by index or name; ``None``: every other column.
+        delimiter: the field separator.
+        header: the first row holds column names.
+
+    Returns:
+        ``Table(x float32 (N, F), y (N,))`` with ``.feature_names`` and ``.classes``.
+
+    Raises:
+        ValueError: a missing column, a ragged row, or a feature that is not a number (the
+            message names the file, line and column).
+
+    Example:
+        >>> x, y = load_csv("houses.csv", label_column="price")       # y float32
+        >>> t = load_csv("iris.csv", label_column=-1, header=False)   # t.y int32, t.classes
+    """
+    path = Path(path)
+    with open(path, newline="") as f:
+        rows = [row for row in csv.reader(f, delimiter=delimiter) if row]
+    if header:
+        if not rows:
+            raise ValueError(f"{path}: empty file, expected a header row")
+        names = [n.strip() for n in rows[0]]
+        rows, first_line = rows[1:], 2
+    else:
+        names = [f"col{i}" for i in range(len(rows[0]))] if rows else []
+        first_line = 1
+    if not rows:
+        raise ValueError(f"{path}: no data rows")
+    width = len(names)
+    for i, row in enumerate(rows):
+        if len(row) != width:
+            raise ValueError(f"{path}, line {first_line + i}: {len(row)} fields, expected {width}")
+
+    label_index = _column_index(label_column, names, header, path)
+    if feature_columns is None:
+        feature_index = [i for i in range(width) if i != label_index]
+    else:
+        feature_index = [_column_index(c, names, header, path) for c in feature_columns]
+    if label_index in feature_index:
+        raise ValueError(f"{path}: the label column {names[label_index]!r} is also a feature")
+    if not feature_index:
+        raise ValueError(f"{path}: no feature columns")
+
+    x = np.empty((len(rows), len(feature_index)), np.float32)
+    for i, row in enumerate(rows):
+        for j, col in enumerate(feature_index):
+            try:
+                x[i, j] = float(row[col])
+            except ValueError:
+                raise ValueError(f"{path}, line {first_line + i}, column {names[col]!r}: "
+                                 f"{row[col]!r} is not a number") from None
+    y, classes = _labels([row[label_index].strip() for row in rows])
+    return Table(x, y, tuple(names[i] for i in feature_index), classes)
+
+
+def _column_index(column: int | str, names: list[str], header: bool, path: Path) -> int:
+    if isinstance(column, (int, np.integer)) and not isinstance(column, bool):
+        index = int(column)
+        if not -len(names) <= index < len(names):
+            raise ValueError(f"{path}: column {index} out of range for {len(names)} columns")
+        return index % len(names)
+    if not header:
+        raise ValueError(f"{path}: column {column!r} by name needs header=True")
+    if column not in names:
+        raise ValueError(f"{path}: no column named {column!r}; columns are {names}")
+    return names.index(column)
+
+
+def _labels(values: list[str]) -> tuple[np.ndarray, tuple[str, ...] | None]:
+    try:
+        numbers = np.array([float(v) for v in values], np.float64)
+    except ValueError:
+        classes = tuple(sorted(set(values)))
+        ids = {name: i for i, name in enumerate(classes)}
+        return np.array([ids[v] for v in values], np.int32), classes
+    if np.all(np.isfinite(numbers)) and np.all(numbers == np.round(numbers)):
+        return numbers.astype(np.int32), None
+    return numbers.astype(np.float32), None
+
+
+class Standardizer(NamedTuple):
+    """Per-feature standardisation ``(x - mean) / std``, fitted on the training split only.
+
+    Attributes:
+        mean: ``float32 (F,)`` (or the trailing shape of the fitted data).
+        std: ``float32 (F,)``; a feature with zero spread gets std 1 (it maps to 0, not NaN).
+
+    Example:
+        >>> scaler = Standardizer.fit(x_train)        # statistics of x_train only
+        >>> x_train, x_test = scaler.transform(x_train), scaler.transform(x_test)
+        >>> np.allclose(scaler.inverse_transform(x_test), original_x_test, atol=1e-5)
+        True
+    """
+
+    mean: np.ndarray
+    std: np.ndarray
+
+    @classmethod
+    def fit(cls, x: Any) -> "Standardizer":
+        """Mean and std over the first (example) axis of ``x (N, ...)``, computed in float64."""
+        x = np.asarray(x, np.float64)
+        if x.ndim < 1 or x.shape[0] == 0:
+            raise ValueError(f"Standardizer.fit: needs at least one example, got shape {x.shape}")
+        mean = x.mean(axis=0)
+        std = x.std(axis=0)
+        std = np.where(std > 0, std, 1.0)
+        return cls(mean.astype(np.float32), std.astype(np.float32))
+
+    def transform(self, x: Any) -> Any:
+        """``(x - mean) / std`` for ``x (N, ...)`` (numpy or jax arrays)."""
+        return (x - self.mean) / self.std
+
+    def inverse_transform(self, x: Any) -> Any:
+        """``x * std + mean``: back to the original units."""
+        return x * self.std + self.mean

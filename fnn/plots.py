@@ -1,0 +1,52 @@
+"""Training curves: loss and accuracy per epoch, train vs validation, saved as a PNG."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Sequence
+
+__all__ = ["plot_curves"]
+
+
+def plot_curves(history: Sequence[dict[str, Any]], path: str | os.PathLike, *,
+                title: str = "") -> Path:
+    """Write ``path`` (PNG): loss (and accuracy, when logged) per epoch, train vs validation.
+
+    Args:
+        history: one record per epoch with keys like ``train_loss`` and ``val_accuracy``.
+
+    Example:
+        >>> plot_curves(result.history, "runs/mnist/curves.png")
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from fnn.train.checkpoint import atomic_write
+
+    metrics = [m for m in ("loss", "accuracy") if any(f"train_{m}" in r for r in history)]
+    fig, axes = plt.subplots(1, max(len(metrics), 1), figsize=(5 * max(len(metrics), 1), 3.6),
+                             squeeze=False)
+    epochs = [r["epoch"] for r in history]
+    for ax, metric in zip(axes[0], metrics):
+        for split, style in (("train", "-o"), ("val", "-s")):
+            key = f"{split}_{metric}"
+            if any(key in r for r in history):
+                ax.plot(epochs, [r.get(key) for r in history], style, ms=3,
+                        label="validation" if split == "val" else split)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(metric)
+        ax.grid(alpha=0.3)
+        ax.legend()
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    import io
+
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=100)
+    plt.close(fig)
+    atomic_write(path, buffer.getvalue())
+    return Path(path)

@@ -1,0 +1,287 @@
+"""A run from a config: build the network, loss, optimizer and data, train, write the run folder.
+
+The run folder holds ``config.yaml`` (the resolved config), ``summary.txt``,
+``metrics.jsonl`` (one JSON object per epoch), ``checkpoints/latest.safetensors`` and
+``checkpoints/best.safetensors``, ``test.json`` (test metrics of the best checkpoint) and
+``curves.png`` (loss and accuracy per epoch, train vs validation).
+
+Example:
+    >>> cfg = fnn.config.load_config("configs/xor.yaml")
+    >>> run_dir = fnn.run.train(cfg)
+    >>> json.load(open(run_dir / "test.json"))["accuracy"]
+    1.0
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from pathlib import Path
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from fnn import losses, regularizers
+from fnn.config import ConfigError, dump_config, load_config
+from fnn.core import Layer
+from fnn.layers.spec import from_spec
+from fnn.summary import summary
+from fnn.train import checkpoint as ckpt
+from fnn.train.loop import EarlyStopping, FitResult, evaluate, fit
+from fnn.train.state import TrainState, init_train_state
+from fnn.train.step import binary_correct, correct, make_eval_step
+
+__all__ = ["Experiment", "build", "load_data", "train", "evaluate_run", "run_dir_of"]
+
+CLASSIFICATION = {"softmax_cross_entropy": correct, "categorical_cross_entropy": correct,
+                  "sigmoid_binary_cross_entropy": binary_correct}
+
+
+@dataclasses.dataclass
+class Experiment:
+    """Everything a config describes, built and ready to train."""
+
+    config: dict[str, Any]
+    net: Layer
+    loss: Callable[..., jax.Array]
+    optimizer: optax.GradientTransformation
+    regularizer: Callable[[Any], jax.Array] | None
+    constraint: Callable[[Any], Any] | None
+    metrics: dict[str, Callable]
+    augment: Callable | None
+
+
+def _make_loss(cfg: dict[str, Any]) -> Callable[..., jax.Array]:
+    fn = losses.get(cfg["loss"]["name"])
+    options = dict(cfg["loss"]["options"])
+    if not options:
+        return fn
+    return lambda outputs, targets, **kw: fn(outputs, targets, **options, **kw)
+
+
+def _make_regularizer(cfg: dict[str, Any]):
+    reg = cfg["regularizers"]
+    select = regularizers.layers(*reg["layers"]) if reg["layers"] else None
+    terms = [(coef, fn) for coef, fn in ((reg["l1"], regularizers.l1), (reg["l2"], regularizers.l2))
+             if coef]
+    penalty = None
+    if terms:
+        def penalty(params):
+            return sum(coef * fn(params, select=select) for coef, fn in terms)
+    constraint = None
+    if reg["max_norm"] is not None:
+        r = float(reg["max_norm"])
+
+        def constraint(params):
+            return regularizers.max_norm(params, r, select=select)
+    return penalty, constraint
+
+
+def build(cfg: dict[str, Any]) -> Experiment:
+    """Build an :class:`Experiment` from a validated config (see ``fnn.config``)."""
+    from fnn import optim
+
+    net = from_spec(cfg["model"], "model")
+    optimizer = optim.make_optimizer(cfg["optimizer"])
+    penalty, constraint = _make_regularizer(cfg)
+    metric = CLASSIFICATION.get(cfg["loss"]["name"])
+    augment = None
+    if cfg["data"]["augment"]:
+        from fnn.data.augment import make_augment
+        augment = make_augment(cfg["data"]["augment"])
+    return Experiment(cfg, net, _make_loss(cfg), optimizer, penalty, constraint, {"accuracy": metric} if metric else {}, augment)
+
+
+# --------------------------------------------------------------------------- data
+
+def _images(x: np.ndarray, dcfg: dict[str, Any]) -> np.ndarray:
+    x = x.astype(np.float32) / 255.0 if dcfg["scale"] else x.astype(np.float32)
+    if dcfg["flatten"]:
+        x = x.reshape(len(x), -1)
+    elif dcfg["channels"]:
+        x = x[..., None]
+    return x
+
+
+def load_data(cfg: dict[str, Any]) -> dict[str, dict[str, np.ndarray]]:
+    """The train, validation and test sets of a config: ``{"train": {"x", "y"}, "val": ..., "test": ...}``.
+
+    The validation set is held out of the training data with the config's seed
+    (``data.validation``: a fraction or a count); the test set is kept apart for the final report.
+    """
+    from fnn.data import datasets, splits
+
+    d = cfg["data"]
+    name, opts = d["name"], dict(d["options"])
+    test = None
+    if name in ("mnist", "fashion_mnist"):
+        loader = datasets.load_mnist if name == "mnist" else datasets.load_fashion_mnist
+        raw = loader(d["dir"], progress=cfg["output"]["progress"], **opts)
+        x, y = _images(raw["train"][0], d), raw["train"][1].astype(np.int32)
+        test = {"x": _images(raw["test"][0], d), "y": raw["test"][1].astype(np.int32)}
+    elif name in ("xor", "spirals", "circles", "regression"):
+        x, y, test = _synthetic(name, opts, cfg)
+    elif name == "arrays":
+        from fnn.data.arrays import load_arrays
+        x, y = load_arrays(_need_path(d), **opts)
+    elif name == "csv":
+        from fnn.data.tabular import load_csv
+        x, y = load_csv(_need_path(d), **opts)
+    else:  # pragma: no cover - the schema's choices stop this earlier
+        raise ConfigError("data.name", f"unknown dataset {name!r}")
+    x, y = np.asarray(x), np.asarray(y)
+    val_n = d["validation"]
+    val_n = int(round(val_n * len(x))) if isinstance(val_n, float) and val_n < 1 else int(val_n)
+    if val_n >= len(x):
+        raise ConfigError("data.validation", f"{val_n} validation examples leave none of the "
+                                             f"{len(x)} for training")
+    out: dict[str, dict[str, np.ndarray]] = {}
+    if val_n:
+        train_idx, val_idx = splits.holdout(len(x), val_n, seed=cfg["seed"],
+                                            stratify=y if d["stratify"] else None)
+        out["train"] = {"x": x[train_idx], "y": y[train_idx]}
+        out["val"] = {"x": x[val_idx], "y": y[val_idx]}
+    else:
+        out["train"] = {"x": x, "y": y}
+    if d["standardize"]:
+        from fnn.data.tabular import Standardizer
+        scaler = Standardizer.fit(out["train"]["x"])
+        for part in list(out.values()) + ([test] if test else []):
+            part["x"] = scaler.transform(part["x"])
+    if test is not None:
+        out["test"] = test
+    return out
+
+
+BINARY_TARGETS = ("sigmoid_binary_cross_entropy", "binary_cross_entropy", "hinge", "mse", "mae")
+
+
+def _synthetic(name: str, opts: dict[str, Any], cfg: dict[str, Any]):
+    """Train arrays and a test set for the teaching datasets.
+
+    XOR's test set is its four points; spirals and circles draw a fresh test set of
+    ``n_test`` points (seed + 1); the regression set is tested on the clean curve.
+    """
+    from fnn.data import synthetic
+
+    try:
+        if name == "regression":
+            data = synthetic.noisy_regression(**{"seed": cfg["seed"], **opts})
+            return data.x, data.y, {"x": data.x_grid, "y": data.y_grid}
+        if name == "xor":
+            x, y = synthetic.xor(**opts)
+            test_x, test_y = x, y
+        else:
+            make = synthetic.two_spirals if name == "spirals" else synthetic.circles
+            n_test = opts.pop("n_test", opts.get("n", 400))
+            x, y = make(**{"seed": cfg["seed"], **opts})
+            test_x, test_y = make(**{**opts, "n": n_test, "seed": cfg["seed"] + 1})
+    except TypeError as e:
+        raise ConfigError("data.options", f"bad option for the {name} dataset: {e}") from None
+    if cfg["loss"]["name"] in BINARY_TARGETS:  # one sigmoid output: float targets (N, 1)
+        y, test_y = (v.astype(np.float32)[:, None] for v in (y, test_y))
+    return x, y, {"x": test_x, "y": test_y}
+
+
+def _need_path(d: dict[str, Any]) -> str:
+    if not d["path"]:
+        raise ConfigError("data.path", f"the {d['name']} dataset needs a file path")
+    if not Path(d["path"]).exists():
+        raise ConfigError("data.path", f"file not found: {d['path']}")
+    return d["path"]
+
+
+# --------------------------------------------------------------------------- run folder
+
+def run_dir_of(cfg: dict[str, Any], out: str | os.PathLike | None = None) -> Path:
+    """The run folder: ``out``, else ``output.dir``, else ``runs/<name>``."""
+    return Path(out or cfg["output"]["dir"] or Path("runs") / cfg["name"])
+
+
+def _pretrained(exp: Experiment, ts: TrainState, path: str) -> TrainState:
+    params, state = ckpt.load_weights(path)
+
+    def merge(template: Any, loaded: Any, where: str) -> Any:
+        if isinstance(template, dict):
+            return {k: merge(v, loaded.get(k, {}) if isinstance(loaded, dict) else {}, f"{where}/{k}")
+                    for k, v in template.items()}
+        if isinstance(loaded, dict):  # not in the checkpoint: keep the fresh init
+            return template
+        if loaded.shape != template.shape:
+            raise ConfigError("training.pretrained", f"{where} has shape {loaded.shape} in {path}, "
+                                                     f"but the model needs {template.shape}")
+        return loaded
+
+    new_params = merge(ts.params, params, "params")
+    return ts._replace(params=new_params, model_state=merge(ts.model_state, state, "state"),
+                       opt_state=exp.optimizer.init(new_params))
+
+
+def train(cfg: dict[str, Any], out: str | os.PathLike | None = None, *, resume: bool = False,
+          log: Callable[[str], None] | None = print) -> Path:
+    """Train the run a config describes; returns its run folder (see the module docstring)."""
+    exp = build(cfg)
+    data = load_data(cfg)
+    run_dir = run_dir_of(cfg, out)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    t = cfg["training"]
+    input_shape = (-1, *data["train"]["x"].shape[1:])
+    ckpt.atomic_write(run_dir / "config.yaml", dump_config(cfg).encode())
+    ckpt.atomic_write(run_dir / "summary.txt", (str(summary(exp.net, input_shape)) + "\n").encode())
+    if log:
+        log(f"run folder: {run_dir}")
+        log(str(summary(exp.net, input_shape)))
+    _, ts = init_train_state(exp.net, exp.optimizer, input_shape,
+                             jax.random.fold_in(jax.random.key(cfg["seed"]), 0))
+    if t["pretrained"]:
+        ts = _pretrained(exp, ts, t["pretrained"])
+    es = t["early_stopping"]
+    early = (EarlyStopping(es["monitor"], es["mode"], es["patience"], es["min_delta"],
+                           es["restore_best"]) if es["enabled"] else None)
+    if not resume and (run_dir / "checkpoints" / "latest.safetensors").exists():
+        raise FileExistsError(f"{run_dir} already holds a run; pass --resume to continue it "
+                              "or --out to start a new one")
+    result = fit(exp.net, exp.loss, exp.optimizer, data["train"], data.get("val"),
+                 epochs=t["epochs"], batch_size=t["batch_size"], seed=cfg["seed"],
+                 regularizer=exp.regularizer, constraint=exp.constraint, metrics=exp.metrics,
+                 augment=exp.augment, mode=t["mode"], early_stopping=early,
+                 run_dir=run_dir, resume=resume,
+                 metadata={"config": cfg, "input_shape": list(input_shape)}, train_state=ts,
+                 eval_batch_size=t["eval_batch_size"], progress=cfg["output"]["progress"], log=log)
+    if cfg["output"]["plots"]:
+        from fnn.plots import plot_curves
+        plot_curves(result.history, run_dir / "curves.png", title=cfg["name"])
+    if "test" in data:
+        evaluate_run(run_dir, data=data, experiment=exp, log=log)
+    return run_dir
+
+
+def evaluate_run(run_dir: str | os.PathLike, *, checkpoint: str = "best", data=None,
+                 experiment: Experiment | None = None,
+                 log: Callable[[str], None] | None = print) -> dict[str, float]:
+    """Test metrics of a run's ``best`` (or ``latest``) checkpoint; writes ``test.json``."""
+    run_dir = Path(run_dir)
+    cfg_path = run_dir / "config.yaml"
+    if not cfg_path.is_file():
+        raise FileNotFoundError(f"{run_dir} is not a run folder (no config.yaml)")
+    cfg = load_config(cfg_path)
+    exp = experiment or build(cfg)
+    data = data or load_data(cfg)
+    if "test" not in data:
+        raise ValueError(f"the {cfg['data']['name']} dataset of this run has no test set")
+    path = run_dir / "checkpoints" / f"{checkpoint}.safetensors"
+    if not path.exists():
+        path = run_dir / "checkpoints" / "latest.safetensors"
+    params, state = ckpt.load_weights(path)
+    step = make_eval_step(exp.net, exp.loss, metrics=exp.metrics)
+    result = evaluate(step, params, state, data["test"], cfg["training"]["eval_batch_size"])
+    result = {**result, "checkpoint": path.name, "examples": int(len(data["test"]["x"]))}
+    ckpt.atomic_write(run_dir / "test.json", (json.dumps(result, indent=2) + "\n").encode())
+    if log:
+        shown = "  ".join(f"test_{k} {v:.4f}" for k, v in result.items() if isinstance(v, float))
+        log(f"{shown}  ({path.name}, {result['examples']} examples)")
+    return result

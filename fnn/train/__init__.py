@@ -1,0 +1,8 @@
+"""Training: train state, jit-compiled steps, the fit loop, checkpoints."""
+
+from fnn.train.checkpoint import (CheckpointError, load, load_weights, read_metadata, save,
+                                  save_weights)
+from fnn.train.loop import EarlyStopping, FitResult, TrainingDiverged, evaluate, fit, prefetch
+from fnn.train.state import TrainState, init_train_state
+from fnn.train.step import (binary_correct, correct, eval_step_fn, make_eval_step,
+                            make_train_epoch, make_train_step, train_step_fn)

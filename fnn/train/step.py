@@ -1,0 +1,220 @@
+"""Pure training and evaluation steps, and a whole epoch as one compiled ``lax.scan``.
+
+A batch is a dict ``{"x": inputs, "y": targets}`` with an optional ``"mask"`` of shape
+``(batch,)`` (1 for real examples, 0 for padding). Losses are reduced as exact weighted means:
+per-example losses are summed with the mask and divided by the number of real examples,
+counted across devices when the step runs under ``pmap`` with ``axis_name``, so a padded or
+split batch gives the same gradient as the whole batch.
+
+``loss`` is any function ``loss(outputs, targets, *, reduction="none") -> (batch,)`` (all of
+``fnn.losses`` qualify); ``metrics`` maps names to per-example functions
+``metric(outputs, targets) -> (batch,)`` (e.g. :func:`correct`).
+
+Example:
+    >>> step = make_train_step(net, fnn.losses.softmax_cross_entropy, optax.adam(1e-3),
+    ...                        metrics={"accuracy": correct})
+    >>> ts, metrics = step(ts, {"x": x, "y": y})
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Mapping
+
+import jax
+import jax.numpy as jnp
+import optax
+from jax import lax
+
+from fnn.core import Layer
+from fnn.train.state import TrainState
+
+__all__ = ["make_train_step", "make_eval_step", "make_train_epoch", "correct",
+           "binary_correct", "train_step_fn", "eval_step_fn"]
+
+Batch = Mapping[str, jax.Array]
+Metric = Callable[[jax.Array, jax.Array], jax.Array]
+
+
+def correct(outputs: jax.Array, targets: jax.Array) -> jax.Array:
+    """Per-example 1.0/0.0: is the arg-max class right? Targets are ids ``(B,)`` or one-hot ``(B, C)``."""
+    labels = targets if targets.ndim == outputs.ndim - 1 else jnp.argmax(targets, axis=-1)
+    return (jnp.argmax(outputs, axis=-1) == labels).astype(jnp.float32)
+
+
+def binary_correct(outputs: jax.Array, targets: jax.Array) -> jax.Array:
+    """Per-example 1.0/0.0 for a single logit (or probability) output: is ``logit > 0`` right?
+
+    Works for outputs ``(B,)`` or ``(B, 1)`` of logits; targets are 0/1.
+    """
+    pred = (outputs.reshape(outputs.shape[0], -1) > 0).astype(jnp.float32)
+    return jnp.mean(pred == targets.reshape(pred.shape).astype(jnp.float32), axis=-1)
+
+
+def _mask(batch: Batch) -> jax.Array:
+    x = batch["x"]
+    n = jax.tree_util.tree_leaves(x)[0].shape[0]
+    mask = batch.get("mask")
+    return jnp.ones((n,), jnp.float32) if mask is None else mask.astype(jnp.float32)
+
+
+def _per_example(values: jax.Array, n: int, what: str) -> jax.Array:
+    if values.ndim == 0 or values.shape[0] != n:
+        raise ValueError(f"{what} must return one value per example (shape ({n},)) when called "
+                         f"with reduction='none'; got shape {values.shape}")
+    return values.reshape(n, -1).mean(axis=-1) if values.ndim > 1 else values
+
+
+def train_step_fn(net: Layer, loss: Callable[..., jax.Array],
+                  optimizer: optax.GradientTransformation, *,
+                  regularizer: Callable[[Any], jax.Array] | None = None,
+                  constraint: Callable[[Any], Any] | None = None,
+                  metrics: Mapping[str, Metric] | None = None,
+                  augment: Callable[[jax.Array, jax.Array], jax.Array] | None = None,
+                  axis_name: str | None = None) -> Callable[[TrainState, Batch], tuple[TrainState, dict]]:
+    """The un-jitted step ``(train_state, batch) -> (train_state, metrics)``; see :func:`make_train_step`."""
+    metrics = dict(metrics or {})
+
+    def step(ts: TrainState, batch: Batch):
+        rng, step_rng = jax.random.split(ts.rng)
+        if axis_name is not None:  # a distinct dropout mask on every device
+            step_rng = jax.random.fold_in(step_rng, lax.axis_index(axis_name))
+        if augment is not None:  # training batches only, on the device, inside the step
+            step_rng, aug_rng = jax.random.split(step_rng)
+            batch = {**batch, "x": augment(aug_rng, batch["x"])}
+        mask = _mask(batch)
+        count = mask.sum()
+        devices = 1.0
+        if axis_name is not None:
+            count = lax.psum(count, axis_name)
+            devices = lax.psum(1.0, axis_name)
+        count = jnp.maximum(count, 1.0)
+
+        def objective(params):
+            outputs, new_state = net.apply(params, ts.model_state, batch["x"], rng=step_rng,
+                                           train=True)
+            per_example = _per_example(loss(outputs, batch["y"], reduction="none"),
+                                       mask.shape[0], "the loss")
+            data_loss = jnp.sum(per_example * mask) / count
+            total = data_loss
+            if regularizer is not None:
+                total = total + regularizer(params) / devices
+            return total, (data_loss, outputs, new_state)
+
+        (total, (data_loss, outputs, new_state)), grads = jax.value_and_grad(
+            objective, has_aux=True)(ts.params)
+        out = {"loss": data_loss, "objective": total}
+        for name, metric in metrics.items():
+            out[name] = jnp.sum(_per_example(metric(outputs, batch["y"]), mask.shape[0], name)
+                                * mask) / count
+        if axis_name is not None:
+            grads = lax.psum(grads, axis_name)
+            out = lax.psum(out, axis_name)
+        updates, opt_state = optimizer.update(grads, ts.opt_state, ts.params)
+        params = optax.apply_updates(ts.params, updates)
+        if constraint is not None:
+            params = constraint(params)
+        return TrainState(params, new_state, opt_state, ts.step + 1, rng), out
+
+    return step
+
+
+def make_train_step(net: Layer, loss: Callable[..., jax.Array],
+                    optimizer: optax.GradientTransformation, *,
+                    regularizer: Callable[[Any], jax.Array] | None = None,
+                    constraint: Callable[[Any], Any] | None = None,
+                    metrics: Mapping[str, Metric] | None = None,
+                    augment: Callable[[jax.Array, jax.Array], jax.Array] | None = None,
+                    donate: bool = True) -> Callable[[TrainState, Batch], tuple[TrainState, dict]]:
+    """A jit-compiled training step ``(train_state, batch) -> (train_state, metrics)``.
+
+    One step: forward in training mode (dropout on, batch statistics), the mean loss over the
+    batch's real examples plus ``regularizer(params)``, gradients, one optax update, then
+    ``constraint`` (e.g. max-norm) on the new params. Full-batch gradient descent, mini-batch
+    and per-example SGD are this same step with different batch sizes.
+
+    Args:
+        net: the network.
+        loss: ``loss(outputs, targets, *, reduction="none") -> (batch,)``.
+        optimizer: an optax transformation.
+        regularizer: ``params -> scalar`` added to the objective (e.g. ``1e-4 * l2(params)``).
+        constraint: ``params -> params`` applied after each update (e.g. max-norm).
+        metrics: name -> per-example metric, averaged like the loss.
+        augment: ``(rng, x) -> x`` applied to the training inputs inside the step.
+        donate: donate the input train state's buffers to the output (saves a copy per step;
+            the state passed in must not be used again).
+
+    Returns:
+        The step; ``metrics`` holds ``"loss"`` (data loss), ``"objective"`` (with the
+        regularizer) and each named metric, as device scalars.
+    """
+    fn = train_step_fn(net, loss, optimizer, regularizer=regularizer, constraint=constraint,
+                       metrics=metrics, augment=augment)
+    return jax.jit(fn, donate_argnums=(0,) if donate else ())
+
+
+def eval_step_fn(net: Layer, loss: Callable[..., jax.Array], *,
+                 metrics: Mapping[str, Metric] | None = None,
+                 axis_name: str | None = None) -> Callable[[Any, Any, Batch], dict]:
+    """The un-jitted eval step ``(params, model_state, batch) -> sums``; see :func:`make_eval_step`."""
+    metrics = dict(metrics or {})
+
+    def step(params, model_state, batch):
+        outputs, _ = net.apply(params, model_state, batch["x"], train=False)
+        mask = _mask(batch)
+        sums = {"count": mask.sum(),
+                "loss": jnp.sum(_per_example(loss(outputs, batch["y"], reduction="none"),
+                                             mask.shape[0], "the loss") * mask)}
+        for name, metric in metrics.items():
+            sums[name] = jnp.sum(_per_example(metric(outputs, batch["y"]), mask.shape[0], name)
+                                 * mask)
+        if axis_name is not None:
+            sums = lax.psum(sums, axis_name)
+        return sums
+
+    return step
+
+
+def make_eval_step(net: Layer, loss: Callable[..., jax.Array], *,
+                   metrics: Mapping[str, Metric] | None = None) -> Callable[[Any, Any, Batch], dict]:
+    """A jit-compiled eval step ``(params, model_state, batch) -> sums``.
+
+    Runs the network in test mode and returns *sums* over the batch's real examples
+    (``"count"``, ``"loss"`` and each metric), so a whole evaluation set split into batches,
+    the last one padded with a zero mask, adds up to exact means: ``sums[k] / sums["count"]``.
+    """
+    return jax.jit(eval_step_fn(net, loss, metrics=metrics))
+
+
+def make_train_epoch(step_fn: Callable[[TrainState, Batch], tuple[TrainState, dict]],
+                     num_examples: int, batch_size: int, *, shuffle: bool = True,
+                     donate: bool = True) -> Callable[[TrainState, Batch, jax.Array], tuple[TrainState, dict]]:
+    """A whole epoch as one compiled ``lax.scan`` over steps, shuffling included.
+
+    The data (a dict of arrays with ``num_examples`` rows) lives on the device; each epoch
+    draws a permutation from ``epoch_key`` and takes ``num_examples // batch_size`` batches
+    from it (the remainder is left out of this epoch's updates; it is a different set of
+    examples each epoch). No per-step Python dispatch.
+
+    Args:
+        step_fn: an un-jitted step, e.g. from :func:`train_step_fn`.
+
+    Returns:
+        ``epoch(train_state, data, epoch_key) -> (train_state, metrics)`` with each metric
+        stacked over the epoch's steps, shape ``(steps,)``; jit-compiled, state donated.
+    """
+    steps = num_examples // batch_size
+    if steps < 1:
+        raise ValueError(f"batch size {batch_size} is larger than the {num_examples} examples")
+
+    def epoch(ts: TrainState, data: Batch, epoch_key: jax.Array):
+        order = (jax.random.permutation(epoch_key, num_examples) if shuffle
+                 else jnp.arange(num_examples))
+
+        def body(ts, i):
+            idx = lax.dynamic_slice_in_dim(order, i * batch_size, batch_size)
+            batch = jax.tree_util.tree_map(lambda a: jnp.take(a, idx, axis=0), dict(data))
+            return step_fn(ts, batch)
+
+        return lax.scan(body, ts, jnp.arange(steps))
+
+    return jax.jit(epoch, donate_argnums=(0,) if donate else ())
