@@ -322,3 +322,13 @@ def test_swish_learnable_beta_gradient_matches_formula():
     expected = np.sum(x64 ** 2 * s * (1.0 - s))
     np.testing.assert_allclose(float(grad), expected, rtol=1e-5)
     assert float(grad) != 0.0
+
+
+@pytest.mark.parametrize("spec", [{"LeakyRelu": "abc"}, {"Elu": {"alpha": None}},
+                                  {"Softmax": {"axis": 1.5}}, {"Swish": {"beta": "x"}},
+                                  {"PRelu": {"per_channel": "yes"}}, {"Gelu": {"approximate": 1}},
+                                  {"Dense": {"features": 3, "use_bias": "no"}}])
+def test_bad_constructor_arguments_fail_when_built(spec):
+    from fnn.layers.spec import SpecError, from_spec
+    with pytest.raises(SpecError, match=next(iter(spec))):
+        from_spec(spec)

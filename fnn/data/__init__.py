@@ -4,7 +4,7 @@
 * ``idx``: the IDX file format (``read_idx``, ``write_idx``).
 * ``arrays``: ``load_arrays`` (``.npz``/``.npy``, memory-mapped when large).
 * ``tabular``: ``load_csv``, ``Standardizer`` (fitted on the training split only).
-* ``synthetic``: ``xor``, ``two_spirals``, ``circles``, ``noisy_regression``.
+* ``synthetic``: ``xor``, ``two_spirals``, ``circles``, ``noisy_regression``, ``adding_problem``.
 * ``pipeline``: ``batches``, ``Loader``, ``prefetch_to_device``, ``repeat``, ``num_batches``.
 * ``augment``: per-example random ``shift``/``rotation``/``zoom``/``flip`` in JAX, ``make_augment``.
 * ``splits``: ``train_val_test_split``, ``holdout``, ``kfold`` (optionally stratified).
@@ -29,7 +29,8 @@ from fnn.data.idx import IdxFormatError, parse_idx, read_idx, read_raw, write_id
 from fnn.data.pipeline import (Loader, batches, epoch_permutation, num_batches,
                                prefetch_to_device, repeat)
 from fnn.data.splits import Split, holdout, kfold, train_val_test_split
-from fnn.data.synthetic import RegressionData, circles, noisy_regression, two_spirals, xor
+from fnn.data.synthetic import (RegressionData, adding_problem, circles, noisy_regression,
+                                 two_spirals, xor)
 from fnn.data.tabular import Standardizer, Table, load_csv
 
 __all__ = [

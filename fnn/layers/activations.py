@@ -19,6 +19,25 @@ __all__ = ["Sigmoid", "Tanh", "Relu", "LeakyRelu", "PRelu", "RRelu", "Elu", "Sel
            "Swish", "Softplus", "Softmax", "LogSoftmax", "Activation"]
 
 
+def _number(kind: str, arg: str, value: Any) -> float:
+    """Check a numeric constructor argument eagerly (a bad one would only fail when applied)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"{kind}: {arg} must be a number, got {value!r}")
+    return float(value)
+
+
+def _axis(kind: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"{kind}: axis must be an int, got {value!r}")
+    return value
+
+
+def _flag(kind: str, arg: str, value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError(f"{kind}: {arg} must be true or false, got {value!r}")
+    return value
+
+
 def _elementwise(fn: Callable[[jax.Array], jax.Array]) -> Layer:
     def init(rng, input_shape):
         return input_shape, {}, {}
@@ -50,12 +69,14 @@ def _relu(*, name: str | None = None) -> Layer:
 @layer_type("LeakyRelu")
 def _leaky_relu(alpha: float = 0.01, *, name: str | None = None) -> Layer:
     """``x`` for ``x >= 0``, ``alpha * x`` otherwise."""
+    alpha = _number("LeakyRelu", "alpha", alpha)
     return _elementwise(lambda x: act.leaky_relu(x, alpha))
 
 
 @layer_type("Elu")
 def _elu(alpha: float = 1.0, *, name: str | None = None) -> Layer:
     """Exponential linear unit: ``x`` for ``x > 0``, ``alpha * (exp(x) - 1)`` otherwise."""
+    alpha = _number("Elu", "alpha", alpha)
     return _elementwise(lambda x: act.elu(x, alpha))
 
 
@@ -68,6 +89,7 @@ def _selu(*, name: str | None = None) -> Layer:
 @layer_type("Gelu")
 def _gelu(approximate: bool = False, *, name: str | None = None) -> Layer:
     """Gaussian error linear unit, ``x * Phi(x)``."""
+    approximate = _flag("Gelu", "approximate", approximate)
     return _elementwise(lambda x: act.gelu(x, approximate))
 
 
@@ -80,12 +102,14 @@ def _softplus(*, name: str | None = None) -> Layer:
 @layer_type("Softmax")
 def _softmax(axis: int = -1, *, name: str | None = None) -> Layer:
     """Softmax over ``axis``."""
+    axis = _axis("Softmax", axis)
     return _elementwise(lambda x: act.softmax(x, axis))
 
 
 @layer_type("LogSoftmax")
 def _log_softmax(axis: int = -1, *, name: str | None = None) -> Layer:
     """Log-softmax over ``axis``."""
+    axis = _axis("LogSoftmax", axis)
     return _elementwise(lambda x: act.log_softmax(x, axis))
 
 
@@ -96,6 +120,8 @@ def _prelu(init_alpha: float = 0.25, per_channel: bool = False, *,
 
     Params: ``{"alpha": ()}`` shared, or ``{"alpha": (channels,)}`` with ``per_channel`` (last axis).
     """
+    init_alpha = _number("PRelu", "init_alpha", init_alpha)
+    per_channel = _flag("PRelu", "per_channel", per_channel)
 
     def init(rng, input_shape):
         shape = check_shape(input_shape)
@@ -118,6 +144,7 @@ def _rrelu(lower: float = 1.0 / 8.0, upper: float = 1.0 / 3.0, *,
     In training each element's negative slope is drawn from ``U(lower, upper)`` (needs ``rng``);
     at test the slope is the mean ``(lower + upper) / 2``.
     """
+    lower, upper = _number("RRelu", "lower", lower), _number("RRelu", "upper", upper)
     if not 0.0 <= lower <= upper:
         raise ValueError(f"RRelu: need 0 <= lower <= upper, got lower={lower}, upper={upper}")
 
@@ -138,6 +165,8 @@ def _rrelu(lower: float = 1.0 / 8.0, upper: float = 1.0 / 3.0, *,
 @layer_type("Swish")
 def _swish(beta: float = 1.0, learnable: bool = False, *, name: str | None = None) -> Layer:
     """Swish (Ramachandran et al. 2017): ``x * sigmoid(beta * x)``; ``learnable``: beta is a param."""
+    beta = _number("Swish", "beta", beta)
+    learnable = _flag("Swish", "learnable", learnable)
 
     def init(rng, input_shape):
         params = {"beta": jnp.asarray(beta, jnp.float32)} if learnable else {}

@@ -34,6 +34,8 @@ def Dense(features: int, *, use_bias: bool = True, w_init: Any = "glorot_uniform
     """
     if not isinstance(features, int) or isinstance(features, bool) or features < 1:
         raise ValueError(f"Dense: features must be a positive int, got {features!r}")
+    if not isinstance(use_bias, bool):
+        raise ValueError(f"Dense: use_bias must be true or false, got {use_bias!r}")
     w_initializer = initializers.get(w_init)
     b_initializer = initializers.get(b_init)
 
