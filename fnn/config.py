@@ -71,7 +71,8 @@ _SECTIONS: dict[str, Any] = {
                        doc="passed to fnn.optim.make_optimizer"),
     "data": {
         "name": Field((str,), "mnist", choices=("mnist", "fashion_mnist", "xor", "spirals",
-                                                "circles", "regression", "arrays", "csv")),
+                                                "circles", "regression", "adding", "arrays",
+                                                "csv")),
         "dir": Field((str, type(None)), None, doc="folder of the dataset files"),
         "path": Field((str, type(None)), None, doc="file for arrays (.npz/.npy) and csv"),
         "options": Field((dict,), {}, free=True, doc="loader options (csv columns, noise...)"),
@@ -248,6 +249,14 @@ def _set_path(cfg: Any, dotted: str, value: Any) -> None:
             else:
                 if node.get(part) is None:
                     node[part] = {}
+                elif not isinstance(node[part], (dict, list)) or (
+                        len(node) == 1 and isinstance(node[part], list)):
+                    # a layer in shorthand ({Dense: 8}): spell its arguments out first
+                    from fnn.layers.spec import SpecError, keyword_arguments
+                    try:
+                        node[part] = keyword_arguments(part, node[part])
+                    except SpecError as e:
+                        raise ConfigError(here, e.detail) from None
                 node = node[part]
         else:
             raise ConfigError(here, f"cannot set a key inside {node!r}")
@@ -268,6 +277,10 @@ def parse_config(raw: Any, overrides: Sequence[str] = ()) -> dict[str, Any]:
     """Validate a config given as a dict (after applying overrides)."""
     if not isinstance(raw, dict):
         raise ConfigError("", f"a config is a mapping of sections, got {type(raw).__name__}")
+    raw = dict(raw)
+    for key, field in SCHEMA.items():  # `optimizer.b1=0.95` refines the default optimizer
+        if isinstance(field, Field) and field.free and field.default and raw.get(key) is None:
+            raw[key] = copy.deepcopy(field.default)
     return validate(apply_overrides(raw, overrides))
 
 

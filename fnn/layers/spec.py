@@ -25,7 +25,7 @@ from typing import Any, Callable
 
 from fnn.core import Layer, registered_layers
 
-__all__ = ["from_spec", "SpecError"]
+__all__ = ["from_spec", "SpecError", "keyword_arguments"]
 
 
 class SpecError(ValueError):
@@ -63,6 +63,20 @@ def _convert(value: Any, param: inspect.Parameter, path: str) -> Any:
             raise SpecError(path, f"expected a list of layers, got {value!r}")
         return [from_spec(v, f"{path}[{i}]") for i, v in enumerate(value)]
     return from_spec(value, path)
+
+
+def keyword_arguments(kind: str, args: Any) -> dict[str, Any]:
+    """A layer's shorthand arguments spelt out: ``keyword_arguments("Dense", 8) == {"features": 8}``."""
+    if args is None:
+        return {}
+    if isinstance(args, dict):
+        return dict(args)
+    kind, constructor = _lookup(kind, kind)
+    positional = [p for p in inspect.signature(constructor).parameters.values()
+                  if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD, p.VAR_POSITIONAL)]
+    if not positional:
+        raise SpecError(kind, f"takes keyword arguments only, got {args!r}")
+    return {positional[0].name: args}
 
 
 def from_spec(spec: Any, path: str = "model") -> Layer:
