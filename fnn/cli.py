@@ -1,4 +1,4 @@
-"""The ``fnn`` command: ``fnn train|eval|summary|validate``.
+"""The ``fnn`` command: ``fnn train|eval|summary|validate|cv|sweep``.
 
 Examples::
 
@@ -7,6 +7,11 @@ Examples::
     fnn train configs/mnist_mlp.yaml --resume          # continue a stopped run
     fnn eval runs/lr3e-4                                # test metrics of the best checkpoint
     fnn summary configs/mnist_mlp.yaml
+    fnn cv configs/csv_example.yaml --folds 5          # k-fold cross-validation, mean ± std
+    fnn sweep configs/mnist_mlp.yaml training.epochs=5 --grid optimizer.learning_rate=1e-4,1e-3
+    fnn sweep configs/mnist_mlp.yaml --random 8 --loguniform optimizer.learning_rate=1e-4,1e-2
+
+Overrides (KEY.PATH=VALUE) go right after the config file, before any --option.
 """
 
 from __future__ import annotations
@@ -35,7 +40,41 @@ def _parser() -> argparse.ArgumentParser:
     v = sub.add_parser("validate", help="check a config and print it resolved")
     v.add_argument("config")
     v.add_argument("overrides", nargs="*")
+    _add_selection_parsers(sub)
     return p
+
+
+def _add_selection_parsers(sub) -> None:
+    c = sub.add_parser("cv", help="k-fold cross-validation on the training data "
+                                  "(never the test set)")
+    c.add_argument("config", help="a YAML config file")
+    c.add_argument("overrides", nargs="*", help="KEY.PATH=VALUE overrides (before any --option)")
+    c.add_argument("--folds", type=int, default=5, help="number of folds K (default 5)")
+    c.add_argument("--seed", type=int, help="seed of the fold assignment (default: the config's)")
+    c.add_argument("--metric", help="headline validation metric (default val_accuracy or val_loss)")
+    c.add_argument("--out", help="output folder (default: output.dir or runs/<name>-cv)")
+    w = sub.add_parser("sweep", help="grid or random search; picks the best by validation, then "
+                                     "tests only that one")
+    w.add_argument("config", help="a YAML config file")
+    w.add_argument("overrides", nargs="*", help="KEY.PATH=VALUE overrides (before any --option)")
+    for option, metavar, text in (
+            ("grid", "KEY=V1,V2,...", "values to try for KEY (repeat for a product grid)"),
+            ("choice", "KEY=V1,V2,...", "random search: draw KEY from these values"),
+            ("uniform", "KEY=LOW,HIGH", "random search: draw KEY uniformly from [LOW, HIGH)"),
+            ("loguniform", "KEY=LOW,HIGH", "random search: draw KEY log-uniformly "
+                                           "(learning rates)")):
+        # one list in command-line order: random search draws the keys in that order
+        w.add_argument(f"--{option}", dest="dimensions", action="append", default=[],
+                       metavar=metavar, help=text, type=lambda item, o=option: (f"--{o}", item))
+    w.add_argument("--random", type=int, metavar="N",
+                   help="random search: draw N settings (--grid values count as choices) "
+                        "instead of the grid")
+    w.add_argument("--seed", type=int, help="seed of the random search (default: the config's)")
+    w.add_argument("--metric", help="validation metric to choose by (default val_accuracy for "
+                                    "classification, else val_loss)")
+    w.add_argument("--mode", default="auto", choices=("auto", "min", "max"),
+                   help="whether the metric is maximized (auto: max for accuracies)")
+    w.add_argument("--out", help="output folder (default: output.dir or runs/<name>-sweep)")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -56,6 +95,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(dump_config(cfg), end="")
         elif args.command == "summary":
             print(_summary(cfg))
+        elif args.command in ("cv", "sweep"):
+            return _selection(args, cfg)
         else:
             from fnn.run import train
             train(cfg, args.out, resume=args.resume)
@@ -64,6 +105,48 @@ def main(argv: Sequence[str] | None = None) -> int:
             FileNotFoundError, FileExistsError) as e:
         print(f"fnn {args.command}: error: {e}", file=sys.stderr)
         return 2
+
+
+def _selection(args, cfg) -> int:
+    from fnn import selection
+
+    try:
+        if args.command == "cv":
+            selection.cross_validate(cfg, args.folds, out=args.out, seed=args.seed,
+                                     metric=args.metric)
+            return 0
+        settings = _sweep_settings(args, cfg, selection)
+        selection.sweep(cfg, settings, metric=args.metric, mode=args.mode, out=args.out)
+        return 0
+    except selection.SelectionError as e:
+        print(f"fnn {args.command}: error: {e}", file=sys.stderr)
+        return 2
+
+
+def _sweep_settings(args, cfg, selection) -> list[dict]:
+    grid, space = {}, {}
+    for option, item in args.dimensions:
+        key = item.split("=", 1)[0].strip()
+        if key in space:
+            raise selection.SelectionError(f"{option} {key}: this key is already swept")
+        if option in ("--grid", "--choice"):
+            key, values = selection.parse_values(item, option)
+            if option == "--grid":
+                grid[key] = values
+            space[key] = selection.Choice(tuple(values))
+        else:
+            key, low, high = selection.parse_bounds(item, option)
+            dist = selection.Uniform if option == "--uniform" else selection.LogUniform
+            space[key] = dist(low, high)
+    if args.random is None:
+        if len(space) > len(grid):
+            raise selection.SelectionError("--choice, --uniform and --loguniform need --random N")
+        if not grid:
+            raise selection.SelectionError("nothing to sweep: give --grid KEY=V1,V2 (or --random N "
+                                           "with --choice/--uniform/--loguniform)")
+        return selection.grid_settings(grid)
+    seed = cfg["seed"] if args.seed is None else args.seed
+    return selection.random_settings(space, args.random, seed=seed)
 
 
 def _summary(cfg) -> str:
