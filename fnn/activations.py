@@ -17,11 +17,12 @@ Example:
 
 from __future__ import annotations
 
-import difflib
 from typing import Callable
 
 import jax
 import jax.numpy as jnp
+
+from fnn.core import lookup
 
 __all__ = ["sigmoid", "tanh", "relu", "leaky_relu", "elu", "selu", "gelu", "swish", "softplus",
            "softmax", "log_softmax", "get", "names"]
@@ -79,9 +80,4 @@ def get(name: str | Callable[..., jax.Array]) -> Callable[..., jax.Array]:
     """An activation function by name (``"relu"``) or itself when already a function."""
     if callable(name):
         return name
-    key = str(name).lower()
-    if key not in _BY_NAME:
-        close = difflib.get_close_matches(key, _BY_NAME, n=3)
-        hint = f"; did you mean {', '.join(close)}?" if close else f"; known: {', '.join(names())}"
-        raise ValueError(f"unknown activation {name!r}{hint}")
-    return _BY_NAME[key]
+    return lookup(_BY_NAME, name, "activation")

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import difflib
 import functools
 import inspect
 import re
@@ -388,6 +389,27 @@ def require_rng(rng: jax.Array | None, why: str = "it is random in training") ->
     if rng is None:
         raise LayerError(f"needs an rng because {why}; call apply(..., rng=key, train=True)")
     return rng
+
+
+# --------------------------------------------------------------------------- lookups by name
+
+def lookup(table: dict[str, Any], name: str, what: str) -> Any:
+    """``table[name.lower()]``, or a ``ValueError`` naming the closest known names.
+
+    The one lookup behind ``fnn.activations.get``, ``fnn.losses.get``, ``fnn.metrics.get``,
+    ``fnn.regularizers.get`` and ``fnn.initializers.get``.
+
+    Example:
+        >>> lookup({"relu": 1}, "rleu", "activation")
+        Traceback (most recent call last):
+        ValueError: unknown activation 'rleu'; did you mean relu?
+    """
+    key = str(name).lower()
+    if key in table:
+        return table[key]
+    close = difflib.get_close_matches(key, list(table), n=3)
+    hint = f"; did you mean {', '.join(close)}?" if close else f"; known: {', '.join(sorted(table))}"
+    raise ValueError(f"unknown {what} {name!r}{hint}")
 
 
 # --------------------------------------------------------------------------- pytree helpers

@@ -28,12 +28,13 @@ Example:
 
 from __future__ import annotations
 
-import difflib
 from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
 from jax.nn import initializers as jinit
+
+from fnn.core import lookup
 
 Initializer = Callable[..., jax.Array]
 
@@ -102,10 +103,5 @@ def get(init: str | Initializer | float | int) -> Initializer:
     if isinstance(init, (int, float)) and not isinstance(init, bool):
         return constant(float(init))
     if isinstance(init, str):
-        key = init.lower()
-        if key in _BY_NAME:
-            return _BY_NAME[key]
-        close = difflib.get_close_matches(key, _BY_NAME, n=3)
-        hint = f"; did you mean {', '.join(close)}?" if close else f"; known: {', '.join(names())}"
-        raise ValueError(f"unknown initializer {init!r}{hint}")
+        return lookup(_BY_NAME, init, "initializer")
     raise TypeError(f"an initializer is a name, a number or a function, got {init!r}")

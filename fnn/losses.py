@@ -42,7 +42,6 @@ Example:
 
 from __future__ import annotations
 
-import difflib
 import functools
 import inspect
 from typing import Any, Callable
@@ -50,6 +49,8 @@ from typing import Any, Callable
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from fnn.core import lookup
 
 __all__ = ["mse", "mae", "lp_loss", "huber", "hinge", "half_squared_error",
            "binary_cross_entropy", "sigmoid_binary_cross_entropy", "softmax_cross_entropy",
@@ -414,12 +415,7 @@ def get(name: str | Loss, **options: Any) -> Loss:
     if callable(name):
         fn = name
     elif isinstance(name, str):
-        key = name.lower()
-        if key not in _BY_NAME:
-            close = difflib.get_close_matches(key, _BY_NAME, n=3)
-            hint = f"; did you mean {', '.join(close)}?" if close else f"; known: {', '.join(names())}"
-            raise ValueError(f"unknown loss {name!r}{hint}")
-        fn = _BY_NAME[key]
+        fn = lookup(_BY_NAME, name, "loss")
     else:
         raise TypeError(f"a loss is a name or a function, got {name!r}")
     if not options:

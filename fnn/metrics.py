@@ -24,11 +24,12 @@ Example:
 
 from __future__ import annotations
 
-import difflib
 from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
+
+from fnn.core import lookup
 
 __all__ = ["accuracy", "top_k_accuracy", "binary_accuracy", "confusion_matrix", "get", "names",
            "REDUCTIONS"]
@@ -229,9 +230,4 @@ def get(name: str | Metric) -> Metric:
     """
     if callable(name):
         return name
-    key = str(name).lower()
-    if key not in _BY_NAME:
-        close = difflib.get_close_matches(key, _BY_NAME, n=3)
-        hint = f"; did you mean {', '.join(close)}?" if close else f"; known: {', '.join(names())}"
-        raise ValueError(f"unknown metric {name!r}{hint}")
-    return _BY_NAME[key]
+    return lookup(_BY_NAME, name, "metric")

@@ -40,6 +40,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from fnn.core import lookup
+
 __all__ = ["is_weight", "weights_only", "all_params", "layers", "l1", "l2", "elastic_net",
            "max_norm", "get", "names"]
 
@@ -280,9 +282,4 @@ def get(name: str | Callable[..., jax.Array]) -> Callable[..., jax.Array]:
     """
     if callable(name):
         return name
-    key = str(name).lower()
-    if key not in _BY_NAME:
-        close = difflib.get_close_matches(key, _BY_NAME, n=3)
-        hint = f"; did you mean {', '.join(close)}?" if close else f"; known: {', '.join(names())}"
-        raise ValueError(f"unknown regularizer {name!r}{hint}")
-    return _BY_NAME[key]
+    return lookup(_BY_NAME, name, "regularizer")
