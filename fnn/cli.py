@@ -31,6 +31,11 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("overrides", nargs="*", help="KEY.PATH=VALUE overrides, e.g. training.epochs=5")
     t.add_argument("--out", help="the run folder (default: output.dir or runs/<name>)")
     t.add_argument("--resume", action="store_true", help="continue from the run folder's latest checkpoint")
+    t.add_argument("--parallel", choices=("none", "pmap", "mesh"),
+                   help="data parallelism over local devices (same as parallel.mode=...)")
+    t.add_argument("--coordinator-address", help="host:port of process 0 (several processes)")
+    t.add_argument("--num-processes", type=int, help="number of processes in the run")
+    t.add_argument("--process-id", type=int, help="this process's index, 0 .. num-processes - 1")
     e = sub.add_parser("eval", help="test metrics of a run's best checkpoint (writes test.json)")
     e.add_argument("run_dir")
     e.add_argument("--checkpoint", default="best", choices=("best", "latest"))
@@ -90,7 +95,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             from fnn.run import evaluate_run
             evaluate_run(args.run_dir, checkpoint=args.checkpoint)
             return 0
-        cfg = load_config(args.config, args.overrides)
+        overrides = list(args.overrides)
+        for flag, key in (("parallel", "mode"), ("coordinator_address", "coordinator_address"),
+                          ("num_processes", "num_processes"), ("process_id", "process_id")):
+            value = getattr(args, flag, None)
+            if value is not None:
+                overrides.append(f"parallel.{key}={value}")
+        cfg = load_config(args.config, overrides)
         if args.command == "validate":
             print(dump_config(cfg), end="")
         elif args.command == "summary":

@@ -5,6 +5,12 @@ The run folder holds ``config.yaml`` (the resolved config), ``summary.txt``,
 ``checkpoints/best.safetensors``, ``test.json`` (test metrics of the best checkpoint) and
 ``curves.png`` (loss and accuracy per epoch, train vs validation).
 
+The config's ``parallel`` section picks the data parallelism (``mode: none | pmap | mesh``,
+``devices``) and, for several processes, starts ``jax.distributed`` from
+``coordinator_address``/``num_processes``/``process_id`` (or the ``JAX_COORDINATOR_ADDRESS``,
+``JAX_NUM_PROCESSES``, ``JAX_PROCESS_ID`` variables, or a SLURM/Open MPI launch); see
+:mod:`fnn.train.parallel`. Every process trains; process 0 alone writes the run folder and logs.
+
 Example:
     >>> cfg = fnn.config.load_config("configs/xor.yaml")
     >>> run_dir = fnn.run.train(cfg)
@@ -21,7 +27,6 @@ from pathlib import Path
 from typing import Any, Callable
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import optax
 
@@ -29,13 +34,15 @@ from fnn import losses, regularizers
 from fnn.config import ConfigError, dump_config, load_config
 from fnn.core import Layer
 from fnn.layers.spec import from_spec
+from fnn.train.parallel import DataParallel, initialize
 from fnn.summary import summary
 from fnn.train import checkpoint as ckpt
 from fnn.train.loop import EarlyStopping, FitResult, evaluate, fit
 from fnn.train.state import TrainState, init_train_state
 from fnn.train.step import binary_correct, correct, make_eval_step
 
-__all__ = ["Experiment", "build", "load_data", "train", "evaluate_run", "run_dir_of"]
+__all__ = ["Experiment", "build", "load_data", "train", "evaluate_run", "run_dir_of",
+           "data_parallel"]
 
 CLASSIFICATION = {"softmax_cross_entropy": correct, "categorical_cross_entropy": correct,
                   "sigmoid_binary_cross_entropy": binary_correct}
@@ -123,7 +130,7 @@ def load_data(cfg: dict[str, Any]) -> dict[str, dict[str, np.ndarray]]:
         raw = loader(d["dir"], progress=cfg["output"]["progress"], **opts)
         x, y = _images(raw["train"][0], d), raw["train"][1].astype(np.int32)
         test = {"x": _images(raw["test"][0], d), "y": raw["test"][1].astype(np.int32)}
-    elif name in ("xor", "spirals", "circles", "regression"):
+    elif name in ("xor", "spirals", "circles", "regression", "adding"):
         x, y, test = _synthetic(name, opts, cfg)
     elif name == "arrays":
         from fnn.data.arrays import load_arrays
@@ -169,6 +176,11 @@ def _synthetic(name: str, opts: dict[str, Any], cfg: dict[str, Any]):
     from fnn.data import synthetic
 
     try:
+        if name == "adding":  # the test set: a fresh draw of n_test sequences
+            n_test = opts.pop("n_test", 2000)
+            x, y = synthetic.adding_problem(**{"seed": cfg["seed"], **opts})
+            test_x, test_y = synthetic.adding_problem(**{**opts, "n": n_test, "seed": cfg["seed"] + 1})
+            return x, y, {"x": test_x, "y": test_y}
         if name == "regression":
             data = synthetic.noisy_regression(**{"seed": cfg["seed"], **opts})
             return data.x, data.y, {"x": data.x_grid, "y": data.y_grid}
@@ -221,20 +233,72 @@ def _pretrained(exp: Experiment, ts: TrainState, path: str) -> TrainState:
                        opt_state=exp.optimizer.init(new_params))
 
 
-def train(cfg: dict[str, Any], out: str | os.PathLike | None = None, *, resume: bool = False,
-          log: Callable[[str], None] | None = print) -> Path:
-    """Train the run a config describes; returns its run folder (see the module docstring)."""
+def _config_error(e: ValueError) -> ConfigError:
+    path, sep, detail = str(e).partition(": ")
+    return ConfigError(path, detail) if sep and " " not in path else ConfigError("", str(e))
+
+
+def data_parallel(cfg: dict[str, Any]) -> DataParallel:
+    """The :class:`~fnn.train.parallel.DataParallel` of a config's ``parallel`` section.
+
+    Starts ``jax.distributed`` first when the section (or the environment) describes several
+    processes, and checks that ``training.batch_size`` splits evenly over all devices.
+    Call it before anything else uses JAX.
+
+    Raises:
+        ConfigError: naming the bad key (``parallel.devices``, ``training.batch_size``...).
+    """
+    p = cfg["parallel"]
+    distributed = ("coordinator_address", "num_processes", "process_id")
+    try:
+        if p["mode"] != "none":
+            initialize(p["coordinator_address"], p["num_processes"], p["process_id"])
+        else:
+            for key in distributed:
+                if p[key] is not None and (key != "num_processes" or p[key] != 1):
+                    raise ConfigError(f"parallel.{key}", "several processes need "
+                                                         "parallel.mode pmap or mesh")
+        dp = DataParallel(p["mode"], p["devices"])
+        dp.check_batch_size(cfg["training"]["batch_size"], "training.batch_size")
+    except ConfigError:
+        raise
+    except ValueError as e:
+        raise _config_error(e) from None
+    return dp
+
+
+def train_model(cfg: dict[str, Any], train_data: dict[str, np.ndarray],
+                val_data: dict[str, np.ndarray] | None, run_dir: str | os.PathLike, *,
+                resume: bool = False, log: Callable[[str], None] | None = print,
+                parallel: Any = None) -> FitResult:
+    """Train the model of ``cfg`` on ``train_data`` into ``run_dir``; the test set is not touched.
+
+    Writes ``config.yaml``, ``summary.txt``, ``metrics.jsonl``, checkpoints and ``curves.png``
+    (process 0 only). This is :func:`train` without the final test evaluation, which is what
+    model selection (``fnn.selection``) needs.
+    """
+    dp = parallel if parallel is not None else data_parallel(cfg)
+    if not dp.is_main:
+        log = None
     exp = build(cfg)
-    data = load_data(cfg)
-    run_dir = run_dir_of(cfg, out)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    run_dir = Path(run_dir)
     t = cfg["training"]
-    input_shape = (-1, *data["train"]["x"].shape[1:])
-    ckpt.atomic_write(run_dir / "config.yaml", dump_config(cfg).encode())
-    ckpt.atomic_write(run_dir / "summary.txt", (str(summary(exp.net, input_shape)) + "\n").encode())
+    input_shape = (-1, *np.shape(train_data["x"])[1:])
+    if not resume and (run_dir / "checkpoints" / "latest.safetensors").exists():
+        raise FileExistsError(f"{run_dir} already holds a run; pass --resume to continue it "
+                              "or --out to start a new one")
+    if dp.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        ckpt.atomic_write(run_dir / "config.yaml", dump_config(cfg).encode())
+        ckpt.atomic_write(run_dir / "summary.txt",
+                          (str(summary(exp.net, input_shape)) + "\n").encode())
     if log:
         log(f"run folder: {run_dir}")
         log(str(summary(exp.net, input_shape)))
+        if dp.mode != "none":
+            log(f"data parallel: {dp.mode} over {dp.num_devices} devices"
+                + (f" in {dp.process_count} processes" if dp.process_count > 1 else "")
+                + f", {t['batch_size'] // dp.num_devices} examples per device per step")
     _, ts = init_train_state(exp.net, exp.optimizer, input_shape,
                              jax.random.fold_in(jax.random.key(cfg["seed"]), 0))
     if t["pretrained"]:
@@ -242,21 +306,30 @@ def train(cfg: dict[str, Any], out: str | os.PathLike | None = None, *, resume: 
     es = t["early_stopping"]
     early = (EarlyStopping(es["monitor"], es["mode"], es["patience"], es["min_delta"],
                            es["restore_best"]) if es["enabled"] else None)
-    if not resume and (run_dir / "checkpoints" / "latest.safetensors").exists():
-        raise FileExistsError(f"{run_dir} already holds a run; pass --resume to continue it "
-                              "or --out to start a new one")
-    result = fit(exp.net, exp.loss, exp.optimizer, data["train"], data.get("val"),
+    result = fit(exp.net, exp.loss, exp.optimizer, train_data, val_data,
                  epochs=t["epochs"], batch_size=t["batch_size"], seed=cfg["seed"],
                  regularizer=exp.regularizer, constraint=exp.constraint, metrics=exp.metrics,
                  augment=exp.augment, mode=t["mode"], early_stopping=early,
                  run_dir=run_dir, resume=resume,
                  metadata={"config": cfg, "input_shape": list(input_shape)}, train_state=ts,
-                 eval_batch_size=t["eval_batch_size"], progress=cfg["output"]["progress"], log=log)
-    if cfg["output"]["plots"]:
+                 eval_batch_size=t["eval_batch_size"], progress=cfg["output"]["progress"], log=log,
+                 parallel=dp)
+    if dp.is_main and cfg["output"]["plots"]:
         from fnn.plots import plot_curves
         plot_curves(result.history, run_dir / "curves.png", title=cfg["name"])
-    if "test" in data:
-        evaluate_run(run_dir, data=data, experiment=exp, log=log)
+    return result
+
+
+def train(cfg: dict[str, Any], out: str | os.PathLike | None = None, *, resume: bool = False,
+          log: Callable[[str], None] | None = print) -> Path:
+    """Train the run a config describes, then report its test metrics; returns the run folder."""
+    dp = data_parallel(cfg)
+    data = load_data(cfg)
+    run_dir = run_dir_of(cfg, out)
+    train_model(cfg, data["train"], data.get("val"), run_dir, resume=resume,
+                log=log if dp.is_main else None, parallel=dp)
+    if dp.is_main and "test" in data:  # the test set is evaluated once, by process 0
+        evaluate_run(run_dir, data=data, log=log)
     return run_dir
 
 

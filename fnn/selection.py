@@ -46,11 +46,10 @@ import os
 from pathlib import Path
 from typing import Any, Callable, Mapping, NamedTuple, Sequence
 
-import jax
 import numpy as np
 
 from fnn import run as fnn_run
-from fnn.config import ConfigError, dump_config, parse_config, parse_yaml
+from fnn.config import ConfigError, parse_config, parse_yaml
 from fnn.data.splits import kfold
 from fnn.train import checkpoint as ckpt
 from fnn.train import loop
@@ -296,38 +295,9 @@ def _prefixed(log: Log, prefix: str) -> Log:
 
 def _train_model(cfg: dict[str, Any], train: dict[str, np.ndarray],
                  val: dict[str, np.ndarray], run_dir: Path, *, log: Log) -> loop.FitResult:
-    """Train one model of ``cfg`` on ``train``, validated on ``val``, into a run folder.
-
-    The same run as ``fnn.run.train`` (config.yaml, summary.txt, metrics.jsonl, checkpoints,
-    curves.png) except that the test set is not evaluated: selection must not see it.
-    """
-    from fnn.summary import summary
-    from fnn.train.state import init_train_state
-
-    exp = fnn_run.build(cfg)
-    t = cfg["training"]
-    input_shape = (-1, *np.shape(train["x"])[1:])
-    run_dir.mkdir(parents=True, exist_ok=True)
-    ckpt.atomic_write(run_dir / "config.yaml", dump_config(cfg).encode())
-    ckpt.atomic_write(run_dir / "summary.txt", (str(summary(exp.net, input_shape)) + "\n").encode())
-    _, ts = init_train_state(exp.net, exp.optimizer, input_shape,
-                             jax.random.fold_in(jax.random.key(cfg["seed"]), 0))
-    if t["pretrained"]:
-        ts = fnn_run._pretrained(exp, ts, t["pretrained"])  # noqa: SLF001 - same loading as a run
-    es = t["early_stopping"]
-    early = (loop.EarlyStopping(es["monitor"], es["mode"], es["patience"], es["min_delta"],
-                                es["restore_best"]) if es["enabled"] else None)
-    result = loop.fit(exp.net, exp.loss, exp.optimizer, train, val, epochs=t["epochs"],
-                      batch_size=t["batch_size"], seed=cfg["seed"], regularizer=exp.regularizer,
-                      constraint=exp.constraint, metrics=exp.metrics, augment=exp.augment,
-                      mode=t["mode"], early_stopping=early, run_dir=run_dir,
-                      metadata={"config": cfg, "input_shape": list(input_shape)},
-                      train_state=ts, eval_batch_size=t["eval_batch_size"],
-                      progress=cfg["output"]["progress"], log=log)
-    if cfg["output"]["plots"]:
-        from fnn.plots import plot_curves
-        plot_curves(result.history, run_dir / "curves.png", title=cfg["name"])
-    return result
+    """Train one model of ``cfg`` on ``train``, validated on ``val``, into a run folder: the same
+    run as ``fnn train`` except that the test set is not evaluated (selection must not see it)."""
+    return fnn_run.train_model(cfg, train, val, run_dir, log=log)
 
 
 # --------------------------------------------------------------------------- cross-validation

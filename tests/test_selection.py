@@ -89,7 +89,7 @@ def events(monkeypatch):
         return real_fit(*args, **kwargs)
 
     monkeypatch.setattr(fnn.run, "load_data", load_data)
-    monkeypatch.setattr(loop, "fit", fit)
+    monkeypatch.setattr(fnn.run, "fit", fit)
     return log
 
 
@@ -235,7 +235,7 @@ def test_cv_standardizes_on_each_folds_training_part_only(tmp_path, monkeypatch)
         seen.append((np.asarray(train["x"]), np.asarray(val["x"])))
         return real_fit(net, loss, opt, train, val, **kw)
 
-    monkeypatch.setattr(loop, "fit", fit)
+    monkeypatch.setattr(fnn.run, "fit", fit)
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(raw))
     cfg = load_config(tmp_path / "c.yaml")
     result = selection.cross_validate(cfg, 2, out=tmp_path / "cv", log=None)
@@ -309,7 +309,7 @@ def test_sweep_skips_a_diverged_trial(tiny_config, tmp_path, monkeypatch):
             raise loop.TrainingDiverged("the training loss became nan at step 3")
         return real_fit(*args, **kwargs)
 
-    monkeypatch.setattr(loop, "fit", fit)
+    monkeypatch.setattr(fnn.run, "fit", fit)
     cfg = load_config(tiny_config, ["training.epochs=1"])
     result = selection.sweep(cfg, [{"optimizer.learning_rate": 50.0},
                                    {"optimizer.learning_rate": 0.03}],

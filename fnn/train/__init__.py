@@ -1,4 +1,6 @@
-"""Training: train state, jit-compiled steps, the fit loop, checkpoints."""
+"""Training: train state, jit-compiled steps, the fit loop, checkpoints, data parallelism."""
+
+from fnn.train import parallel
 
 from fnn.train.checkpoint import (CheckpointError, load, load_weights, read_metadata, save,
                                   save_weights)
@@ -6,3 +8,4 @@ from fnn.train.loop import EarlyStopping, FitResult, TrainingDiverged, evaluate,
 from fnn.train.state import TrainState, init_train_state
 from fnn.train.step import (binary_correct, correct, eval_step_fn, make_eval_step,
                             make_train_epoch, make_train_step, train_step_fn)
+from fnn.train.parallel import DataParallel

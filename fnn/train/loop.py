@@ -14,6 +14,12 @@ example counted. With ``run_dir`` the loop writes ``metrics.jsonl`` (one JSON ob
 the monitored metric improves; ``resume=True`` continues from ``latest`` and ends with the same
 params, bit for bit, as a run that was never stopped.
 
+``parallel="pmap"`` or ``"mesh"`` (with ``devices``) runs the same step data-parallel over
+several devices, and over several processes after :func:`fnn.train.parallel.initialize`; see
+:mod:`fnn.train.parallel` and ``docs/DISTRIBUTED.md``. Each process feeds only its slice of every
+global batch, only process 0 writes the run folder and logs, and checkpoints hold one
+unreplicated copy of the state, so a run resumes on any number of devices.
+
 Example:
     >>> result = fnn.train.fit(net, fnn.losses.softmax_cross_entropy, optax.adam(1e-3),
     ...                        {"x": x_train, "y": y_train}, {"x": x_val, "y": y_val},
@@ -25,7 +31,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import queue
 import threading
 import time
@@ -38,10 +43,11 @@ import numpy as np
 import optax
 
 from fnn.core import Layer
-from fnn.optim import current_learning_rate
+from fnn.optim import learning_rate_of
+from fnn.train.parallel import DataParallel, as_data_parallel, synchronize
 from fnn.train import checkpoint as ckpt
 from fnn.train.state import TrainState, init_train_state
-from fnn.train.step import make_eval_step, make_train_epoch, train_step_fn
+from fnn.train.step import eval_step_fn, train_step_fn
 
 __all__ = ["fit", "evaluate", "FitResult", "EarlyStopping", "TrainingDiverged", "batch_order",
            "prefetch"]
@@ -95,15 +101,23 @@ def batch_order(seed_key: jax.Array, epoch: int, num_examples: int) -> jax.Array
     return jax.random.permutation(jax.random.fold_in(seed_key, epoch), num_examples)
 
 
-def prefetch(batches: Iterable[Any], size: int = 2, sharding: Any = None) -> Iterator[Any]:
-    """Put the next ``size`` batches on the device in a background thread while one is used."""
+def prefetch(batches: Iterable[Any], size: int = 2, sharding: Any = None,
+             put: Callable[[Any], Any] | None = None) -> Iterator[Any]:
+    """Put the next ``size`` batches on the device in a background thread while one is used.
+
+    ``put(batch)`` moves one host batch (default ``jax.device_put(batch, sharding)``); with
+    ``DataParallel.put_batch`` each process's batch goes to its devices, split for the mode.
+    """
     q: queue.Queue = queue.Queue(maxsize=size)
     done = object()
+    if put is None:
+        def put(b):
+            return jax.device_put(b, sharding) if sharding is not None else jax.device_put(b)
 
     def worker():
         try:
             for b in batches:
-                q.put(jax.device_put(b, sharding) if sharding is not None else jax.device_put(b))
+                q.put(put(b))
         except BaseException as e:  # noqa: BLE001 - re-raised in the consumer
             q.put(e)
         q.put(done)
@@ -141,12 +155,24 @@ def _padded_batches(data: Mapping[str, np.ndarray], batch_size: int) -> Iterator
 
 
 def evaluate(eval_step: Callable, params: Any, model_state: Any, data: Mapping[str, np.ndarray],
-             batch_size: int = 1024) -> dict[str, float]:
-    """Exact means of loss and metrics over ``data`` (``eval_step`` from ``make_eval_step``)."""
+             batch_size: int = 1024, *, parallel: DataParallel | None = None) -> dict[str, float]:
+    """Exact means of loss and metrics over ``data`` (``eval_step`` from ``make_eval_step``).
+
+    With ``parallel`` (a :class:`~fnn.train.parallel.DataParallel`), ``eval_step`` comes from its
+    ``compile_eval`` and ``params``/``model_state`` from its ``replicate``; the batch size is
+    rounded up to a multiple of the device count (padding is masked out) and each process
+    evaluates its slice of every batch.
+    """
     n = _num_examples(data)
     batch_size = min(batch_size, n)
+    put = None
+    batches: Iterable[dict] = _padded_batches(data, batch_size)
+    if parallel is not None:
+        batch_size = parallel.round_batch_size(batch_size)
+        batches = map(parallel.local_part, _padded_batches(data, batch_size))
+        put = parallel.put_batch
     totals: dict[str, Any] = {}
-    for batch in prefetch(_padded_batches(data, batch_size)):
+    for batch in prefetch(batches, put=put):
         sums = eval_step(params, model_state, batch)
         totals = sums if not totals else jax.tree_util.tree_map(jnp.add, totals, sums)
     totals = jax.device_get(totals)
@@ -154,9 +180,11 @@ def evaluate(eval_step: Callable, params: Any, model_state: Any, data: Mapping[s
     return {k: float(v) / count for k, v in totals.items()}
 
 
-def _host_batches(data: Mapping[str, np.ndarray], order: np.ndarray, batch_size: int):
+def _host_batches(data: Mapping[str, np.ndarray], order: np.ndarray, batch_size: int,
+                  rows: slice = slice(None)):
+    """The batches of one epoch; ``rows``: only this process's rows of each global batch."""
     for i in range(len(order) // batch_size):
-        idx = order[i * batch_size:(i + 1) * batch_size]
+        idx = order[i * batch_size:(i + 1) * batch_size][rows]
         yield {k: np.asarray(v[idx]) for k, v in data.items()}
 
 
@@ -172,7 +200,9 @@ def fit(net: Layer, loss: Callable[..., jax.Array], optimizer: optax.GradientTra
         metadata: dict[str, Any] | None = None,
         train_state: TrainState | None = None, eval_batch_size: int = 1024,
         callbacks: Sequence[Callable[[dict, TrainState], Any]] = (),
-        progress: bool = False, log: Callable[[str], None] | None = print) -> FitResult:
+        progress: bool = False, log: Callable[[str], None] | None = print,
+        parallel: str | DataParallel | None = None,
+        devices: int | Sequence[Any] | None = None) -> FitResult:
     """Train ``net`` on ``train_data`` (a dict with ``"x"`` and ``"y"`` arrays, first axis examples).
 
     Args:
@@ -189,18 +219,34 @@ def fit(net: Layer, loss: Callable[..., jax.Array], optimizer: optax.GradientTra
         callbacks: called as ``cb(record, train_state)`` after each epoch; a truthy return stops.
         progress: show a tqdm bar over the steps of each epoch (step mode) or over epochs.
         log: where the one-line epoch summaries go (``None``: silent).
+        parallel: ``None``/``"none"`` (one device), ``"pmap"`` or ``"mesh"`` (data-parallel
+            over ``devices``; see :mod:`fnn.train.parallel`), or a ``DataParallel``. ``batch_size``
+            is the global batch and must divide by the number of devices. Only process 0
+            writes ``run_dir`` and logs; ``callbacks`` run on every process and must decide
+            alike. With several hosts ``run_dir`` must be on a shared file system for
+            ``resume`` and ``restore_best``.
+        devices: local devices for ``parallel`` (a count per process; default all).
 
     Returns:
-        A :class:`FitResult`.
+        A :class:`FitResult`; its train state is one unreplicated copy, whatever the devices.
 
     Raises:
         TrainingDiverged: the loss became NaN/Inf (the last good checkpoint is left intact).
+        ValueError: ``batch_size`` does not split evenly over the devices.
+
+    Example:
+        >>> fit(net, loss, optax.adam(1e-3), train, val, epochs=5, batch_size=256,
+        ...     parallel="mesh")                 # every local device, XLA collectives
     """
     if mode not in ("epoch", "step"):
         raise ValueError(f"mode must be 'epoch' or 'step', got {mode!r}")
+    dp = as_data_parallel(parallel, devices)
     n = _num_examples(train_data)
     if batch_size > n:
         raise ValueError(f"batch_size {batch_size} is larger than the {n} training examples")
+    dp.check_batch_size(batch_size)
+    if not dp.is_main:  # process 0 alone logs and writes the run folder
+        log, progress = None, False
     steps_per_epoch = n // batch_size
     seed_key = jax.random.key(seed)
     data_key = jax.random.fold_in(seed_key, 1)
@@ -222,21 +268,25 @@ def fit(net: Layer, loss: Callable[..., jax.Array], optimizer: optax.GradientTra
         if log:
             log(f"resumed from {latest} at epoch {start_epoch} (step {int(train_state.step)})")
 
-    step_fn = train_step_fn(net, loss, optimizer, regularizer=regularizer, constraint=constraint,
-                            metrics=metrics, augment=augment)
-    eval_step = make_eval_step(net, loss, metrics=metrics)
+    train_net = dp.prepare_net(net)  # BatchNorm axis names for the mode
+    step_fn = train_step_fn(train_net, loss, optimizer, regularizer=regularizer,
+                            constraint=constraint, metrics=metrics, augment=augment,
+                            axis_name=dp.axis_name)
+    eval_step = dp.compile_eval(eval_step_fn(train_net, loss, metrics=metrics,
+                                             axis_name=dp.axis_name))
     if mode == "epoch":
-        run_epoch = make_train_epoch(step_fn, n, batch_size)
-        device_data = jax.device_put({k: np.asarray(v) for k, v in train_data.items()})
+        run_epoch = dp.compile_epoch(step_fn, n, batch_size)
+        device_data = dp.put_data({k: np.asarray(v) for k, v in train_data.items()})
     else:
-        run_step = jax.jit(step_fn, donate_argnums=(0,))
-    train_state = jax.device_put(train_state)
+        run_step = dp.compile_step(step_fn)
+    train_state = dp.replicate(train_state)
+    writes = run_path is not None and dp.is_main
     stopped_early = False
     bar = _epoch_bar(progress, mode, start_epoch, epochs)
 
     for epoch in range(start_epoch, epochs):
         start = time.perf_counter()
-        first_step = int(train_state.step)
+        first_step = int(dp.unreplicate(train_state.step))
         if mode == "epoch":
             train_state, stacked = run_epoch(train_state, device_data,
                                              jax.random.fold_in(data_key, epoch))
@@ -244,7 +294,8 @@ def fit(net: Layer, loss: Callable[..., jax.Array], optimizer: optax.GradientTra
         else:
             order = np.asarray(batch_order(data_key, epoch, n))
             collected = []
-            steps = prefetch(_host_batches(train_data, order, batch_size))
+            steps = prefetch(_host_batches(train_data, order, batch_size,
+                                           dp.local_slice(batch_size)), put=dp.put_batch)
             if progress:
                 from tqdm.auto import tqdm
                 steps = tqdm(steps, total=steps_per_epoch, desc=f"epoch {epoch + 1}/{epochs}",
@@ -263,13 +314,13 @@ def fit(net: Layer, loss: Callable[..., jax.Array], optimizer: optax.GradientTra
                     if latest is not None and latest.exists() else "no checkpoint was written yet")
             raise TrainingDiverged(f"the training loss became {losses[bad]} at step "
                                    f"{first_step + bad + 1} (epoch {epoch + 1}); {last}")
-        record: dict[str, Any] = {"epoch": epoch + 1, "step": int(train_state.step)}
-        record["learning_rate"] = current_learning_rate(train_state.opt_state)
+        record: dict[str, Any] = {"epoch": epoch + 1, "step": first_step + len(losses)}
+        record["learning_rate"] = _learning_rate(dp, train_state.opt_state)
         record.update({f"train_{k}": float(np.mean(v)) for k, v in stacked.items()
                        if k != "objective" or regularizer is not None})
         if val_data is not None:
             val = evaluate(eval_step, train_state.params, train_state.model_state, val_data,
-                           eval_batch_size)
+                           eval_batch_size, parallel=dp)
             record.update({f"val_{k}": v for k, v in val.items()})
         record["seconds"] = round(seconds, 4)
         record["examples_per_sec"] = round(steps_per_epoch * batch_size / seconds, 1)
@@ -290,18 +341,19 @@ def fit(net: Layer, loss: Callable[..., jax.Array], optimizer: optax.GradientTra
             value = record[monitor]
             if EarlyStopping(monitor).better(value, best_value):
                 best_value, best_epoch, improved = value, epoch + 1, True
-        if run_path is not None:
+        if writes:
             _write_jsonl(run_path / "metrics.jsonl", history)
             progress_meta = {"epoch": epoch, "history": history, "best_value": best_value,
                              "best_epoch": best_epoch, "waited": waited}
+            one_copy = dp.unreplicate(train_state)  # the same file whatever the devices
             if improved:
-                _save_train_state(best_path, train_state, net, progress_meta, metadata)
-            _save_train_state(latest, train_state, net, progress_meta, metadata)
+                _save_train_state(best_path, one_copy, net, progress_meta, metadata)
+            _save_train_state(latest, one_copy, net, progress_meta, metadata)
         if log:
             log(_format_record(record, epochs))
         if bar is not None:
             bar.update(1)
-        stop = any(bool(cb(record, train_state)) for cb in callbacks)
+        stop = any(bool(cb(record, dp.unreplicate(train_state))) for cb in callbacks)
         if early_stopping is not None and waited >= early_stopping.patience:
             stopped_early = True
             if log:
@@ -313,10 +365,19 @@ def fit(net: Layer, loss: Callable[..., jax.Array], optimizer: optax.GradientTra
     if bar is not None:
         bar.close()
 
+    train_state = dp.unreplicate(train_state)
     if early_stopping is not None and early_stopping.restore_best and best_epoch is not None \
-            and best_path is not None and best_path.exists() and best_epoch != len(history):
-        train_state, _ = _load_train_state(best_path, train_state)
+            and best_path is not None and best_epoch != len(history):
+        synchronize("fnn-fit-restore-best")  # process 0 has written best.safetensors
+        if best_path.exists():
+            train_state, _ = _load_train_state(best_path, train_state)
     return FitResult(train_state, history, best_epoch, stopped_early)
+
+
+def _learning_rate(dp: DataParallel, opt_state: Any) -> float | None:
+    lr = learning_rate_of(opt_state)
+    # Shortest decimal that round-trips in the state's dtype: 0.1, not 0.10000000149011612.
+    return None if lr is None else float(str(np.asarray(dp.unreplicate(lr))))
 
 
 def _epoch_bar(progress: bool, mode: str, start: int, epochs: int):
