@@ -243,11 +243,7 @@ def layer_type(kind: str) -> Callable[[Callable[..., Layer]], Callable[..., Laye
                     raise LayerError(e.detail, kind=kind, path=e.path) from None
                 raise
             arguments = dict(bound.arguments)
-            non_default = {
-                k: v for k, v in arguments.items()
-                if sig.parameters[k].default is inspect.Parameter.empty
-                or not _same(v, sig.parameters[k].default)
-            }
+            non_default = non_default_arguments(sig, arguments)
             spec: Any = kind
             if non_default:
                 spec = {kind: {k: _spec_value(v) for k, v in non_default.items()}}
@@ -269,6 +265,13 @@ def layer_type(kind: str) -> Callable[[Callable[..., Layer]], Callable[..., Laye
         return build
 
     return decorate
+
+
+def non_default_arguments(sig: inspect.Signature, arguments: dict[str, Any]) -> dict[str, Any]:
+    """The bound ``arguments`` that differ from their defaults in ``sig`` (what a spec records)."""
+    return {k: v for k, v in arguments.items()
+            if sig.parameters[k].default is inspect.Parameter.empty
+            or not _same(v, sig.parameters[k].default)}
 
 
 def _same(a: Any, b: Any) -> bool:

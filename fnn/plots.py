@@ -6,7 +6,22 @@ import os
 from pathlib import Path
 from typing import Any, Sequence
 
-__all__ = ["plot_curves"]
+__all__ = ["plot_curves", "save_figure"]
+
+
+def save_figure(fig: Any, path: str | os.PathLike) -> Path:
+    """Write a matplotlib figure to ``path`` as PNG, atomically, and close it."""
+    import io
+
+    import matplotlib.pyplot as plt
+
+    from fnn.train.checkpoint import atomic_write
+
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=100)
+    plt.close(fig)
+    atomic_write(path, buffer.getvalue())
+    return Path(path)
 
 
 def plot_curves(history: Sequence[dict[str, Any]], path: str | os.PathLike, *,
@@ -23,8 +38,6 @@ def plot_curves(history: Sequence[dict[str, Any]], path: str | os.PathLike, *,
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-
-    from fnn.train.checkpoint import atomic_write
 
     metrics = [m for m in ("loss", "accuracy") if any(f"train_{m}" in r for r in history)]
     fig, axes = plt.subplots(1, max(len(metrics), 1), figsize=(5 * max(len(metrics), 1), 3.6),
@@ -43,10 +56,4 @@ def plot_curves(history: Sequence[dict[str, Any]], path: str | os.PathLike, *,
     if title:
         fig.suptitle(title)
     fig.tight_layout()
-    import io
-
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=100)
-    plt.close(fig)
-    atomic_write(path, buffer.getvalue())
-    return Path(path)
+    return save_figure(fig, path)

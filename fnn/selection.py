@@ -776,8 +776,5 @@ def plot_sweep(trials: Sequence[Trial], keys: Sequence[str], metric: str,
     if title:
         fig.suptitle(title)
     fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=100)
-    plt.close(fig)
-    ckpt.atomic_write(path, buffer.getvalue())
-    return Path(path)
+    from fnn.plots import save_figure
+    return save_figure(fig, path)

@@ -35,7 +35,7 @@ from fnn import initializers
 # once ``fnn`` star-imports ``fnn.layers``.
 from fnn.activations import get as get_activation
 from fnn.core import (Layer, LayerError, apply_child, check_shape, init_child, layer_type,
-                      split_rng)
+                      non_default_arguments, split_rng)
 
 __all__ = ["Cell", "SimpleRNNCell", "LSTMCell", "GRUCell", "cell_from_spec", "RNN", "SimpleRNN",
            "LSTM", "GRU", "Bidirectional", "StripMask"]
@@ -116,9 +116,7 @@ def _cell_type(kind: str) -> Callable[[Callable[..., Cell]], Callable[..., Cell]
             except TypeError as e:
                 raise TypeError(f"{kind}: {e}") from None
             made = constructor(*bound.args, **bound.kwargs)
-            non_default = {k: v for k, v in bound.arguments.items()
-                           if sig.parameters[k].default is inspect.Parameter.empty
-                           or not _same(v, sig.parameters[k].default)}
+            non_default = non_default_arguments(sig, dict(bound.arguments))
             return Cell(kind=kind, units=made.units, init=made.init,
                         initial_carry=made.initial_carry, project=made.project,
                         recur=made.recur, spec={kind: non_default} if non_default else kind)
@@ -127,13 +125,6 @@ def _cell_type(kind: str) -> Callable[[Callable[..., Cell]], Callable[..., Cell]
         return build
 
     return decorate
-
-
-def _same(a: Any, b: Any) -> bool:
-    try:
-        return bool(a == b) and type(a) is type(b)
-    except Exception:
-        return a is b
 
 
 def cell_from_spec(spec: Any) -> Cell:
