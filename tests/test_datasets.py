@@ -31,7 +31,7 @@ def _real_mnist_dir() -> Path | None:
                   Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist"]
     for c in candidates:
         if c and all((Path(c) / f"{n}.gz").is_file() for n in NAMES):
-            return Path(c)
+            return Path(c).resolve()
     return None
 
 
