@@ -171,7 +171,8 @@ _END = object()
 
 
 def prefetch_to_device(iterator: Iterable[Batch], size: int = 2, *, sharding: Any = None,
-                       device: Any = None) -> Iterator[Batch]:
+                       device: Any = None,
+                       put: Callable[[Batch], Batch] | None = None) -> Iterator[Batch]:
     """Yield the batches of ``iterator`` as device arrays, ``size`` of them moved ahead.
 
     A background thread pulls host batches, puts each on the device with
@@ -189,16 +190,17 @@ def prefetch_to_device(iterator: Iterable[Batch], size: int = 2, *, sharding: An
             ``drop_remainder=True``. With several processes each process's batch is its local
             part, assembled by ``jax.make_array_from_process_local_data``.
         device: a single target device (default: JAX's default device); not with ``sharding``.
+        put: a function moving one host batch to its devices, instead of ``sharding``/``device``
+            (e.g. ``DataParallel.put_batch``, which splits the batch for ``pmap``).
 
     Example:
         >>> for batch in prefetch_to_device(batches((x, y), 128, epoch=e), size=2):
         ...     state, metrics = step(state, batch, rng)
     """
     _check_int("prefetch_to_device: size", size, 1)
-    if sharding is not None and device is not None:
-        raise ValueError("prefetch_to_device: give sharding or device, not both")
-    put = _device_putter(sharding, device)
-    return _prefetch(iter(iterator), size, put)
+    if sum(x is not None for x in (sharding, device, put)) > 1:
+        raise ValueError("prefetch_to_device: give one of sharding, device or put")
+    return _prefetch(iter(iterator), size, put or _device_putter(sharding, device))
 
 
 def _device_putter(sharding: Any, device: Any) -> Callable[[Batch], Batch]:

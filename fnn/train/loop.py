@@ -31,8 +31,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import queue
-import threading
 import time
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
@@ -43,6 +41,7 @@ import numpy as np
 import optax
 
 from fnn.core import Layer
+from fnn.data.pipeline import prefetch_to_device
 from fnn.optim import learning_rate_of
 from fnn.train.parallel import DataParallel, as_data_parallel, synchronize
 from fnn.train import checkpoint as ckpt
@@ -107,29 +106,9 @@ def prefetch(batches: Iterable[Any], size: int = 2, sharding: Any = None,
 
     ``put(batch)`` moves one host batch (default ``jax.device_put(batch, sharding)``); with
     ``DataParallel.put_batch`` each process's batch goes to its devices, split for the mode.
+    The same prefetcher as :func:`fnn.data.prefetch_to_device`.
     """
-    q: queue.Queue = queue.Queue(maxsize=size)
-    done = object()
-    if put is None:
-        def put(b):
-            return jax.device_put(b, sharding) if sharding is not None else jax.device_put(b)
-
-    def worker():
-        try:
-            for b in batches:
-                q.put(put(b))
-        except BaseException as e:  # noqa: BLE001 - re-raised in the consumer
-            q.put(e)
-        q.put(done)
-
-    threading.Thread(target=worker, daemon=True).start()
-    while True:
-        item = q.get()
-        if item is done:
-            return
-        if isinstance(item, BaseException):
-            raise item
-        yield item
+    return prefetch_to_device(batches, size, sharding=sharding, put=put)
 
 
 def _num_examples(data: Mapping[str, Any]) -> int:
