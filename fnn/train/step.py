@@ -25,6 +25,7 @@ import jax.numpy as jnp
 import optax
 from jax import lax
 
+from fnn import metrics as metrics_lib
 from fnn.core import Layer
 from fnn.train.state import TrainState
 
@@ -36,18 +37,22 @@ Metric = Callable[[jax.Array, jax.Array], jax.Array]
 
 
 def correct(outputs: jax.Array, targets: jax.Array) -> jax.Array:
-    """Per-example 1.0/0.0: is the arg-max class right? Targets are ids ``(B,)`` or one-hot ``(B, C)``."""
-    labels = targets if targets.ndim == outputs.ndim - 1 else jnp.argmax(targets, axis=-1)
-    return (jnp.argmax(outputs, axis=-1) == labels).astype(jnp.float32)
+    """Per-example 1.0/0.0: is the arg-max class right? Targets are ids ``(B,)`` or one-hot ``(B, C)``.
+
+    ``fnn.metrics.accuracy`` with ``reduction="none"``.
+    """
+    return metrics_lib.accuracy(outputs, targets, reduction="none")
 
 
 def binary_correct(outputs: jax.Array, targets: jax.Array) -> jax.Array:
-    """Per-example 1.0/0.0 for a single logit (or probability) output: is ``logit > 0`` right?
+    """Per-example fraction right for sigmoid logits: predicted positive where ``logit > 0``.
 
-    Works for outputs ``(B,)`` or ``(B, 1)`` of logits; targets are 0/1.
+    Works for outputs ``(B,)`` or ``(B, 1)`` of logits; targets are 0/1 (or -1/+1).
+    ``fnn.metrics.binary_accuracy`` with ``reduction="none"``.
     """
-    pred = (outputs.reshape(outputs.shape[0], -1) > 0).astype(jnp.float32)
-    return jnp.mean(pred == targets.reshape(pred.shape).astype(jnp.float32), axis=-1)
+    n = outputs.shape[0]
+    return metrics_lib.binary_accuracy(outputs.reshape(n, -1), targets.reshape(n, -1),
+                                       reduction="none")
 
 
 def _mask(batch: Batch) -> jax.Array:
