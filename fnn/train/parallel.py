@@ -420,32 +420,21 @@ class DataParallel:
         global batch: under ``pmap`` by its axis index, under ``mesh`` by a sharding
         constraint on the gathered batch. The same batches, in the same order, as one device.
         """
+        from fnn.train.step import epoch_fn, make_train_epoch
+
         if self.mode == "none":
-            from fnn.train.step import make_train_epoch
             return make_train_epoch(step_fn, num_examples, batch_size, shuffle=shuffle,
                                     donate=donate)
-        steps = num_examples // batch_size
-        if steps < 1:
-            raise ValueError(f"batch size {batch_size} is larger than the {num_examples} "
-                             "examples")
         self.check_batch_size(batch_size)
         pmapped = self.mode == "pmap"
         size = batch_size // self.num_devices if pmapped else batch_size
         donate_argnums = (0,) if donate else ()
-
-        def epoch(ts, data, epoch_key):
-            order = (jax.random.permutation(epoch_key, num_examples) if shuffle
-                     else jnp.arange(num_examples))
-            offset = lax.axis_index(PMAP_AXIS) * size if pmapped else 0
-
-            def body(ts, i):
-                idx = lax.dynamic_slice_in_dim(order, i * batch_size + offset, size)
-                batch = jax.tree_util.tree_map(lambda a: jnp.take(a, idx, axis=0), dict(data))
-                if not pmapped:  # mesh: each device keeps its rows of the global batch
-                    batch = lax.with_sharding_constraint(batch, self._sharded)
-                return step_fn(ts, batch)
-
-            return lax.scan(body, ts, jnp.arange(steps))
+        # pmap: each device takes its own rows by its axis index; mesh: the gathered global
+        # batch is constrained to the data sharding, so each device keeps its rows.
+        epoch = epoch_fn(step_fn, num_examples, batch_size, shuffle=shuffle, rows=size,
+                         first_row=(lambda: lax.axis_index(PMAP_AXIS) * size) if pmapped else None,
+                         constrain=None if pmapped else
+                         (lambda batch: lax.with_sharding_constraint(batch, self._sharded)))
 
         if pmapped:
             return jax.pmap(epoch, axis_name=PMAP_AXIS, in_axes=(0, None, None),

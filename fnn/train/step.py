@@ -29,7 +29,7 @@ from fnn import metrics as metrics_lib
 from fnn.core import Layer
 from fnn.train.state import TrainState
 
-__all__ = ["make_train_step", "make_eval_step", "make_train_epoch", "correct",
+__all__ = ["make_train_step", "make_eval_step", "make_train_epoch", "epoch_fn", "correct",
            "binary_correct", "train_step_fn", "eval_step_fn"]
 
 Batch = Mapping[str, jax.Array]
@@ -190,6 +190,40 @@ def make_eval_step(net: Layer, loss: Callable[..., jax.Array], *,
     return jax.jit(eval_step_fn(net, loss, metrics=metrics))
 
 
+def epoch_fn(step_fn: Callable[[TrainState, Batch], tuple[TrainState, dict]],
+             num_examples: int, batch_size: int, *, shuffle: bool = True,
+             rows: int | None = None, first_row: Callable[[], jax.Array] | None = None,
+             constrain: Callable[[Batch], Batch] | None = None
+             ) -> Callable[[TrainState, Batch, jax.Array], tuple[TrainState, dict]]:
+    """The un-jitted epoch of :func:`make_train_epoch`: a ``lax.scan`` of ``step_fn`` over batches.
+
+    Step ``i`` takes rows ``order[i * batch_size + first_row() : ... + rows]`` of the data, with
+    ``order`` drawn from the epoch key. By default (``rows=batch_size``, ``first_row=0``) that is
+    the whole global batch; a data-parallel device takes its own slice of it instead
+    (``fnn.train.parallel``), and ``constrain`` may place the gathered batch (a sharding).
+    """
+    steps = num_examples // batch_size
+    if steps < 1:
+        raise ValueError(f"batch size {batch_size} is larger than the {num_examples} examples")
+    rows = batch_size if rows is None else rows
+
+    def epoch(ts: TrainState, data: Batch, epoch_key: jax.Array):
+        order = (jax.random.permutation(epoch_key, num_examples) if shuffle
+                 else jnp.arange(num_examples))
+        offset = 0 if first_row is None else first_row()
+
+        def body(ts, i):
+            idx = lax.dynamic_slice_in_dim(order, i * batch_size + offset, rows)
+            batch = jax.tree_util.tree_map(lambda a: jnp.take(a, idx, axis=0), dict(data))
+            if constrain is not None:
+                batch = constrain(batch)
+            return step_fn(ts, batch)
+
+        return lax.scan(body, ts, jnp.arange(steps))
+
+    return epoch
+
+
 def make_train_epoch(step_fn: Callable[[TrainState, Batch], tuple[TrainState, dict]],
                      num_examples: int, batch_size: int, *, shuffle: bool = True,
                      donate: bool = True) -> Callable[[TrainState, Batch, jax.Array], tuple[TrainState, dict]]:
@@ -207,19 +241,5 @@ def make_train_epoch(step_fn: Callable[[TrainState, Batch], tuple[TrainState, di
         ``epoch(train_state, data, epoch_key) -> (train_state, metrics)`` with each metric
         stacked over the epoch's steps, shape ``(steps,)``; jit-compiled, state donated.
     """
-    steps = num_examples // batch_size
-    if steps < 1:
-        raise ValueError(f"batch size {batch_size} is larger than the {num_examples} examples")
-
-    def epoch(ts: TrainState, data: Batch, epoch_key: jax.Array):
-        order = (jax.random.permutation(epoch_key, num_examples) if shuffle
-                 else jnp.arange(num_examples))
-
-        def body(ts, i):
-            idx = lax.dynamic_slice_in_dim(order, i * batch_size, batch_size)
-            batch = jax.tree_util.tree_map(lambda a: jnp.take(a, idx, axis=0), dict(data))
-            return step_fn(ts, batch)
-
-        return lax.scan(body, ts, jnp.arange(steps))
-
-    return jax.jit(epoch, donate_argnums=(0,) if donate else ())
+    return jax.jit(epoch_fn(step_fn, num_examples, batch_size, shuffle=shuffle),
+                   donate_argnums=(0,) if donate else ())
