@@ -142,8 +142,10 @@ def make_optimizer(config: Mapping[str, Any], *, params: optax.Params | None = N
     freeze = freeze_list(config.get("freeze"), f"{where}.freeze")
     if freeze and params is not None:
         frozen_labels(params, freeze, f"{where}.freeze")
-    # Errors of the rule itself (an impossible combination of keys) are raised now.
-    _ = rule.build(lr, **_extra(name, lr, weight_decay, decay_mask), **hyper)
+    try:  # an impossible combination of keys is reported now, with the config path
+        rule.build(lr, **_extra(name, lr, weight_decay, decay_mask), **hyper)
+    except ValueError as e:
+        raise ValueError(f"{where}: {e}") from None
 
     def build(learning_rate):
         chain = []

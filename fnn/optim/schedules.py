@@ -22,17 +22,30 @@ from fnn.optim.checks import boolean, check_keys, integer, mapping, number
 __all__ = ["make_schedule", "schedule_names"]
 
 
+def _float() -> jnp.dtype:
+    """The default float dtype: float32, or float64 under ``jax_enable_x64``."""
+    return jnp.result_type(float)
+
+
+def _in_default_float(schedule: optax.Schedule) -> optax.Schedule:
+    """``schedule`` called with a float step count, so that it computes in float64 under
+    ``jax_enable_x64`` (optax divides the int32 count into float32 otherwise)."""
+    def float_schedule(count):
+        return schedule(jnp.asarray(count, _float()))
+    return float_schedule
+
+
 def _inverse_time(lr: float, decay_rate: float, decay_steps: int,
                   staircase: bool) -> optax.Schedule:
     def schedule(count):
-        t = jnp.asarray(count, jnp.float32) / decay_steps
+        t = jnp.asarray(count, _float()) / decay_steps
         return lr / (1 + decay_rate * (jnp.floor(t) if staircase else t))
     return schedule
 
 
 def _inverse_sqrt(lr: float, decay_steps: int) -> optax.Schedule:
     def schedule(count):
-        return lr / jnp.sqrt(1 + jnp.asarray(count, jnp.float32) / decay_steps)
+        return lr / jnp.sqrt(1 + jnp.asarray(count, _float()) / decay_steps)
     return schedule
 
 
@@ -163,7 +176,7 @@ def make_schedule(learning_rate: float, config: Mapping[str, Any] | str | None =
     if not warmup:
         if "init_value" in c:
             raise ValueError(f"{where}.init_value: the warmup start value needs warmup_steps")
-        return main
+        return _in_default_float(main)
     init_value = number(c.get("init_value", 0.0), f"{where}.init_value", low=0.0)
-    return optax.join_schedules(
-        [optax.linear_schedule(init_value, lr, warmup), main], [warmup])
+    return _in_default_float(optax.join_schedules(
+        [optax.linear_schedule(init_value, lr, warmup), main], [warmup]))
