@@ -116,6 +116,9 @@ def make_schedule(learning_rate: float, config: Mapping[str, Any] | str | None =
     ``init_value`` [0] to ``lr`` over ``W`` steps, then the schedule runs from its own step 0
     (``optax.join_schedules``), so ``decay_steps`` count after the warmup.
 
+    The step count is converted to the default float dtype first, so a schedule computes in
+    float64 under ``jax_enable_x64`` (float32 otherwise, with the same values as optax's).
+
     Args:
         learning_rate: base learning rate.
         config: ``None`` (constant), a name, or ``{"name": ..., <keys>, "warmup_steps",
