@@ -553,3 +553,29 @@ def test_every_optimizer_and_convention_is_covered():
             if name != "adabound"} | {("adabound", "paper")}
     # sgd's conventions are one rule without momentum; sgd with momentum is "momentum".
     assert want - covered <= {("sgd", "pytorch"), ("sgd", "keras"), ("sgd", "optax")}
+
+
+def test_custom_rules_run_under_jit():
+    """The transformations written in fnn (not optax's) trace: ten jitted steps of each, in
+    one compiled function, equal the eager steps."""
+    cases = ["adagrad/paper", "nadam/paper", "adamax/paper", "amsgrad/keras",
+             "adabound/paper(bounds bind)"]
+    opts = [make_optimizer({**CASES[c][0], "learning_rate": CASES[c][2]}) for c in cases]
+    params = jax.tree.map(lambda a: jnp.asarray(a, jnp.float32), P0)
+    data = _data(jnp.float32)
+
+    @jax.jit
+    def run_all():
+        finals = []
+        for opt in opts:
+            def step(_, carry, opt=opt):
+                p, state = carry
+                updates, state = opt.update(jax.grad(jax_loss)(p, data), state, p)
+                return optax.apply_updates(p, updates), state
+            finals.append(jax.lax.fori_loop(0, STEPS, step, (params, opt.init(params)))[0])
+        return finals
+
+    for case, final in zip(cases, run_all()):
+        eager = run_fnn(CASES[case][0], CASES[case][2], jnp.float32)[-1]
+        np.testing.assert_allclose(flatten(jax.tree.map(np.asarray, final)), eager,
+                                   rtol=1e-6, atol=1e-6, err_msg=case)
