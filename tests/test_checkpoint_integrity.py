@@ -174,13 +174,19 @@ def test_altered_metadata_is_refused(tmp_path, field):
     _refused_everywhere(bad, "bad.safetensors is damaged")
 
 
-def test_train_state_restore_refuses_a_damaged_checkpoint(tmp_path):
+def test_fit_cleans_temporaries_and_resume_refuses_a_damaged_checkpoint(tmp_path):
     x = np.random.default_rng(0).normal(size=(40, 5)).astype(np.float32)
     y = (x[:, 0] > 0).astype(np.int32)
     kw = dict(epochs=1, batch_size=20, seed=0, log=None, run_dir=tmp_path, progress=False)
     net = fnn.serial(fnn.Dense(2))
     import optax
+    stale = [tmp_path / ".metrics.jsonl.a1b2c3d4.tmp",
+             tmp_path / "checkpoints" / ".latest.safetensors.k2j4x9q1.tmp"]
+    stale[1].parent.mkdir()
+    for p in stale:
+        p.write_bytes(b"left by a killed run")
     fit(net, fnn.losses.softmax_cross_entropy, optax.sgd(0.1), {"x": x, "y": y}, **kw)
+    assert not any(p.exists() for p in stale)  # fit cleans the run folder when it opens it
     latest = tmp_path / "checkpoints" / "latest.safetensors"
     data = bytearray(latest.read_bytes())
     begin, end = _tensor_spans(bytes(data))["params/dense_0/w"]

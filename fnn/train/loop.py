@@ -236,6 +236,9 @@ def fit(net: Layer, loss: Callable[..., jax.Array], optimizer: optax.GradientTra
     run_path = Path(run_dir) if run_dir is not None else None
     latest = run_path / "checkpoints" / "latest.safetensors" if run_path else None
     best_path = run_path / "checkpoints" / "best.safetensors" if run_path else None
+    if run_path is not None and dp.is_main:  # leftovers of a write killed midway
+        ckpt.clean_temporary_files(run_path)
+        ckpt.clean_temporary_files(run_path / "checkpoints")
     history: list[dict[str, Any]] = []
     start_epoch, best_value, best_epoch, waited = 0, None, None, 0
     if resume and latest is not None and latest.exists():
