@@ -27,6 +27,8 @@ from pathlib import Path
 
 import numpy as np
 
+from fnn.data.checks import DataError
+
 __all__ = ["IdxFormatError", "read_idx", "read_raw", "parse_idx", "write_idx"]
 
 _DTYPES: dict[int, np.dtype] = {
@@ -40,8 +42,9 @@ _DTYPES: dict[int, np.dtype] = {
 _CODES: dict[np.dtype, int] = {dt.newbyteorder("="): code for code, dt in _DTYPES.items()}
 
 
-class IdxFormatError(ValueError):
-    """A file that is not a well-formed IDX file (bad magic, truncated, trailing bytes)."""
+class IdxFormatError(DataError):
+    """A file that is not a well-formed IDX file (bad magic, truncated, trailing bytes, corrupt
+    gzip); the message names the file."""
 
 
 def read_idx(path: str | os.PathLike) -> np.ndarray:
