@@ -287,14 +287,17 @@ def test_load_weights_into_another_network_names_the_layer_and_both_shapes(tmp_p
 
 @pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o077, 0o600), (0o002, 0o664)])
 def test_written_files_follow_the_umask(tmp_path, umask, mode):
+    (tmp_path / "src.bin").write_bytes(b"downloaded")
     old = os.umask(umask)
     try:
         ckpt.atomic_write(tmp_path / "a.txt", b"x")
         fnn.save_weights(tmp_path / "w.safetensors", {"w": np.ones(2, np.float32)})
+        fnn.data.write_idx(tmp_path / "l-idx1-ubyte.gz", np.arange(3, dtype=np.uint8))
+        fnn.data.fetch([(tmp_path / "src.bin").as_uri()], tmp_path / "f.bin", progress=False)
     finally:
         os.umask(old)
-    for name in ("a.txt", "w.safetensors"):
-        assert stat.S_IMODE((tmp_path / name).stat().st_mode) == mode
+    for name in ("a.txt", "w.safetensors", "l-idx1-ubyte.gz", "f.bin"):
+        assert stat.S_IMODE((tmp_path / name).stat().st_mode) == mode, name
 
 
 def test_clean_temporary_files_removes_only_fnn_temporaries(tmp_path):

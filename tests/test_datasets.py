@@ -229,6 +229,16 @@ def _assert_same(got: dict, want: dict) -> None:
             np.testing.assert_array_equal(g, w)
 
 
+def test_download_removes_partial_files_of_a_killed_download(tmp_path):
+    spec, arrays = _fake_spec(tmp_path / "mirror")
+    cache = tmp_path / "xdg-cache" / "fnn" / "fake"
+    cache.mkdir(parents=True)
+    partial = cache / f".{spec.files[0].name}.gz.a1b2c3d4.part.gz"  # fetch's temporary name
+    partial.write_bytes(b"\x1f\x8b half a download")
+    _assert_same(load_idx_dataset(spec, progress=False), arrays)
+    assert sorted(os.listdir(cache)) == sorted(f"{f.name}.gz" for f in spec.files)
+
+
 @pytest.mark.parametrize("checksum_of", ["content", "file"])
 def test_download_into_cache_then_load_from_it(tmp_path, checksum_of):
     spec, arrays = _fake_spec(tmp_path / "mirror", checksum_of=checksum_of)

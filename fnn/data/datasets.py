@@ -42,6 +42,7 @@ import numpy as np
 from fnn.data.checks import check_labels
 from fnn.data.download import Checksum, ChecksumError, DownloadError, fetch, user_cache_dir
 from fnn.data.idx import IdxFormatError, parse_idx, read_raw
+from fnn.files import clean_temporary_files
 
 __all__ = [
     "DatasetNotFoundError",
@@ -238,6 +239,7 @@ def load_idx_dataset(spec: IdxDatasetSpec, data_dir: str | os.PathLike | None = 
         target = dirs[0] if data_dir is not None else user_cache_dir(spec.folder)
         if not download:
             raise DatasetNotFoundError(_not_found_message(spec, dirs, target, None))
+        clean_temporary_files(target)  # partial files of a download that was killed
         try:
             for f in spec.files:
                 if _find(target, f.name) is None:

@@ -19,7 +19,6 @@ from __future__ import annotations
 import gzip
 import hashlib
 import os
-import tempfile
 import urllib.request
 import zlib
 from pathlib import Path
@@ -28,6 +27,7 @@ from typing import Callable, NamedTuple, Sequence
 from tqdm import tqdm
 
 from fnn.data.checks import DataError
+from fnn.files import temporary_file
 
 __all__ = ["Checksum", "ChecksumError", "DownloadError", "fetch", "file_digest",
            "user_cache_dir", "verify"]
@@ -153,7 +153,7 @@ def _fetch(urls: Sequence[str], dest: Path, *, checksum: Checksum | None,
     for url in urls:
         # keep a .gz ending so that the checks of the temporary file see it as gzipped
         suffix = ".part.gz" if dest.name.endswith(".gz") else ".part"
-        fd, tmp_name = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=suffix)
+        fd, tmp_name = temporary_file(dest.parent, dest.name, suffix)  # umask permissions
         tmp = Path(tmp_name)
         try:
             try:

@@ -21,13 +21,13 @@ from __future__ import annotations
 import gzip
 import os
 import struct
-import tempfile
 import zlib
 from pathlib import Path
 
 import numpy as np
 
 from fnn.data.checks import DataError
+from fnn.files import temporary_file
 
 __all__ = ["IdxFormatError", "read_idx", "read_raw", "parse_idx", "write_idx"]
 
@@ -142,7 +142,7 @@ def write_idx(path: str | os.PathLike, array: np.ndarray) -> Path:
                + np.ascontiguousarray(array, dtype=_DTYPES[code]).tobytes())
     if path.name.endswith(".gz"):
         payload = gzip.compress(payload, mtime=0)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
+    fd, tmp = temporary_file(path.parent, path.name, ".part")  # permissions follow the umask
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(payload)

@@ -25,9 +25,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import re
 import struct
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Any
@@ -38,6 +36,7 @@ import numpy as np
 import safetensors.numpy
 
 from fnn.core import Layer
+from fnn.files import WriteError, atomic_write, clean_temporary_files  # re-exported
 
 __all__ = ["save_tree", "load_tree", "read_checkpoint", "read_metadata", "restore_like", "save", "load",
            "save_weights", "load_weights", "CheckpointError", "UnverifiedCheckpointWarning",
@@ -55,16 +54,6 @@ class CheckpointError(ValueError):
 
 class UnverifiedCheckpointWarning(UserWarning):
     """A checkpoint without checksums (written by fnn 0.1): it loads, but unverified."""
-
-
-class WriteError(OSError):
-    """A file fnn could not write (disk full, read-only file system, no permission).
-
-    The message names the file; the file's previous version, if any, is left as it was.
-    """
-
-    def __str__(self) -> str:
-        return self.strerror or super().__str__()
 
 
 def _key_str(entry: Any) -> str:
@@ -92,91 +81,6 @@ def flatten(tree: Any, prefix: str) -> dict[str, np.ndarray]:
         key = "/".join(p for p in (prefix, path_str(path)) if p)
         flat[key] = _to_numpy(leaf)
     return flat
-
-
-def _umask() -> int:
-    """The process umask, read without changing it where Linux allows."""
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("Umask:"):
-                    return int(line.split()[1], 8)
-    except OSError:
-        pass
-    mask = os.umask(0o022)  # elsewhere: set and restore at once
-    os.umask(mask)
-    return mask
-
-
-# ".<name>.<8 random chars>.tmp" (atomic_write), ".<name>.<8>.part[.gz]" (IDX files, downloads)
-_TEMPORARY = re.compile(r"^\..+\.[A-Za-z0-9_]{8}\.(tmp|part|part\.gz)$")
-
-
-def atomic_write(path: str | os.PathLike, data: bytes) -> None:
-    """Write ``data`` to ``path`` so that readers see the old file or the new one, never half.
-
-    The bytes go to a temporary file in the same folder (``.<name>.<random>.tmp``), are flushed
-    to disk, and the file is renamed over ``path``. Its permissions follow the umask
-    (``0o666 & ~umask``), like a file opened with ``open(path, "w")``.
-
-    Raises:
-        WriteError: the folder or file cannot be written (disk full, read-only, no permission);
-            names the file. ``path`` keeps its previous content and no temporary file is left.
-
-    Example:
-        >>> atomic_write("run/config.yaml", b"seed: 0\n")
-    """
-    path = Path(path)
-    tmp = None
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        with os.fdopen(fd, "wb") as f:
-            os.fchmod(f.fileno(), 0o666 & ~_umask())
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException as e:
-        if tmp is not None:
-            with _ignore():
-                os.unlink(tmp)
-        if isinstance(e, OSError) and not isinstance(e, WriteError):
-            kept = f"; the previous {path.name} is unchanged" if path.exists() else ""
-            raise WriteError(e.errno, f"cannot write {path}: {e.strerror or e}{kept}") from e
-        raise
-
-
-def clean_temporary_files(folder: str | os.PathLike) -> list[Path]:
-    """Remove the temporary files that writes killed midway left in ``folder``; returns them.
-
-    Only fnn's own temporary names are touched: ``.<name>.<8 chars>.tmp`` (from
-    :func:`atomic_write`) and ``.<name>.<8 chars>.part[.gz]`` (IDX files, downloads). Not
-    recursive; a missing folder is fine. Call it when a run folder or checkpoint folder is
-    opened, before anything else writes there.
-
-    Example:
-        >>> clean_temporary_files("runs/mnist/checkpoints")
-        [PosixPath('runs/mnist/checkpoints/.latest.safetensors.k2j4x9q1.tmp')]
-    """
-    folder = Path(folder)
-    removed = []
-    if not folder.is_dir():
-        return removed
-    for entry in folder.iterdir():
-        if _TEMPORARY.match(entry.name) and entry.is_file() and not entry.is_symlink():
-            with _ignore():
-                entry.unlink()
-                removed.append(entry)
-    return removed
-
-
-class _ignore:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return True
 
 
 def _tensor_sha256(array: np.ndarray) -> str:
