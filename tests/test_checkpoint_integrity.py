@@ -373,3 +373,14 @@ def test_disk_full_names_the_file_and_keeps_earlier_checkpoints(small_tmpfs):
     for name in ("best", "latest"):
         params, _ = fnn.load_weights(folder / f"{name}.safetensors")
         np.testing.assert_array_equal(params["w"], small["w"])
+
+
+def test_load_refuses_weights_that_do_not_fit_the_saved_architecture(tmp_path):
+    net = fnn.serial(fnn.Dense(4, name="hidden"), fnn.Relu, fnn.Dense(3))
+    other = fnn.serial(fnn.Dense(6, name="hidden"), fnn.Relu, fnn.Dense(3))
+    _, params, state = other.init(jax.random.key(0), (-1, 5))
+    fnn.save(tmp_path / "m.safetensors", net, params, state, input_shape=[-1, 5])
+    with pytest.raises(ckpt.CheckpointError, match=r"m.safetensors: layer 'dense_0' parameter 'w' "
+                                                   r"has shape \(6, 3\) in the checkpoint, but the "
+                                                   r"network needs \(4, 3\)"):
+        fnn.load(tmp_path / "m.safetensors")

@@ -429,13 +429,25 @@ def save(path: str | os.PathLike, net: Layer, params: Any, state: Any = None, *,
 def load(path: str | os.PathLike) -> tuple[Layer, dict, dict]:
     """Load ``(net, params, state)`` saved by :func:`save` or by a training run.
 
+    When the checkpoint stores an ``input_shape`` (as training runs and ``save(...,
+    input_shape=...)`` do), the weights are checked against the architecture.
+
     Raises:
-        CheckpointError: the file is missing, damaged (checksums), or holds weights only.
+        CheckpointError: the file is missing, damaged (checksums), holds weights only, or its
+            weights do not fit its architecture (naming the layer and both shapes).
     """
     from fnn.layers.spec import from_spec
 
+    path = Path(path)
     arrays, meta = read_checkpoint(path)
     spec = meta.get("spec")
     if spec is None:
         raise CheckpointError(f"{path} holds weights only (no architecture); use load_weights")
-    return from_spec(spec), nest(arrays, "params"), nest(arrays, "model_state")
+    net = from_spec(spec)
+    params, state = nest(arrays, "params"), nest(arrays, "model_state")
+    if meta.get("input_shape") is not None:  # the weights must fit the stored architecture
+        want_params, want_state = jax.eval_shape(
+            lambda k: net.init(k, tuple(meta["input_shape"]))[1:], jax.random.key(0))
+        _check_fits(path, "params", params, want_params)
+        _check_fits(path, "state", state, want_state)
+    return net, params, state

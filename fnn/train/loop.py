@@ -399,8 +399,7 @@ def _save_train_state(path: Path, ts: TrainState, net: Layer, progress: dict,
 
 
 def _load_train_state(path: Path, template: TrainState) -> tuple[TrainState, dict]:
-    arrays = ckpt.load_tree(path)
-    meta = ckpt.read_metadata(path)
+    arrays, meta = ckpt.read_checkpoint(path)  # one read, every checksum checked
     restored = TrainState(*(ckpt.restore_like(getattr(template, f), arrays, f, source=path)
                             for f in TrainState._fields))
     return restored, meta.get("progress", {})
