@@ -384,3 +384,19 @@ def test_load_refuses_weights_that_do_not_fit_the_saved_architecture(tmp_path):
                                                    r"has shape \(6, 3\) in the checkpoint, but the "
                                                    r"network needs \(4, 3\)"):
         fnn.load(tmp_path / "m.safetensors")
+
+
+def test_every_dtype_round_trips_verified(tmp_path):
+    arrays = {name: np.arange(6).reshape(2, 3).astype(name)
+              for name in ("float16", "float32", "float64", "int8", "int16", "int32", "int64",
+                           "uint8", "uint16", "uint32", "uint64", "bool")}
+    arrays["scalar"] = np.float32(2.5)
+    arrays["big_endian"] = np.arange(3, dtype=">i4")
+    ckpt.save_tree(tmp_path / "t.safetensors", {"a": arrays, "key": jax.random.key(3)})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        got = ckpt.load_tree(tmp_path / "t.safetensors")
+    for name, value in arrays.items():
+        np.testing.assert_array_equal(got[f"a/{name}"], value)
+        assert got[f"a/{name}"].shape == np.shape(value)
+    np.testing.assert_array_equal(got["key"], jax.random.key_data(jax.random.key(3)))

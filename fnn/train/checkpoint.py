@@ -115,23 +115,11 @@ def save_tree(path: str | os.PathLike, trees: dict[str, Any], metadata: dict[str
                for k, v in tensors.items()}
     meta = {"format": FORMAT, **{k: json.dumps(v) for k, v in (metadata or {}).items()}}
     meta[CHECKSUMS_KEY] = json.dumps({k: _tensor_sha256(v) for k, v in sorted(tensors.items())})
-    header = {"__metadata__": meta,
-              **{k: {"dtype": _st_dtype(v), "shape": list(v.shape)} for k, v in tensors.items()}}
-    meta[HEADER_KEY] = _header_sha256(header)
+    # the header digest is taken of the header safetensors writes (its dtype names, its shapes)
+    draft = safetensors.numpy.save(tensors, metadata=meta)
+    (n,) = struct.unpack("<Q", draft[:8])
+    meta[HEADER_KEY] = _header_sha256(json.loads(draft[8:8 + n]))
     atomic_write(path, safetensors.numpy.save(tensors, metadata=meta))
-
-
-def _st_dtype(array: np.ndarray) -> str:
-    """The safetensors name of a numpy dtype (``F32``, ``I64``, ``BOOL``...)."""
-    dt = array.dtype
-    if dt == np.bool_:
-        return "BOOL"
-    if dt.name == "bfloat16":
-        return "BF16"
-    kind = {"f": "F", "i": "I", "u": "U"}.get(dt.kind)
-    if kind is None:
-        raise CheckpointError(f"cannot save an array of dtype {dt} in a checkpoint")
-    return f"{kind}{dt.itemsize * 8}"
 
 
 def _read_header(path: Path, f) -> tuple[dict, int]:
