@@ -318,6 +318,10 @@ def _class_targets(loss: str, scores: jax.Array, labels: Any, label_smoothing: f
                 raise ValueError(f"{loss}: labels must be in [0, {num_classes}) for scores "
                                  f"{scores.shape}, got values in [{values.min()}, {values.max()}]")
         targets = jax.nn.one_hot(labels, num_classes, dtype=scores.dtype)
+        # under jit the values are unknown: an out-of-range label (one_hot gives all zeros,
+        # a plausible loss of 0) becomes NaN targets, so the loss is NaN and training stops
+        invalid = (labels < 0) | (labels >= num_classes)
+        targets = jnp.where(invalid[..., None], jnp.nan, targets)
     elif labels.ndim == scores.ndim:
         if labels.shape != scores.shape:
             raise ValueError(f"{loss}: one-hot labels must have the scores' shape, got scores "
@@ -340,6 +344,8 @@ def softmax_cross_entropy(logits: jax.Array, labels: jax.Array, *, label_smoothi
     probabilistic targets of the logits' shape ``(batch, ..., classes)``; the labels' rank
     decides (one below the logits: indices, which must be integers; equal: targets).
     ``label_smoothing`` ``s`` replaces targets ``y`` by ``(1 - s) y + s / classes``.
+    An integer label outside ``[0, classes)`` raises ``ValueError`` when called eagerly and
+    makes the loss NaN under ``jit`` (so that training on it stops as diverged).
     Stable for any logits (``log_softmax`` subtracts the max); gradient ``softmax(z) - y``.
     Extra non-batch axes (e.g. time) are averaged into the per-example loss.
 

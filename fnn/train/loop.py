@@ -236,6 +236,9 @@ def fit(net: Layer, loss: Callable[..., jax.Array], optimizer: optax.GradientTra
     run_path = Path(run_dir) if run_dir is not None else None
     latest = run_path / "checkpoints" / "latest.safetensors" if run_path else None
     best_path = run_path / "checkpoints" / "best.safetensors" if run_path else None
+    if run_path is not None and dp.is_main:  # leftovers of a write killed midway
+        ckpt.clean_temporary_files(run_path)
+        ckpt.clean_temporary_files(run_path / "checkpoints")
     history: list[dict[str, Any]] = []
     start_epoch, best_value, best_epoch, waited = 0, None, None, 0
     if resume and latest is not None and latest.exists():
@@ -396,8 +399,7 @@ def _save_train_state(path: Path, ts: TrainState, net: Layer, progress: dict,
 
 
 def _load_train_state(path: Path, template: TrainState) -> tuple[TrainState, dict]:
-    arrays = ckpt.load_tree(path)
-    meta = ckpt.read_metadata(path)
+    arrays, meta = ckpt.read_checkpoint(path)  # one read, every checksum checked
     restored = TrainState(*(ckpt.restore_like(getattr(template, f), arrays, f, source=path)
                             for f in TrainState._fields))
     return restored, meta.get("progress", {})
