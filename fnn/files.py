@@ -7,8 +7,10 @@
 * ``WriteError``: a write that failed (disk full, read-only, no permission), naming the file.
 
 Example:
-    >>> atomic_write("runs/x/config.yaml", b"seed: 0\n")
-    >>> clean_temporary_files("runs/x/checkpoints")
+    >>> import pathlib, tempfile
+    >>> folder = pathlib.Path(tempfile.mkdtemp())
+    >>> atomic_write(folder / "config.yaml", b"seed: 0")
+    >>> clean_temporary_files(folder)
     []
 """
 
@@ -79,7 +81,11 @@ def atomic_write(path: str | os.PathLike, data: bytes) -> None:
             names the file. ``path`` keeps its previous content and no temporary file is left.
 
     Example:
-        >>> atomic_write("run/config.yaml", b"seed: 0\n")
+        >>> import pathlib, tempfile
+        >>> path = pathlib.Path(tempfile.mkdtemp()) / "config.yaml"
+        >>> atomic_write(path, b"seed: 0")
+        >>> path.read_bytes()
+        b'seed: 0'
     """
     path = Path(path)
     tmp = None
