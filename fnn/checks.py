@@ -160,6 +160,31 @@ def _check_layer_names(names: Any, params: Any, where: str) -> None:
                                                f"(layers: {', '.join(known) or 'none'})")
 
 
+def _check_pretrained(path: str | None, params: Any) -> None:
+    """``training.pretrained`` loads, and every param it shares with the network has its shape."""
+    if not path:
+        return
+    from fnn.train import checkpoint as ckpt
+
+    if not os.path.isfile(path):
+        raise ConfigError("training.pretrained", f"file not found: {path}")
+    ckpt.read_metadata(path)
+    arrays = ckpt.load_tree(path)
+    shared = {k: v for k, v in arrays.items() if k.startswith("params/")}
+    for key, leaf in _leaves(params, "params"):
+        if key in shared and tuple(shared[key].shape) != tuple(leaf.shape):
+            raise ConfigError("training.pretrained", f"{key} has shape {shared[key].shape} in "
+                                                     f"{path}, the network needs {leaf.shape}")
+
+
+def _leaves(tree: Any, prefix: str):
+    if isinstance(tree, Mapping):
+        for k, v in tree.items():
+            yield from _leaves(v, f"{prefix}/{k}")
+    else:
+        yield prefix, tree
+
+
 def monitored_keys(metrics: Mapping[str, Any], regularized: bool, validation: bool) -> list[str]:
     """The keys of the per-epoch record ``fit`` logs (what early stopping can monitor)."""
     train = ["loss", *metrics] + (["objective"] if regularized else [])
@@ -303,6 +328,7 @@ def check_run(cfg: Mapping[str, Any], exp: Any, data: Mapping[str, Mapping[str, 
             path, _, detail = text.partition(": ")
             raise ConfigError(path, detail) from None
         raise
+    _check_pretrained(cfg["training"]["pretrained"], ts.params)
     _check_layer_names(cfg["optimizer"].get("freeze"), ts.params, "optimizer.freeze")
     _check_layer_names(cfg["regularizers"]["layers"], ts.params, "regularizers.layers")
 

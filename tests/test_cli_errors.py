@@ -85,6 +85,8 @@ CASES = [
     ("dir-on-a-table", "validate", CSV, ["data.dir=somewhere"], "data.dir: applies to image"),
     ("path-on-synthetic", "validate", XOR, ["data.path=x.csv"], "data.path: applies to the file"),
     ("data-file-missing", "train", CSV, ["data.path=nope.csv"], "data.path: file not found"),
+    ("pretrained-missing", "train", XOR, ["training.pretrained=nope.safetensors"],
+     "training.pretrained: file not found: nope.safetensors"),
     ("config-missing", "validate", "nope.yaml", [], "config file not found: nope.yaml"),
     ("override-without-value", "train", XOR, ["training.epochs"], "an override is KEY.PATH=VALUE"),
     ("unknown-key", "train", XOR, ["training.epohcs=3"], "did you mean 'epochs'?"),
