@@ -379,8 +379,8 @@ def check_run(cfg: Mapping[str, Any], exp: Any, data: Mapping[str, Mapping[str, 
         raise ConfigError("model", f"training needs at least {_gib(need)} (parameters "
                                    f"{_gib(params_bytes)}, as much again for their gradients, "
                                    f"optimizer and layer state {_gib(state_bytes)}), but only "
-                                   f"{_gib(memory)} of memory is available; make the network "
-                                   "smaller")
+                                   f"{_gib(memory)} of memory is available on "
+                                   f"{jax.local_devices()[0].platform}; make the network smaller")
     return RunCheck(ts, found["output_shape"], batch, need, params_bytes + state_bytes)
 
 

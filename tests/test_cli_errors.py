@@ -87,6 +87,7 @@ CASES = [
     ("data-file-missing", "train", CSV, ["data.path=nope.csv"], "data.path: file not found"),
     ("pretrained-missing", "train", XOR, ["training.pretrained=nope.safetensors"],
      "training.pretrained: file not found: nope.safetensors"),
+    ("cv-seed", "cv", CSV, ["--seed", "-1"], "--seed: must be in [0, 4294967295]"),
     ("config-missing", "validate", "nope.yaml", [], "config file not found: nope.yaml"),
     ("override-without-value", "train", XOR, ["training.epochs"], "an override is KEY.PATH=VALUE"),
     ("unknown-key", "train", XOR, ["training.epohcs=3"], "did you mean 'epochs'?"),
@@ -223,6 +224,17 @@ def test_another_users_run_folder_is_refused(capsys, tmp_path, in_root):
     assert code == 2
     _assert_one_line("train", err, "the folder belongs to")
     assert compiles == 0 and list(run.iterdir()) == []
+
+
+def test_a_batch_larger_than_the_training_set_trains_one_smaller_batch(capsys, tmp_path,
+                                                                     in_root):
+    out = tmp_path / "run"
+    assert cli.main(["train", XOR, "training.epochs=2", "training.batch_size=100",
+                     "output.plots=false", "--out", str(out)]) == 0
+    assert ("training.batch_size 100 is larger than the 4 training examples: training on one "
+            "batch of 4 per epoch") in capsys.readouterr().out
+    steps = [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [1, 2]
 
 
 def test_debug_shows_the_traceback(tmp_path, in_root):
