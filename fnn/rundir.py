@@ -17,10 +17,12 @@ Only then does :func:`open_run_folder` touch the folder: it removes what ``--ove
 replaces and the temporary files of writes that were killed, and creates the folder.
 
 Example:
-    >>> plan = check_run_folder("runs/xor", cfg, resume=True, allow_change=["optimizer"])
+    >>> plan = check_run_folder("runs/xor", cfg, resume=True, allow_change=["optimizer"],
+    ...                         train_state=fnn.checks.check_run(cfg, exp, data).train_state)
     >>> plan.reset_optimizer, plan.notes
-    (True, ['optimizer.name changed (momentum -> adam): the stored optimizer state is reset'])
-    >>> open_run_folder("runs/xor", plan)
+    (True, ["optimizer.name changed ('momentum' -> 'adam'): the stored optimizer state is reset
+    (moments and schedule start again)"])
+    >>> open_run_folder(plan)            # now the folder may be touched
 """
 
 from __future__ import annotations

@@ -127,17 +127,12 @@ def test_bad_input_is_one_line_before_compiling(capsys, tmp_path, in_root, comma
     assert not out.exists()
 
 
-def _write(path: Path, text: str) -> str:
-    path.write_text(text)
-    return str(path)
-
-
-DATA_FILES = [  # (id, file name, contents, loader options, fragment beside the file's name)
-    ("csv-missing-value", "t.csv", "a,b,label\n1,2,0\n3,,1\n", {"label_column": "label"}, ""),
-    ("csv-non-numeric", "t.csv", "a,b,label\n1,2,0\n3,x,1\n", {"label_column": "label"}, ""),
-    ("csv-ragged-row", "t.csv", "a,b,label\n1,2,0\n3,1\n", {"label_column": "label"}, ""),
-    ("csv-header-only", "t.csv", "a,b,label\n", {"label_column": "label"}, ""),
-    ("npz-missing-y", "t.npz", None, {}, ""),
+DATA_FILES = [  # (id, file name, contents, loader options): the message must name the file
+    ("csv-missing-value", "t.csv", "a,b,label\n1,2,0\n3,,1\n", {"label_column": "label"}),
+    ("csv-non-numeric", "t.csv", "a,b,label\n1,2,0\n3,x,1\n", {"label_column": "label"}),
+    ("csv-ragged-row", "t.csv", "a,b,label\n1,2,0\n3,1\n", {"label_column": "label"}),
+    ("csv-header-only", "t.csv", "a,b,label\n", {"label_column": "label"}),
+    ("npz-missing-y", "t.npz", None, {}),
 ]
 
 
@@ -157,7 +152,7 @@ def test_bad_data_file_is_one_line_naming_the_file(capsys, tmp_path, in_root, na
     out = tmp_path / "run"
     code, err, compiles = _run_in_process(capsys, ["train", CSV, *overrides, "--out", str(out)])
     assert code == 2
-    _assert_one_line("train", err, name)
+    _assert_one_line("train", err, str(path))
     assert compiles == 0
     assert not out.exists()
 
