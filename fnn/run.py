@@ -23,6 +23,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import zlib
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -143,7 +144,8 @@ def load_data(cfg: dict[str, Any]) -> dict[str, dict[str, np.ndarray]]:
             raise ConfigError("data.name", f"unknown dataset {name!r}")
     except (ConfigError, datasets.DatasetNotFoundError):
         raise
-    except (ValueError, KeyError, OSError) as e:  # a bad or unreadable file: the loaders name it
+    except (ValueError, KeyError, OSError, EOFError, zlib.error) as e:  # a bad or unreadable
+        # data file (truncated gzip: EOFError, corrupt deflate stream: zlib.error); loaders name it
         raise ConfigError(f"data ({name})", _one_line(e)) from None
     x, y = np.asarray(x), np.asarray(y)
     val_n = d["validation"]

@@ -209,6 +209,19 @@ def test_read_only_file_system_is_refused(capsys, tmp_path, in_root):
     assert compiles == 0
 
 
+def test_a_folder_without_write_permission_is_refused(capsys, tmp_path, in_root, monkeypatch):
+    # root may write anywhere, so the permission bits are simulated by os.access's answer
+    real_access = os.access
+    parent = tmp_path / "locked"
+    parent.mkdir()
+    monkeypatch.setattr(os, "access", lambda p, mode, **kw: False if Path(p) == parent
+                        else real_access(p, mode, **kw))
+    code, err, compiles = _run_in_process(capsys, ["train", XOR, "--out", str(parent / "run")])
+    assert code == 2
+    _assert_one_line("train", err, f"{parent} is not writable (Permission denied)")
+    assert compiles == 0 and list(parent.iterdir()) == []
+
+
 def test_another_users_run_folder_is_refused(capsys, tmp_path, in_root):
     if os.geteuid() != 0:
         pytest.skip("giving a folder to another user needs root")
