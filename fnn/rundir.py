@@ -6,9 +6,9 @@
   file system, owned by this user, with room for the checkpoints;
 * a folder that already holds a run (``config.yaml``, ``metrics.jsonl`` or checkpoints) is
   refused unless the run resumes it (``--resume``) or replaces it (``--overwrite``);
-* a resume whose config differs from the folder's ``config.yaml`` in anything but the run's
-  length and presentation (``training.epochs``, ``training.eval_batch_size``, ``name``,
-  ``output.*``, ``parallel.*``) is refused with the list of differing keys, unless each change
+* a resume whose config differs from the run's (the copy stored in the latest checkpoint, else
+  ``config.yaml``) in anything but the run's length and presentation (``training.epochs``,
+  ``training.eval_batch_size``, ``name``, ``output.*``, ``parallel.*``) is refused with the list of differing keys, unless each change
   is allowed explicitly (``--allow-change KEY``). An allowed change of optimizer resets the
   stored optimizer state, and says so; a network whose parameters no longer fit the checkpoint
   is refused naming the first layer that differs.
@@ -133,15 +133,24 @@ def _holds_run(run_dir: Path) -> list[str]:
     return found
 
 
-def _stored_config(run_dir: Path) -> dict[str, Any]:
-    from fnn.config import ConfigError, load_config, parse_yaml
+def _stored_config(run_dir: Path, latest: Path) -> tuple[dict[str, Any] | None, str]:
+    """The config of the run in the folder, and where it was read: the latest checkpoint's own
+    copy (the state it holds belongs to that config), else ``config.yaml``; ``None`` if neither."""
+    from fnn.config import ConfigError, parse_config, parse_yaml
+    from fnn.train import checkpoint as ckpt
 
-    path = run_dir / "config.yaml"
+    raw, source = None, ""
+    if latest.is_file():
+        raw, source = ckpt.read_metadata(latest).get("config"), f"{CHECKPOINTS}/{latest.name}"
+    if raw is None and (run_dir / "config.yaml").is_file():
+        path = run_dir / "config.yaml"
+        raw, source = parse_yaml(path.read_text(), str(path)), "config.yaml"
+    if not isinstance(raw, dict):
+        return None, source
     try:
-        return load_config(path)
+        return parse_config(raw), source
     except ConfigError:  # written by another version: compare what is there
-        raw = parse_yaml(path.read_text(), str(path))
-        return raw if isinstance(raw, dict) else {}
+        return raw, source
 
 
 def check_run_folder(run_dir: str | os.PathLike, cfg: Mapping[str, Any], *,
@@ -175,16 +184,17 @@ def check_run_folder(run_dir: str | os.PathLike, cfg: Mapping[str, Any], *,
         raise RunFolderError(f"{run_dir}: already holds a run ({', '.join(held)}); pass --resume "
                              "to continue it, --overwrite to replace it, or --out for a new "
                              "folder")
-    if not resume or not (run_dir / "config.yaml").is_file():
+    stored, source = _stored_config(run_dir, latest) if resume else (None, "")
+    if stored is None:
         return plan
-    changes = config_changes(_stored_config(run_dir), cfg)
+    changes = config_changes(stored, cfg)
     refused = [c for c in changes if not any(_under(c[0], k) for k in FREE_TO_CHANGE)
                and not any(_under(c[0], k) for k in allow_change)]
     if refused:
         shown = "; ".join(f"{k} ({_show(a)} -> {_show(b)})" for k, a, b in refused[:6])
         more = f"; and {len(refused) - 6} more" if len(refused) > 6 else ""
         raise RunFolderError(f"{run_dir}: --resume with a config that differs from the run's "
-                             f"config.yaml in {shown}{more}; resume with the run's own config, "
+                             f"({source}) in {shown}{more}; resume with the run's own config, "
                              "or pass --allow-change KEY for each change you mean "
                              "(training.epochs needs none)")
     plan.changes = [k for k, _, _ in changes]

@@ -147,3 +147,17 @@ def test_eval_of_a_folder_whose_config_does_not_fit_the_checkpoint(run, capsys):
     assert "in the checkpoint, the config's network needs (3" in err
     assert len(_compiles) == compiles
     assert not (run / "test.json").read_text() == ""  # the old test.json is left as it was
+
+
+def test_the_checkpoint_config_not_an_edited_config_yaml_decides(run, capsys):
+    # as if a resume allowed to change the optimizer wrote config.yaml and was killed before
+    # its first checkpoint: the checkpoint still holds momentum's state
+    cfg = run / "config.yaml"
+    cfg.write_text(cfg.read_text().replace("name: momentum", "name: adam")
+                   .replace("momentum: 0.9", ""))
+    before = _snapshot(run)
+    assert _train(run, "optimizer={name: adam, learning_rate: 0.5}", "--resume") == 2
+    err = capsys.readouterr().err
+    assert "differs from the run's (checkpoints/latest.safetensors)" in err
+    assert "optimizer.name ('momentum' -> 'adam')" in err
+    assert _snapshot(run) == before
