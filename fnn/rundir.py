@@ -8,8 +8,8 @@
   refused unless the run resumes it (``--resume``) or replaces it (``--overwrite``);
 * a resume whose config differs from the run's (the copy stored in the latest checkpoint, else
   ``config.yaml``) in anything but the run's length and presentation (``training.epochs``,
-  ``training.eval_batch_size``, ``name``, ``output.*``, ``parallel.*``) is refused with the list of differing keys, unless each change
-  is allowed explicitly (``--allow-change KEY``). An allowed change of optimizer resets the
+  ``training.eval_batch_size``, ``name``, ``output.*``, ``parallel.*``) is refused with the list
+  of differing keys, unless each change is allowed explicitly (``--allow-change KEY``). An allowed change of optimizer resets the
   stored optimizer state, and says so; a network whose parameters no longer fit the checkpoint
   is refused naming the first layer that differs.
 
@@ -78,7 +78,7 @@ _MISSING = object()
 
 
 def config_changes(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[tuple[str, Any, Any]]:
-    """``(key path, old value, new value)`` for every leaf that differs, in the new config's order."""
+    """``(key path, old value, new value)`` of every leaf that differs (new config's order)."""
     a, b = _flatten(old, "", {}), _flatten(new, "", {})
     keys = list(b) + [k for k in a if k not in b]
     return [(k, a.get(k, _MISSING), b.get(k, _MISSING)) for k in keys
