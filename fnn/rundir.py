@@ -9,9 +9,9 @@
 * a resume whose config differs from the run's (the copy stored in the latest checkpoint, else
   ``config.yaml``) in anything but the run's length and presentation (``training.epochs``,
   ``training.eval_batch_size``, ``name``, ``output.*``, ``parallel.*``) is refused with the list
-  of differing keys, unless each change is allowed explicitly (``--allow-change KEY``). An allowed change of optimizer resets the
-  stored optimizer state, and says so; a network whose parameters no longer fit the checkpoint
-  is refused naming the first layer that differs.
+  of differing keys, unless each change is allowed explicitly (``--allow-change KEY``). An
+  allowed change of optimizer resets the stored optimizer state, and says so; a network whose
+  parameters no longer fit the checkpoint is refused naming the first layer that differs.
 
 Only then does :func:`open_run_folder` touch the folder: it removes what ``--overwrite``
 replaces and the temporary files of writes that were killed, and creates the folder.
