@@ -175,7 +175,8 @@ def fit(net: Layer, loss: Callable[..., jax.Array], optimizer: optax.GradientTra
         metrics: Mapping[str, Callable] | None = None,
         augment: Callable[[jax.Array, jax.Array], jax.Array] | None = None,
         mode: str = "epoch", early_stopping: EarlyStopping | None = None,
-        run_dir: str | Path | None = None, resume: bool = False,
+        run_dir: str | Path | None = None, resume: bool = False, reset_optimizer: bool = False,
+        divergence_factor: float | None = 1e4,
         metadata: dict[str, Any] | None = None,
         train_state: TrainState | None = None, eval_batch_size: int = 1024,
         callbacks: Sequence[Callable[[dict, TrainState], Any]] = (),
@@ -193,6 +194,10 @@ def fit(net: Layer, loss: Callable[..., jax.Array], optimizer: optax.GradientTra
         early_stopping: an :class:`EarlyStopping`, or ``None`` to train all epochs.
         run_dir: where ``metrics.jsonl`` and checkpoints go (``None``: nothing is written).
         resume: continue from ``run_dir/checkpoints/latest.safetensors`` if it exists.
+        reset_optimizer: on resume, restore everything but the optimizer state, which starts
+            afresh (``optimizer.init`` of the restored params): resuming with another optimizer.
+        divergence_factor: stop when a step's loss exceeds this many times the first epoch's
+            mean loss (at least 1e-3), from the second epoch on; ``None``: only NaN/Inf stop.
         metadata: JSON-able data saved in every checkpoint (e.g. the run's config).
         train_state: start from this state instead of a fresh init (e.g. pretrained params).
         callbacks: called as ``cb(record, train_state)`` after each epoch; a truthy return stops.
@@ -210,7 +215,8 @@ def fit(net: Layer, loss: Callable[..., jax.Array], optimizer: optax.GradientTra
         A :class:`FitResult`; its train state is one unreplicated copy, whatever the devices.
 
     Raises:
-        TrainingDiverged: the loss became NaN/Inf (the last good checkpoint is left intact).
+        TrainingDiverged: the loss became NaN/Inf or exploded past ``divergence_factor``
+            (the last good checkpoint is left intact; a diverged epoch is never saved).
         ValueError: ``batch_size`` does not split evenly over the devices.
 
     Example:
@@ -242,7 +248,10 @@ def fit(net: Layer, loss: Callable[..., jax.Array], optimizer: optax.GradientTra
     history: list[dict[str, Any]] = []
     start_epoch, best_value, best_epoch, waited = 0, None, None, 0
     if resume and latest is not None and latest.exists():
-        train_state, progress_meta = _load_train_state(latest, train_state)
+        train_state, progress_meta = _load_train_state(
+            latest, train_state, skip=("opt_state",) if reset_optimizer else ())
+        if reset_optimizer:
+            train_state = train_state._replace(opt_state=optimizer.init(train_state.params))
         history = progress_meta["history"]
         start_epoch = progress_meta["epoch"] + 1
         best_value, best_epoch = progress_meta["best_value"], progress_meta["best_epoch"]
@@ -296,6 +305,17 @@ def fit(net: Layer, loss: Callable[..., jax.Array], optimizer: optax.GradientTra
                     if latest is not None and latest.exists() else "no checkpoint was written yet")
             raise TrainingDiverged(f"the training loss became {losses[bad]} at step "
                                    f"{first_step + bad + 1} (epoch {epoch + 1}); {last}")
+        if divergence_factor is not None and history:
+            limit = divergence_factor * max(abs(history[0]["train_loss"]), 1e-3)
+            if np.any(np.abs(losses) > limit):
+                bad = int(np.argmax(np.abs(losses) > limit))
+                last = (f"the last good checkpoint is {latest} (epoch {epoch})"
+                        if latest is not None and latest.exists() else "no checkpoint was written")
+                raise TrainingDiverged(
+                    f"the training loss exploded to {losses[bad]:.4g} at step "
+                    f"{first_step + bad + 1} (epoch {epoch + 1}), over {divergence_factor:g} x "
+                    f"the first epoch's mean loss {history[0]['train_loss']:.4g} "
+                    f"(training.divergence.factor); {last}")
         record: dict[str, Any] = {"epoch": epoch + 1, "step": first_step + len(losses)}
         record["learning_rate"] = _learning_rate(dp, train_state.opt_state)
         record.update({f"train_{k}": float(np.mean(v)) for k, v in stacked.items()
@@ -314,14 +334,14 @@ def fit(net: Layer, loss: Callable[..., jax.Array], optimizer: optax.GradientTra
                 raise ValueError(f"early_stopping.monitor: {early_stopping.monitor!r} is not "
                                  f"logged; choose one of {sorted(record)}")
             value = record[early_stopping.monitor]
-            if early_stopping.better(value, best_value):
+            if np.isfinite(value) and early_stopping.better(value, best_value):
                 best_value, best_epoch, waited, improved = value, epoch + 1, 0, True
             else:
                 waited += 1
         elif val_data is not None:
             monitor = "val_accuracy" if "val_accuracy" in record else "val_loss"
             value = record[monitor]
-            if EarlyStopping(monitor).better(value, best_value):
+            if np.isfinite(value) and EarlyStopping(monitor).better(value, best_value):
                 best_value, best_epoch, improved = value, epoch + 1, True
         if writes:
             _write_jsonl(run_path / "metrics.jsonl", history)
@@ -381,9 +401,18 @@ def _format_record(r: dict[str, Any], epochs: int) -> str:
     return "  ".join(parts)
 
 
+def _strict(value: Any) -> Any:
+    """NaN and +-Inf as ``null``: metrics.jsonl is strict JSON."""
+    if isinstance(value, float) and not np.isfinite(value):
+        return None
+    return value
+
+
 def _write_jsonl(path: Path, history: list[dict]) -> None:
     # rewritten whole (atomically) so a resumed run never repeats or loses an epoch's line
-    ckpt.atomic_write(path, "".join(json.dumps(r) + "\n" for r in history).encode())
+    lines = (json.dumps({k: _strict(v) for k, v in r.items()}, allow_nan=False) + "\n"
+             for r in history)
+    ckpt.atomic_write(path, "".join(lines).encode())
 
 
 def _save_train_state(path: Path, ts: TrainState, net: Layer, progress: dict,
@@ -398,8 +427,10 @@ def _save_train_state(path: Path, ts: TrainState, net: Layer, progress: dict,
                           "opt_state": ts.opt_state, "step": ts.step, "rng": ts.rng}, meta)
 
 
-def _load_train_state(path: Path, template: TrainState) -> tuple[TrainState, dict]:
+def _load_train_state(path: Path, template: TrainState,
+                      skip: Sequence[str] = ()) -> tuple[TrainState, dict]:
     arrays, meta = ckpt.read_checkpoint(path)  # one read, every checksum checked
-    restored = TrainState(*(ckpt.restore_like(getattr(template, f), arrays, f, source=path)
+    restored = TrainState(*(getattr(template, f) if f in skip else
+                            ckpt.restore_like(getattr(template, f), arrays, f, source=path)
                             for f in TrainState._fields))
     return restored, meta.get("progress", {})
