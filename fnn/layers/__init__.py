@@ -1,7 +1,7 @@
 """All fnn layers. Each is a ``Layer(init, apply)``; see ``fnn.core`` for the protocol."""
 
 from fnn.layers import (activations, combinators, conv, dense, dropout, embedding, normalization,
-                        pooling, recurrent, reshape)
+                        pooling, precision, recurrent, reshape)
 from fnn.layers.activations import *  # noqa: F401,F403
 from fnn.layers.combinators import *  # noqa: F401,F403
 from fnn.layers.conv import *  # noqa: F401,F403
@@ -10,6 +10,7 @@ from fnn.layers.dropout import *  # noqa: F401,F403
 from fnn.layers.embedding import *  # noqa: F401,F403
 from fnn.layers.normalization import *  # noqa: F401,F403
 from fnn.layers.pooling import *  # noqa: F401,F403
+from fnn.layers.precision import DtypePolicy  # noqa: F401
 from fnn.layers.recurrent import *  # noqa: F401,F403
 from fnn.layers.reshape import *  # noqa: F401,F403
 from fnn.layers.spec import SpecError, from_spec
@@ -18,4 +19,4 @@ from fnn.layers.spec import SpecError, from_spec
 # whose names such as ``activations`` would shadow ``fnn.activations``).
 __all__ = [name for module in (activations, combinators, conv, dense, dropout, embedding,
                                normalization, pooling, recurrent, reshape)
-           for name in module.__all__] + ["from_spec", "SpecError"]
+           for name in module.__all__] + ["DtypePolicy", "from_spec", "SpecError"]
