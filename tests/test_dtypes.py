@@ -232,3 +232,17 @@ def test_config_model_dtype_errors_name_the_key(section, path, hint):
         parse_config({**BASE, "model_dtype": section})
     assert str(err.value).startswith(path), str(err.value)
     assert hint in str(err.value)
+
+
+def test_a_config_run_trains_float32_params_under_bfloat16_compute(tmp_path):
+    from fnn.run import train
+
+    cfg = parse_config({**BASE, "model_dtype": {"compute": "bfloat16"},
+                        "training": {"epochs": 2, "batch_size": 4},
+                        "output": {"plots": False, "progress": False}})
+    run_dir = train(cfg, tmp_path / "run", log=None)
+    net, params, _ = fnn.load(run_dir / "checkpoints" / "latest.safetensors")
+    assert net.spec == build(cfg).net.spec  # the policy is saved with the network
+    assert _floating_dtypes(params) == {jnp.dtype(jnp.float32)}
+    _, initial, _ = build(cfg).net.init(jax.random.key(0), (-1, 2))
+    assert jax.tree.structure(params) == jax.tree.structure(initial)
