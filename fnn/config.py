@@ -54,10 +54,20 @@ class Field:
 
 ANY = (object,)
 NUM = (int, float)
+_DTYPE = (str, type(None))
+_DTYPES = (None, "bfloat16", "float16", "float32", "float64")
 _SECTIONS: dict[str, Any] = {
     "name": Field((str,), "run", doc="the run's name (default output folder runs/<name>)"),
     "seed": Field((int,), 0, doc="fixes init, data order, dropout, splits"),
     "model": Field((list, dict, str), None, doc="a list of layer specs (see fnn.layers.spec)"),
+    "model_dtype": {  # the network's DtypePolicy (fnn.layers.precision)
+        "params": Field(_DTYPE, None, choices=_DTYPES, doc="stored params (null: float32); "
+                        "float64 needs JAX_ENABLE_X64=1"),
+        "compute": Field(_DTYPE, None, choices=_DTYPES, doc="dtype of matmuls and convolutions "
+                         "(null: the params dtype)"),
+        "output": Field(_DTYPE, None, choices=_DTYPES, doc="dtype of the network's outputs "
+                        "(null: at least float32, so losses run in float32)"),
+    },
     "loss": {
         "name": Field((str,), "softmax_cross_entropy", doc="a name from fnn.losses.names()"),
         "options": Field((dict,), {}, free=True, doc="keyword options of the loss"),
@@ -267,12 +277,17 @@ def _check_image_keys(cfg: dict[str, Any]) -> None:
 
 def _check_components(cfg: dict[str, Any]) -> None:
     from fnn import losses
+    from fnn.layers.precision import with_model_dtype
     from fnn.layers.spec import SpecError, from_spec
 
     try:
-        from_spec(cfg["model"], "model")
+        net = from_spec(cfg["model"], "model")
     except SpecError as e:
         raise ConfigError(e.path, e.detail) from None
+    try:
+        with_model_dtype(net, cfg["model_dtype"])
+    except ValueError as e:
+        raise ConfigError("model_dtype", str(e)) from None
     try:
         losses.get(cfg["loss"]["name"])
     except ValueError as e:

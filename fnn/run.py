@@ -34,6 +34,7 @@ import optax
 from fnn import losses, regularizers
 from fnn.config import ConfigError, dump_config, load_config
 from fnn.core import Layer
+from fnn.layers.precision import with_model_dtype
 from fnn.layers.spec import from_spec
 from fnn.train.parallel import DataParallel, initialize
 from fnn.summary import summary
@@ -93,7 +94,7 @@ def build(cfg: dict[str, Any]) -> Experiment:
     """Build an :class:`Experiment` from a validated config (see ``fnn.config``)."""
     from fnn import optim
 
-    net = from_spec(cfg["model"], "model")
+    net = with_model_dtype(from_spec(cfg["model"], "model"), cfg.get("model_dtype"))
     optimizer = optim.make_optimizer(cfg["optimizer"])
     penalty, constraint = _make_regularizer(cfg)
     metric = CLASSIFICATION.get(cfg["loss"]["name"])

@@ -1,7 +1,7 @@
 """All fnn layers. Each is a ``Layer(init, apply)``; see ``fnn.core`` for the protocol."""
 
 from fnn.layers import (activations, bidirectional, cells, combinators, conv, dense, dropout,
-                        embedding, normalization, pooling, recurrent, reshape, sequences)
+                        embedding, normalization, pooling, precision, recurrent, reshape, sequences)
 from fnn.layers.activations import *  # noqa: F401,F403
 from fnn.layers.bidirectional import *  # noqa: F401,F403
 from fnn.layers.cells import *  # noqa: F401,F403
@@ -12,6 +12,7 @@ from fnn.layers.dropout import *  # noqa: F401,F403
 from fnn.layers.embedding import *  # noqa: F401,F403
 from fnn.layers.normalization import *  # noqa: F401,F403
 from fnn.layers.pooling import *  # noqa: F401,F403
+from fnn.layers.precision import DtypePolicy  # noqa: F401
 from fnn.layers.recurrent import *  # noqa: F401,F403
 from fnn.layers.reshape import *  # noqa: F401,F403
 from fnn.layers.sequences import *  # noqa: F401,F403
@@ -22,4 +23,4 @@ from fnn.layers.spec import SpecError, from_spec
 __all__ = [name for module in (activations, bidirectional, cells, combinators, conv, dense,
                                dropout, embedding, normalization, pooling, recurrent, reshape,
                                sequences)
-           for name in module.__all__] + ["from_spec", "SpecError"]
+           for name in module.__all__] + ["DtypePolicy", "from_spec", "SpecError"]
