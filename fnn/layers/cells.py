@@ -28,6 +28,7 @@ from fnn import initializers
 # Imported from the module itself: ``fnn.activations`` is shadowed by ``fnn.layers.activations``
 # once ``fnn`` star-imports ``fnn.layers``.
 from fnn.activations import get as get_activation
+from fnn.arguments import flag, number, positive_int
 from fnn.core import (BuildRecord, LayerError, SpecError, check_shape, non_default_arguments,
                       record_spec)
 
@@ -119,12 +120,6 @@ def _record(kind: str, **args: Any) -> BuildRecord:
     return BuildRecord(kind, types.MappingProxyType(args))
 
 
-def _check_units(units: Any, who: str) -> int:
-    if not isinstance(units, int) or isinstance(units, bool) or units < 1:
-        raise ValueError(f"{who}: units must be a positive int, got {units!r}")
-    return units
-
-
 def _initializers(who: str, w_x_init: Any, w_h_init: Any, b_init: Any) -> tuple[Callable, ...]:
     """The three initializers of a cell (input kernel, recurrent kernel, bias), by name or function."""
     out = []
@@ -202,7 +197,7 @@ def SimpleRNNCell(units: int, activation: str | Callable = "tanh", *,
         >>> y.shape
         (2, 4)
     """
-    units = _check_units(units, who)
+    units = positive_int(who, "units", units)
     try:
         fn = get_activation(activation)
     except ValueError as e:
@@ -251,9 +246,8 @@ def LSTMCell(units: int, forget_bias: float = 1.0, *, w_x_init: Any = "glorot_un
         >>> params["w_h"].shape, float(params["b"][4])
         ((4, 16), 1.0)
     """
-    units = _check_units(units, who)
-    if not isinstance(forget_bias, (int, float)) or isinstance(forget_bias, bool):
-        raise ValueError(f"{who}: forget_bias must be a number, got {forget_bias!r}")
+    units = positive_int(who, "units", units)
+    number(who, "forget_bias", forget_bias)
     inits = _initializers(who, w_x_init, w_h_init, b_init)
 
     def init(rng, input_shape):
@@ -315,9 +309,8 @@ def GRUCell(units: int, *, reset_after: bool = True, w_x_init: Any = "glorot_uni
         >>> sorted(GRUCell(4, reset_after=False).init(jax.random.key(0), (-1, 3)))
         ['b', 'w_h', 'w_x']
     """
-    units = _check_units(units, who)
-    if not isinstance(reset_after, bool):
-        raise ValueError(f"{who}: reset_after must be true or false, got {reset_after!r}")
+    units = positive_int(who, "units", units)
+    flag(who, "reset_after", reset_after)
     inits = _initializers(who, w_x_init, w_h_init, b_init)
 
     def init(rng, input_shape):

@@ -26,6 +26,7 @@ from typing import Any, Callable
 import jax
 import jax.numpy as jnp
 
+from fnn.arguments import positive_int
 from fnn.core import Layer, LayerError, check_shape, layer_type
 from fnn.layers.cells import Cell, GRUCell, LSTMCell, SimpleRNNCell, cell_from_spec
 from fnn.layers.sequences import (check_mask_shape, dims_fit, is_shape, mask_array, split_input,
@@ -112,8 +113,7 @@ def _recurrent_layer(who: str, cell: Cell, return_sequences: bool, reverse: bool
                        ("return_carry", return_carry)):
         if not isinstance(value, bool):
             raise ValueError(f"{who}: {arg} must be True or False, got {value!r}")
-    if isinstance(unroll, bool) or not isinstance(unroll, int) or unroll < 1:
-        raise ValueError(f"{who}: unroll must be a positive int, got {unroll!r}")
+    positive_int(who, "unroll", unroll)
 
     def init(rng, input_shape):
         x_shape, mask_shape, carry_shape = split_input_shape(input_shape)
