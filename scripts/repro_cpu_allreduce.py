@@ -3,8 +3,8 @@
 A jitted convolution gradient summed over devices with one ``lax.psum`` (under ``pmap`` or
 ``shard_map``) on ``--devices`` simulated CPU devices, run for ``--steps`` steps. Each variant
 runs ``--runs`` times in a fresh process (``XLA_FLAGS`` must be set before JAX starts) and the
-table counts the runs XLA aborted (exit 134 after "Expected N threads to join the rendezvous,
-but only N-1 of them arrived"):
+table counts the runs XLA aborted with SIGABRT after "Expected N threads to join the rendezvous,
+but only N-1 of them arrived" (exit code -6 in the table, 134 in a shell):
 
 * ``dispatch ahead`` -- the plain loop ``w = step(w, x)``: JAX dispatches asynchronously, so
   the host runs up to 32 steps (XLA's limit of computations in flight per device) ahead;

@@ -5,7 +5,7 @@ starts, so they run in a subprocess: this file, run as a script, is that worker.
 process (one device) computes the reference run, then compares the worker's losses, params and
 batch-norm statistics with it, and resumes the worker's 8-device checkpoint on one device.
 
-The worker also runs 64 steps back to back (results read only at the end): more than the 32
+The worker also runs 128 steps back to back (results read only at the end): more than the 32
 computations XLA lets a CPU device have in flight, which without ``DataParallel`` waiting for
 each call deadlocks XLA's CPU client and aborts the process (issue 12,
 ``scripts/repro_cpu_allreduce.py``).
@@ -36,7 +36,7 @@ from fnn.train import correct, fit, init_train_state, train_step_fn
 DEVICES = 8
 BATCH = 16  # global batch: 2 examples per device
 EPOCHS = 5  # 64 examples / 16 = 4 steps per epoch: 20 steps
-LONG_STEPS = 64  # > 32, XLA's limit of computations in flight per CPU device
+LONG_STEPS = 128  # >> 32, XLA's limit of computations in flight per CPU device
 RTOL, ATOL = 1e-5, 1e-6
 
 
@@ -89,7 +89,8 @@ def _step_batches(steps: int = 4 * EPOCHS):
 def _steps(dp: DataParallel, steps: int = 4 * EPOCHS):
     """Losses of ``steps`` steps on fixed global batches and the final state, one copy.
 
-    The steps are dispatched back to back; the losses are read only after the last one.
+    The batches are put on the devices first, then the steps are dispatched back to back and
+    the losses read only after the last one: the host runs ahead of the devices.
     """
     train, _ = _data()
     _, ts = init_train_state(_net(), optax.adam(1e-2), (-1, *train["x"].shape[1:]),
@@ -98,8 +99,8 @@ def _steps(dp: DataParallel, steps: int = 4 * EPOCHS):
                                          optax.adam(1e-2), axis_name=dp.axis_name))
     ts = dp.replicate(ts)
     metrics = []
-    for batch in _step_batches(steps):
-        ts, m = step(ts, dp.put_batch(batch))
+    for batch in [dp.put_batch(b) for b in _step_batches(steps)]:
+        ts, m = step(ts, batch)
         metrics.append(m)
     return [float(m["loss"]) for m in metrics], dp.unreplicate(ts)
 
@@ -236,7 +237,7 @@ def test_twenty_steps_give_the_losses_and_params_of_one_device(runs, mode):
 @pytest.mark.parametrize("mode", ["pmap", "mesh"])
 def test_steps_dispatched_back_to_back_on_cpu_devices_finish_with_the_losses_of_one_device(
         runs, mode):
-    # 64 steps of a CNN with batch norm without reading a result in between: the worker would
+    # 128 steps of a CNN with batch norm without reading a result in between: the worker would
     # abort in XLA's all-reduce if the compiled step did not wait for each call (issue 12)
     assert runs["report"][f"waits_{mode}"] == [True, True]  # and returns computed arrays
     np.testing.assert_allclose(runs["report"][f"long_{mode}"], runs["one_long"], rtol=RTOL)
