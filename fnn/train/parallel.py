@@ -20,6 +20,11 @@ Across several processes (hosts), call :func:`initialize` first; each process th
 only its own slice of every global batch (:meth:`DataParallel.local_slice`), and the step
 averages over all devices of all processes.
 
+On CPU devices (``--xla_force_host_platform_device_count``) every compiled call returns only
+once its results are computed (:attr:`DataParallel.waits_for_each_call`): XLA's CPU client
+deadlocks when the host runs 32 steps with collectives ahead of the devices (see
+``docs/DISTRIBUTED.md``, "Simulated CPU devices"); on GPUs and TPUs dispatch stays asynchronous.
+
 Results do not depend on the number of devices: with the same global batches (and dropout
 off under ``pmap``) a run on 8 devices ends with the params of a run on 1, to float
 rounding. Checkpoints hold one unreplicated copy of the state
@@ -37,6 +42,7 @@ Example:
 
 from __future__ import annotations
 
+import functools
 import os
 from typing import Any, Callable, Sequence
 
@@ -49,7 +55,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from fnn.core import Layer, map_layers
 
 __all__ = ["DataParallel", "as_data_parallel", "initialize", "synchronize",
-           "with_batch_norm_axis", "MODES", "PMAP_AXIS", "MESH_AXIS"]
+           "wait_for_results", "with_batch_norm_axis", "MODES", "PMAP_AXIS", "MESH_AXIS"]
 
 MODES = ("none", "pmap", "mesh")
 PMAP_AXIS = "batch"
@@ -205,6 +211,9 @@ class DataParallel:
         axis_name: the axis name to give ``train_step_fn``/``eval_step_fn``: ``"batch"``
             under ``pmap``, else ``None``.
         mesh: the ``Mesh`` of ``mesh`` mode (``None`` otherwise).
+        waits_for_each_call: whether the compiled step, evaluation and epoch return only once
+            their results are computed; ``True`` on several CPU devices (where XLA deadlocks
+            when dispatch runs 32 steps ahead, see :func:`wait_for_results`), else ``False``.
 
     Example:
         >>> dp = DataParallel("pmap", devices=4)
@@ -234,6 +243,8 @@ class DataParallel:
             self.devices = self.local_devices
         self.num_devices = len(self.devices)
         self.axis_name = PMAP_AXIS if mode == "pmap" else None
+        self.waits_for_each_call = (len(self.local_devices) > 1
+                                    and self.local_devices[0].platform == "cpu")
         self.mesh: Mesh | None = None
         if mode == "pmap":
             local_mesh = Mesh(np.array(self.local_devices), (PMAP_AXIS,))
@@ -367,23 +378,28 @@ class DataParallel:
         """
         donate_argnums = (0,) if donate else ()
         if self.mode == "pmap":
-            return jax.pmap(step_fn, axis_name=PMAP_AXIS, out_axes=(0, None),
+            step = jax.pmap(step_fn, axis_name=PMAP_AXIS, out_axes=(0, None),
                             donate_argnums=donate_argnums, devices=self.devices)
-        if self.mode == "mesh":
+        elif self.mode == "mesh":
             rep = self._replicated
-            return jax.jit(step_fn, in_shardings=(rep, self._sharded), out_shardings=(rep, rep),
+            step = jax.jit(step_fn, in_shardings=(rep, self._sharded), out_shardings=(rep, rep),
                            donate_argnums=donate_argnums)
-        return jax.jit(step_fn, donate_argnums=donate_argnums)
+        else:
+            step = jax.jit(step_fn, donate_argnums=donate_argnums)
+        return self._paced(step)
 
     def compile_eval(self, eval_fn: Callable) -> Callable:
         """Compile ``eval_fn(params, model_state, batch) -> sums`` (from ``eval_step_fn`` with
         ``axis_name=self.axis_name``); the sums over the global batch come back unreplicated."""
         if self.mode == "pmap":
-            return jax.pmap(eval_fn, axis_name=PMAP_AXIS, out_axes=None, devices=self.devices)
-        if self.mode == "mesh":
+            evaluate = jax.pmap(eval_fn, axis_name=PMAP_AXIS, out_axes=None, devices=self.devices)
+        elif self.mode == "mesh":
             rep = self._replicated
-            return jax.jit(eval_fn, in_shardings=(rep, rep, self._sharded), out_shardings=rep)
-        return jax.jit(eval_fn)
+            evaluate = jax.jit(eval_fn, in_shardings=(rep, rep, self._sharded),
+                               out_shardings=rep)
+        else:
+            evaluate = jax.jit(eval_fn)
+        return self._paced(evaluate)
 
     def compile_epoch(self, step_fn: Callable, num_examples: int, batch_size: int, *,
                       shuffle: bool = True, donate: bool = True) -> Callable:
@@ -412,12 +428,15 @@ class DataParallel:
                          (lambda batch: lax.with_sharding_constraint(batch, self._sharded)))
 
         if pmapped:
-            return jax.pmap(epoch, axis_name=PMAP_AXIS, in_axes=(0, None, None),
-                            out_axes=(0, None), donate_argnums=donate_argnums,
-                            devices=self.devices)
+            return self._paced(jax.pmap(epoch, axis_name=PMAP_AXIS, in_axes=(0, None, None),
+                                        out_axes=(0, None), donate_argnums=donate_argnums,
+                                        devices=self.devices))
         rep = self._replicated
-        return jax.jit(epoch, in_shardings=(rep, rep, rep), out_shardings=(rep, rep),
-                       donate_argnums=donate_argnums)
+        return self._paced(jax.jit(epoch, in_shardings=(rep, rep, rep),
+                                   out_shardings=(rep, rep), donate_argnums=donate_argnums))
+
+    def _paced(self, compiled: Callable) -> Callable:
+        return wait_for_results(compiled) if self.waits_for_each_call else compiled
 
     def prepare_net(self, net: Layer) -> Layer:
         """The network to train in this mode: ``BatchNorm`` axis names set (see
@@ -425,6 +444,31 @@ class DataParallel:
         if self.mode == "none":
             return net
         return with_batch_norm_axis(net, self.axis_name)
+
+
+def wait_for_results(compiled: Callable) -> Callable:
+    """``compiled`` made to return only once its outputs are computed (no dispatch ahead).
+
+    The remedy for a deadlock in XLA's CPU client, which runs the launches and the executions
+    of all devices on one pool of ``max(cores, devices)`` threads. When the host is 32
+    computations ahead of a device (XLA's limit of computations in flight per device), the
+    launch of the next one holds a pool thread until that device finishes one; the other
+    threads wait inside an all-reduce for partner executions queued behind them, and no thread
+    is left to run those. After 40 seconds XLA aborts the process ("Expected N threads to join
+    the rendezvous, but only N-1 of them arrived"). Waiting for each call keeps one step in
+    flight; on CPU the devices compute while the host waits anyway, so steps take no longer
+    (docs/DISTRIBUTED.md). ``scripts/repro_cpu_allreduce.py`` reproduces it without fnn.
+
+    Example:
+        >>> step = wait_for_results(jax.pmap(step_fn, axis_name="batch"))
+        >>> ts, metrics = step(ts, batch)          # both computed when it returns
+    """
+
+    @functools.wraps(compiled)
+    def call(*args: Any, **kwargs: Any) -> Any:
+        return jax.block_until_ready(compiled(*args, **kwargs))
+
+    return call
 
 
 def as_data_parallel(parallel: "str | DataParallel | None",
