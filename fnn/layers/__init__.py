@@ -1,7 +1,12 @@
 """All fnn layers. Each is a ``Layer(init, apply)``; see ``fnn.core`` for the protocol."""
 
 from fnn.layers import (activations, combinators, conv, dense, dropout, embedding, normalization,
-                        pooling, recurrent, reshape)
+                        pooling, recurrent, repeat, reshape)
+
+# Taken before the star imports: ``fnn.layers.repeat`` is then the function ``repeat`` (the
+# module stays importable as ``fnn.layers.repeat`` through ``sys.modules``).
+_MODULES = (activations, combinators, conv, dense, dropout, embedding, normalization, pooling,
+            recurrent, repeat, reshape)
 from fnn.layers.activations import *  # noqa: F401,F403
 from fnn.layers.combinators import *  # noqa: F401,F403
 from fnn.layers.conv import *  # noqa: F401,F403
@@ -11,11 +16,10 @@ from fnn.layers.embedding import *  # noqa: F401,F403
 from fnn.layers.normalization import *  # noqa: F401,F403
 from fnn.layers.pooling import *  # noqa: F401,F403
 from fnn.layers.recurrent import *  # noqa: F401,F403
+from fnn.layers.repeat import *  # noqa: F401,F403
 from fnn.layers.reshape import *  # noqa: F401,F403
 from fnn.layers.spec import SpecError, from_spec
 
 # Only the layers themselves are re-exported by ``from fnn.layers import *`` (not the submodules,
 # whose names such as ``activations`` would shadow ``fnn.activations``).
-__all__ = [name for module in (activations, combinators, conv, dense, dropout, embedding,
-                               normalization, pooling, recurrent, reshape)
-           for name in module.__all__] + ["from_spec", "SpecError"]
+__all__ = [name for module in _MODULES for name in module.__all__] + ["from_spec", "SpecError"]
