@@ -14,6 +14,6 @@ from fnn.layers import *  # noqa: F401,F403
 from fnn import activations, initializers, losses, metrics, optim, regularizers  # noqa: E402
 from fnn.summary import summary  # noqa: E402
 from fnn.train.checkpoint import load, load_weights, save, save_weights  # noqa: E402
-from fnn import config, data, selection, train  # noqa: E402
+from fnn import config, data, diagnostics, meanfield, selection, train  # noqa: E402
 
 __version__ = "0.1.0"
