@@ -49,22 +49,29 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def measure(name, build, batch, repeats=5):
+def measure(name, build, batch, repeats=5, verbose=False):
+    say = (lambda *a: print(f"  {name}:", *a, file=sys.stderr, flush=True)) if verbose else \
+        (lambda *a: None)
     t0 = time.perf_counter()
     net = build()
     t1 = time.perf_counter()
+    say(f"built in {t1 - t0:.2f} s")
     opt = optax.adam(1e-3)
     _, ts = fnn.train.init_train_state(net, opt, (-1, 28, 28, 1), jax.random.key(0))
     jax.block_until_ready(ts)
     t2 = time.perf_counter()
+    say(f"initialised in {t2 - t1:.2f} s, peak RSS {peak_rss_mb():.0f} MB")
     step = jax.jit(fnn.train.train_step_fn(net, fnn.losses.softmax_cross_entropy, opt))
     lowered = step.lower(ts, batch)
     t3 = time.perf_counter()
     compiled = lowered.compile()
     t4 = time.perf_counter()
     hlo_mb = len(lowered.as_text()) / 1e6
+    say(f"traced in {t3 - t2:.2f} s, compiled in {t4 - t3:.2f} s, HLO {hlo_mb:.2f} MB")
+    s = time.perf_counter()
     ts, m = compiled(ts, batch)
     jax.block_until_ready(ts)
+    say(f"first step {time.perf_counter() - s:.2f} s, peak RSS {peak_rss_mb():.0f} MB")
     times = []
     for _ in range(repeats):
         s = time.perf_counter()
@@ -83,6 +90,8 @@ def main() -> None:
     parser.add_argument("--unrolled", action="store_true")
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--remat", action="store_true", help="repeat(..., remat=True)")
+    parser.add_argument("--verbose", action="store_true", help="each phase as it ends (stderr)")
     args = parser.parse_args()
     rng = np.random.default_rng(0)
     batch = {"x": jnp.asarray(rng.normal(size=(args.batch, 28, 28, 1)), jnp.float32),
@@ -93,10 +102,13 @@ def main() -> None:
     print("| network | build | init | trace + compile | HLO | step | peak RSS |")
     print("|---|---|---|---|---|---|---|")
     for depth in args.depths:
-        measure(f"repeat, depth {depth}", lambda: vanilla_tanh_cnn(depth, w), batch, args.repeats)
+        remat = ", remat" if args.remat else ""
+        measure(f"repeat{remat}, depth {depth}",
+                lambda: vanilla_tanh_cnn(depth, w, remat=args.remat), batch, args.repeats,
+                args.verbose)
         if args.unrolled:
             measure(f"serial, depth {depth}", lambda: unrolled_tanh_cnn(depth, w), batch,
-                    args.repeats)
+                    args.repeats, args.verbose)
 
 
 if __name__ == "__main__":

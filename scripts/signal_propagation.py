@@ -35,13 +35,13 @@ import fnn
 
 
 def vanilla_tanh_cnn(depth: int, w_init, *, channels: int = 16, sigma_b2: float = 1e-4,
-                     classes: int = 10) -> fnn.Layer:
+                     classes: int = 10, remat: bool = False) -> fnn.Layer:
     """Strided convs to 7x7, ``depth`` repeated 3x3 conv + tanh, global average pool, dense."""
     b_init = {"normal": {"stddev": math.sqrt(sigma_b2)}} if sigma_b2 > 0 else "zeros"
     conv = lambda **kw: fnn.Conv2D(channels, 3, w_init=w_init, b_init=b_init, **kw)
     return fnn.serial(
         conv(strides=2), fnn.Tanh, conv(strides=2), fnn.Tanh,
-        fnn.repeat(fnn.serial(conv(), fnn.Tanh), depth),
+        fnn.repeat(fnn.serial(conv(), fnn.Tanh), depth, remat=remat),
         fnn.GlobalAvgPool(), fnn.Dense(classes))
 
 

@@ -134,3 +134,29 @@ def test_printed_table_names_every_layer():
     text = str(gradient_flow(net, params, state, _data(), LOSS))
     for name in ("dense_0", "relu_0", "repeat_0", "dense_1", "loss"):
         assert name in text
+
+
+def test_fit_writes_diagnostics_every_n_steps(tmp_path):
+    rng = np.random.default_rng(0)
+    data = {"x": rng.normal(size=(64, 6)).astype(np.float32), "y": rng.integers(0, 3, 64)}
+    net = fnn.serial(fnn.Dense(8), fnn.repeat(fnn.serial(fnn.Dense(8), fnn.Relu), 3), fnn.Dense(3))
+    for mode, expected in (("step", [3, 6]), ("epoch", [4, 8])):
+        out = tmp_path / mode
+        fnn.train.fit(net, LOSS, optax.sgd(0.1), data, epochs=2, batch_size=16, mode=mode,
+                      run_dir=out, log=None, diagnostics=3)
+        lines = [json.loads(line) for line in (out / "diagnostics.jsonl").read_text().splitlines()]
+        # step mode: at steps 3 and 6; epoch mode (4 steps an epoch): after epochs holding 3, 6
+        assert [r["step"] for r in lines] == expected
+        assert (out / "gradflow.png").exists()
+
+
+def test_config_checks_diagnostics_every():
+    from fnn.config import ConfigError, parse_config
+    base = {"model": [{"Dense": 3}], "data": {"name": "xor"}}
+    cfg = parse_config({**base, "training": {"diagnostics": {"every": 50}}})
+    assert cfg["training"]["diagnostics"]["every"] == 50
+    assert parse_config(base)["training"]["diagnostics"]["every"] is None
+    with pytest.raises(ConfigError, match=r"training\.diagnostics\.every: must be >= 1"):
+        parse_config({**base, "training": {"diagnostics": {"every": 0}}})
+    with pytest.raises(ConfigError, match=r"training\.diagnostics\.evry"):
+        parse_config({**base, "training": {"diagnostics": {"evry": 5}}})
