@@ -37,11 +37,13 @@ import fnn  # noqa: E402
 from signal_propagation import vanilla_tanh_cnn  # noqa: E402
 
 
-def unrolled_tanh_cnn(depth, w_init, *, channels=16, sigma_b2=1e-4):
+def unrolled_tanh_cnn(depth, w_init, *, channels=16, sigma_b2=1e-4, stem_init=None):
+    """``vanilla_tanh_cnn`` with ``serial`` in place of ``repeat`` (the same function)."""
     b_init = {"normal": {"stddev": math.sqrt(sigma_b2)}}
-    conv = lambda **kw: fnn.Conv2D(channels, 3, w_init=w_init, b_init=b_init, **kw)
+    conv = lambda init=w_init, **kw: fnn.Conv2D(channels, 3, w_init=init, b_init=b_init, **kw)
+    stem = w_init if stem_init is None else stem_init
     body = [layer for _ in range(depth) for layer in (conv(), fnn.Tanh)]
-    return fnn.serial(conv(strides=2), fnn.Tanh, conv(strides=2), fnn.Tanh, *body,
+    return fnn.serial(conv(stem, strides=2), fnn.Tanh, conv(stem, strides=2), fnn.Tanh, *body,
                       fnn.GlobalAvgPool(), fnn.Dense(10))
 
 

@@ -35,12 +35,17 @@ import fnn
 
 
 def vanilla_tanh_cnn(depth: int, w_init, *, channels: int = 16, sigma_b2: float = 1e-4,
-                     classes: int = 10, remat: bool = False) -> fnn.Layer:
-    """Strided convs to 7x7, ``depth`` repeated 3x3 conv + tanh, global average pool, dense."""
+                     classes: int = 10, remat: bool = False, stem_init=None) -> fnn.Layer:
+    """Strided convs to 7x7, ``depth`` repeated 3x3 conv + tanh, global average pool, dense.
+
+    The two strided convs get ``stem_init`` (default ``w_init``); a delta-orthogonal stride-2
+    conv sees only every other pixel, so the configs give the stem full orthogonal kernels.
+    """
     b_init = {"normal": {"stddev": math.sqrt(sigma_b2)}} if sigma_b2 > 0 else "zeros"
-    conv = lambda **kw: fnn.Conv2D(channels, 3, w_init=w_init, b_init=b_init, **kw)
+    conv = lambda init=w_init, **kw: fnn.Conv2D(channels, 3, w_init=init, b_init=b_init, **kw)
+    stem = w_init if stem_init is None else stem_init
     return fnn.serial(
-        conv(strides=2), fnn.Tanh, conv(strides=2), fnn.Tanh,
+        conv(stem, strides=2), fnn.Tanh, conv(stem, strides=2), fnn.Tanh,
         fnn.repeat(fnn.serial(conv(), fnn.Tanh), depth, remat=remat),
         fnn.GlobalAvgPool(), fnn.Dense(classes))
 

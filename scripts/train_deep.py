@@ -41,6 +41,8 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--unrolled", action="store_true")
+    parser.add_argument("--stem", choices=("orthogonal", "same"), default="orthogonal",
+                        help="init of the two strided convs (same: as the repeated ones)")
     args = parser.parse_args()
 
     data = fnn.data.load_mnist(download=False)
@@ -51,7 +53,8 @@ def main() -> None:
     gain = round(fnn.meanfield.critical_point("tanh", 1e-4).gain, 4)
     w = (fnn.initializers.delta_orthogonal(gain=gain) if args.init == "critical"
          else fnn.initializers.glorot_uniform)
-    net = (unrolled_tanh_cnn if args.unrolled else vanilla_tanh_cnn)(args.depth, w)
+    stem = fnn.initializers.orthogonal(gain=gain) if args.stem == "orthogonal" else None
+    net = (unrolled_tanh_cnn if args.unrolled else vanilla_tanh_cnn)(args.depth, w, stem_init=stem)
     loss = fnn.losses.softmax_cross_entropy
     opt = optax.adam(args.lr)
     _, ts = fnn.train.init_train_state(net, opt, (-1, 28, 28, 1), jax.random.key(0))
