@@ -1,7 +1,7 @@
 """Train the vanilla tanh CNN of configs/deep_tanh_*.yaml on MNIST for a fixed number of steps.
 
 The same network as the configs (strided convs to 7x7, ``depth`` repeated 3x3 conv + tanh,
-global average pooling, dense; Adam 1e-3, batch 64), initialised ``critical``
+global average pooling, dense; Adam 3e-4, batch 64), initialised ``critical``
 (delta-orthogonal, gain sqrt(sigma_w^2*) at sigma_b^2 = 1e-4) or ``glorot``, trained for
 ``--steps`` steps; prints train loss and test accuracy (all 10,000 test images) every
 ``--eval-every`` steps, and the wall time.
@@ -38,7 +38,7 @@ def main() -> None:
     parser.add_argument("--init", choices=("critical", "glorot"), default="critical")
     parser.add_argument("--steps", type=int, default=1000)
     parser.add_argument("--eval-every", type=int, default=250)
-    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--lr", type=float, default=3e-4)
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--unrolled", action="store_true")
     parser.add_argument("--stem", choices=("orthogonal", "same"), default="orthogonal",
