@@ -120,7 +120,7 @@ class _Walk:
             out = jax.eval_shape(lambda c, pc: child.apply(pc[0], pc[1], c, rng=pc[2],
                                                            train=self.train)[0], x, one)
             x = jax.tree_util.tree_map(lambda a, o: jnp.asarray(a, o.dtype), x, out)
-            return lax.scan(body, x, (params, state, rngs))
+            return lax.scan(body, x, (params, state, rngs), length=times)
         y, _ = apply_child("/".join(path) or layer.default_name, layer, params, state, x,
                            rng=rng, train=self.train)
         order = self.counter

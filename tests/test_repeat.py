@@ -203,6 +203,23 @@ def test_errors_name_the_place():
         fnn.from_spec([{"Repeat": {"tims": 3, "layer": "Tanh"}}])
 
 
+def test_layers_without_params_and_nested_repeats():
+    net = fnn.repeat(fnn.Tanh, 3)
+    _, params, state = net.init(jax.random.key(0), (-1, 4))
+    x = _x((2, 4), 6)
+    np.testing.assert_allclose(net.apply(params, state, x)[0], np.tanh(np.tanh(np.tanh(x))),
+                               rtol=1e-6)
+    nested = fnn.repeat(fnn.repeat(fnn.serial(fnn.Dense(4), fnn.Tanh), 3), 2)
+    _, params, state = nested.init(jax.random.key(1), (-1, 4))
+    assert params["dense_0"]["w"].shape == (2, 3, 4, 4)
+    h = x
+    for i in range(2):
+        for j in range(3):
+            h = np.tanh(h @ params["dense_0"]["w"][i, j] + params["dense_0"]["b"][i, j])
+    np.testing.assert_allclose(nested.apply(params, state, x)[0], h, rtol=1e-5, atol=1e-6)
+    assert fnn.summary(nested, (-1, 4)).trainable_params == 6 * (16 + 4)
+
+
 def test_dtype_of_the_carry_follows_the_layer():
     net = fnn.repeat(fnn.Dense(3), 2)
     _, params, _ = net.init(jax.random.key(0), (-1, 3))

@@ -122,7 +122,7 @@ def repeat(layer: Layer, times: int, *, unroll: int = 1, remat: bool = False,
         first = jax.tree_util.tree_map(lambda a: a[0], (params, state, rngs))
         out = jax.eval_shape(body, x, first)[0]
         x = _match_carry(x, out)
-        return lax.scan(body, x, (params, state, rngs), unroll=unroll)
+        return lax.scan(body, x, (params, state, rngs), length=times, unroll=unroll)
 
     return Layer(init, apply)
 
