@@ -182,7 +182,8 @@ def fit(net: Layer, loss: Callable[..., jax.Array], optimizer: optax.GradientTra
         callbacks: Sequence[Callable[[dict, TrainState], Any]] = (),
         progress: bool = False, log: Callable[[str], None] | None = print,
         parallel: str | DataParallel | None = None,
-        devices: int | Sequence[Any] | None = None) -> FitResult:
+        devices: int | Sequence[Any] | None = None,
+        diagnostics: int | None = None) -> FitResult:
     """Train ``net`` on ``train_data`` (a dict with ``"x"`` and ``"y"`` arrays, first axis examples).
 
     Args:
@@ -210,6 +211,10 @@ def fit(net: Layer, loss: Callable[..., jax.Array], optimizer: optax.GradientTra
             alike. With several hosts ``run_dir`` must be on a shared file system for
             ``resume`` and ``restore_best``.
         devices: local devices for ``parallel`` (a count per process; default all).
+        diagnostics: every this many steps, log gradient-flow diagnostics of the first
+            ``batch_size`` training examples to ``run_dir/diagnostics.jsonl`` and
+            ``gradflow.png`` (:class:`fnn.diagnostics.Diagnostics`; in ``"epoch"`` mode at the
+            end of the epochs in which such a step falls). ``None``: none, no cost.
 
     Returns:
         A :class:`FitResult`; its train state is one unreplicated copy, whatever the devices.
@@ -272,6 +277,12 @@ def fit(net: Layer, loss: Callable[..., jax.Array], optimizer: optax.GradientTra
         run_step = dp.compile_step(step_fn)
     train_state = dp.replicate(train_state)
     writes = run_path is not None and dp.is_main
+    diag = None
+    if diagnostics is not None and dp.is_main:
+        from fnn.diagnostics import Diagnostics
+        diag = Diagnostics(net, loss, optimizer, every=diagnostics,
+                           run_dir=run_path if writes else None)
+        diag_batch = {k: np.asarray(v[:batch_size]) for k, v in train_data.items()}
     stopped_early = False
     bar = _epoch_bar(progress, mode, start_epoch, epochs)
 
@@ -294,9 +305,16 @@ def fit(net: Layer, loss: Callable[..., jax.Array], optimizer: optax.GradientTra
             for batch in steps:
                 train_state, m = run_step(train_state, batch)
                 collected.append(m)
+                if diag is not None and diag.due(first_step + len(collected)):
+                    diag.record(dp.unreplicate(train_state), diag_batch,
+                                step=first_step + len(collected), epoch=epoch + 1)
             stacked = jax.device_get(jax.tree_util.tree_map(lambda *xs: jnp.stack(xs), *collected))
         jax.block_until_ready(train_state)
         seconds = time.perf_counter() - start
+        if mode == "epoch" and diag is not None and diag.due(first_step + steps_per_epoch,
+                                                             steps_per_epoch):
+            diag.record(dp.unreplicate(train_state), diag_batch,
+                        step=first_step + steps_per_epoch, epoch=epoch + 1)
 
         losses = np.asarray(stacked["loss"])
         if not np.all(np.isfinite(losses)):
