@@ -31,13 +31,27 @@ rounding. Checkpoints hold one unreplicated copy of the state
 (:meth:`DataParallel.unreplicate`), so a run saved on 8 devices resumes on 1 and back.
 
 Example:
+    Three steps of a small network with batch norm, data-parallel over all local devices
+    (global batches of 8 rows; 8 must divide by the device count):
+
+    >>> from fnn.train import init_train_state, train_step_fn
     >>> dp = DataParallel("mesh")                     # all local devices
-    >>> net = dp.prepare_net(net)                     # BatchNorm axis names for the mode
-    >>> step = dp.compile_step(train_step_fn(net, loss, opt, axis_name=dp.axis_name))
-    >>> ts = dp.replicate(train_state)
-    >>> for host_batch in batches:                    # global batches of size B
+    >>> net = dp.prepare_net(fnn.serial(fnn.Dense(16), fnn.BatchNorm(), fnn.Relu, fnn.Dense(3)))
+    >>> opt = optax.sgd(0.1)
+    >>> _, train_state = init_train_state(net, opt, (-1, 4), jax.random.key(0))
+    >>> step = dp.compile_step(train_step_fn(net, fnn.losses.softmax_cross_entropy, opt,
+    ...                                      axis_name=dp.axis_name))
+    >>> ts = dp.replicate(train_state)                # the step donates it: use ts from here on
+    >>> rng = np.random.default_rng(0)
+    >>> batches = [{"x": rng.normal(size=(8, 4)).astype(np.float32),
+    ...             "y": rng.integers(0, 3, size=8)} for _ in range(3)]
+    >>> for host_batch in batches:
     ...     ts, metrics = step(ts, dp.put_batch(dp.local_part(host_batch)))
-    >>> params = dp.unreplicate(ts).params            # one copy, for checkpoints
+    >>> {name: value.shape for name, value in metrics.items()}   # whole-batch means
+    {'loss': (), 'objective': ()}
+    >>> one = dp.unreplicate(ts)                      # one copy, for checkpoints
+    >>> int(one.step), one.params["dense_0"]["w"].shape
+    (3, (4, 16))
 """
 
 from __future__ import annotations
@@ -101,8 +115,21 @@ def initialize(coordinator_address: str | None = None, num_processes: int | None
         RuntimeError: JAX was already in use, too late to start ``jax.distributed``.
 
     Example:
-        >>> initialize("10.0.0.1:1234", num_processes=2, process_id=0)   # on host 0
-        True
+        On host 0 of two, before anything else uses JAX,
+        ``initialize("10.0.0.1:1234", num_processes=2, process_id=0)`` starts
+        ``jax.distributed`` and returns ``True`` (host 1 passes ``process_id=1``). A single
+        process with nothing set starts nothing, and a bad setting is refused before any
+        connection is tried:
+
+        >>> initialize(), initialize(num_processes=1)
+        (False, False)
+        >>> initialize("10.0.0.1:1234", num_processes=2)
+        Traceback (most recent call last):
+        ValueError: parallel.process_id: not set (nor JAX_PROCESS_ID); several processes need
+        coordinator_address, num_processes and process_id
+        >>> initialize("10.0.0.1:1234", num_processes=2, process_id=2)
+        Traceback (most recent call last):
+        ValueError: parallel.process_id: must be an int in [0, 2), got 2
     """
     if jax.distributed.is_initialized():
         return True
@@ -216,9 +243,16 @@ class DataParallel:
             when dispatch runs 32 steps ahead, see :func:`wait_for_results`), else ``False``.
 
     Example:
-        >>> dp = DataParallel("pmap", devices=4)
+        >>> dp = DataParallel("pmap", devices=1)     # the first local device
+        >>> dp, dp.axis_name, dp.waits_for_each_call
+        (DataParallel(mode='pmap', devices=1), 'batch', False)
         >>> dp.check_batch_size(128)       # the per-process part of a global batch
         128
+        >>> DataParallel("mesh").mesh.axis_names
+        ('data',)
+        >>> DataParallel("data")
+        Traceback (most recent call last):
+        ValueError: parallel.mode: must be one of none, pmap, mesh, got 'data'
     """
 
     def __init__(self, mode: str | None = "none", devices: int | Sequence[Any] | None = None):
@@ -460,8 +494,12 @@ def wait_for_results(compiled: Callable) -> Callable:
     (docs/DISTRIBUTED.md). ``scripts/repro_cpu_allreduce.py`` reproduces it without fnn.
 
     Example:
-        >>> step = wait_for_results(jax.pmap(step_fn, axis_name="batch"))
-        >>> ts, metrics = step(ts, batch)          # both computed when it returns
+        >>> total = wait_for_results(jax.pmap(lambda x: jax.lax.psum(x, "batch"),
+        ...                                   axis_name="batch"))
+        >>> n = jax.local_device_count()
+        >>> out = total(jnp.ones((n, 3)))            # computed when it returns
+        >>> out.is_ready(), bool((out == n).all())
+        (True, True)
     """
 
     @functools.wraps(compiled)
