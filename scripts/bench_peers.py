@@ -44,6 +44,17 @@ BATCH = 128
 LR = 1e-3
 
 
+def compute_cast(tree, dtype: str):
+    """Cast the floating leaves of ``tree`` to ``dtype`` (mixed precision: float32 master
+    params, ``dtype`` compute; the cast's gradient brings the updates back to float32)."""
+    import jax
+    import jax.numpy as jnp
+    if dtype == "float32":
+        return tree
+    return jax.tree.map(lambda a: a.astype(dtype) if jnp.issubdtype(a.dtype, jnp.floating)
+                        else a, tree)
+
+
 # --------------------------------------------------------------------------- JAX models
 
 def jax_data(model: str, n: int, seed: int = 0):
@@ -110,9 +121,9 @@ def stax_model(model: str):
         shape = (-1, 784)
     else:
         init, apply = stax.serial(
-            stax.Conv(32, (3, 3), padding="SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")),
+            stax.GeneralConv(("NHWC", "HWIO", "NHWC"), 32, (3, 3), padding="SAME"),
             stax.Relu, stax.MaxPool((2, 2), (2, 2), spec="NHWC"),
-            stax.Conv(64, (3, 3), padding="SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")),
+            stax.GeneralConv(("NHWC", "HWIO", "NHWC"), 64, (3, 3), padding="SAME"),
             stax.Relu, stax.MaxPool((2, 2), (2, 2), spec="NHWC"),
             stax.Flatten, stax.Dense(128), stax.Relu, stax.Dense(10))
         shape = (-1, 28, 28, 1)
@@ -186,7 +197,19 @@ def equinox_model(model: str):
     return init, lambda net, x: jax.vmap(one, in_axes=(None, 0))(net, x)
 
 
-def fnn_model(model: str):
+def fnn_model(model: str, dtype: str = "float32"):
+    import fnn
+    net = fnn_layers(model)
+    if dtype == "float32":
+        return net
+
+    def apply(params, state, x, **kwargs):
+        y, state = net.apply(compute_cast(params, dtype), state, x.astype(dtype), **kwargs)
+        return y.astype("float32"), state
+    return fnn.Layer(net.init, apply)
+
+
+def fnn_layers(model: str):
     import fnn
     if model == "mlp":
         return fnn.serial(fnn.Dense(800), fnn.Relu, fnn.Dense(800), fnn.Relu, fnn.Dense(10))
@@ -197,7 +220,7 @@ def fnn_model(model: str):
 
 # --------------------------------------------------------------------------- one run
 
-def run_jax(runner: str, model: str, steps: int) -> dict:
+def run_jax(runner: str, model: str, steps: int, dtype: str = "float32") -> dict:
     import jax
     import jax.numpy as jnp
     import optax
@@ -209,7 +232,7 @@ def run_jax(runner: str, model: str, steps: int) -> dict:
     if runner.startswith("fnn"):
         import fnn
         from fnn.train import init_train_state, make_train_epoch, make_train_step, train_step_fn
-        net = fnn_model(model)
+        net = fnn_model(model, dtype)
         _, ts = init_train_state(net, opt, shape, jax.random.key(0))
         loss = fnn.losses.softmax_cross_entropy
         if runner == "fnn-epoch":
@@ -242,7 +265,8 @@ def run_jax(runner: str, model: str, steps: int) -> dict:
         apply = lambda p, xb: apply_full(eqx.combine(p, static), xb)  # noqa: E731
 
     def loss_fn(p, xb, yb):
-        return optax.softmax_cross_entropy_with_integer_labels(apply(p, xb), yb).mean()
+        logits = apply(compute_cast(p, dtype), xb.astype(dtype)).astype("float32")
+        return optax.softmax_cross_entropy_with_integer_labels(logits, yb).mean()
 
     def step_fn(p, o, xb, yb):
         loss, grads = jax.value_and_grad(loss_fn)(p, xb, yb)
@@ -356,10 +380,15 @@ def matmul_peak(n: int = 2048, repeats: int = 10) -> float:
     return 2 * n ** 3 / best
 
 
-def worker(runner: str, model: str, steps: int) -> dict:
+def worker(runner: str, model: str, steps: int, dtype: str) -> dict:
     if runner == "peak":
         return {"flops": matmul_peak()}
-    result = run_torch(model, steps) if runner == "torch" else run_jax(runner, model, steps)
+    if runner == "torch":
+        if dtype != "float32":
+            raise SystemExit(f"torch runner: only float32 here, not {dtype}")
+        result = run_torch(model, steps)
+    else:
+        result = run_jax(runner, model, steps, dtype)
     result["rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return result
 
@@ -374,8 +403,10 @@ def available(runner: str) -> bool:
     return importlib.util.find_spec(module) is not None
 
 
-def spawn(runner: str, model: str, steps: int, timeout: float) -> dict | str:
-    cmd = [sys.executable, os.path.abspath(__file__), "--worker", runner, model, str(steps)]
+def spawn(runner: str, model: str, steps: int, timeout: float, dtype: str = "float32"
+          ) -> dict | str:
+    cmd = [sys.executable, os.path.abspath(__file__), "--worker", runner, model, str(steps),
+           dtype]
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -395,12 +426,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--steps", type=str, default="mlp=100,cnn=40",
                         help="timed steps per run (an epoch-mode run scans this many steps)")
     parser.add_argument("--timeout", type=float, default=900, help="seconds per subprocess")
-    parser.add_argument("--worker", nargs=3, metavar=("RUNNER", "MODEL", "STEPS"),
+    parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"),
+                        help="compute dtype of the JAX runners (float32 master params)")
+    parser.add_argument("--json", help="also write the medians to this JSON file")
+    parser.add_argument("--worker", nargs=4, metavar=("RUNNER", "MODEL", "STEPS", "DTYPE"),
                         help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:
-        runner, model, steps = args.worker
-        print(json.dumps(worker(runner, model, int(steps))), flush=True)
+        runner, model, steps, dtype = args.worker
+        print(json.dumps(worker(runner, model, int(steps), dtype)), flush=True)
         return
 
     models = [m for m in args.models.split(",") if m]
@@ -415,7 +449,7 @@ def main(argv: list[str] | None = None) -> None:
 
     import jax
     print(f"jax {jax.__version__}, {jax.devices()[0].platform} x{jax.device_count()}, "
-          f"{os.cpu_count()} CPUs; batch {BATCH}, Adam; medians of {args.repeats} interleaved "
+          f"{os.cpu_count()} CPUs; batch {BATCH}, Adam, {args.dtype} compute; medians of {args.repeats} interleaved "
           f"repeats, one subprocess per run", flush=True)
     for r in skipped:
         print(f"note: {r} skipped ({NEEDS[r]} is not installed; pip install -e .[bench])")
@@ -428,7 +462,7 @@ def main(argv: list[str] | None = None) -> None:
             peaks.append(peak["flops"])
         for model in models:
             for runner in runners:
-                out = spawn(runner, model, int(steps[model]), args.timeout)
+                out = spawn(runner, model, int(steps[model]), args.timeout, args.dtype)
                 if isinstance(out, str):
                     errors[(model, runner)] = out
                 else:
@@ -436,6 +470,7 @@ def main(argv: list[str] | None = None) -> None:
                 print(f"  repeat {rep + 1}: {model} {runner}: "
                       f"{out if isinstance(out, str) else round(out['ex_s'])}", flush=True)
 
+    summary: dict = {"dtype": args.dtype, "jax": jax.__version__, "models": {}}
     for model in models:
         print(f"\n{model.upper()} ({steps[model]} steps per run)")
         print(f"| {'runner':<10} | {'ex/s':>8} | {'vs jax-step':>11} | {'compile s':>9} | "
@@ -443,18 +478,26 @@ def main(argv: list[str] | None = None) -> None:
         print(f"|{'-' * 12}|{'-' * 10}|{'-' * 13}|{'-' * 11}|{'-' * 14}|")
         base = results.get((model, "jax-step"))
         base_ex = statistics.median(r["ex_s"] for r in base) if base else None
+        rows = summary["models"][model] = {}
         for runner in runners:
             runs = results.get((model, runner))
             if not runs:
-                print(f"| {runner:<10} | {errors.get((model, runner), 'no result')} |")
+                rows[runner] = errors.get((model, runner), "no result")
+                print(f"| {runner:<10} | {rows[runner]} |")
                 continue
             ex = statistics.median(r["ex_s"] for r in runs)
-            ratio = f"{ex / base_ex:.2f}" if base_ex else "-"
+            ratio = ex / base_ex if base_ex else None
             comp = statistics.median(r["compile_s"] for r in runs)
             rss = statistics.median(r["rss_mib"] for r in runs)
-            print(f"| {runner:<10} | {ex:8.0f} | {ratio:>11} | {comp:9.2f} | {rss:12.0f} |")
+            rows[runner] = {"ex_s": ex, "vs_jax_step": ratio, "compile_s": comp, "rss_mib": rss}
+            ratio_text = f"{ratio:.2f}" if ratio else "-"
+            print(f"| {runner:<10} | {ex:8.0f} | {ratio_text:>11} | {comp:9.2f} | {rss:12.0f} |")
     if peaks:
-        print(f"\nmatmul peak (JAX, 2048^2 float32): {statistics.median(peaks) / 1e9:.1f} GFLOP/s")
+        summary["matmul_gflops"] = statistics.median(peaks) / 1e9
+        print(f"\nmatmul peak (JAX, 2048^2 float32): {summary['matmul_gflops']:.1f} GFLOP/s")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(summary, f, indent=1)
 
 
 if __name__ == "__main__":

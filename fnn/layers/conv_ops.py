@@ -121,33 +121,37 @@ _scan_friendly.defvjp(_forward, _backward)
 
 
 def _input_gradient(dy, w, x_shape, strides, padding, dilation, groups):
-    """``dx`` as a stride-1 ``VALID`` forward convolution of the dilated, padded ``dy``.
+    """``dx`` as a stride-1 forward convolution of the dilated, padded ``dy``.
 
     ``dxpad[i] = sum_k dyd[i - k*d] w[k]`` (``dyd``: ``dy`` with ``s - 1`` zeros between
     elements) is a correlation of ``dyd`` padded by ``keff - 1`` low with the flipped kernel;
-    cropping to ``x`` (drop ``lo`` first, ``hi`` last) folds into that padding, which may then be
-    negative (``lax.pad`` crops).
+    cropping to ``x`` (drop ``lo`` first, ``hi`` last) folds into that padding. Its positive part
+    is the convolution's own padding; ``lax.pad`` does the rest (the stride's interior zeros,
+    and cropping where the padding is negative), and only where needed.
     """
     ndim = len(strides)
     window = w.shape[:ndim]
     cg, f = w.shape[ndim], w.shape[ndim + 1]
     fg = f // groups
-    pads = [(0, 0, 0)]
+    explicit, implicit = [(0, 0, 0)], []  # lax.pad (interior, cropping); the conv's own padding
     for axis in range(ndim):
         n, k, s, d = x_shape[1 + axis], window[axis], strides[axis], dilation[axis]
         lo, hi = padding[axis]
         keff = (k - 1) * d + 1
         out = dy.shape[1 + axis]
         padded = n + lo + hi
-        pads.append((keff - 1 - lo, padded - (out - 1) * s - 1 - hi, s - 1))
-    pads.append((0, 0, 0))
-    dy_padded = lax.pad(dy, jnp.zeros((), dy.dtype), pads)
+        before, after = keff - 1 - lo, padded - (out - 1) * s - 1 - hi
+        explicit.append((min(before, 0), min(after, 0), s - 1))
+        implicit.append((max(before, 0), max(after, 0)))
+    explicit.append((0, 0, 0))
+    if any(p != (0, 0, 0) for p in explicit):
+        dy = lax.pad(dy, jnp.zeros((), dy.dtype), explicit)
     # w[k, c, g*fg + j] -> w_t[flip(k), j, g*cg + c]
     w_t = w.reshape((*window, cg, groups, fg))
     w_t = jnp.moveaxis(w_t, ndim, ndim + 2)  # (*window, groups, fg, cg)
     w_t = jnp.swapaxes(w_t, ndim, ndim + 1).reshape((*window, fg, groups * cg))
     w_t = jnp.flip(w_t, axis=tuple(range(ndim)))
-    return conv_reference(dy_padded, w_t, (1,) * ndim, ((0, 0),) * ndim, dilation, groups)
+    return conv_reference(dy, w_t, (1,) * ndim, implicit, dilation, groups)
 
 
 def _kernel_gradient(dy, x, w_shape, strides, padding, dilation, groups):
