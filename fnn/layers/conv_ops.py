@@ -169,16 +169,18 @@ def _kernel_gradient(dy, x, w_shape, strides, padding, dilation, groups):
     batch, c = x.shape[0], x.shape[-1]
     cg = c // groups
     used = [(k - 1) * d + (o - 1) * s + 1 for k, d, o, s in zip(window, dilation, out, strides)]
-    xpad = lax.pad(x, jnp.zeros((), x.dtype),
-                   [(0, 0, 0), *((lo, hi + u - (n + lo + hi), 0)
-                                 for (lo, hi), u, n in zip(padding, used, x.shape[1:-1])),
-                    (0, 0, 0)])  # crop what no output reads
-    lhs = xpad.reshape((batch, *used, groups, cg))
+    # xpad = x padded by (lo, used - n - lo) per axis: positive parts are the convolution's own
+    # padding, a negative high part (inputs no output reads) a slice of x
+    highs = [u - n - lo for u, n, (lo, _) in zip(used, x.shape[1:-1], padding)]
+    x = x[(slice(None), *(slice(None, h if h < 0 else None) for h in highs))]
+    kept = x.shape[1:-1]
+    lhs = x.reshape((batch, *kept, groups, cg))
     lhs = jnp.transpose(lhs, (ndim + 2, *range(1, ndim + 1), ndim + 1, 0))
-    lhs = lhs.reshape((cg, *used, groups * batch))
+    lhs = lhs.reshape((cg, *kept, groups * batch))
     rhs = jnp.transpose(dy, (*range(1, ndim + 1), 0, ndim + 1))  # (*out, N, F)
     dw = lax.conv_general_dilated(
-        lhs, rhs, window_strides=dilation, padding=((0, 0),) * ndim, rhs_dilation=strides,
+        lhs, rhs, window_strides=dilation,
+        padding=[(lo, max(h, 0)) for (lo, _), h in zip(padding, highs)], rhs_dilation=strides,
         dimension_numbers=_DIMENSION_NUMBERS[ndim], feature_group_count=groups,
         preferred_element_type=jnp.result_type(x.dtype, dy.dtype))
     return jnp.moveaxis(dw, 0, ndim)  # (*window, cg, F)
