@@ -17,7 +17,9 @@
 # benchmark JSON files sit beside it.
 #
 # --dry-run: the same steps with tiny sizes (a few steps, 1 epoch on 3,000 examples), to check
-# the script itself on a CPU-only machine (a few minutes; time limits x4). Python: $PYTHON, else python.
+# the script itself on a CPU-only machine (a few minutes; time limits x4).
+# Python: $PYTHON, else python; it must already have a GPU build of jax and fnn's dependencies
+# (the script installs nothing).
 set -u
 cd "$(dirname "$0")/.."
 
