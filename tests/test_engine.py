@@ -4,6 +4,9 @@ data set size."""
 
 import itertools
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import chex
@@ -298,3 +301,69 @@ def test_cv_on_xor_with_two_folds_runs(tmp_path):
                  "output.plots=false", "--folds", "2", "--out", str(out)]) == 0
     doc = json.loads((out / "cv.json").read_text())
     assert doc["folds"] == 2 and [f["train_size"] for f in doc["per_fold"]] == [2, 2]
+
+
+def test_config_pretrained_and_freeze_keep_the_encoder_bit_for_bit(tmp_path):
+    from fnn.run import train as train_run
+    raw = {"name": "enc", "seed": 0,
+           "model": [{"serial": {"layers": [{"Dense": 8}, "BatchNorm", "Relu"], "name": "encoder"}},
+                     {"Dense": {"features": 2, "name": "head"}}],
+           "data": {"name": "circles", "options": {"n": 120, "n_test": 40}, "validation": 0.25},
+           "training": {"epochs": 2, "batch_size": 30},
+           "output": {"plots": False, "progress": False}}
+    first = train_run(fnn.config.parse_config(raw, [f"output.dir={tmp_path / 'a'}"]), log=None)
+    pre_params, pre_state = fnn.load_weights(first / "checkpoints" / "latest.safetensors")
+    lines = []
+    second = train_run(fnn.config.parse_config(raw, [
+        f"output.dir={tmp_path / 'b'}", "training.freeze=[encoder]",
+        f"training.pretrained={first / 'checkpoints' / 'latest.safetensors'}",
+        "optimizer.learning_rate=0.05"]), log=lines.append)
+    params, state = fnn.load_weights(second / "checkpoints" / "latest.safetensors")
+    chex.assert_trees_all_equal(params["encoder"], pre_params["encoder"])
+    chex.assert_trees_all_equal(state, pre_state)
+    assert not np.array_equal(params["head"]["w"], pre_params["head"]["w"])
+    assert any(line.startswith("init: copied 8 pretrained arrays, 0 new, 0 skipped") for line in lines)
+    with pytest.raises(ConfigError, match=r"training\.freeze: .*no layer 'encodr'"):
+        train_run(fnn.config.parse_config(raw, [f"output.dir={tmp_path / 'c'}",
+                                                "training.freeze=[encodr]"]), log=None)
+
+
+# --------------------------------------------------------------------------- several devices
+
+def _two_input_fit(parallel):
+    """Two-input net on a list of batches whose last one (7 rows) does not split over 2 devices."""
+    rng = np.random.default_rng(0)
+    x1, x2 = rng.normal(size=(2, 23, 5)).astype(np.float32)
+    y = rng.integers(0, 3, 23).astype(np.int32)
+    batches = [{"x": (x1[i:i + 8], x2[i:i + 8]), "y": y[i:i + 8]} for i in range(0, 23, 8)]
+    net = fnn.serial(fnn.parallel(fnn.Dense(4), fnn.Dense(4)), fnn.fan_in_concat(), fnn.Tanh,
+                     fnn.Dense(3))
+    result = fit(net, softmax_cross_entropy, optax.sgd(0.5), batches, batches, epochs=2,
+                 log=None, parallel=parallel)
+    return result.train_state.params, result.history
+
+
+def test_iterables_of_tuple_inputs_train_alike_on_one_and_two_devices(tmp_path):
+    params, history = _two_input_fit(None)
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2",
+           "JAX_PLATFORMS": "cpu"}
+    proc = subprocess.run([sys.executable, __file__, str(tmp_path)], env=env, text=True,
+                          capture_output=True, timeout=600, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for mode in ("pmap", "mesh"):
+        got = fnn.load_weights(tmp_path / f"{mode}.safetensors")[0]
+        chex.assert_trees_all_close(got, jax.device_get(params), rtol=1e-5, atol=1e-6)
+        other = json.loads((tmp_path / f"{mode}.json").read_text())
+        assert [r["step"] for r in other] == [r["step"] for r in history] == [3, 6]
+        for g, w in zip(other, history):
+            assert g["train_loss"] == pytest.approx(w["train_loss"], rel=1e-5)
+            assert g["val_loss"] == pytest.approx(w["val_loss"], rel=1e-5)
+
+
+if __name__ == "__main__":  # the two-device worker of the test above
+    out = Path(sys.argv[1])
+    assert jax.device_count() == 2, jax.devices()
+    for mode in ("pmap", "mesh"):
+        params, history = _two_input_fit(mode)
+        fnn.save_weights(out / f"{mode}.safetensors", params)
+        (out / f"{mode}.json").write_text(json.dumps(history))
