@@ -160,24 +160,22 @@ def fit(net: Layer, loss: Callable[..., jax.Array], optimizer: optax.GradientTra
     check_shapes(net, loss, first["x"], first["y"], metrics=metrics)
     from fnn.transfer import with_frozen_mask  # fnn.transfer imports fnn.train
     optimizer = with_frozen_mask(net, optimizer, train.input_shape)
-    if train_state is None:
-        train_state = _initial_state(net, optimizer, train.input_shape, seed_key, init, log)
-    elif optimizer is not None and init is None:
-        train_state = _matching_opt_state(train_state, optimizer)
+    train_state = _initial_state(net, optimizer, train.input_shape, seed_key, train_state, init,
+                                 log)
     check_mean_over_examples(loss, lambda: net.apply(train_state.params, train_state.model_state,
                                                      first["x"])[0], first["y"])
 
     folder = RunFolder(run_dir, writes=dp.is_main)
     tracker = Tracker(early_stopping)
     history: list[dict[str, Any]] = []
-    start_epoch = 0
     if resume and folder.has("latest"):
         train_state, done = folder.load("latest", train_state)
-        history, start_epoch = done["history"], done["epoch"] + 1
+        history = done["history"]
         tracker.load_state_dict(done)
         if log:
-            log(f"resumed from {folder.checkpoint('latest')} at epoch {start_epoch} "
+            log(f"resumed from {folder.checkpoint('latest')} at epoch {len(history)} "
                 f"(step {int(train_state.step)})")
+    start_epoch = len(history)
 
     train_net = dp.prepare_net(net)  # BatchNorm axis names for the mode
     step_fn = train_step_fn(train_net, loss, optimizer, regularizer=regularizer,
@@ -195,24 +193,20 @@ def fit(net: Layer, loss: Callable[..., jax.Array], optimizer: optax.GradientTra
         train_state, stacked, examples = run_epoch(train_state, epoch)
         seconds = time.perf_counter() - start
         _check_finite(np.asarray(stacked["loss"]), first_step, epoch, folder)
-        record: dict[str, Any] = {"epoch": epoch + 1, "step": first_step + len(stacked["loss"]),
-                                  "learning_rate": _learning_rate(dp, train_state.opt_state)}
-        record.update({f"train_{k}": float(np.mean(v)) for k, v in stacked.items()
-                       if k != "objective" or regularizer is not None})
+        record = {"epoch": epoch + 1, "step": first_step + len(stacked["loss"]),
+                  "learning_rate": _learning_rate(dp, train_state.opt_state),
+                  **{f"train_{k}": float(np.mean(v)) for k, v in stacked.items()
+                     if k != "objective" or regularizer is not None}}
         if val is not None:
             scores = evaluate(eval_step, train_state.params, train_state.model_state, val,
                               batch_size=eval_batch_size, parallel=dp)
             record.update({f"val_{k}": v for k, v in scores.items()})
-        record["seconds"] = round(seconds, 4)
-        record["examples_per_sec"] = round(examples / seconds, 1)
+        record.update(seconds=round(seconds, 4), examples_per_sec=round(examples / seconds, 1))
         history.append(record)
         improved = tracker.update(record, epoch + 1)
-        if folder.writes:
-            folder.write_metrics(history)
-            done = {"epoch": epoch, "history": history, **tracker.state_dict()}
-            one_copy = dp.unreplicate(train_state)  # the same file whatever the devices
-            for which in (("best", "latest") if improved else ("latest",)):
-                folder.save(which, one_copy, net, done, metadata)
+        if folder.writes:  # one unreplicated copy: the same file whatever the devices
+            folder.save_epoch(history, {"epoch": epoch, **tracker.state_dict()}, improved,
+                              dp.unreplicate(train_state), net, metadata)
         if log:
             log(_format_record(record, epochs))
         if bar is not None:
@@ -228,12 +222,8 @@ def fit(net: Layer, loss: Callable[..., jax.Array], optimizer: optax.GradientTra
     if bar is not None:
         bar.close()
 
-    train_state = dp.unreplicate(train_state)
-    if early_stopping is not None and early_stopping.restore_best \
-            and tracker.best_epoch not in (None, len(history)) and folder.path is not None:
-        synchronize("fnn-fit-restore-best")  # process 0 has written best.safetensors
-        if folder.has("best"):
-            train_state, _ = folder.load("best", train_state)
+    train_state = _restored_best(dp.unreplicate(train_state), early_stopping, tracker, folder,
+                                 len(history))
     return FitResult(train_state, history, tracker.best_epoch, stopped_early)
 
 
@@ -276,8 +266,14 @@ def _mode(mode: str | None, train: ArraySource | IterableSource) -> str:
 
 
 def _initial_state(net: Layer, optimizer: optax.GradientTransformation, input_shape: Any,
-                   seed_key: jax.Array, init: Any, log: Callable[[str], None] | None
-                   ) -> TrainState:
+                   seed_key: jax.Array, train_state: TrainState | None, init: Any,
+                   log: Callable[[str], None] | None) -> TrainState:
+    """The given train state (with an optimizer state that fits ``optimizer``), else a fresh
+    init, with ``init``'s pretrained weights transferred where path and shape match."""
+    if train_state is not None:
+        if init is not None:
+            raise ValueError("fit: give train_state or init, not both")
+        return _matching_opt_state(train_state, optimizer)
     rng = jax.random.fold_in(seed_key, 0)
     if init is None:
         return init_train_state(net, optimizer, input_shape, rng)[1]
@@ -358,6 +354,16 @@ def _rows(batch: dict) -> int:
     if "mask" in batch:
         return int(np.asarray(batch["mask"]).sum())
     return num_rows(batch["x"], "a training batch")
+
+
+def _restored_best(ts: TrainState, early_stopping: EarlyStopping | None, tracker: Tracker,
+                   folder: RunFolder, last_epoch: int) -> TrainState:
+    """With ``early_stopping.restore_best``: the train state of the best epoch, if not the last."""
+    if early_stopping is None or not early_stopping.restore_best or folder.path is None \
+            or tracker.best_epoch in (None, last_epoch):
+        return ts
+    synchronize("fnn-fit-restore-best")  # process 0 has written best.safetensors
+    return folder.load("best", ts)[0] if folder.has("best") else ts
 
 
 def _check_finite(losses: np.ndarray, first_step: int, epoch: int, folder: RunFolder) -> None:

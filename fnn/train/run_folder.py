@@ -69,6 +69,14 @@ class RunFolder:
         ckpt.save_tree(self.checkpoint(which), {f: getattr(ts, f) for f in TrainState._fields},
                        meta)
 
+    def save_epoch(self, history: list[dict[str, Any]], progress: dict[str, Any], improved: bool,
+                   ts: TrainState, net: Layer, metadata: dict[str, Any] | None) -> None:
+        """After an epoch: the metrics log, ``latest``, and ``best`` when the epoch ``improved``."""
+        self.write_metrics(history)
+        progress = {**progress, "history": history}
+        for which in (("best", "latest") if improved else ("latest",)):
+            self.save(which, ts, net, progress, metadata)
+
     def load(self, which: str, template: TrainState) -> tuple[TrainState, dict[str, Any]]:
         """The train state of ``checkpoints/<which>`` (shaped like ``template``) and its progress."""
         path = self.checkpoint(which)
