@@ -21,6 +21,7 @@ import fnn
 from fnn.config import ConfigError, load_config
 from fnn.losses import mse, softmax_cross_entropy
 from fnn.train import LossContractError, correct, evaluate, fit, predict
+from fnn.transfer import frozen_paths
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -220,6 +221,18 @@ def test_frozen_block_keeps_params_and_batch_norm_statistics_bit_for_bit():
                            state["encoder"]["batch_norm_0"]["mean"])
 
 
+def test_a_frozen_network_saves_and_loads_and_is_a_config_layer(tmp_path):
+    frozen = fnn.freeze(_finetune_net(), "encoder")
+    _, params, state = frozen.init(jax.random.key(0), (-1, 6))
+    fnn.save(tmp_path / "f.safetensors", frozen, params, state)
+    net, params2, _ = fnn.load(tmp_path / "f.safetensors")
+    assert net.spec == frozen.spec and "Frozen" in json.dumps(net.spec)
+    chex.assert_trees_all_equal(params, params2)
+    from fnn.layers.spec import from_spec
+    in_yaml = from_spec([{"Frozen": {"layer": {"Dense": 4}, "name": "enc"}}, {"Dense": 2}])
+    assert frozen_paths(in_yaml, (-1, 3)) == [("enc",)]
+
+
 def test_freeze_names_a_missing_layer_clearly():
     with pytest.raises(ValueError, match=r"freeze: no layer 'encodr'.*did you mean encoder"):
         fnn.freeze(_finetune_net(), "encodr")
@@ -283,6 +296,15 @@ def test_one_hot_config_trains_mse_sigmoid_and_fails_validation_without_it(tmp_p
                (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert history[-1]["train_loss"] < history[0]["train_loss"]
     assert "val_accuracy" in history[-1]
+
+
+@pytest.mark.slow
+def test_the_course_keras_example_config_reaches_85_percent(tmp_path):
+    if not os.environ.get("FNN_DATA_DIR"):
+        pytest.skip("FNN_DATA_DIR is not set (point it at the MNIST files)")
+    cfg = load_config(REPO / "configs" / "mnist_mse_sigmoid.yaml", ["output.progress=false"])
+    run_dir = fnn.run.train(cfg, tmp_path / "run", log=None)
+    assert json.loads((run_dir / "test.json").read_text())["accuracy"] >= 0.85
 
 
 def test_batch_larger_than_the_data_trains_on_all_of_it_with_a_notice():

@@ -134,7 +134,9 @@ def fit(net: Layer, loss: Callable[..., jax.Array], optimizer: optax.GradientTra
         log: where notices and one-line epoch summaries go (``None``: silent).
         parallel, devices: ``None``/``"none"`` (one device), ``"pmap"`` or ``"mesh"`` over
             ``devices`` (see :mod:`fnn.train.parallel`), or a ``DataParallel``. ``batch_size``
-            is the global batch and must divide by the number of devices. Only process 0
+            is the global batch and must divide by the number of devices; a batch of an
+            iterable that does not is padded with masked rows (exact for losses and metrics;
+            batch-norm statistics see the padding). Only process 0
             writes ``run_dir`` and logs; ``callbacks`` run on every process and must decide
             alike.
 
@@ -157,6 +159,9 @@ def fit(net: Layer, loss: Callable[..., jax.Array], optimizer: optax.GradientTra
     mode = _mode(mode, train)
     seed_key = jax.random.key(seed)
     first = train.first() if batch_size is None else train.rows(np.arange(batch_size))
+    if "y" not in first:
+        raise ValueError("train_data: a training batch needs targets 'y' next to 'x' (for an "
+                         "autoencoder, y=x)")
     check_shapes(net, loss, first["x"], first["y"], metrics=metrics)
     from fnn.transfer import with_frozen_mask  # fnn.transfer imports fnn.train
     optimizer = with_frozen_mask(net, optimizer, train.input_shape)
