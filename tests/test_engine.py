@@ -86,6 +86,7 @@ def test_fit_on_a_loader_over_a_memory_mapped_array(tmp_path):
     x, y = _blobs(300)
     np.save(tmp_path / "x.npy", x)
     big = np.load(tmp_path / "x.npy", mmap_mode="r")
+    assert not fnn.train.data.fits_on_device({"x": big})  # auto mode never loads it whole
     loader = fnn.data.Loader({"x": big, "y": y}, 50, seed=0)
     result = fit(_mlp(), softmax_cross_entropy, optax.adam(1e-2), loader, epochs=3, log=None)
     assert [r["step"] for r in result.history] == [6, 12, 18]
