@@ -53,7 +53,7 @@ def test_siamese_contrastive_model_trains_on_a_tuple_of_inputs():
     x2 = np.where(same[:, None] > 0, x1 + 0.05 * rng.normal(size=x1.shape),
                   rng.normal(size=x1.shape)).astype(np.float32)
     net = fnn.shared(fnn.serial(fnn.Dense(16), fnn.Tanh, fnn.Dense(4), name="branch"))
-    result = fit(net, contrastive, optax.adam(1e-2), {"x": (x1, x2), "y": same}, epochs=8,
+    result = fit(net, contrastive, optax.adam(1e-2), x=(x1, x2), y=same, epochs=8,
                  batch_size=32, log=None)
     losses = [r["train_loss"] for r in result.history]
     assert losses[-1] < 0.6 * losses[0]

@@ -93,7 +93,7 @@ def prefetch(batches: Iterable[Any], size: int = 2, sharding: Any = None,
 
 
 def fit(net: Layer, loss: Callable[..., jax.Array], optimizer: optax.GradientTransformation,
-        train_data: Any, val_data: Any = None, *,
+        train_data: Any = None, val_data: Any = None, *, x: Any = None, y: Any = None,
         epochs: int, batch_size: int | None = None, steps_per_epoch: int | None = None,
         seed: int = 0, regularizer: Callable[[Any], jax.Array] | None = None,
         constraint: Callable[[Any], Any] | None = None,
@@ -116,6 +116,7 @@ def fit(net: Layer, loss: Callable[..., jax.Array], optimizer: optax.GradientTra
             optimizer state.
         train_data, val_data: a dict ``{"x": ..., "y": ...}`` of arrays (any pytrees with one
             leading length), a ``fnn.data.Loader``, or an iterable of such batches.
+        x, y: the training arrays, instead of ``train_data`` (``fit(..., x=(x1, x2), y=y)``).
         epochs, batch_size, seed: the schedule; the seed fixes init, shuffling and dropout.
             ``batch_size`` (default 32) is for arrays; a Loader or iterable brings its own.
         steps_per_epoch: batches per epoch read from an iterable that runs across epochs
@@ -151,6 +152,9 @@ def fit(net: Layer, loss: Callable[..., jax.Array], optimizer: optax.GradientTra
     Example:
         >>> fit(siamese, contrastive, optax.adam(1e-3), {"x": (x1, x2), "y": same}, epochs=5)
     """
+    if (x is None) == (train_data is None):
+        raise ValueError("fit: give the training data as train_data or as x= and y=, once")
+    train_data = {"x": x, "y": y} if train_data is None else train_data
     dp = as_data_parallel(parallel, devices)
     log, progress = (log, progress) if dp.is_main else (None, False)
     train = batch_source(train_data, steps_per_epoch, "train_data")
@@ -159,7 +163,7 @@ def fit(net: Layer, loss: Callable[..., jax.Array], optimizer: optax.GradientTra
     mode = _mode(mode, train)
     seed_key = jax.random.key(seed)
     first = train.first() if batch_size is None else train.rows(np.arange(batch_size))
-    if "y" not in first:
+    if first.get("y") is None:
         raise ValueError("train_data: a training batch needs targets 'y' next to 'x' (for an "
                          "autoencoder, y=x)")
     check_shapes(net, loss, first["x"], first["y"], metrics=metrics)
