@@ -131,6 +131,19 @@ def test_evaluate_with_a_network_gives_exact_means():
     assert result["accuracy"] == pytest.approx(np.mean(logits.argmax(-1) == y), abs=1e-7)
 
 
+def test_predict_and_evaluate_take_iterators_and_loaders():
+    x, y = _blobs(90)
+    net = _mlp()
+    _, params, state = net.init(jax.random.key(0), (-1, 6))
+    streamed = predict(net, params, state, (x[i:i + 40] for i in range(0, 90, 40)))
+    np.testing.assert_allclose(streamed, predict(net, params, state, x), rtol=1e-5, atol=1e-6)
+    loader = fnn.data.Loader({"x": x, "y": y}, 32, seed=1)
+    on_loader = evaluate(net, params, state, loader, softmax_cross_entropy, {"accuracy": correct})
+    on_arrays = evaluate(net, params, state, {"x": x, "y": y}, softmax_cross_entropy,
+                         {"accuracy": correct})
+    assert on_loader == pytest.approx(on_arrays, rel=1e-6)
+
+
 # --------------------------------------------------------------------------- losses as written
 
 def test_a_scalar_loss_as_users_write_it_trains_like_the_per_example_one():

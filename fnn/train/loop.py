@@ -48,13 +48,14 @@ from fnn.data.pipeline import prefetch_to_device
 from fnn.optim import learning_rate_of
 from fnn.train.contract import check_mean_over_examples, check_shapes
 from fnn.train.data import (ArraySource, IterableSource, batch_source, fits_on_device, num_rows,
-                            pad_batch, take_rows)
+                            pad_batch)
 from fnn.train.parallel import DataParallel, as_data_parallel, synchronize
 from fnn.train.predict import evaluate
 from fnn.train.run_folder import RunFolder
 from fnn.train.state import TrainState, init_train_state
 from fnn.train.step import eval_step_fn, train_step_fn
 from fnn.train.tracker import EarlyStopping, Tracker
+from fnn.transfer import load_pretrained, transfer, with_frozen_mask
 
 __all__ = ["fit", "evaluate", "FitResult", "EarlyStopping", "TrainingDiverged", "batch_order",
            "prefetch"]
@@ -167,7 +168,6 @@ def fit(net: Layer, loss: Callable[..., jax.Array], optimizer: optax.GradientTra
         raise ValueError("train_data: a training batch needs targets 'y' next to 'x' (for an "
                          "autoencoder, y=x)")
     check_shapes(net, loss, first["x"], first["y"], metrics=metrics)
-    from fnn.transfer import with_frozen_mask  # fnn.transfer imports fnn.train
     optimizer = with_frozen_mask(net, optimizer, train.input_shape)
     train_state = _initial_state(net, optimizer, train.input_shape, seed_key, train_state, init,
                                  log)
@@ -286,8 +286,6 @@ def _initial_state(net: Layer, optimizer: optax.GradientTransformation, input_sh
     rng = jax.random.fold_in(seed_key, 0)
     if init is None:
         return init_train_state(net, optimizer, input_shape, rng)[1]
-    from fnn.transfer import load_pretrained, transfer
-
     pretrained_params, pretrained_state = load_pretrained(init)
     init_rng, train_rng = jax.random.split(rng)  # as init_train_state splits it
     params, state, report = transfer(pretrained_params, pretrained_state, net, input_shape,
