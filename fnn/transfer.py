@@ -177,22 +177,40 @@ def _rows(net: Layer, input_shape: Any) -> list[tuple[tuple[str, ...], Layer]]:
 
 
 def frozen_paths(net: Layer, input_shape: Any) -> list[tuple[str, ...]]:
-    """The param paths (key tuples) of the :class:`Frozen` layers of ``net``."""
-    return [path[1:] for path, layer in _rows(net, input_shape) if layer.kind == "Frozen"]
+    """The paths (key tuples) of the param leaves of ``net``'s :class:`Frozen` layers.
+
+    Found by an abstract init: the leaves a ``Frozen`` layer's ``init`` returns are located in
+    the whole params tree by identity, so combinators that do not nest their children's params
+    under the child's key (``shared``) are handled too.
+    """
+    found: list[tuple[str, ...]] = []
+
+    def trace(rng):
+        with recording() as rec:
+            _, params, _ = init_child(net.default_name, net, rng, input_shape)
+        frozen = {id(leaf) for _, layer, _, p, _ in rec.rows if layer.kind == "Frozen"
+                  for leaf in jax.tree_util.tree_leaves(p)}
+        found.extend(tuple(str(getattr(k, "key", k)) for k in path)
+                     for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]
+                     if id(leaf) in frozen)
+        return jax.numpy.zeros(())
+
+    jax.eval_shape(trace, jax.random.key(0))
+    return found
 
 
 def with_frozen_mask(net: Layer, optimizer: optax.GradientTransformation, input_shape: Any
                      ) -> optax.GradientTransformation:
     """``optimizer`` with the params of ``net``'s frozen layers set to zero updates and no state
     (``optax.multi_transform``); ``optimizer`` itself when nothing is frozen."""
-    frozen = frozen_paths(net, input_shape)
+    frozen = set(frozen_paths(net, input_shape))
     if not frozen:
         return optimizer
 
     def labels(params):
         def label(path, _):
             keys = tuple(str(getattr(k, "key", k)) for k in path)
-            return "frozen" if any(keys[:len(f)] == f for f in frozen) else "trainable"
+            return "frozen" if keys in frozen else "trainable"
 
         return jax.tree_util.tree_map_with_path(label, params)
 
