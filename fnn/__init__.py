@@ -8,7 +8,7 @@ Example:
     >>> out_shape, params, state = net.init(jax.random.key(0), (-1, 784))
 """
 
-from fnn.core import Layer, LayerError, layer_type, num_params
+from fnn.core import Layer, LayerError, layer_type, map_layers, num_params
 from fnn.layers import *  # noqa: F401,F403
 # Modules after the star import: fnn.layers has submodules of the same names (activations).
 from fnn import activations, initializers, losses, metrics, optim, regularizers  # noqa: E402

@@ -1,4 +1,4 @@
-"""The layer protocol of fnn: a ``Layer`` is a named pair of pure functions.
+"""The layer protocol of fnn: a ``Layer`` is a named pair of pure functions plus one build record.
 
 A layer is ``Layer(init, apply)``:
 
@@ -9,17 +9,26 @@ A layer is ``Layer(init, apply)``:
   ``params`` receive gradients; ``state`` is carried but not differentiated
   (batch-norm statistics). Stateless layers return their (empty) state unchanged.
 
-``Layer`` is a ``NamedTuple`` subclass, so ``init, apply = fnn.Dense(10)`` works, in the
-style of ``optax.GradientTransformation``. Each layer also carries metadata used by
-combinators, summaries, checkpoints and configs: ``kind`` (its type, e.g. ``"Dense"``),
-``name`` (its default or user-given key), ``spec`` (the serialisable arguments that
-rebuild it) and ``children`` (sub-layers of a combinator).
+``Layer`` is a 2-field ``NamedTuple``, so ``init, apply = fnn.Dense(10)`` works, in the style of
+``optax.GradientTransformation``. A layer made by a registered constructor also carries one
+immutable :class:`BuildRecord` ``(kind, args, name)``: how it was built. Everything else is
+derived from that record: ``layer.kind``, ``layer.name``, ``layer.children`` (its sub-layers),
+``layer.spec`` (the plain JSON/YAML form that ``fnn.save`` and configs use), ``repr(layer)``,
+``layer.replace(**changes)`` (the same layer with arguments changed) and :func:`map_layers`
+(whole-network rewrites). A hand-made ``Layer(init, apply)`` has no record: it trains like any
+other layer but cannot be saved with its architecture.
+
+Every layer kind is a constructor function registered with :func:`layer_type`; the
+registration adds ``name=`` (the layer's key in its parent) to every kind. Combinators accept
+a constructor that needs no arguments in place of a layer (``serial(Dense(8), Relu)``).
 
 Example:
     >>> import jax, fnn
     >>> out_shape, params, state = fnn.Dense(3).init(jax.random.key(0), (-1, 5))
     >>> out_shape
     (-1, 3)
+    >>> fnn.Dense(3, use_bias=False).spec
+    {'Dense': {'features': 3, 'use_bias': False}}
 """
 
 from __future__ import annotations
@@ -30,7 +39,9 @@ import difflib
 import functools
 import inspect
 import re
-from typing import Any, Callable, Iterator, NamedTuple, Sequence
+import types
+import weakref
+from typing import Any, Callable, Iterator, Mapping, NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -45,8 +56,13 @@ ApplyFn = Callable[..., tuple[Any, State]]
 __all__ = [
     "Layer",
     "LayerError",
+    "SpecError",
+    "BuildRecord",
     "layer_type",
     "registered_layers",
+    "kind_modules",
+    "as_layer",
+    "map_layers",
     "init_child",
     "apply_child",
     "child_keys",
@@ -69,23 +85,40 @@ class LayerError(ValueError):
         self.detail = detail
         self.kind = kind
         self.path = tuple(path)
-        super().__init__(self._message())
-
-    def _message(self) -> str:
         where = "/".join(self.path)
-        head = f"{self.kind} layer" if self.kind else "layer"
-        return f"{head} '{where}': {self.detail}" if where else f"{head}: {self.detail}"
+        head = f"{kind} layer" if kind else "layer"
+        super().__init__(f"{head} '{where}': {detail}" if where else f"{head}: {detail}")
 
     def within(self, key: str) -> "LayerError":
         """The same error, one level deeper: ``key`` is prepended to the path."""
         return LayerError(self.detail, kind=self.kind, path=(key, *self.path))
 
     def __reduce__(self):  # keep pickling (multiprocessing, pytest-xdist) working
-        return (_rebuild_layer_error, (self.detail, self.kind, self.path))
+        return (rebuild_layer_error, (self.detail, self.kind, self.path))
 
 
-def _rebuild_layer_error(detail, kind, path):
+def rebuild_layer_error(detail: str, kind: str | None, path: Sequence[str]) -> LayerError:
+    """Unpickle a :class:`LayerError` (its ``__init__`` takes keyword arguments)."""
     return LayerError(detail, kind=kind, path=path)
+
+
+class SpecError(ValueError):
+    """A bad layer spec; the message starts with the key path of the bad entry (``model[3].Dense``)."""
+
+    def __init__(self, path: str, detail: str):
+        self.path = path
+        self.detail = detail
+        super().__init__(f"{path}: {detail}")
+
+
+class BuildRecord(NamedTuple):
+    """How a layer was built: ``kind`` (its registered type), the ``args`` given to its
+    constructor (a read-only mapping by parameter name; sub-layers are ``Layer`` objects) and
+    its ``name`` (its key in the parent combinator, ``None`` for the default)."""
+
+    kind: str
+    args: Mapping[str, Any]
+    name: str | None = None
 
 
 class _LayerFns(NamedTuple):
@@ -99,64 +132,73 @@ class Layer(_LayerFns):
     Attributes:
         init: ``init(rng, input_shape) -> (output_shape, params, state)``.
         apply: ``apply(params, state, x, *, rng=None, train=False) -> (y, new_state)``.
-        kind: the layer type, e.g. ``"Dense"``; the name used in configs.
-        name: the key this layer takes inside a combinator (``None``: derived from ``kind``).
-        spec: ``{kind: {arg: value}}``, the non-default constructor arguments; rebuilds the layer.
-        children: sub-layers, for combinators.
+        record: the :class:`BuildRecord` of a registered kind, ``None`` for a hand-made layer.
 
-    Calling a layer with arguments rebuilds it with those arguments changed, so layers
-    exported as ready-made instances also take arguments::
+    ``kind``, ``name``, ``children``, ``spec`` and ``repr`` are derived from ``record``.
+    A layer is immutable; ``layer.replace(features=20)`` builds a changed copy.
 
-        fnn.Relu                # a layer
-        fnn.LeakyRelu(alpha=0.2)  # the same kind with another slope
-        fnn.Relu(name="act")    # renamed
+    Example:
+        >>> dense = fnn.Dense(10)
+        >>> dense.replace(features=20, name="head")
+        Dense(20, name='head')
     """
 
-    # A tuple subclass without __slots__ gets a __dict__ for the metadata below.
-    def __new__(
-        cls,
-        init: InitFn,
-        apply: ApplyFn,
-        *,
-        kind: str = "Layer",
-        name: str | None = None,
-        spec: Any = None,
-        children: Sequence["Layer"] = (),
-        constructor: Callable[..., "Layer"] | None = None,
-        arguments: dict[str, Any] | None = None,
-    ) -> "Layer":
+    def __new__(cls, init: InitFn, apply: ApplyFn, record: BuildRecord | None = None) -> "Layer":
         self = super().__new__(cls, init, apply)
-        self.kind = kind
-        self.name = name
-        self.spec = spec if spec is not None else kind
-        self.children = tuple(children)
-        self._constructor = constructor
-        self._arguments = dict(arguments or {})
+        object.__setattr__(self, "record", record)
         return self
 
+    def __setattr__(self, key: str, value: Any) -> None:
+        raise AttributeError(f"layers are immutable; use layer.replace({key}=...) for a changed copy")
+
+    __delattr__ = __setattr__
+
     @property
-    def default_name(self) -> str:
-        """The base of this layer's key in a combinator: its ``name`` or ``snake_case(kind)``."""
-        return self.name or snake_case(self.kind)
+    def kind(self) -> str:
+        """The registered type, e.g. ``"Dense"``; ``"Layer"`` for a hand-made layer."""
+        return self.record.kind if self.record else "Layer"
 
-    def named(self, name: str) -> "Layer":
-        """This layer under another name (its params keep their structure)."""
-        return self(name=name)
+    @property
+    def name(self) -> str | None:
+        """The key given with ``name=``, or ``None`` (the parent numbers it by kind)."""
+        return self.record.name if self.record else None
 
-    def __call__(self, *args: Any, **kwargs: Any) -> "Layer":
-        if self._constructor is None:
-            if set(kwargs) <= {"name"} and not args:
-                return Layer(self.init, self.apply, kind=self.kind,
-                             name=kwargs.get("name", self.name), spec=self.spec,
-                             children=self.children)
-            raise TypeError(f"{self.kind} layer takes no arguments")
-        sig = inspect.signature(self._constructor)
-        bound = sig.bind_partial(*args, **kwargs).arguments
-        merged = {**self._arguments, **bound}
-        return _call_with_arguments(self._constructor, sig, merged)
+    @property
+    def children(self) -> tuple["Layer", ...]:
+        """The sub-layers given to this layer's constructor, in argument order."""
+        if self.record is None:
+            return ()
+        return tuple(_layers_in(self.record.args.values()))
+
+    @property
+    def spec(self) -> Any:
+        """The plain-data form (JSON/YAML) that rebuilds this layer with ``fnn.from_spec``.
+
+        Raises:
+            SpecError: naming the place of a hand-made layer or of an argument that is not
+                plain data (a function instead of an initializer's name, say).
+        """
+        return plain_spec(self)
+
+    def replace(self, **changes: Any) -> "Layer":
+        """This layer rebuilt by its constructor with some arguments (or ``name``) changed."""
+        if self.record is None:
+            raise TypeError("a hand-made Layer(init, apply) has no build record to replace "
+                            "arguments in; register its constructor with @fnn.layer_type")
+        kind = _kind(self.record.kind)
+        unknown = set(changes) - set(kind.signature.parameters) - {"name"}
+        if unknown:
+            raise TypeError(f"{self.kind}: unknown argument(s) {', '.join(sorted(unknown))}; "
+                            f"takes {', '.join(kind.signature.parameters)}, name")
+        name = changes.pop("name", self.record.name)
+        return kind.build_from({**self.record.args, **changes}, name)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        raise TypeError(f"a {self.kind} layer is already built and is not called on data: run it "
+                        f"with layer.apply(params, state, x); change it with layer.replace(...)")
 
     def __repr__(self) -> str:
-        return f"Layer({self.kind}, name={self.name!r})" if self.name else f"Layer({self.kind})"
+        return format_layer(self)
 
     # NamedTuple equality compares the two functions; keep identity semantics for hashing.
     __hash__ = object.__hash__
@@ -168,106 +210,200 @@ class Layer(_LayerFns):
         return self is not other
 
 
-def _call_with_arguments(fn: Callable, sig: inspect.Signature, arguments: dict[str, Any]):
-    args: list[Any] = []
-    kwargs: dict[str, Any] = {}
-    for pname, p in sig.parameters.items():
-        if pname not in arguments:
-            continue
-        value = arguments[pname]
-        if p.kind is p.VAR_POSITIONAL:
-            args.extend(value)
-        elif p.kind is p.POSITIONAL_ONLY:
-            args.append(value)
-        elif p.kind is p.VAR_KEYWORD:
-            kwargs.update(value)
-        else:
-            kwargs[pname] = value
-    return fn(*args, **kwargs)
+def _layers_in(values: Any) -> Iterator[Layer]:
+    for v in values:
+        if isinstance(v, Layer):
+            yield v
+        elif isinstance(v, (list, tuple)):
+            yield from _layers_in(v)
 
 
-_REGISTRY: dict[str, Callable[..., Layer]] = {}
+# --------------------------------------------------------------------------- registration
+
+class _Kind(NamedTuple):
+    """A registered layer kind: its public constructor and what the registration knows of it."""
+
+    kind: str
+    build: Callable[..., Layer]
+    signature: inspect.Signature  # of the constructor as written (without ``name``)
+    sublayers: tuple[str, ...]
+    module: str
+
+    def build_from(self, args: Mapping[str, Any], name: str | None) -> Layer:
+        """Call the constructor with arguments given by parameter name (``*layers`` included)."""
+        positional: list[Any] = []
+        keywords: dict[str, Any] = {}
+        for pname, p in self.signature.parameters.items():
+            if pname not in args:
+                continue
+            if p.kind is p.VAR_POSITIONAL:
+                positional.extend(args[pname])
+            elif p.kind is p.POSITIONAL_ONLY:
+                positional.append(args[pname])
+            elif p.kind is p.VAR_KEYWORD:
+                keywords.update(args[pname])
+            else:
+                keywords[pname] = args[pname]
+        return self.build(*positional, name=name, **keywords)
+
+
+_KINDS: dict[str, _Kind] = {}
+_CONSTRUCTORS: "weakref.WeakSet[Callable[..., Layer]]" = weakref.WeakSet()
+
+
+def _kind(kind: str) -> _Kind:
+    return _KINDS[kind]
 
 
 def registered_layers() -> dict[str, Callable[..., Layer]]:
     """All layer constructors by kind (``{"Dense": fnn.Dense, ...}``); used by configs."""
-    return dict(_REGISTRY)
+    return {kind: k.build for kind, k in _KINDS.items()}
 
 
-def snake_case(name: str) -> str:
-    """``"BatchNorm"`` -> ``"batch_norm"``, ``"Conv2D"`` -> ``"conv2d"``, ``"PRelu"`` -> ``"prelu"``."""
-    s = re.sub(r"([a-z])([A-Z])", r"\1_\2", name)
-    s = re.sub(r"([A-Z]{2,})([A-Z][a-z])", r"\1_\2", s)
-    return s.lower()
+def kind_modules(layer: Layer) -> dict[str, str]:
+    """``{kind: module}`` for every registered kind in a network (saved with it, so that loading
+    it where a custom kind is not imported can name the missing import)."""
+    found: dict[str, str] = {}
+    if layer.record is not None:
+        found[layer.kind] = _KINDS[layer.kind].module
+    for child in layer.children:
+        found.update(kind_modules(child))
+    return found
 
 
-def _spec_value(value: Any) -> Any:
-    if isinstance(value, Layer):
-        return value.spec
-    if isinstance(value, (list, tuple)):
-        return [_spec_value(v) for v in value]
-    if isinstance(value, dict):
-        return {k: _spec_value(v) for k, v in value.items()}
-    return value
+def sublayer_arguments(kind: str) -> tuple[str, ...]:
+    """The constructor arguments of ``kind`` that take layers (declared at registration)."""
+    return _KINDS[kind].sublayers
 
 
-def layer_type(kind: str) -> Callable[[Callable[..., Layer]], Callable[..., Layer]]:
-    """Decorate a layer constructor: register it under ``kind`` and give its layers metadata.
+def constructor_signature(kind: str) -> inspect.Signature:
+    """The signature of ``kind``'s constructor as written (without the added ``name``)."""
+    return _KINDS[kind].signature
 
-    The constructor builds ``Layer(init, apply)`` from its arguments; the decorator sets
-    ``kind``, ``name`` (from a ``name=`` argument), ``spec`` (the non-default arguments,
-    sub-layers replaced by their specs) and ``children`` (the ``Layer`` arguments), and makes
-    every ``LayerError`` raised by the layer name its ``kind``.
+
+def layer_type(kind: str, *, sublayers: str | Sequence[str] = ()
+               ) -> Callable[[Callable[..., Layer]], Callable[..., Layer]]:
+    """Register a layer constructor under ``kind``.
+
+    The constructor takes the layer's hyper-parameters and returns ``Layer(init, apply)``. The
+    registration gives every layer it builds a :class:`BuildRecord`, adds a keyword argument
+    ``name=`` (the layer's key in its parent), turns constructors passed for the arguments named
+    in ``sublayers`` into layers (``serial(Dense(8), Relu)``), and makes each ``LayerError``
+    raised by the layer name its ``kind``. Registering a kind again from the same module
+    replaces it (re-running a notebook cell); from another module it is an error.
+
+    Args:
+        kind: the name used in configs and saved architectures, e.g. ``"Dense"``.
+        sublayers: the constructor's arguments that take layers: ``*layers`` (any number) or
+            a plain argument (one layer, ``None`` allowed), e.g. ``"layers"`` for ``serial``.
 
     Example:
-        >>> @layer_type("Scale")
-        ... def Scale(factor: float = 2.0, *, name=None):
+        >>> @fnn.layer_type("Scale")
+        ... def Scale(factor: float = 2.0) -> fnn.Layer:
         ...     init = lambda rng, shape: (shape, {}, {})
         ...     apply = lambda params, state, x, *, rng=None, train=False: (x * factor, state)
-        ...     return Layer(init, apply)
+        ...     return fnn.Layer(init, apply)
+        >>> Scale(3.0, name="triple")
+        Scale(factor=3.0, name='triple')
     """
+    sublayers = (sublayers,) if isinstance(sublayers, str) else tuple(sublayers)
 
     def decorate(constructor: Callable[..., Layer]) -> Callable[..., Layer]:
         sig = inspect.signature(constructor)
+        if "name" in sig.parameters:
+            raise TypeError(f"layer kind {kind!r}: the registration adds name=; remove the "
+                            f"constructor's own name parameter")
+        unknown = [s for s in sublayers if s not in sig.parameters]
+        if unknown:
+            raise TypeError(f"layer kind {kind!r}: sublayers names {unknown}, which the "
+                            f"constructor does not take")
+        known = _KINDS.get(kind)
+        if known is not None and known.module != constructor.__module__:
+            raise ValueError(f"layer kind {kind!r} is already registered by module "
+                             f"{known.module!r}; choose another kind")
 
         @functools.wraps(constructor)
-        def build(*args: Any, **kwargs: Any) -> Layer:
+        def build(*args: Any, name: str | None = None, **kwargs: Any) -> Layer:
+            if name is not None and (not isinstance(name, str) or not name or "/" in name):
+                raise ValueError(f"{kind}: name must be a non-empty string without '/', got {name!r}")
             try:
                 bound = sig.bind(*args, **kwargs)
             except TypeError as e:
                 raise TypeError(f"{kind}: {e}") from None
+            arguments = dict(bound.arguments)
+            for arg in sublayers:
+                if arg in arguments and sig.parameters[arg].kind is inspect.Parameter.VAR_POSITIONAL:
+                    arguments[arg] = tuple(as_layer(v, f"{kind}: {arg}") for v in arguments[arg])
+                elif arguments.get(arg) is not None:
+                    arguments[arg] = as_layer(arguments[arg], f"{kind}: {arg}")
+            record = BuildRecord(kind, types.MappingProxyType(arguments), name)
             try:
-                made = constructor(*bound.args, **bound.kwargs)
+                made = constructor(*_positional(sig, arguments), **_keywords(sig, arguments))
             except LayerError as e:  # e.g. duplicate child names: say which kind of layer
                 if e.kind is None:
                     raise LayerError(e.detail, kind=kind, path=e.path) from None
                 raise
-            arguments = dict(bound.arguments)
-            non_default = non_default_arguments(sig, arguments)
-            spec: Any = kind
-            if non_default:
-                spec = {kind: {k: _spec_value(v) for k, v in non_default.items()}}
-            children = _collect_layers(arguments.values())
-            return Layer(
-                _name_errors(made.init, kind),
-                _name_errors(made.apply, kind),
-                kind=kind,
-                name=arguments.get("name"),
-                spec=spec,
-                children=children,
-                constructor=build,
-                arguments=arguments,
-            )
+            if not isinstance(made, Layer):
+                raise TypeError(f"the constructor of layer kind {kind!r} must return a "
+                                f"fnn.Layer, got {type(made).__name__}")
+            return Layer(_name_errors(made.init, kind), _name_errors(made.apply, kind), record)
 
-        if kind in _REGISTRY:
-            raise ValueError(f"layer kind {kind!r} is registered twice")
-        _REGISTRY[kind] = build
+        parameters = list(sig.parameters.values())
+        at = len(parameters) - int(bool(parameters) and parameters[-1].kind is inspect.Parameter.VAR_KEYWORD)
+        parameters.insert(at, inspect.Parameter("name", inspect.Parameter.KEYWORD_ONLY,
+                                                default=None, annotation="str | None"))
+        build.__signature__ = sig.replace(parameters=parameters)
+        _KINDS[kind] = _Kind(kind, build, sig, sublayers, constructor.__module__)
+        _CONSTRUCTORS.add(build)
         return build
 
     return decorate
 
 
-def non_default_arguments(sig: inspect.Signature, arguments: dict[str, Any]) -> dict[str, Any]:
+def _positional(sig: inspect.Signature, arguments: Mapping[str, Any]) -> list[Any]:
+    out: list[Any] = []
+    for pname, p in sig.parameters.items():
+        if pname in arguments and p.kind is p.POSITIONAL_ONLY:
+            out.append(arguments[pname])
+        elif pname in arguments and p.kind is p.VAR_POSITIONAL:
+            out.extend(arguments[pname])
+        elif p.kind is p.VAR_POSITIONAL or p.kind is p.KEYWORD_ONLY:
+            break
+    return out
+
+
+def _keywords(sig: inspect.Signature, arguments: Mapping[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for pname, p in sig.parameters.items():
+        if pname not in arguments or p.kind in (p.POSITIONAL_ONLY, p.VAR_POSITIONAL):
+            continue
+        if p.kind is p.VAR_KEYWORD:
+            out.update(arguments[pname])
+        else:
+            out[pname] = arguments[pname]
+    return out
+
+
+def as_layer(value: Any, what: str = "layer") -> Layer:
+    """``value`` if it is a layer; a registered constructor called with no arguments
+    (``fnn.Relu`` -> ``fnn.Relu()``); otherwise a ``TypeError`` naming ``what``.
+
+    Example:
+        >>> fnn.core.as_layer(fnn.Relu)
+        Relu()
+    """
+    if isinstance(value, Layer):
+        return value
+    if callable(value) and value in _CONSTRUCTORS:
+        try:
+            return value()
+        except TypeError as e:
+            raise TypeError(f"{what}: {e}; call the constructor with its arguments") from None
+    raise TypeError(f"{what}: expected a fnn Layer or a layer constructor such as fnn.Relu, "
+                    f"got {type(value).__name__}: {value!r}")
+
+
+def non_default_arguments(sig: inspect.Signature, arguments: Mapping[str, Any]) -> dict[str, Any]:
     """The bound ``arguments`` that differ from their defaults in ``sig`` (what a spec records)."""
     return {k: v for k, v in arguments.items()
             if sig.parameters[k].default is inspect.Parameter.empty
@@ -279,16 +415,6 @@ def _same(a: Any, b: Any) -> bool:
         return bool(a == b) and type(a) is type(b)
     except Exception:  # arrays and other values without a plain truth value
         return a is b
-
-
-def _collect_layers(values: Any) -> tuple[Layer, ...]:
-    found: list[Layer] = []
-    for v in values:
-        if isinstance(v, Layer):
-            found.append(v)
-        elif isinstance(v, (list, tuple)):
-            found.extend(_collect_layers(v))
-    return tuple(found)
 
 
 def _name_errors(fn: Callable, kind: str) -> Callable:
@@ -304,7 +430,128 @@ def _name_errors(fn: Callable, kind: str) -> Callable:
     return wrapped
 
 
+# --------------------------------------------------------------------------- what the record gives
+
+def map_layers(fn: Callable[[Layer], Layer], layer: Layer) -> Layer:
+    """Rewrite a network bottom-up: ``fn`` is called on every layer after its sub-layers were
+    rewritten; a layer whose sub-layers changed is rebuilt by its constructor with the same
+    arguments, so params and state keep their keys.
+
+    Example:
+        >>> net = fnn.serial(fnn.Dense(4), fnn.BatchNorm, fnn.Relu)
+        >>> synced = fnn.map_layers(
+        ...     lambda l: l.replace(axis_name="batch") if l.kind == "BatchNorm" else l, net)
+        >>> synced.spec
+        {'serial': {'layers': ['Dense' ...
+    """
+    rec = layer.record
+    if rec is not None and _KINDS[rec.kind].sublayers:
+        changed = False
+
+        def visit(value: Any) -> Any:
+            nonlocal changed
+            if isinstance(value, Layer):
+                new = map_layers(fn, value)
+                changed = changed or new is not value
+                return new
+            if isinstance(value, tuple):
+                return tuple(visit(v) for v in value)
+            return value
+
+        args = {k: (visit(v) if k in _KINDS[rec.kind].sublayers else v)
+                for k, v in rec.args.items()}
+        if changed:
+            layer = _KINDS[rec.kind].build_from(args, rec.name)
+    return fn(layer)
+
+
+def plain_spec(layer: Layer, path: str = "model") -> Any:
+    """The plain-data form of a layer: ``"Relu"`` or ``{"Dense": {"features": 8}}`` (arguments
+    equal to their defaults left out; sub-layers as their specs); see ``fnn.layers.spec``."""
+    rec = layer.record
+    if rec is None:
+        raise SpecError(path, "a hand-made Layer(init, apply) has no build record, so the "
+                              "architecture cannot be saved; register its constructor with "
+                              "@fnn.layer_type('Kind') (docs/LAYERS.md) or use fnn.save_weights")
+    out = {}
+    for arg, value in non_default_arguments(_KINDS[rec.kind].signature, rec.args).items():
+        out[arg] = _plain_value(value, f"{path}.{rec.kind}.{arg}")
+    if rec.name is not None:
+        out["name"] = rec.name
+    return {rec.kind: out} if out else rec.kind
+
+
+def _plain_value(value: Any, path: str) -> Any:
+    if isinstance(value, Layer):
+        return plain_spec(value, path)
+    if isinstance(value, (list, tuple)):
+        return [_plain_value(v, f"{path}[{i}]") for i, v in enumerate(value)]
+    if isinstance(value, dict) and all(isinstance(k, str) for k in value):
+        return {k: _plain_value(v, f"{path}.{k}") for k, v in value.items()}
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if isinstance(value, np.generic):
+        return value.item()
+    spec = getattr(value, "spec", None)  # a named initializer (or activation, loss) record
+    if spec is not None and not callable(spec):
+        return _plain_value(spec, path)
+    raise SpecError(path, f"{type(value).__name__} {value!r} is not plain data, so the "
+                          f"architecture cannot be saved; give it by name, e.g. 'he_normal' or "
+                          f"{{'delta_orthogonal': {{'gain': 1.04}}}}")
+
+
+def format_layer(layer: Layer, indent: str = "") -> str:
+    """``repr`` of a layer: its kind and non-default arguments, sub-layers as an indented tree."""
+    rec = layer.record
+    if rec is None:
+        return "Layer(<hand-made>)"
+    sig = _KINDS[rec.kind].signature
+    inner = indent + "  "
+    parts: list[str] = []
+    nested = False
+    by_position = True
+    for arg, value in non_default_arguments(sig, rec.args).items():
+        p = sig.parameters[arg]
+        text, has_layers = _format_value(value, inner)
+        nested = nested or has_layers
+        if p.kind is p.VAR_POSITIONAL:
+            parts.extend(_format_value(v, inner)[0] for v in value)
+        elif by_position and p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) \
+                and p.default is p.empty:
+            parts.append(text)
+        else:
+            by_position = False
+            parts.append(f"{arg}={text}")
+    if rec.name is not None:
+        parts.append(f"name={rec.name!r}")
+    if not nested:
+        return f"{rec.kind}({', '.join(parts)})"
+    return f"{rec.kind}(\n" + "".join(f"{inner}{p},\n" for p in parts) + f"{indent})"
+
+
+def _format_value(value: Any, indent: str) -> tuple[str, bool]:
+    if isinstance(value, Layer):
+        return format_layer(value, indent), True
+    if isinstance(value, (list, tuple)) and any(isinstance(v, Layer) for v in value):
+        inner = indent + "  "
+        items = "".join(f"{inner}{_format_value(v, inner)[0]},\n" for v in value)
+        return f"[\n{items}{indent}]", True
+    return repr(value), False
+
+
 # --------------------------------------------------------------------------- combinator helpers
+
+def snake_case(name: str) -> str:
+    """``"BatchNorm"`` -> ``"batch_norm"``, ``"Conv2D"`` -> ``"conv2d"``, ``"PRelu"`` -> ``"prelu"``."""
+    s = re.sub(r"([a-z])([A-Z])", r"\1_\2", name)
+    s = re.sub(r"([A-Z]{2,})([A-Z][a-z])", r"\1_\2", s)
+    return s.lower()
+
+
+def default_key(layer: Layer) -> str:
+    """The key of ``layer`` in its parent before numbering: its ``name`` or ``snake_case(kind)``."""
+    return layer.name or snake_case(layer.kind)
+
 
 def child_keys(layers: Sequence[Layer]) -> list[str]:
     """Unique keys for a combinator's children: explicit names as given, others numbered by kind.

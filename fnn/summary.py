@@ -7,7 +7,7 @@ from typing import Any
 
 import jax
 
-from fnn.core import Layer, init_child, num_params, recording
+from fnn.core import Layer, default_key, init_child, num_params, recording
 
 __all__ = ["summary", "Summary", "SummaryRow"]
 
@@ -92,7 +92,7 @@ def summary(net: Layer, input_shape: Any, *, rng: jax.Array | None = None) -> Su
 
     def trace(key):
         with recording() as rec:
-            out_shape, params, state = init_child(net.default_name, net, key, input_shape)
+            out_shape, params, state = init_child(default_key(net), net, key, input_shape)
         captured["rows"] = rec.rows
         captured["out_shape"] = out_shape
         return params, state

@@ -167,25 +167,25 @@ def _np_leaky(alpha):
 
 
 LAYERS = [  # (id, layer, NumPy reference at default params or None, needs rng in training)
-    ("Sigmoid", fnn.Sigmoid, _np_sigmoid, False),
-    ("Tanh", fnn.Tanh, np.tanh, False),
-    ("Relu", fnn.Relu, lambda x: np.maximum(x, 0.0), False),
-    ("LeakyRelu", fnn.LeakyRelu, _np_leaky(0.01), False),
+    ("Sigmoid", fnn.Sigmoid(), _np_sigmoid, False),
+    ("Tanh", fnn.Tanh(), np.tanh, False),
+    ("Relu", fnn.Relu(), lambda x: np.maximum(x, 0.0), False),
+    ("LeakyRelu", fnn.LeakyRelu(), _np_leaky(0.01), False),
     ("LeakyRelu_0.2", fnn.LeakyRelu(alpha=0.2), _np_leaky(0.2), False),
     ("Elu_0.5", fnn.Elu(alpha=0.5), lambda x: _np_elu(x, 0.5), False),
-    ("Selu", fnn.Selu, lambda x: SELU_LAMBDA * _np_elu(x, SELU_ALPHA), False),
-    ("Gelu", fnn.Gelu, _gelu_exact, False),
+    ("Selu", fnn.Selu(), lambda x: SELU_LAMBDA * _np_elu(x, SELU_ALPHA), False),
+    ("Gelu", fnn.Gelu(), _gelu_exact, False),
     ("Gelu_tanh", fnn.Gelu(approximate=True), _gelu_tanh, False),
-    ("Softplus", fnn.Softplus, lambda x: np.log1p(np.exp(x)), False),
-    ("Softmax", fnn.Softmax, lambda x: _np_softmax(x, -1), False),
+    ("Softplus", fnn.Softplus(), lambda x: np.log1p(np.exp(x)), False),
+    ("Softmax", fnn.Softmax(), lambda x: _np_softmax(x, -1), False),
     ("Softmax_axis1", fnn.Softmax(axis=1), lambda x: _np_softmax(x, 1), False),
-    ("LogSoftmax", fnn.LogSoftmax, lambda x: np.log(_np_softmax(x, -1)), False),
+    ("LogSoftmax", fnn.LogSoftmax(), lambda x: np.log(_np_softmax(x, -1)), False),
     ("LogSoftmax_axis1", fnn.LogSoftmax(axis=1), lambda x: np.log(_np_softmax(x, 1)), False),
-    ("PRelu", fnn.PRelu, _np_leaky(0.25), False),
+    ("PRelu", fnn.PRelu(), _np_leaky(0.25), False),
     ("PRelu_per_channel", fnn.PRelu(init_alpha=0.3, per_channel=True), _np_leaky(0.3), False),
     ("RRelu_test", fnn.RRelu(lower=0.1, upper=0.5), _np_leaky(0.3), False),
     ("RRelu_train", fnn.RRelu(lower=0.1, upper=0.5), None, True),
-    ("Swish", fnn.Swish, lambda x: x * _np_sigmoid(x), False),
+    ("Swish", fnn.Swish(), lambda x: x * _np_sigmoid(x), False),
     ("Swish_2", fnn.Swish(beta=2.0), lambda x: x * _np_sigmoid(2.0 * x), False),
     ("Swish_learnable", fnn.Swish(beta=1.5, learnable=True),
      lambda x: x * _np_sigmoid(1.5 * x), False),
@@ -209,10 +209,10 @@ def test_values_grads_and_jit(name, layer, reference, train):
 
 
 def test_ready_made_layers_have_kinds_and_default_specs():
-    assert fnn.Relu.kind == "Relu" and fnn.Relu.spec == "Relu" and fnn.Relu.name is None
+    assert fnn.Relu().kind == "Relu" and fnn.Relu().spec == "Relu" and fnn.Relu().name is None
     assert fnn.Softmax(axis=1).spec == {"Softmax": {"axis": 1}}
     assert fnn.Activation("relu").spec == {"Activation": {"activation": "relu"}}
-    assert fnn.PRelu.init(jax.random.key(0), (-1, 4))[1]["alpha"].shape == ()
+    assert fnn.PRelu().init(jax.random.key(0), (-1, 4))[1]["alpha"].shape == ()
 
 
 def test_activation_layer_unknown_name_names_the_kind():
@@ -289,7 +289,7 @@ def test_rrelu_test_mode_slope_is_exact_mean():
 
 def test_rrelu_training_without_rng_names_the_layer():
     with pytest.raises(LayerError, match=r"RRelu layer.*needs an rng"):
-        fnn.RRelu.apply({}, {}, jnp.ones((2, 3)), train=True)
+        fnn.RRelu().apply({}, {}, jnp.ones((2, 3)), train=True)
     net = fnn.serial(fnn.Dense(3), fnn.RRelu)
     _, params, state = net.init(jax.random.key(0), (-1, 3))
     with pytest.raises(LayerError, match=r"RRelu layer 'rrelu_0'.*needs an rng"):

@@ -11,7 +11,7 @@ import pytest
 from jax.test_util import check_grads
 
 import fnn
-from fnn.core import Layer, LayerError
+from fnn.core import Layer, LayerError, layer_type
 from fnn.layers.combinators import (Identity, fan_in_concat, fan_in_sum, fan_out, parallel,
                                     residual, serial, shared)
 
@@ -46,6 +46,7 @@ def _shapes_of(tree):
     return jax.tree.map(lambda a: tuple(a.shape), tree)
 
 
+@layer_type("CounterForTest")
 def _counter() -> Layer:
     """A test layer with state: passes ``x`` through and counts its calls in ``state["n"]``."""
 
@@ -55,7 +56,7 @@ def _counter() -> Layer:
     def apply(params, state, x, *, rng=None, train=False):
         return x, {"n": state["n"] + 1}
 
-    return Layer(init, apply, kind="Counter")
+    return Layer(init, apply)
 
 
 def _spy(layer: Layer, log: list) -> Layer:
@@ -66,7 +67,7 @@ def _spy(layer: Layer, log: list) -> Layer:
         log.append((_np(x), _np(y)))
         return y, s
 
-    return Layer(layer.init, apply, kind=layer.kind)
+    return Layer(layer.init, apply)  # hand-made: keyed "layer_0", "layer_1" in a combinator
 
 
 # --------------------------------------------------------------------------- protocol
@@ -177,12 +178,12 @@ def test_serial_rng_differs_per_rrelu_layer():
 def test_state_is_threaded_and_keyed_by_child():
     net = serial(_counter(), fnn.Dense(2), _counter())
     _, params, state = net.init(jax.random.key(0), (-1, 3))
-    assert sorted(state) == ["counter_0", "counter_1"] and sorted(params) == ["dense_0"]
+    assert sorted(state) == ["counter_for_test_0", "counter_for_test_1"] and sorted(params) == ["dense_0"]
     x = _input((-1, 3))
     _, state = net.apply(params, state, x)
     _, state = net.apply(params, state, x)
-    chex.assert_trees_all_equal(state, {"counter_0": {"n": jnp.asarray(2, jnp.int32)},
-                                        "counter_1": {"n": jnp.asarray(2, jnp.int32)}})
+    chex.assert_trees_all_equal(state, {"counter_for_test_0": {"n": jnp.asarray(2, jnp.int32)},
+                                        "counter_for_test_1": {"n": jnp.asarray(2, jnp.int32)}})
 
 
 def test_state_in_parallel_residual_and_shared():
@@ -190,12 +191,12 @@ def test_state_in_parallel_residual_and_shared():
     net = parallel(_counter(), fnn.Relu, _counter())
     _, _, state = net.init(jax.random.key(0), ((-1, 2), (-1, 2), (-1, 2)))
     _, state = net.apply({}, state, _input(((-1, 2), (-1, 2), (-1, 2))))
-    chex.assert_trees_all_equal(state, {"counter_0": {"n": one}, "counter_1": {"n": one}})
+    chex.assert_trees_all_equal(state, {"counter_for_test_0": {"n": one}, "counter_for_test_1": {"n": one}})
 
     net = residual(_counter(), shortcut=_counter())
     _, _, state = net.init(jax.random.key(0), (-1, 2))
     _, state = net.apply({}, state, _input((-1, 2)))
-    chex.assert_trees_all_equal(state, {"body": {"counter_0": {"n": one}},
+    chex.assert_trees_all_equal(state, {"body": {"counter_for_test_0": {"n": one}},
                                         "shortcut": {"n": one}})
 
     net = shared(_counter())  # one state, threaded through both branches in order
@@ -409,7 +410,7 @@ def test_shared_errors_name_the_inner_path():
 def test_combinator_kinds_children_and_names():
     a, b = fnn.Dense(3), fnn.Relu
     net = serial(a, b, name="block")
-    assert net.kind == "serial" and net.name == "block" and net.default_name == "block"
-    assert net.children == (a, b)
+    assert net.kind == "serial" and net.name == "block"
+    assert net.children[0] is a and net.children[1].kind == "Relu" and len(net.children) == 2
     assert residual(a, shortcut=fnn.Dense(3)).kind == "residual"
-    assert serial(a).default_name == "serial"
+    assert serial(a).name is None

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import pickle
 
+import inspect
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -81,8 +83,8 @@ def test_deeply_nested_path():
 # --------------------------------------------------------------------------- naming
 
 def test_child_keys_number_by_kind_and_keep_explicit_names():
-    layers = [fnn.Dense(3), fnn.Relu, fnn.Dense(4), fnn.Relu, fnn.Dense(2, name="head"),
-              fnn.LeakyRelu, fnn.PRelu, fnn.RRelu]
+    layers = [fnn.Dense(3), fnn.Relu(), fnn.Dense(4), fnn.Relu(), fnn.Dense(2, name="head"),
+              fnn.LeakyRelu(), fnn.PRelu(), fnn.RRelu()]
     assert child_keys(layers) == ["dense_0", "relu_0", "dense_1", "relu_1", "head",
                                   "leaky_relu_0", "prelu_0", "rrelu_0"]
 
@@ -107,8 +109,10 @@ def test_duplicate_explicit_names_are_an_error():
 
 
 def test_child_keys_reject_non_layers():
-    with pytest.raises(TypeError, match="expected a fnn Layer"):
+    with pytest.raises(TypeError, match="serial: layers: expected a fnn Layer or a layer constructor"):
         fnn.serial(fnn.Dense(3), lambda x: x)
+    with pytest.raises(TypeError, match="Dense.*call the constructor with its arguments"):
+        fnn.serial(fnn.Dense)
 
 
 @pytest.mark.parametrize("kind,expected", [
@@ -133,38 +137,104 @@ def test_layer_unpacks_as_init_apply_pair():
     assert layer[0] is layer.init and layer[1] is layer.apply
 
 
-def test_calling_a_layer_rebuilds_it_with_changed_arguments():
+def test_ready_made_kinds_are_constructors_accepted_bare_or_called():
+    net = fnn.serial(fnn.Dense(3), fnn.BatchNorm, fnn.Relu, fnn.Flatten(), fnn.Dense(2))
+    assert [c.kind for c in net.children] == ["Dense", "BatchNorm", "Relu", "Flatten", "Dense"]
+    assert net.init(jax.random.key(0), (-1, 4))[0] == (-1, 2)
+    assert net.spec == {"serial": {"layers": [{"Dense": {"features": 3}}, "BatchNorm", "Relu",
+                                              "Flatten", {"Dense": {"features": 2}}]}}
+
+
+@pytest.mark.parametrize("kind", sorted(registered_layers()))
+def test_help_shows_each_kinds_own_arguments(kind):
+    constructor = registered_layers()[kind]
+    params = inspect.signature(constructor).parameters
+    assert "name" in params and params["name"].kind is inspect.Parameter.KEYWORD_ONLY
+    assert list(params) != ["args", "kwargs"]
+    assert constructor.__doc__ and "Layer(init, apply)" not in constructor.__doc__.splitlines()[0]
+
+
+def test_prelu_help_names_its_arguments():
+    assert list(inspect.signature(fnn.PRelu).parameters) == ["init_alpha", "per_channel", "name"]
+    assert "per_channel" in (fnn.PRelu.__doc__ or "")
+
+
+def test_calling_a_built_layer_with_data_is_a_clear_error():
+    with pytest.raises(TypeError, match=r"a Dense layer is already built.*layer\.apply\(params, state, x\)"):
+        fnn.Dense(3)(jnp.ones((2, 4)))
+    with pytest.raises(TypeError, match="already built"):
+        fnn.Dense(3)(1)
+
+
+def test_replace_rebuilds_with_changed_arguments():
     leaky = fnn.LeakyRelu(alpha=0.2)
     assert leaky.kind == "LeakyRelu" and leaky.spec == {"LeakyRelu": {"alpha": 0.2}}
     y, _ = leaky.apply({}, {}, jnp.asarray([-1.0, 2.0]))
     np.testing.assert_allclose(np.asarray(y), [-0.2, 2.0], rtol=1e-6)
-    assert fnn.LeakyRelu.spec == "LeakyRelu"  # the ready-made layer is unchanged
-
-    renamed = fnn.Relu(name="a")
-    assert renamed.name == "a" and renamed.default_name == "a" and renamed.kind == "Relu"
-    assert fnn.Relu.name is None and fnn.Relu.default_name == "relu"
-
     dense = fnn.Dense(3)
-    assert dense(use_bias=False).spec == {"Dense": {"features": 3, "use_bias": False}}
-    assert dense(5).spec == {"Dense": {"features": 5}}
-    assert dense.named("head").name == "head"
-    assert dense.named("head").spec == {"Dense": {"features": 3, "name": "head"}}
+    assert dense.replace(use_bias=False).spec == {"Dense": {"features": 3, "use_bias": False}}
+    assert dense.replace(features=5).spec == {"Dense": {"features": 5}}
+    assert dense.replace(name="head").name == "head"
+    assert dense.replace(name="head").spec == {"Dense": {"features": 3, "name": "head"}}
+    assert dense.spec == {"Dense": {"features": 3}}  # unchanged
+    with pytest.raises(TypeError, match="unknown argument.*featurs"):
+        dense.replace(featurs=4)
+    net = fnn.serial(fnn.Dense(3), fnn.Relu, name="block").replace(name="other")
+    assert net.name == "other" and [c.kind for c in net.children] == ["Dense", "Relu"]
 
 
-def test_calling_a_plain_layer():
-    layer = Layer(lambda rng, s: (s, {}, {}), lambda p, s, x, *, rng=None, train=False: (x, s),
-                  kind="Probe")
-    renamed = layer(name="p")
-    assert renamed.name == "p" and renamed.kind == "Probe" and renamed.init is layer.init
-    with pytest.raises(TypeError, match="Probe layer takes no arguments"):
-        layer(3)
+def test_layers_are_immutable():
+    with pytest.raises(AttributeError, match="immutable"):
+        fnn.Dense(3).record = None
+
+
+def test_hand_made_layer_trains_but_has_no_record():
+    layer = Layer(lambda rng, s: (s, {}, {}), lambda p, s, x, *, rng=None, train=False: (x, s))
+    assert layer.record is None and layer.kind == "Layer" and layer.name is None
+    assert repr(layer) == "Layer(<hand-made>)"
+    net = fnn.serial(fnn.Dense(2), layer)
+    assert net.init(jax.random.key(0), (-1, 3))[0] == (-1, 2)
+    with pytest.raises(TypeError, match="hand-made"):
+        layer.replace(name="p")
+    with pytest.raises(core.SpecError, match=r"model\.serial\.layers\[1\]: a hand-made Layer"):
+        net.spec
 
 
 def test_layer_identity_equality_hash_and_repr():
     a, b = fnn.Dense(3), fnn.Dense(3)
     assert a == a and a != b
     assert len({a, b}) == 2
-    assert repr(a) == "Layer(Dense)" and repr(fnn.Dense(3, name="h")) == "Layer(Dense, name='h')"
+    assert repr(a) == "Dense(3)" and repr(fnn.Dense(3, name="h")) == "Dense(3, name='h')"
+    assert repr(fnn.Conv2D(8, 3, padding="VALID")) == "Conv2D(8, 3, padding='VALID')"
+    net = fnn.serial(fnn.Dense(8), fnn.Relu, fnn.residual(fnn.Dense(8), shortcut=fnn.Dense(8)),
+                     name="net")
+    assert repr(net) == (
+        "serial(\n"
+        "  Dense(8),\n"
+        "  Relu(),\n"
+        "  residual(\n"
+        "    Dense(8),\n"
+        "    shortcut=Dense(8),\n"
+        "  ),\n"
+        "  name='net',\n"
+        ")")
+
+
+def test_map_layers_rewrites_bottom_up_and_keeps_keys():
+    net = fnn.serial(fnn.Dense(4), fnn.BatchNorm, fnn.residual(fnn.BatchNorm(), fnn.Relu))
+    seen = []
+    synced = core.map_layers(
+        lambda l: seen.append(l.kind) or (l.replace(axis_name="b") if l.kind == "BatchNorm" else l),
+        net)
+    assert seen == ["Dense", "BatchNorm", "BatchNorm", "Relu", "residual", "serial"]
+    assert synced.spec == {"serial": {"layers": [
+        {"Dense": {"features": 4}}, {"BatchNorm": {"axis_name": "b"}},
+        {"residual": {"layers": [{"BatchNorm": {"axis_name": "b"}}, "Relu"]}}]}}
+    a = net.init(jax.random.key(0), (-1, 4))
+    b = synced.init(jax.random.key(0), (-1, 4))
+    assert jax.tree.structure(a) == jax.tree.structure(b)
+    unchanged = core.map_layers(lambda l: l, net)
+    assert unchanged is net
 
 
 # --------------------------------------------------------------------------- layer_type
@@ -172,12 +242,13 @@ def test_layer_identity_equality_hash_and_repr():
 @pytest.fixture
 def private_registry(monkeypatch):
     """Register test-only kinds in a copy of the registry, restored after the test."""
-    monkeypatch.setattr(core, "_REGISTRY", dict(core._REGISTRY))
+    monkeypatch.setattr(core, "_KINDS", dict(core._KINDS))
 
 
 def test_layer_type_metadata_registry_and_error_kind(private_registry):
     @layer_type("ScaleForTest")
-    def scale(factor: float = 2.0, *, name: str | None = None) -> Layer:
+    def scale(factor: float = 2.0) -> Layer:
+        """Multiply by ``factor``."""
         def init(rng, input_shape):
             return check_shape(input_shape, min_rank=2), {}, {}
 
@@ -192,21 +263,43 @@ def test_layer_type_metadata_registry_and_error_kind(private_registry):
     layer = scale(3.0, name="s")
     assert (layer.kind, layer.name, layer.spec) == (
         "ScaleForTest", "s", {"ScaleForTest": {"factor": 3.0, "name": "s"}})
+    assert layer.record == core.BuildRecord("ScaleForTest", {"factor": 3.0}, "s")
     assert scale().spec == "ScaleForTest"
+    assert scale.__doc__ == "Multiply by ``factor``."
     y, _ = layer.apply({}, {}, jnp.ones((2, 2)))
     np.testing.assert_array_equal(np.asarray(y), np.full((2, 2), 3.0))
     with pytest.raises(LayerError, match=r"^ScaleForTest layer: expects a batch, got shape \(4,\)"):
         layer.apply({}, {}, jnp.ones((4,)))
     with pytest.raises(LayerError, match=r"^ScaleForTest layer: expects an input of rank >= 2"):
         layer.init(None, (4,))
-    with pytest.raises(ValueError, match="registered twice"):
-        layer_type("ScaleForTest")(scale)
+    with pytest.raises(ValueError, match="name must be a non-empty string"):
+        scale(name="a/b")
 
 
-def test_layer_type_rejects_a_second_registration_of_a_kind():
-    with pytest.raises(ValueError, match=r"'Dense' is registered twice"):
-        layer_type("Dense")(lambda *, name=None: None)
+def test_registering_a_kind_again_from_the_same_module_replaces_it(private_registry):
+    @layer_type("NotebookCell")
+    def first() -> Layer:
+        return Layer(lambda r, s: (s, {}, {}), lambda p, s, x, **k: (x, s))
+
+    @layer_type("NotebookCell")
+    def second() -> Layer:
+        return Layer(lambda r, s: (s, {}, {}), lambda p, s, x, **k: (2 * x, s))
+
+    assert registered_layers()["NotebookCell"] is second
+    assert fnn.from_spec("NotebookCell").apply({}, {}, 3.0)[0] == 6.0
+
+
+def test_a_kind_registered_by_another_module_is_not_replaced():
+    with pytest.raises(ValueError, match=r"'Dense' is already registered by module 'fnn.layers.dense'"):
+        layer_type("Dense")(lambda: None)
     assert registered_layers()["Dense"] is fnn.Dense
+
+
+def test_a_constructor_may_not_declare_name(private_registry):
+    with pytest.raises(TypeError, match="the registration adds name="):
+        @layer_type("WithName")
+        def with_name(*, name=None):
+            return None
 
 
 def test_constructor_argument_errors_name_the_kind():
@@ -220,11 +313,12 @@ def test_constructor_argument_errors_name_the_kind():
 
 def test_spec_keeps_only_non_default_arguments_and_nests_sub_layers():
     assert fnn.Dense(3, use_bias=True, w_init="glorot_uniform").spec == {"Dense": {"features": 3}}
-    assert fnn.Relu.spec == "Relu"
-    net = fnn.serial(fnn.Dense(3), fnn.Relu, name="block")
+    assert fnn.Relu().spec == "Relu"
+    relu = fnn.Relu()
+    net = fnn.serial(fnn.Dense(3), relu, name="block")
     assert net.spec == {"serial": {"layers": [{"Dense": {"features": 3}}, "Relu"],
                                    "name": "block"}}
-    assert net.children[1] is fnn.Relu
+    assert net.children[1] is relu
 
 
 # --------------------------------------------------------------------------- helpers

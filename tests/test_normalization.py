@@ -12,6 +12,7 @@ import pytest
 from jax.test_util import check_grads
 
 import fnn
+from fnn.core import default_key
 from fnn.layers.combinators import serial
 from fnn.layers.dense import Dense
 from fnn.layers.normalization import BatchNorm, LayerNorm
@@ -280,8 +281,8 @@ def test_batchnorm_bad_arguments_are_value_errors(kwargs):
 
 
 def test_layer_kinds_and_names():
-    assert BatchNorm().kind == "BatchNorm" and BatchNorm().default_name == "batch_norm"
-    assert LayerNorm().kind == "LayerNorm" and LayerNorm().default_name == "layer_norm"
+    assert BatchNorm().kind == "BatchNorm" and default_key(BatchNorm()) == "batch_norm"
+    assert LayerNorm().kind == "LayerNorm" and default_key(LayerNorm()) == "layer_norm"
     assert BatchNorm(momentum=0.9).spec == {"BatchNorm": {"momentum": 0.9}}
 
 

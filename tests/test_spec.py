@@ -137,7 +137,9 @@ def test_kind_names_are_case_and_underscore_insensitive():
 
 
 def test_a_layer_passes_through():
-    assert from_spec(fnn.Relu) is fnn.Relu
+    relu = fnn.Relu()
+    assert from_spec(relu) is relu
+    assert from_spec(fnn.Relu).spec == "Relu"
     net = from_spec([fnn.Dense(3), "Relu"])
     assert net.spec == {"serial": {"layers": [{"Dense": {"features": 3}}, "Relu"]}}
 

@@ -118,10 +118,10 @@ def test_state_is_counted_apart_from_params():
     def init(rng, input_shape):
         return input_shape, {}, {"mean": jnp.zeros(input_shape[-1]), "count": jnp.zeros(())}
 
-    running = Layer(init, lambda p, s, x, *, rng=None, train=False: (x, s), kind="Running")
+    running = Layer(init, lambda p, s, x, *, rng=None, train=False: (x, s))  # hand-made
     s = summary(fnn.serial(fnn.Dense(6), running), (-1, 3))
     assert s.trainable_params == 3 * 6 + 6 and s.state_size == 6 + 1
-    assert s.rows[-1].kind == "Running" and s.rows[-1].state == 7 and s.rows[-1].params == 0
+    assert s.rows[-1].kind == "Layer" and s.rows[-1].state == 7 and s.rows[-1].params == 0
     assert "State (non-trainable) size: 7" in str(s)
 
 

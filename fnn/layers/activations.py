@@ -1,5 +1,5 @@
-"""Activation layers. Most are exported as ready-made layers (``fnn.Relu``); call one to change
-its arguments (``fnn.LeakyRelu(alpha=0.2)``, ``fnn.Softmax(axis=1)``).
+"""Activation layers. Each is a constructor (``fnn.LeakyRelu(alpha=0.2)``, ``fnn.Softmax(axis=1)``);
+combinators take one that needs no arguments bare, as configs do (``fnn.serial(..., fnn.Relu)``).
 
 Example:
     >>> net = fnn.serial(fnn.Dense(8), fnn.PRelu(per_channel=True), fnn.Dense(1), fnn.Sigmoid)
@@ -49,73 +49,72 @@ def _elementwise(fn: Callable[[jax.Array], jax.Array]) -> Layer:
 
 
 @layer_type("Sigmoid")
-def _sigmoid(*, name: str | None = None) -> Layer:
+def Sigmoid() -> Layer:
     """Logistic sigmoid, ``1 / (1 + exp(-x))``."""
     return _elementwise(act.sigmoid)
 
 
 @layer_type("Tanh")
-def _tanh(*, name: str | None = None) -> Layer:
+def Tanh() -> Layer:
     """Hyperbolic tangent."""
     return _elementwise(act.tanh)
 
 
 @layer_type("Relu")
-def _relu(*, name: str | None = None) -> Layer:
+def Relu() -> Layer:
     """Rectified linear unit, ``max(x, 0)``."""
     return _elementwise(act.relu)
 
 
 @layer_type("LeakyRelu")
-def _leaky_relu(alpha: float = 0.01, *, name: str | None = None) -> Layer:
+def LeakyRelu(alpha: float = 0.01) -> Layer:
     """``x`` for ``x >= 0``, ``alpha * x`` otherwise."""
     alpha = _number("LeakyRelu", "alpha", alpha)
     return _elementwise(lambda x: act.leaky_relu(x, alpha))
 
 
 @layer_type("Elu")
-def _elu(alpha: float = 1.0, *, name: str | None = None) -> Layer:
+def Elu(alpha: float = 1.0) -> Layer:
     """Exponential linear unit: ``x`` for ``x > 0``, ``alpha * (exp(x) - 1)`` otherwise."""
     alpha = _number("Elu", "alpha", alpha)
     return _elementwise(lambda x: act.elu(x, alpha))
 
 
 @layer_type("Selu")
-def _selu(*, name: str | None = None) -> Layer:
+def Selu() -> Layer:
     """Scaled ELU with the self-normalising constants (Klambauer et al. 2017)."""
     return _elementwise(act.selu)
 
 
 @layer_type("Gelu")
-def _gelu(approximate: bool = False, *, name: str | None = None) -> Layer:
+def Gelu(approximate: bool = False) -> Layer:
     """Gaussian error linear unit, ``x * Phi(x)``."""
     approximate = _flag("Gelu", "approximate", approximate)
     return _elementwise(lambda x: act.gelu(x, approximate))
 
 
 @layer_type("Softplus")
-def _softplus(*, name: str | None = None) -> Layer:
+def Softplus() -> Layer:
     """``log(1 + exp(x))``."""
     return _elementwise(act.softplus)
 
 
 @layer_type("Softmax")
-def _softmax(axis: int = -1, *, name: str | None = None) -> Layer:
+def Softmax(axis: int = -1) -> Layer:
     """Softmax over ``axis``."""
     axis = _axis("Softmax", axis)
     return _elementwise(lambda x: act.softmax(x, axis))
 
 
 @layer_type("LogSoftmax")
-def _log_softmax(axis: int = -1, *, name: str | None = None) -> Layer:
+def LogSoftmax(axis: int = -1) -> Layer:
     """Log-softmax over ``axis``."""
     axis = _axis("LogSoftmax", axis)
     return _elementwise(lambda x: act.log_softmax(x, axis))
 
 
 @layer_type("PRelu")
-def _prelu(init_alpha: float = 0.25, per_channel: bool = False, *,
-           name: str | None = None) -> Layer:
+def PRelu(init_alpha: float = 0.25, per_channel: bool = False) -> Layer:
     """Parametric ReLU (He et al. 2015): ``x`` for ``x >= 0``, ``alpha * x`` otherwise, alpha learned.
 
     Params: ``{"alpha": ()}`` shared, or ``{"alpha": (channels,)}`` with ``per_channel`` (last axis).
@@ -137,8 +136,7 @@ def _prelu(init_alpha: float = 0.25, per_channel: bool = False, *,
 
 
 @layer_type("RRelu")
-def _rrelu(lower: float = 1.0 / 8.0, upper: float = 1.0 / 3.0, *,
-           name: str | None = None) -> Layer:
+def RRelu(lower: float = 1.0 / 8.0, upper: float = 1.0 / 3.0) -> Layer:
     """Randomized leaky ReLU (Xu et al. 2015).
 
     In training each element's negative slope is drawn from ``U(lower, upper)`` (needs ``rng``);
@@ -163,7 +161,7 @@ def _rrelu(lower: float = 1.0 / 8.0, upper: float = 1.0 / 3.0, *,
 
 
 @layer_type("Swish")
-def _swish(beta: float = 1.0, learnable: bool = False, *, name: str | None = None) -> Layer:
+def Swish(beta: float = 1.0, learnable: bool = False) -> Layer:
     """Swish (Ramachandran et al. 2017): ``x * sigmoid(beta * x)``; ``learnable``: beta is a param."""
     beta = _number("Swish", "beta", beta)
     learnable = _flag("Swish", "learnable", learnable)
@@ -180,25 +178,12 @@ def _swish(beta: float = 1.0, learnable: bool = False, *, name: str | None = Non
 
 
 @layer_type("Activation")
-def Activation(activation: str, *, name: str | None = None) -> Layer:
+def Activation(activation: str) -> Layer:
     """An elementwise activation by name: ``Activation("relu")``; see ``fnn.activations.names()``."""
     try:
         fn = act.get(activation)
     except ValueError as e:
-        raise LayerError(str(e), kind="Activation", path=(name,) if name else ()) from None
+        raise ValueError(f"Activation: {e}") from None
     return _elementwise(fn)
 
 
-Sigmoid = _sigmoid()
-Tanh = _tanh()
-Relu = _relu()
-LeakyRelu = _leaky_relu()
-Elu = _elu()
-Selu = _selu()
-Gelu = _gelu()
-Softplus = _softplus()
-Softmax = _softmax()
-LogSoftmax = _log_softmax()
-PRelu = _prelu()
-RRelu = _rrelu()
-Swish = _swish()

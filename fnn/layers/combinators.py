@@ -48,13 +48,12 @@ def _store(new_state: dict, key: str, s: Any) -> None:
         new_state[key] = s
 
 
-@layer_type("serial")
-def serial(*layers: Layer, name: str | None = None) -> Layer:
+@layer_type("serial", sublayers="layers")
+def serial(*layers: Layer) -> Layer:
     """Compose layers in sequence: ``serial(a, b)(x) == b(a(x))``.
 
     Args:
         *layers: the layers, applied first to last.
-        name: key of this block inside an enclosing combinator.
 
     Example:
         >>> net = fnn.serial(fnn.Dense(800), fnn.Relu, fnn.Dense(10))
@@ -95,8 +94,8 @@ def _as_tuple(x: Any, n: int, what: str) -> tuple:
     return tuple(x)
 
 
-@layer_type("parallel")
-def parallel(*layers: Layer, name: str | None = None) -> Layer:
+@layer_type("parallel", sublayers="layers")
+def parallel(*layers: Layer) -> Layer:
     """Apply the i-th layer to the i-th element of a tuple input.
 
     Input: a tuple of ``len(layers)`` arrays; output: the tuple of their outputs.
@@ -129,7 +128,7 @@ def parallel(*layers: Layer, name: str | None = None) -> Layer:
 
 
 @layer_type("fan_out")
-def fan_out(num: int, *, name: str | None = None) -> Layer:
+def fan_out(num: int) -> Layer:
     """Copy the input ``num`` times: ``x -> (x, ..., x)``.
 
     Example:
@@ -149,7 +148,7 @@ def fan_out(num: int, *, name: str | None = None) -> Layer:
 
 
 @layer_type("fan_in_concat")
-def fan_in_concat(axis: int = -1, *, name: str | None = None) -> Layer:
+def fan_in_concat(axis: int = -1) -> Layer:
     """Concatenate a tuple of inputs along ``axis`` (default: features).
 
     Example:
@@ -178,7 +177,7 @@ def fan_in_concat(axis: int = -1, *, name: str | None = None) -> Layer:
 
 
 @layer_type("fan_in_sum")
-def fan_in_sum(*, name: str | None = None) -> Layer:
+def fan_in_sum() -> Layer:
     """Sum a tuple of inputs of one shape.
 
     Example:
@@ -202,14 +201,14 @@ def fan_in_sum(*, name: str | None = None) -> Layer:
 
 
 @layer_type("Identity")
-def Identity(*, name: str | None = None) -> Layer:
+def Identity() -> Layer:
     """The identity layer: ``x -> x``."""
     return Layer(lambda rng, shape: (shape, {}, {}),
                  lambda params, state, x, *, rng=None, train=False: (x, state))
 
 
-@layer_type("residual")
-def residual(*layers: Layer, shortcut: Layer | None = None, name: str | None = None) -> Layer:
+@layer_type("residual", sublayers=("layers", "shortcut"))
+def residual(*layers: Layer, shortcut: Layer | None = None) -> Layer:
     """A residual block: ``shortcut(x) + serial(*layers)(x)`` (``shortcut`` defaults to identity).
 
     Params: ``{"body": ..., "shortcut": ...}`` (absent where empty). The body's output shape
@@ -221,7 +220,7 @@ def residual(*layers: Layer, shortcut: Layer | None = None, name: str | None = N
         (-1, 4)
     """
     body = serial(*layers, name="body")
-    skip = (shortcut if shortcut is not None else Identity()).named("shortcut")
+    skip = shortcut if shortcut is not None else Identity()
 
     def init(rng, input_shape):
         (body_shape, skip_shape), params, state = _init_children(
@@ -245,8 +244,8 @@ def residual(*layers: Layer, shortcut: Layer | None = None, name: str | None = N
     return Layer(init, apply)
 
 
-@layer_type("shared")
-def shared(layer: Layer, num_inputs: int = 2, *, name: str | None = None) -> Layer:
+@layer_type("shared", sublayers="layer")
+def shared(layer: Layer, num_inputs: int = 2) -> Layer:
     """Weight sharing: apply one ``layer``, with one set of params, to each input of a tuple.
 
     The input is a tuple of ``num_inputs`` arrays of one shape; the output is the tuple of
@@ -258,7 +257,7 @@ def shared(layer: Layer, num_inputs: int = 2, *, name: str | None = None) -> Lay
         >>> twin.init(jax.random.key(0), ((-1, 4), (-1, 4)))[0]
         ((-1, 8), (-1, 8))
     """
-    key = layer.default_name if layer.name else "shared"
+    key = layer.name or "shared"
 
     def init(rng, input_shape):
         shapes = _as_tuple(input_shape, num_inputs, "input shapes")

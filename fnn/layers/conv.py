@@ -215,8 +215,7 @@ def _conv(ndim: int, kind: str, features: int, kernel_size: Any, strides: Any, p
 @layer_type("Conv1D")
 def Conv1D(features: int, kernel_size: int | Sequence[int], *, strides: int | Sequence[int] = 1,
            padding: Any = "SAME", dilation: int | Sequence[int] = 1, groups: int = 1,
-           use_bias: bool = True, w_init: Any = "glorot_uniform", b_init: Any = "zeros",
-           name: str | None = None) -> Layer:
+           use_bias: bool = True, w_init: Any = "glorot_uniform", b_init: Any = "zeros") -> Layer:
     """A 1-D convolution (cross-correlation, as in every deep-learning library) over length.
 
     Shapes: input ``(batch, length, in)``; output ``(batch, out_length, features)`` with
@@ -234,7 +233,6 @@ def Conv1D(features: int, kernel_size: int | Sequence[int], *, strides: int | Se
         use_bias: add a learned bias ``b``.
         w_init, b_init: initializers, by name or as functions (fan-in of ``w`` is
             ``kernel_size * in // groups``).
-        name: key of this layer in its network.
 
     Example:
         >>> out_shape, params, _ = fnn.Conv1D(8, 5, strides=2).init(jax.random.key(0), (-1, 100, 3))
@@ -248,8 +246,7 @@ def Conv1D(features: int, kernel_size: int | Sequence[int], *, strides: int | Se
 @layer_type("Conv2D")
 def Conv2D(features: int, kernel_size: int | Sequence[int], *, strides: int | Sequence[int] = 1,
            padding: Any = "SAME", dilation: int | Sequence[int] = 1, groups: int = 1,
-           use_bias: bool = True, w_init: Any = "glorot_uniform", b_init: Any = "zeros",
-           name: str | None = None) -> Layer:
+           use_bias: bool = True, w_init: Any = "glorot_uniform", b_init: Any = "zeros") -> Layer:
     """A 2-D convolution (cross-correlation) over height and width, channels last.
 
     Shapes: input ``(batch, height, width, in)``; output ``(batch, out_h, out_w, features)``
@@ -267,7 +264,6 @@ def Conv2D(features: int, kernel_size: int | Sequence[int], *, strides: int | Se
         use_bias: add a learned bias ``b``.
         w_init, b_init: initializers, by name or as functions (fan-in of ``w`` is
             ``kh * kw * in // groups``).
-        name: key of this layer in its network.
 
     Example:
         >>> out_shape, params, _ = fnn.Conv2D(32, 3).init(jax.random.key(0), (-1, 28, 28, 1))

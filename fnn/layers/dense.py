@@ -15,7 +15,7 @@ __all__ = ["Dense"]
 
 @layer_type("Dense")
 def Dense(features: int, *, use_bias: bool = True, w_init: Any = "glorot_uniform",
-          b_init: Any = "zeros", name: str | None = None) -> Layer:
+          b_init: Any = "zeros") -> Layer:
     """A fully connected layer on the last axis: ``y = x @ w + b``.
 
     Shapes: input ``(batch, ..., in)``; output ``(batch, ..., features)``.
@@ -25,7 +25,6 @@ def Dense(features: int, *, use_bias: bool = True, w_init: Any = "glorot_uniform
         features: output width.
         use_bias: add a learned bias ``b``.
         w_init, b_init: initializers, by name (``"he_normal"``) or as functions.
-        name: key of this layer in its network.
 
     Example:
         >>> out_shape, params, _ = fnn.Dense(10).init(jax.random.key(0), (-1, 784))

@@ -61,8 +61,7 @@ def _mask_shape(noise_shape: tuple[int, ...] | None, shape: tuple[int, ...]) -> 
 
 
 @layer_type("Dropout")
-def Dropout(rate: float, *, noise_shape: Sequence[int | None] | None = None,
-            name: str | None = None) -> Layer:
+def Dropout(rate: float, *, noise_shape: Sequence[int | None] | None = None) -> Layer:
     """Inverted dropout: in training zero each unit with probability ``rate``, scale the rest.
 
     Training (``train=True``): ``y = x * m / (1 - rate)`` with ``m ~ Bernoulli(1 - rate)``,
@@ -77,7 +76,6 @@ def Dropout(rate: float, *, noise_shape: Sequence[int | None] | None = None,
             input axis, ``1`` to share the mask along that axis, ``-1`` (or ``None``) for the
             input's size. ``(-1, 1, 1, C)`` on ``(N, H, W, C)`` drops whole channels
             (spatial dropout). ``None``: an independent draw for every unit.
-        name: key of this layer in its network.
 
     Example:
         >>> layer = fnn.Dropout(0.5)

@@ -19,8 +19,7 @@ __all__ = ["Embedding"]
 
 
 @layer_type("Embedding")
-def Embedding(vocab_size: int, features: int, *, w_init: Any = "uniform",
-              name: str | None = None) -> Layer:
+def Embedding(vocab_size: int, features: int, *, w_init: Any = "uniform") -> Layer:
     """A lookup table of ``vocab_size`` learned vectors of size ``features``.
 
     Shapes: integer ids ``(batch, ...)`` -> ``(batch, ..., features)``.
@@ -36,7 +35,6 @@ def Embedding(vocab_size: int, features: int, *, w_init: Any = "uniform",
         features: size of each vector.
         w_init: initializer of the table, by name or as a function; the default ``"uniform"``
             is ``U(-0.05, 0.05)``, as in Keras.
-        name: key of this layer in its network.
 
     Example:
         >>> layer = fnn.Embedding(10, 4)

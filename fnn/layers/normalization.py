@@ -73,8 +73,7 @@ def _feature_axes(axes: tuple[int, ...], shape: tuple[int, ...]) -> tuple[int, .
 @layer_type("BatchNorm")
 def BatchNorm(axis: int | Sequence[int] = -1, *, momentum: float = 0.99, epsilon: float = 1e-5,
               use_scale: bool = True, use_offset: bool = True, scale_init: Any = "ones",
-              offset_init: Any = "zeros", axis_name: str | tuple[str, ...] | None = None,
-              name: str | None = None) -> Layer:
+              offset_init: Any = "zeros", axis_name: str | tuple[str, ...] | None = None) -> Layer:
     """Batch normalization: ``y = scale * (x - mean) / sqrt(var + epsilon) + offset``.
 
     ``mean`` and ``var`` are per feature, taken over every axis except the feature axis
@@ -100,7 +99,6 @@ def BatchNorm(axis: int | Sequence[int] = -1, *, momentum: float = 0.99, epsilon
             averaged over it with ``lax.pmean``, then the variance about that global mean is
             averaged too. This equals the statistics of the whole batch when every device
             holds the same number of examples. ``None``: per-device statistics.
-        name: key of this layer in its network.
 
     Example:
         >>> bn = fnn.BatchNorm()
@@ -170,8 +168,7 @@ def BatchNorm(axis: int | Sequence[int] = -1, *, momentum: float = 0.99, epsilon
 
 
 @layer_type("LayerNorm")
-def LayerNorm(*, epsilon: float = 1e-5, use_scale: bool = True, use_offset: bool = True,
-              name: str | None = None) -> Layer:
+def LayerNorm(*, epsilon: float = 1e-5, use_scale: bool = True, use_offset: bool = True) -> Layer:
     """Layer normalization over the last axis, per example.
 
     ``y = scale * (x - m) / sqrt(v + epsilon) + offset``, where ``m`` and ``v`` are the mean
@@ -184,7 +181,6 @@ def LayerNorm(*, epsilon: float = 1e-5, use_scale: bool = True, use_offset: bool
     Args:
         epsilon: added to the variance, ``> 0``.
         use_scale, use_offset: learn ``scale`` and ``offset``.
-        name: key of this layer in its network.
 
     Example:
         >>> ln = fnn.LayerNorm()

@@ -116,7 +116,7 @@ def _pool(ndim: int, kind: str, reduce: str, window: Any, strides: Any, padding:
 
 @layer_type("MaxPool1D")
 def MaxPool1D(window: int | Sequence[int], strides: int | Sequence[int] | None = None,
-              padding: Any = "VALID", *, name: str | None = None) -> Layer:
+              padding: Any = "VALID") -> Layer:
     """Max over sliding windows of the length axis, per channel.
 
     Shapes: ``(batch, length, C) -> (batch, out_length, C)``. No params.
@@ -126,7 +126,6 @@ def MaxPool1D(window: int | Sequence[int], strides: int | Sequence[int] | None =
         strides: step between windows; ``None`` (default) uses ``window``.
         padding: ``"VALID"`` (default), ``"SAME"``, an int or ``(lo, hi)``; padded positions
             are ``-inf`` and never win. Explicit pads must be smaller than the window.
-        name: key of this layer in its network.
 
     Example:
         >>> fnn.MaxPool1D(2).init(jax.random.key(0), (-1, 9, 4))[0]
@@ -137,7 +136,7 @@ def MaxPool1D(window: int | Sequence[int], strides: int | Sequence[int] | None =
 
 @layer_type("MaxPool2D")
 def MaxPool2D(window: int | Sequence[int], strides: int | Sequence[int] | None = None,
-              padding: Any = "VALID", *, name: str | None = None) -> Layer:
+              padding: Any = "VALID") -> Layer:
     """Max over sliding windows of height and width, per channel.
 
     Shapes: ``(batch, H, W, C) -> (batch, out_h, out_w, C)``. No params.
@@ -147,7 +146,6 @@ def MaxPool2D(window: int | Sequence[int], strides: int | Sequence[int] | None =
         strides: an int or ``(sh, sw)``; ``None`` (default) uses ``window``.
         padding: ``"VALID"`` (default), ``"SAME"``, an int, or one int / ``(lo, hi)`` per axis;
             padded positions are ``-inf``. Explicit pads must be smaller than the window.
-        name: key of this layer in its network.
 
     Example:
         >>> fnn.MaxPool2D(2).init(jax.random.key(0), (-1, 28, 28, 8))[0]
@@ -158,7 +156,7 @@ def MaxPool2D(window: int | Sequence[int], strides: int | Sequence[int] | None =
 
 @layer_type("AvgPool1D")
 def AvgPool1D(window: int | Sequence[int], strides: int | Sequence[int] | None = None,
-              padding: Any = "VALID", *, name: str | None = None) -> Layer:
+              padding: Any = "VALID") -> Layer:
     """Mean over sliding windows of the length axis, per channel.
 
     Shapes: ``(batch, length, C) -> (batch, out_length, C)``; integer inputs give float32.
@@ -168,7 +166,6 @@ def AvgPool1D(window: int | Sequence[int], strides: int | Sequence[int] | None =
         window: window length.
         strides: step between windows; ``None`` (default) uses ``window``.
         padding: ``"VALID"`` (default), ``"SAME"``, an int or ``(lo, hi)``.
-        name: key of this layer in its network.
 
     Example:
         >>> fnn.AvgPool1D(3, strides=1, padding="SAME").init(jax.random.key(0), (-1, 9, 4))[0]
@@ -179,7 +176,7 @@ def AvgPool1D(window: int | Sequence[int], strides: int | Sequence[int] | None =
 
 @layer_type("AvgPool2D")
 def AvgPool2D(window: int | Sequence[int], strides: int | Sequence[int] | None = None,
-              padding: Any = "VALID", *, name: str | None = None) -> Layer:
+              padding: Any = "VALID") -> Layer:
     """Mean over sliding windows of height and width, per channel.
 
     Shapes: ``(batch, H, W, C) -> (batch, out_h, out_w, C)``; integer inputs give float32.
@@ -189,7 +186,6 @@ def AvgPool2D(window: int | Sequence[int], strides: int | Sequence[int] | None =
         window: an int or ``(wh, ww)``.
         strides: an int or ``(sh, sw)``; ``None`` (default) uses ``window``.
         padding: ``"VALID"`` (default), ``"SAME"``, an int, or one int / ``(lo, hi)`` per axis.
-        name: key of this layer in its network.
 
     Example:
         >>> fnn.AvgPool2D((2, 3)).init(jax.random.key(0), (-1, 8, 9, 3))[0]
@@ -218,7 +214,7 @@ def _global(reduce: str) -> Layer:
 
 
 @layer_type("GlobalAvgPool")
-def GlobalAvgPool(*, name: str | None = None) -> Layer:
+def GlobalAvgPool() -> Layer:
     """Mean over all spatial axes: ``(batch, *spatial, C) -> (batch, C)``.
 
     Works for any number of spatial axes (1-D, 2-D, 3-D inputs). No params.
@@ -231,7 +227,7 @@ def GlobalAvgPool(*, name: str | None = None) -> Layer:
 
 
 @layer_type("GlobalMaxPool")
-def GlobalMaxPool(*, name: str | None = None) -> Layer:
+def GlobalMaxPool() -> Layer:
     """Max over all spatial axes: ``(batch, *spatial, C) -> (batch, C)``. No params.
 
     Example:

@@ -535,7 +535,7 @@ _RNN_DOC = """
 
 @layer_type("RNN")
 def RNN(cell: Cell | dict | str, *, return_sequences: bool = True, reverse: bool = False,
-        return_carry: bool = False, unroll: int = 1, name: str | None = None) -> Layer:
+        return_carry: bool = False, unroll: int = 1) -> Layer:
     """A recurrent layer: ``cell`` scanned over the time axis with ``jax.lax.scan``.
     {doc}
     Params: the cell's (``{{"w_x", "w_h", "b", ...}}``); no state.
@@ -547,7 +547,6 @@ def RNN(cell: Cell | dict | str, *, return_sequences: bool = True, reverse: bool
         reverse: run backwards in time.
         return_carry: also output the final carry (e.g. an encoder's state for a decoder).
         unroll: time steps per scan iteration (``jax.lax.scan``'s ``unroll``).
-        name: key of this layer in its network.
 
     Example:
         >>> layer = RNN(GRUCell(8), return_sequences=False)
@@ -566,7 +565,7 @@ def RNN(cell: Cell | dict | str, *, return_sequences: bool = True, reverse: bool
 def SimpleRNN(units: int, *, activation: str | Callable = "tanh", return_sequences: bool = True,
               reverse: bool = False, return_carry: bool = False, unroll: int = 1,
               w_x_init: Any = "glorot_uniform", w_h_init: Any = "orthogonal",
-              b_init: Any = "zeros", name: str | None = None) -> Layer:
+              b_init: Any = "zeros") -> Layer:
     """``RNN(SimpleRNNCell(units, activation))``: ``h_t = act(x_t @ w_x + h_{{t-1}} @ w_h + b)``.
     {doc}
     Example:
@@ -581,8 +580,7 @@ def SimpleRNN(units: int, *, activation: str | Callable = "tanh", return_sequenc
 @layer_type("LSTM")
 def LSTM(units: int, *, forget_bias: float = 1.0, return_sequences: bool = True,
          reverse: bool = False, return_carry: bool = False, unroll: int = 1,
-         w_x_init: Any = "glorot_uniform", w_h_init: Any = "orthogonal", b_init: Any = "zeros",
-         name: str | None = None) -> Layer:
+         w_x_init: Any = "glorot_uniform", w_h_init: Any = "orthogonal", b_init: Any = "zeros") -> Layer:
     """``RNN(LSTMCell(units, forget_bias))``; the equations are in :func:`LSTMCell`.
     {doc}
     Example:
@@ -597,7 +595,7 @@ def LSTM(units: int, *, forget_bias: float = 1.0, return_sequences: bool = True,
 @layer_type("GRU")
 def GRU(units: int, *, return_sequences: bool = True, reverse: bool = False,
         return_carry: bool = False, unroll: int = 1, w_x_init: Any = "glorot_uniform",
-        w_h_init: Any = "orthogonal", b_init: Any = "zeros", name: str | None = None) -> Layer:
+        w_h_init: Any = "orthogonal", b_init: Any = "zeros") -> Layer:
     """``RNN(GRUCell(units))``, the cuDNN / PyTorch GRU; the equations are in :func:`GRUCell`.
     {doc}
     Example:
@@ -615,11 +613,6 @@ for _fn in (RNN, SimpleRNN, LSTM, GRU):
 
 # --------------------------------------------------------------------------------- bidirectional
 
-def _spec_arguments(layer: Layer) -> dict:
-    spec = layer.spec
-    return dict(spec.get(layer.kind) or {}) if isinstance(spec, dict) else {}
-
-
 def _split_output(out: Any, is_shape: bool) -> tuple[Any, Any, bool]:
     """``y`` or ``(y, mask)`` -> ``(y, mask, has_mask)`` for arrays or for shapes."""
     if is_shape:
@@ -627,8 +620,8 @@ def _split_output(out: Any, is_shape: bool) -> tuple[Any, Any, bool]:
     return (out[0], out[1], True) if isinstance(out, (tuple, list)) else (out, None, False)
 
 
-@layer_type("Bidirectional")
-def Bidirectional(layer: Layer, *, merge: str = "concat", name: str | None = None) -> Layer:
+@layer_type("Bidirectional", sublayers="layer")
+def Bidirectional(layer: Layer, *, merge: str = "concat") -> Layer:
     """Run a recurrent layer forwards and a copy of it backwards, and merge the two outputs.
 
     The backward copy is ``layer(reverse=True)`` with its own params: it reads each sequence
@@ -646,25 +639,22 @@ def Bidirectional(layer: Layer, *, merge: str = "concat", name: str | None = Non
         layer: the forward layer: ``RNN``, ``SimpleRNN``, ``LSTM`` or ``GRU`` (not reversed,
             without ``return_carry``).
         merge: ``"concat"`` (features of the forward pass first) or ``"sum"``.
-        name: key of this layer in its network.
 
     Example:
         >>> bi = Bidirectional(LSTM(8))
         >>> bi.init(jax.random.key(0), (-1, 20, 3))[0]
         (-1, 20, 16)
     """
-    if not isinstance(layer, Layer):
-        raise ValueError(f"Bidirectional: layer must be a fnn Layer, got {layer!r}")
     if merge not in ("concat", "sum"):
         raise ValueError(f"Bidirectional: merge must be 'concat' or 'sum', got {merge!r}")
-    args = _spec_arguments(layer)
+    args = layer.record.args if layer.record else {}
     if args.get("reverse"):
         raise ValueError("Bidirectional: give the forward layer (reverse=False); "
                          "the backward copy is made here")
     if args.get("return_carry"):
         raise ValueError("Bidirectional: the wrapped layer must not use return_carry")
     try:
-        backward = layer(reverse=True)
+        backward = layer.replace(reverse=True)
     except TypeError:
         raise ValueError(f"Bidirectional: needs a recurrent layer with a reverse option (RNN, "
                          f"SimpleRNN, LSTM, GRU), got {layer.kind}") from None
@@ -717,7 +707,7 @@ def Bidirectional(layer: Layer, *, merge: str = "concat", name: str | None = Non
 # ------------------------------------------------------------------------------------ StripMask
 
 @layer_type("StripMask")
-def StripMask(*, name: str | None = None) -> Layer:
+def StripMask() -> Layer:
     """Drop the mask from a sequence output: ``(y, mask) -> y``; a plain ``y`` passes through.
 
     Put it between recurrent layers that return sequences and a layer that takes one array

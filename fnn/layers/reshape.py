@@ -17,7 +17,7 @@ __all__ = ["Flatten", "Reshape"]
 
 
 @layer_type("Flatten")
-def Flatten(*, name: str | None = None) -> Layer:
+def Flatten() -> Layer:
     """Flatten all axes but the batch: ``(batch, d1, ..., dk) -> (batch, d1 * ... * dk)``.
 
     The order is row-major (C order), as ``numpy.reshape``. If a non-batch size is unknown
@@ -64,7 +64,7 @@ def _resolve(target: tuple[int, ...], rest: tuple[int, ...], shape: tuple[int, .
 
 
 @layer_type("Reshape")
-def Reshape(shape: int | Sequence[int], *, name: str | None = None) -> Layer:
+def Reshape(shape: int | Sequence[int]) -> Layer:
     """Reshape each example to ``shape`` (batch excluded): ``(batch, ...) -> (batch, *shape)``.
 
     One entry of ``shape`` may be ``-1``, inferred from the input size. Row-major order,
@@ -72,7 +72,6 @@ def Reshape(shape: int | Sequence[int], *, name: str | None = None) -> Layer:
 
     Args:
         shape: the new shape of one example, e.g. ``(28, 28, 1)``; an int means ``(int,)``.
-        name: key of this layer in its network.
 
     Raises:
         ValueError: at construction, for a shape that is not positive ints with at most one -1.

@@ -23,21 +23,14 @@ import difflib
 import inspect
 from typing import Any, Callable
 
-from fnn.core import Layer, registered_layers
+from fnn.core import (Layer, SpecError, as_layer, registered_layers,
+                      sublayer_arguments)
 
 __all__ = ["from_spec", "SpecError", "keyword_arguments"]
 
 
-class SpecError(ValueError):
-    """A bad layer spec; the message starts with the key path of the bad entry (``model[3].Dense``)."""
-
-    def __init__(self, path: str, detail: str):
-        self.path = path
-        self.detail = detail
-        super().__init__(f"{path}: {detail}")
-
-
-def _lookup(kind: str, path: str) -> tuple[str, Callable[..., Layer]]:
+def _lookup(kind: str, path: str, modules: dict[str, str] | None = None
+            ) -> tuple[str, Callable[..., Layer]]:
     registry = registered_layers()
     if kind in registry:
         return kind, registry[kind]
@@ -47,22 +40,24 @@ def _lookup(kind: str, path: str) -> tuple[str, Callable[..., Layer]]:
         return folded[key], registry[folded[key]]
     close = difflib.get_close_matches(kind, list(registry), n=3, cutoff=0.5)
     close = close or [folded[k] for k in difflib.get_close_matches(key, list(folded), n=3)]
+    module = (modules or {}).get(kind)
+    if module:
+        raise SpecError(path, f"unknown layer {kind!r}: it was registered by module {module!r}, "
+                              f"which this process has not imported; import {module} first")
     hint = f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
-    raise SpecError(path, f"unknown layer {kind!r}{hint} (known layers: {', '.join(sorted(registry))})")
+    raise SpecError(path, f"unknown layer {kind!r}{hint} (known layers: {', '.join(sorted(registry))}); "
+                          f"a layer of your own must be imported (registered) before it is used")
 
 
-def _takes_layers(param: inspect.Parameter) -> bool:
-    return "Layer" in str(param.annotation)
-
-
-def _convert(value: Any, param: inspect.Parameter, path: str) -> Any:
-    if not _takes_layers(param) or value is None:
+def _convert(value: Any, param: inspect.Parameter, takes_layers: bool, path: str,
+             modules: dict[str, str] | None) -> Any:
+    if not takes_layers or value is None:
         return value
-    if param.kind is param.VAR_POSITIONAL or (isinstance(value, list) and "Sequence" in str(param.annotation)):
+    if param.kind is param.VAR_POSITIONAL:
         if not isinstance(value, list):
             raise SpecError(path, f"expected a list of layers, got {value!r}")
-        return [from_spec(v, f"{path}[{i}]") for i, v in enumerate(value)]
-    return from_spec(value, path)
+        return [from_spec(v, f"{path}[{i}]", modules) for i, v in enumerate(value)]
+    return from_spec(value, path, modules)
 
 
 def keyword_arguments(kind: str, args: Any) -> dict[str, Any]:
@@ -79,18 +74,24 @@ def keyword_arguments(kind: str, args: Any) -> dict[str, Any]:
     return {positional[0].name: args}
 
 
-def from_spec(spec: Any, path: str = "model") -> Layer:
+def from_spec(spec: Any, path: str = "model", modules: dict[str, str] | None = None) -> Layer:
     """Build a :class:`~fnn.core.Layer` from its spec (see the module docstring).
+
+    ``modules`` maps kinds to the modules that registered them (stored by ``fnn.save``), so
+    that a missing custom layer is reported with the import it needs.
 
     Raises:
         SpecError: naming the key path for an unknown layer (with a "did you mean" hint),
             an unknown argument, or arguments the layer rejects.
     """
-    if isinstance(spec, Layer):
-        return spec
+    if isinstance(spec, Layer) or callable(spec):
+        try:
+            return as_layer(spec)
+        except TypeError as e:
+            raise SpecError(path, str(e)) from None
     if isinstance(spec, list):
         serial = registered_layers()["serial"]
-        return serial(*[from_spec(item, f"{path}[{i}]") for i, item in enumerate(spec)])
+        return serial(*[from_spec(item, f"{path}[{i}]", modules) for i, item in enumerate(spec)])
     if isinstance(spec, str):
         kind, args = spec, None
     elif isinstance(spec, dict) and len(spec) == 1:
@@ -100,9 +101,10 @@ def from_spec(spec: Any, path: str = "model") -> Layer:
     else:
         raise SpecError(path, "a layer is a name (\"Relu\") or a one-key mapping "
                               f"({{\"Dense\": {{\"features\": 10}}}}), got {spec!r}")
-    kind, constructor = _lookup(kind, path)
+    kind, constructor = _lookup(kind, path, modules)
     here = f"{path}.{kind}"
     params = inspect.signature(constructor).parameters
+    takes_layers = sublayer_arguments(kind)
     positional = [p for p in params.values()
                   if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD, p.VAR_POSITIONAL)]
     call_args: list[Any] = []
@@ -117,15 +119,17 @@ def from_spec(spec: Any, path: str = "model") -> Layer:
                 raise SpecError(f"{here}.{key}", f"unknown argument{hint} "
                                 f"({kind} takes: {', '.join(params)})")
             p = params[key]
-            converted = _convert(value, p, f"{here}.{key}")
+            converted = _convert(value, p, key in takes_layers, f"{here}.{key}", modules)
             if p.kind is p.VAR_POSITIONAL:
                 call_args.extend(converted if isinstance(converted, list) else [converted])
             else:
                 call_kwargs[key] = converted
     elif isinstance(args, list) and positional and positional[0].kind is inspect.Parameter.VAR_POSITIONAL:
-        call_args.extend(_convert(args, positional[0], here))
+        call_args.extend(_convert(args, positional[0], positional[0].name in takes_layers, here,
+                                  modules))
     elif positional:
-        call_args.append(_convert(args, positional[0], f"{here}.{positional[0].name}"))
+        call_args.append(_convert(args, positional[0], positional[0].name in takes_layers,
+                                  f"{here}.{positional[0].name}", modules))
     else:
         raise SpecError(here, f"takes keyword arguments only ({', '.join(params)}), got {args!r}")
     try:

@@ -25,7 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 import safetensors.numpy
 
-from fnn.core import Layer
+from fnn.core import Layer, SpecError, kind_modules
 
 __all__ = ["save_tree", "load_tree", "read_metadata", "restore_like", "save", "load",
            "save_weights", "load_weights", "CheckpointError", "atomic_write"]
@@ -187,16 +187,16 @@ def save(path: str | os.PathLike, net: Layer, params: Any, state: Any = None, *,
     """Save architecture and weights: ``fnn.load(path)`` gives back ``(net, params, state)``.
 
     The architecture is the network's spec (``net.spec``); every layer argument must be plain
-    data (numbers, strings, lists, layers); a custom function as an argument cannot be saved.
+    data (numbers, strings, lists, layers, named initializers); a custom function as an
+    argument, or a hand-made ``Layer(init, apply)``, is refused here, before anything is written.
     """
-    spec = net.spec
     try:
-        json.dumps(spec)
-    except TypeError as e:
-        raise CheckpointError(f"cannot save the architecture of this network: a layer argument is "
-                              f"not plain data ({e}); save the weights with save_weights") from None
+        spec = net.spec
+    except SpecError as e:
+        raise CheckpointError(f"cannot save the architecture of this network: {e}") from None
     save_tree(path, {"params": params, "model_state": state or {}},
-              {"kind": "model", "spec": spec, "input_shape": input_shape})
+              {"kind": "model", "spec": spec, "modules": kind_modules(net),
+               "input_shape": input_shape})
 
 
 def load(path: str | os.PathLike) -> tuple[Layer, dict, dict]:
@@ -208,4 +208,4 @@ def load(path: str | os.PathLike) -> tuple[Layer, dict, dict]:
     if spec is None:
         raise CheckpointError(f"{path} holds weights only (no architecture); use load_weights")
     params, state = load_weights(path)
-    return from_spec(spec), params, state
+    return from_spec(spec, modules=meta.get("modules")), params, state

@@ -37,7 +37,6 @@ Example:
 
 from __future__ import annotations
 
-import inspect
 import os
 from typing import Any, Callable, Sequence
 
@@ -47,7 +46,7 @@ import numpy as np
 from jax import lax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from fnn.core import Layer, _call_with_arguments
+from fnn.core import Layer, map_layers
 
 __all__ = ["DataParallel", "as_data_parallel", "initialize", "synchronize",
            "with_batch_norm_axis", "MODES", "PMAP_AXIS", "MESH_AXIS"]
@@ -157,36 +156,12 @@ def with_batch_norm_axis(net: Layer, axis_name: str | None) -> Layer:
         >>> with_batch_norm_axis(net, "batch").spec
         {'serial': {'layers': [{'BatchNorm': {'axis_name': 'batch'}}, 'Relu']}}
     """
-    return _rebuild(net, axis_name)
-
-
-def _rebuild(layer: Layer, axis_name: str | None) -> Layer:
-    constructor = getattr(layer, "_constructor", None)
-    if not isinstance(layer, Layer) or constructor is None:
+    def swap(layer: Layer) -> Layer:
+        if layer.kind == "BatchNorm" and layer.record.args.get("axis_name") != axis_name:
+            return layer.replace(axis_name=axis_name)
         return layer
-    arguments = layer._arguments
-    if layer.kind == "BatchNorm":
-        if arguments.get("axis_name") == axis_name:
-            return layer
-        return layer(axis_name=axis_name)
-    if not layer.children:
-        return layer
-    changed = False
 
-    def swap(value: Any) -> Any:
-        nonlocal changed
-        if isinstance(value, Layer):
-            new = _rebuild(value, axis_name)
-            changed = changed or new is not value
-            return new
-        if isinstance(value, (list, tuple)) and not hasattr(value, "_fields"):
-            return type(value)(swap(v) for v in value)
-        return value
-
-    new_arguments = {k: swap(v) for k, v in arguments.items()}
-    if not changed:
-        return layer
-    return _call_with_arguments(constructor, inspect.signature(constructor), new_arguments)
+    return map_layers(swap, net)
 
 
 # --------------------------------------------------------------------------- data parallel
