@@ -15,6 +15,6 @@ from fnn import activations, initializers, losses, metrics, optim, regularizers 
 from fnn.summary import summary  # noqa: E402
 from fnn.train.checkpoint import load, load_weights, save, save_weights  # noqa: E402
 from fnn import config, data, selection, train  # noqa: E402
-from fnn.transfer import freeze, transfer, unfreeze  # noqa: E402
+from fnn.transfer import Frozen, freeze, transfer, unfreeze  # noqa: E402
 
 __version__ = "0.1.0"

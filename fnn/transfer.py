@@ -24,15 +24,15 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import inspect
 import os
-from typing import Any, Sequence
+from typing import Any
 
 import jax
 import numpy as np
 import optax
 
-from fnn.core import Layer, init_child, layer_type, recording, registered_layers
+from fnn.core import (Layer, default_key, init_child, layer_type, recording,
+                      sublayer_arguments)
 
 __all__ = ["transfer", "TransferReport", "load_pretrained", "freeze", "unfreeze", "Frozen",
            "frozen_paths", "with_frozen_mask"]
@@ -140,8 +140,8 @@ def load_pretrained(source: Any) -> tuple[Any, Any]:
 
 # --------------------------------------------------------------------------- freezing
 
-@layer_type("Frozen")
-def Frozen(layer: Layer, *, name: str | None = None) -> Layer:
+@layer_type("Frozen", sublayers="layer")
+def Frozen(layer: Layer) -> Layer:
     """``layer`` frozen: no gradient flows into its params and it always runs in inference mode.
 
     Its params and state have ``layer``'s structure (no extra level), and its state is never
@@ -168,7 +168,7 @@ def _rows(net: Layer, input_shape: Any) -> list[tuple[tuple[str, ...], Layer]]:
 
     def trace(rng):
         with recording() as rec:
-            init_child(net.default_name, net, rng, input_shape)
+            init_child(default_key(net), net, rng, input_shape)
         found.extend((path, layer) for path, layer, *_ in rec.rows)
         return jax.numpy.zeros(())
 
@@ -187,7 +187,7 @@ def frozen_paths(net: Layer, input_shape: Any) -> list[tuple[str, ...]]:
 
     def trace(rng):
         with recording() as rec:
-            _, params, _ = init_child(net.default_name, net, rng, input_shape)
+            _, params, _ = init_child(default_key(net), net, rng, input_shape)
         frozen = {id(leaf) for _, layer, _, p, _ in rec.rows if layer.kind == "Frozen"
                   for leaf in jax.tree_util.tree_leaves(p)}
         found.extend(tuple(str(getattr(k, "key", k)) for k in path)
@@ -267,7 +267,7 @@ def unfreeze(net: Layer, *names: str, input_shape: Any = None) -> Layer:
             continue
         if names and not any(path[1:][-len(n.split("/")):] == tuple(n.split("/")) for n in names):
             continue
-        targets[path] = lambda layer, key: layer.children[0].named(key)
+        targets[path] = lambda layer, key: layer.children[0].replace(name=key)
     return _rewrite(net, rows, targets)
 
 
@@ -285,48 +285,40 @@ def _layer_rows(net: Layer, input_shape: Any) -> list[tuple[tuple[str, ...], Lay
 
 
 def _rewrite(net: Layer, rows: list, targets: dict) -> Layer:
-    """Rebuild ``net`` with each layer at a path in ``targets`` replaced by ``fn(layer, key)``;
-    its ancestors are rebuilt around it with the same arguments, children keeping their keys."""
+    """Rebuild ``net`` with each layer at a path in ``targets`` replaced by ``fn(layer, key)``.
+
+    Like :func:`fnn.map_layers`, but following paths (a layer's key comes from its parent): the
+    layers around a target are rebuilt with ``replace`` and the same arguments, and each of their
+    children is given its key as ``name=``, so a wrapper in place of ``dense_0`` does not
+    renumber its siblings and the params keep their structure.
+    """
+    targets = {p: fn for p, fn in targets.items()  # a target inside another one goes with it
+               if not any(q != p and p[:len(q)] == q for q in targets)}
+
     def rebuild(path: tuple[str, ...], layer: Layer) -> Layer:
         if path in targets:
             return targets[path](layer, path[-1])
-        inside = [p for p in targets if p[:len(path)] == path and len(p) > len(path)]
-        if not inside:
+        if not any(p[:len(path)] == path and len(p) > len(path) for p in targets):
             return layer
-        children = []
-        for child in layer.children:
-            child_path = next((p for p, lay in rows if lay is child and p[:len(path)] == path
-                               and len(p) > len(path)), None)
-            if child_path is None:
-                raise ValueError(f"freeze: cannot rebuild the {layer.kind} layer "
-                                 f"'{'/'.join(path[1:])}' around a frozen layer; freeze it whole")
-            children.append(rebuild(child_path, child).named(child_path[-1]))
-        return _with_children(layer, children)
+        taken: set[tuple[str, ...]] = set()
+
+        def child(c: Layer) -> Layer:
+            where = next((p for p, lay in rows if lay is c and p not in taken
+                          and p[:len(path)] == path and len(p) > len(path)), None)
+            if where is None:
+                raise ValueError(f"freeze: cannot find the layers of the {layer.kind} layer "
+                                 f"'{'/'.join(path[1:])}' at their own paths; freeze it whole")
+            taken.add(where)
+            new = rebuild(where, c)
+            return new if new.name else new.replace(name=where[-1])
+
+        changes = {}
+        for arg in sublayer_arguments(layer.kind):
+            value = layer.record.args.get(arg)
+            if isinstance(value, Layer):
+                changes[arg] = child(value)
+            elif isinstance(value, tuple):
+                changes[arg] = tuple(child(v) for v in value)
+        return layer.replace(**changes)
 
     return rebuild(rows[0][0], net)
-
-
-def _with_children(layer: Layer, children: Sequence[Layer]) -> Layer:
-    """The same kind of combinator with the same arguments and these children, in order."""
-    constructor = registered_layers().get(layer.kind)
-    spec = layer.spec
-    if constructor is None or not isinstance(spec, dict):
-        raise ValueError(f"freeze: cannot rebuild the {layer.kind} layer around a frozen layer")
-    arguments = dict(spec[layer.kind]) if isinstance(spec[layer.kind], dict) else {}
-    remaining = list(children)
-    args, kwargs = [], {}
-    for pname, param in inspect.signature(constructor).parameters.items():
-        takes_layers = "Layer" in str(param.annotation)
-        if pname not in arguments:
-            continue
-        value = arguments[pname]
-        if takes_layers:
-            if isinstance(value, list):
-                value, remaining = remaining[:len(value)], remaining[len(value):]
-            elif value is not None:
-                value, remaining = remaining[0], remaining[1:]
-        if param.kind is param.VAR_POSITIONAL:
-            args.extend(value)
-        else:
-            kwargs[pname] = value
-    return constructor(*args, **kwargs)

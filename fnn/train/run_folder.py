@@ -62,9 +62,10 @@ class RunFolder:
             return
         meta = {"kind": "train_state", "progress": progress, **(metadata or {})}
         try:
-            json.dumps(net.spec)
-            meta["spec"] = net.spec
-        except TypeError:  # a layer with a function argument: weights only
+            spec = net.spec
+            json.dumps(spec)
+            meta["spec"] = spec
+        except (TypeError, ValueError):  # a hand-made layer or a function argument: weights only
             pass
         ckpt.save_tree(self.checkpoint(which), {f: getattr(ts, f) for f in TrainState._fields},
                        meta)
