@@ -265,8 +265,8 @@ def _conv_body():
 
 def test_transfer_from_a_0_to_4_digit_cnn_to_a_5_to_9_head():
     rng = np.random.default_rng(0)
-    x = rng.random((64, 12, 12, 1)).astype(np.float32)
-    y = rng.integers(0, 5, 64).astype(np.int32)  # stands in for digits 0-4
+    x = rng.random((32, 12, 12, 1)).astype(np.float32)
+    y = rng.integers(0, 5, 32).astype(np.int32)  # stands in for digits 0-4
     old_net = fnn.serial(*_conv_body(), fnn.Dense(5, name="head"))
     old = fit(old_net, softmax_cross_entropy, optax.adam(1e-2), {"x": x, "y": y}, epochs=1,
               batch_size=32, log=None).train_state
@@ -286,10 +286,6 @@ def test_transfer_from_a_0_to_4_digit_cnn_to_a_5_to_9_head():
     chex.assert_trees_all_equal(params["out"], fresh["out"])
     chex.assert_trees_all_equal(params["head"], fresh["head"])
     assert report.one_line().startswith("copied 4 pretrained arrays, 2 new, 2 skipped")
-    lines = []
-    fit(new_net, softmax_cross_entropy, optax.adam(1e-2), {"x": x, "y": y}, epochs=1,
-        batch_size=32, init=(old.params, old.model_state), log=lines.append)
-    assert lines[0].startswith("init: copied 4 pretrained arrays")
 
 
 # --------------------------------------------------------------------------- configs

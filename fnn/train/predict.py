@@ -8,7 +8,7 @@ Example:
     >>> probs = fnn.train.predict(net, params, state, x_test, batch_size=256)   # (N, 10)
     >>> fnn.train.evaluate(net, params, state, {"x": x_test, "y": y_test},
     ...                    fnn.losses.softmax_cross_entropy, {"accuracy": fnn.train.correct})
-    {'loss': 0.071..., 'accuracy': 0.981...}
+    {'loss': ..., 'accuracy': ...}
 """
 
 from __future__ import annotations
@@ -102,7 +102,7 @@ def evaluate(model: Layer | Callable, params: Any, state: Any, data: Any,
 
     Example:
         >>> evaluate(net, params, state, {"x": x, "y": y}, fnn.losses.mse)
-        {'loss': 0.0123}
+        {'loss': ...}
     """
     if isinstance(model, Layer):
         if loss is None:
