@@ -13,7 +13,8 @@ from fnn.layers import *  # noqa: F401,F403
 # Modules after the star import: fnn.layers has submodules of the same names (activations).
 from fnn import activations, initializers, losses, metrics, optim, regularizers  # noqa: E402
 from fnn.summary import summary  # noqa: E402
-from fnn.train.checkpoint import load, load_weights, save, save_weights  # noqa: E402
+from fnn.train.checkpoint import (CheckpointError, load, load_weights, save,  # noqa: E402
+                                  save_weights)
 from fnn import config, data, selection, train  # noqa: E402
 from fnn.transfer import Frozen, freeze, transfer, unfreeze  # noqa: E402
 

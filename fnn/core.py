@@ -441,8 +441,8 @@ def map_layers(fn: Callable[[Layer], Layer], layer: Layer) -> Layer:
         >>> net = fnn.serial(fnn.Dense(4), fnn.BatchNorm, fnn.Relu)
         >>> synced = fnn.map_layers(
         ...     lambda l: l.replace(axis_name="batch") if l.kind == "BatchNorm" else l, net)
-        >>> synced.spec
-        {'serial': {'layers': ['Dense' ...
+        >>> synced.children[1]
+        BatchNorm(axis_name='batch')
     """
     rec = layer.record
     if rec is not None and _KINDS[rec.kind].sublayers:

@@ -27,6 +27,8 @@ binary_cross_entropy          ``-(y log p + (1 - y) log(1 - p))``, ``p`` clipped
 sigmoid_binary_cross_entropy  the same with ``p = sigmoid(z)``, as ``-(y ls(z) + (1-y) ls(-z))``
 softmax_cross_entropy         ``-sum_c y_c log_softmax(z)_c`` over the class axis
 categorical_cross_entropy     ``-sum_c y_c log p_c``, ``p`` clipped to [eps, 1]
+weston_watkins_hinge          ``sum_{c != y} max(0, margin + s_c - s_y)`` (alias multiclass_hinge)
+crammer_singer_hinge          ``max(0, margin + max_{c != y} s_c - s_y)``
 ============================  ==================================================================
 
 (``ls`` is ``log_sigmoid``.) The from-logits losses are stable: value and gradient stay
@@ -54,7 +56,8 @@ from fnn.core import lookup
 
 __all__ = ["mse", "mae", "lp_loss", "huber", "hinge", "half_squared_error",
            "binary_cross_entropy", "sigmoid_binary_cross_entropy", "softmax_cross_entropy",
-           "categorical_cross_entropy", "get", "names", "REDUCTIONS"]
+           "categorical_cross_entropy", "weston_watkins_hinge", "crammer_singer_hinge", "get",
+           "names", "REDUCTIONS"]
 
 Loss = Callable[..., jax.Array]
 
@@ -315,6 +318,10 @@ def _class_targets(loss: str, scores: jax.Array, labels: Any, label_smoothing: f
                 raise ValueError(f"{loss}: labels must be in [0, {num_classes}) for scores "
                                  f"{scores.shape}, got values in [{values.min()}, {values.max()}]")
         targets = jax.nn.one_hot(labels, num_classes, dtype=scores.dtype)
+        # under jit the values are unknown: an out-of-range label (one_hot gives all zeros,
+        # a plausible loss of 0) becomes NaN targets, so the loss is NaN and training stops
+        invalid = (labels < 0) | (labels >= num_classes)
+        targets = jnp.where(invalid[..., None], jnp.nan, targets)
     elif labels.ndim == scores.ndim:
         if labels.shape != scores.shape:
             raise ValueError(f"{loss}: one-hot labels must have the scores' shape, got scores "
@@ -337,6 +344,8 @@ def softmax_cross_entropy(logits: jax.Array, labels: jax.Array, *, label_smoothi
     probabilistic targets of the logits' shape ``(batch, ..., classes)``; the labels' rank
     decides (one below the logits: indices, which must be integers; equal: targets).
     ``label_smoothing`` ``s`` replaces targets ``y`` by ``(1 - s) y + s / classes``.
+    An integer label outside ``[0, classes)`` raises ``ValueError`` when called eagerly and
+    makes the loss NaN under ``jit`` (so that training on it stops as diverged).
     Stable for any logits (``log_softmax`` subtracts the max); gradient ``softmax(z) - y``.
     Extra non-batch axes (e.g. time) are averaged into the per-example loss.
 
@@ -379,6 +388,63 @@ def categorical_cross_entropy(probs: jax.Array, labels: jax.Array, *, eps: float
     return _reduce(loss, _mean_over_features(per_position), weights, reduction)
 
 
+def _multiclass_hinge(loss: str, scores: Any, labels: Any, margin: float, weights: Any,
+                      reduction: str, total: str) -> jax.Array:
+    _check_reduction(loss, reduction)
+    if not isinstance(margin, (int, float)) or isinstance(margin, bool) or not margin >= 0:
+        raise ValueError(f"{loss}: margin must be a number >= 0, got {margin!r}")
+    s = _float(scores)
+    y = _class_targets(loss, s, labels, 0.0)
+    true_score = jnp.sum(y * s, axis=-1, keepdims=True)
+    wrong = y == 0
+    if total == "sum":
+        per_class = jnp.where(wrong, jax.nn.relu(margin + s - true_score), 0.0)
+        per_position = jnp.sum(per_class, axis=-1)
+    else:
+        best_wrong = jnp.max(jnp.where(wrong, s, -jnp.inf), axis=-1)
+        per_position = jax.nn.relu(margin + best_wrong - true_score[..., 0])
+    return _reduce(loss, _mean_over_features(per_position), weights, reduction)
+
+
+def weston_watkins_hinge(scores: jax.Array, labels: jax.Array, *, margin: float = 1.0,
+                         weights: jax.Array | None = None, reduction: str = "mean") -> jax.Array:
+    """Multi-class hinge of Weston & Watkins 1999: ``sum_{c != y} max(0, margin + s_c - s_y)``.
+
+    Every wrong class whose score comes within ``margin`` of the true class's score adds its
+    violation (the multi-class SVM loss of CS231n). ``torch.nn.MultiMarginLoss`` (``p=1``) is
+    this divided by the number of classes. Registered as ``"weston_watkins_hinge"`` and
+    ``"multiclass_hinge"``.
+
+    Shapes: ``scores`` ``(batch, ..., classes)`` (raw scores, not probabilities); ``labels``
+    integer classes ``(batch, ...)`` or one-hot ``(batch, ..., classes)``, as in
+    :func:`softmax_cross_entropy`; ``weights`` ``(batch,)``. Extra non-batch axes are averaged.
+
+    Example:
+        >>> fnn.losses.weston_watkins_hinge(jnp.array([[2.0, 1.5, -1.0]]), jnp.array([0]))
+        Array(0.5, dtype=float32)
+    """
+    return _multiclass_hinge("weston_watkins_hinge", scores, labels, margin, weights,
+                             reduction, "sum")
+
+
+def crammer_singer_hinge(scores: jax.Array, labels: jax.Array, *, margin: float = 1.0,
+                         weights: jax.Array | None = None, reduction: str = "mean") -> jax.Array:
+    """Multi-class hinge of Crammer & Singer 2001: ``max(0, margin + max_{c != y} s_c - s_y)``.
+
+    Only the best-scoring wrong class counts. Keras' ``categorical_hinge`` is this except that
+    it takes ``max(0, max_{c != y} s_c)`` (a wrong-class maximum below 0 counts as 0).
+    Registered as ``"crammer_singer_hinge"``.
+
+    Shapes: as :func:`weston_watkins_hinge`.
+
+    Example:
+        >>> fnn.losses.crammer_singer_hinge(jnp.array([[2.0, 1.5, 1.75]]), jnp.array([0]))
+        Array(0.75, dtype=float32)
+    """
+    return _multiclass_hinge("crammer_singer_hinge", scores, labels, margin, weights,
+                             reduction, "max")
+
+
 # --------------------------------------------------------------------------- lookup by name
 
 _BY_NAME: dict[str, Loss] = {
@@ -390,6 +456,8 @@ _BY_NAME: dict[str, Loss] = {
     "sigmoid_binary_cross_entropy": sigmoid_binary_cross_entropy,
     "softmax_cross_entropy": softmax_cross_entropy,
     "categorical_cross_entropy": categorical_cross_entropy,
+    "weston_watkins_hinge": weston_watkins_hinge, "multiclass_hinge": weston_watkins_hinge,
+    "crammer_singer_hinge": crammer_singer_hinge,
 }
 
 

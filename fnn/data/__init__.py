@@ -1,5 +1,7 @@
 """Data for fnn: data sets, an input pipeline, augmentation and splits.
 
+* ``checks``: ``DataError`` (raised for every damaged or unusable data file), ``check_finite``,
+  ``check_labels``.
 * ``datasets``: ``load_mnist``, ``load_fashion_mnist`` (found on disk or downloaded, checked).
 * ``idx``: the IDX file format (``read_idx``, ``write_idx``).
 * ``arrays``: ``load_arrays`` (``.npz``/``.npy``, memory-mapped when large).
@@ -19,6 +21,7 @@ Example:
 """
 
 from fnn.data.arrays import MMAP_THRESHOLD_BYTES, load_arrays
+from fnn.data.checks import DataError, check_finite, check_labels
 from fnn.data.augment import (AUGMENT_KEYS, make_augment, random_affine, random_flip_lr,
                               random_rotation, random_shift, random_zoom, rotate, shift, zoom)
 from fnn.data.datasets import (FASHION_MNIST, MNIST, DatasetNotFoundError, IdxDatasetSpec,
@@ -36,6 +39,8 @@ from fnn.data.synthetic import (RegressionData, adding_problem, circles, noisy_r
 from fnn.data.tabular import Standardizer, Table, load_csv
 
 __all__ = [
+    # checks: every bad data file or array raises DataError (IdxFormatError, ChecksumError too)
+    "DataError", "check_finite", "check_labels",
     # datasets and files
     "load_mnist", "load_fashion_mnist", "load_idx_dataset", "search_dirs", "MNIST",
     "FASHION_MNIST", "IdxDatasetSpec", "IdxFile", "DatasetNotFoundError",

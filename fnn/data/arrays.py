@@ -9,10 +9,14 @@ Example:
 from __future__ import annotations
 
 import os
+import zipfile
+import zlib
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
+
+from fnn.data.checks import DataError, check_finite
 
 __all__ = ["load_arrays", "MMAP_THRESHOLD_BYTES"]
 
@@ -32,9 +36,14 @@ def load_arrays(path: str | os.PathLike, keys: Sequence[str] | None = None, *,
 
     Shapes: as stored; all returned arrays must share their first (example) dim.
 
+    Checks: float arrays must be finite (NaN or infinity is refused naming the array, row and
+    column; read in chunks, so a memory map stays a memory map).
+
     Raises:
-        KeyError: a requested key is not in the ``.npz`` (the message lists those it has).
-        ValueError: another extension, an object array, or arrays of different lengths.
+        DataError: (a ``ValueError``) a requested key is not in the ``.npz`` (the message lists
+            those it has), a damaged or truncated file, another extension, an object array,
+            arrays of different lengths, or a non-finite value.
+        FileNotFoundError: no such file.
 
     Example:
         >>> x, y = load_arrays("train.npz")              # x (N, ...), y (N,)
@@ -47,27 +56,48 @@ def load_arrays(path: str | os.PathLike, keys: Sequence[str] | None = None, *,
     if suffix == ".npz":
         names = tuple(keys) if keys is not None else ("x", "y")
         try:
-            with np.load(path, allow_pickle=False) as archive:
+            archive = np.load(path, allow_pickle=False)
+        except (ValueError, OSError, EOFError, zipfile.BadZipFile, zlib.error) as e:
+            if isinstance(e, (FileNotFoundError, IsADirectoryError, PermissionError)):
+                raise
+            raise DataError(f"{path}: not a readable .npz archive ({_reason(e)})") from None
+        if not isinstance(archive, np.lib.npyio.NpzFile):
+            raise DataError(f"{path}: not an .npz archive: it holds a single .npy array "
+                            "(rename it to .npy, or save it with np.savez(path, x=..., y=...))")
+        try:
+            with archive:
                 missing = [k for k in names if k not in archive.files]
                 if missing:
-                    raise KeyError(f"{path}: no array named {missing[0]!r}; it has "
-                                   f"{sorted(archive.files)} (pass keys=[...])")
+                    raise DataError(f"{path}: no array named {missing[0]!r}; it has "
+                                    f"{sorted(archive.files)} (pass keys=[...])")
                 out = tuple(archive[k] for k in names)
-        except ValueError as e:
-            raise ValueError(f"{path}: cannot load ({e})") from None
+        except (ValueError, OSError, EOFError, zipfile.BadZipFile, zlib.error) as e:
+            if isinstance(e, DataError):
+                raise
+            raise DataError(f"{path}: not a readable .npz archive ({_reason(e)})") from None
     elif suffix == ".npy":
         if keys is not None and len(keys) != 1:
-            raise ValueError(f"{path}: an .npy file holds one array; got keys {list(keys)}")
+            raise DataError(f"{path}: an .npy file holds one array; got keys {list(keys)}")
         names = tuple(keys) if keys is not None else ("x",)
         if mmap is None:
             mmap = path.stat().st_size >= MMAP_THRESHOLD_BYTES
         try:
             out = (np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False),)
-        except ValueError as e:
-            raise ValueError(f"{path}: cannot load ({e})") from None
+        except (ValueError, OSError, EOFError) as e:
+            if isinstance(e, (FileNotFoundError, IsADirectoryError, PermissionError)):
+                raise
+            raise DataError(f"{path}: not a readable .npy file ({_reason(e)})") from None
     else:
-        raise ValueError(f"load_arrays: {path} is neither .npz nor .npy")
+        raise DataError(f"load_arrays: {path} is neither .npz nor .npy")
     if any(a.ndim == 0 for a in out) or len({a.shape[0] for a in out}) > 1:
-        raise ValueError(f"{path}: arrays must share their first (example) dim, got "
-                         + ", ".join(f"{k}: {a.shape}" for k, a in zip(names, out)))
+        raise DataError(f"{path}: arrays must share their first (example) dim, got "
+                        + ", ".join(f"{k}: {a.shape}" for k, a in zip(names, out)))
+    for name, array in zip(names, out):
+        check_finite(array, f"{path}: {name}")
     return out
+
+
+def _reason(e: BaseException) -> str:
+    if "pickled" in str(e):  # what np.load says of any file that is neither zip nor .npy
+        return "neither a zip archive nor an .npy array (or pickled Python objects, never loaded)"
+    return str(e) or type(e).__name__

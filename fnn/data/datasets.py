@@ -39,8 +39,10 @@ from typing import NamedTuple
 
 import numpy as np
 
+from fnn.data.checks import check_labels
 from fnn.data.download import Checksum, ChecksumError, DownloadError, fetch, user_cache_dir
 from fnn.data.idx import IdxFormatError, parse_idx, read_raw
+from fnn.files import clean_temporary_files
 
 __all__ = [
     "DatasetNotFoundError",
@@ -165,7 +167,9 @@ def load_mnist(data_dir: str | os.PathLike | None = None, *, download: bool = Tr
 
     Raises:
         DatasetNotFoundError: the files are nowhere and could not be downloaded.
-        ChecksumError, IdxFormatError: a file is present but wrong or corrupt.
+        ChecksumError, IdxFormatError: a file is present but wrong or corrupt (both are
+            ``fnn.data.DataError``; the message names the file).
+        DataError: a label outside 0..9 (naming the labels file, the values and their count).
 
     Example:
         >>> x, y = load_mnist()["train"]
@@ -235,6 +239,7 @@ def load_idx_dataset(spec: IdxDatasetSpec, data_dir: str | os.PathLike | None = 
         target = dirs[0] if data_dir is not None else user_cache_dir(spec.folder)
         if not download:
             raise DatasetNotFoundError(_not_found_message(spec, dirs, target, None))
+        clean_temporary_files(target)  # partial files of a download that was killed
         try:
             for f in spec.files:
                 if _find(target, f.name) is None:
@@ -246,9 +251,7 @@ def load_idx_dataset(spec: IdxDatasetSpec, data_dir: str | os.PathLike | None = 
     for split, (images_file, labels_file) in spec.splits.items():
         images = _load_file(_find(folder, images_file.name), images_file)
         labels = _load_file(_find(folder, labels_file.name), labels_file)
-        if labels.size and int(labels.max()) >= spec.num_classes:
-            raise IdxFormatError(f"{folder / labels_file.name}: label {int(labels.max())} out of "
-                                 f"range for {spec.num_classes} classes")
+        check_labels(labels, spec.num_classes, str(_find(folder, labels_file.name)))
         out[split] = (images, labels)
     return out
 

@@ -19,7 +19,6 @@ from __future__ import annotations
 import gzip
 import hashlib
 import os
-import tempfile
 import urllib.request
 import zlib
 from pathlib import Path
@@ -27,13 +26,16 @@ from typing import Callable, NamedTuple, Sequence
 
 from tqdm import tqdm
 
+from fnn.data.checks import DataError
+from fnn.files import temporary_file
+
 __all__ = ["Checksum", "ChecksumError", "DownloadError", "fetch", "file_digest",
            "user_cache_dir", "verify"]
 
 _CHUNK = 1 << 20
 
 
-class ChecksumError(ValueError):
+class ChecksumError(DataError):
     """A file whose digest is not the expected one (names the file and both digests)."""
 
 
@@ -109,6 +111,7 @@ def fetch(urls: Sequence[str], dest: str | os.PathLike, *, checksum: Checksum | 
     Each mirror is streamed into ``.<name>.<random>.part[.gz]`` beside ``dest``; the file is checked
     with ``checksum`` (and ``validate(tmp_path)``, which raises on bad content), then renamed
     to ``dest``. A mirror that fails (network error, wrong checksum) is followed by the next.
+    When no mirror succeeds, the folders that ``fetch`` created for ``dest`` are removed again.
 
     Raises:
         ChecksumError: no mirror gave a good file, and one at least gave a file with the
@@ -120,13 +123,37 @@ def fetch(urls: Sequence[str], dest: str | os.PathLike, *, checksum: Checksum | 
         ...       checksum=Checksum("md5", "8d4f..."))
     """
     dest = Path(dest)
+    created = _missing_parents(dest.parent)
     dest.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        return _fetch(urls, dest, checksum=checksum, validate=validate, progress=progress,
+                      timeout=timeout)
+    except BaseException:
+        for folder in created:  # a failed download leaves no empty folders behind
+            try:
+                folder.rmdir()
+            except OSError:
+                break  # not empty (or not ours to remove): keep it and its parents
+        raise
+
+
+def _missing_parents(folder: Path) -> list[Path]:
+    """The folders ``mkdir(parents=True)`` would create for ``folder``, deepest first."""
+    missing = []
+    while not folder.exists() and folder != folder.parent:
+        missing.append(folder)
+        folder = folder.parent
+    return missing
+
+
+def _fetch(urls: Sequence[str], dest: Path, *, checksum: Checksum | None,
+           validate: Callable[[Path], None] | None, progress: bool, timeout: float) -> Path:
     attempts: list[tuple[str, str]] = []
     bad_content = False
     for url in urls:
         # keep a .gz ending so that the checks of the temporary file see it as gzipped
         suffix = ".part.gz" if dest.name.endswith(".gz") else ".part"
-        fd, tmp_name = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=suffix)
+        fd, tmp_name = temporary_file(dest.parent, dest.name, suffix)  # umask permissions
         tmp = Path(tmp_name)
         try:
             try:

@@ -21,11 +21,13 @@ from __future__ import annotations
 import gzip
 import os
 import struct
-import tempfile
 import zlib
 from pathlib import Path
 
 import numpy as np
+
+from fnn.data.checks import DataError
+from fnn.files import temporary_file
 
 __all__ = ["IdxFormatError", "read_idx", "read_raw", "parse_idx", "write_idx"]
 
@@ -40,8 +42,9 @@ _DTYPES: dict[int, np.dtype] = {
 _CODES: dict[np.dtype, int] = {dt.newbyteorder("="): code for code, dt in _DTYPES.items()}
 
 
-class IdxFormatError(ValueError):
-    """A file that is not a well-formed IDX file (bad magic, truncated, trailing bytes)."""
+class IdxFormatError(DataError):
+    """A file that is not a well-formed IDX file (bad magic, truncated, trailing bytes, corrupt
+    gzip); the message names the file."""
 
 
 def read_idx(path: str | os.PathLike) -> np.ndarray:
@@ -139,7 +142,7 @@ def write_idx(path: str | os.PathLike, array: np.ndarray) -> Path:
                + np.ascontiguousarray(array, dtype=_DTYPES[code]).tobytes())
     if path.name.endswith(".gz"):
         payload = gzip.compress(payload, mtime=0)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
+    fd, tmp = temporary_file(path.parent, path.name, ".part")  # permissions follow the umask
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(payload)

@@ -20,7 +20,11 @@ from typing import Any, NamedTuple, Sequence
 
 import numpy as np
 
+from fnn.data.checks import DataError
+
 __all__ = ["load_csv", "Table", "Standardizer"]
+
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
 class _XY(NamedTuple):
@@ -80,30 +84,41 @@ def load_csv(path: str | os.PathLike, *, label_column: int | str,
         ``Table(x float32 (N, F), y (N,))`` with ``.feature_names`` and ``.classes``.
 
     Raises:
-        ValueError: a missing column, a ragged row, or a feature that is not a number (the
-            message names the file, line and column).
+        DataError: (a ``ValueError``) an empty file, only a header, a missing label column, a
+            ragged row, a missing value, a cell that is not a number, NaN or infinity in a
+            feature or a numeric label, a file that is not UTF-8 text; the message names the
+            file and, where it applies, the line (1-based, as an editor shows it) and column.
 
     Example:
         >>> x, y = load_csv("houses.csv", label_column="price")       # y float32
         >>> t = load_csv("iris.csv", label_column=-1, header=False)   # t.y int32, t.classes
     """
     path = Path(path)
-    with open(path, newline="") as f:
-        rows = [row for row in csv.reader(f, delimiter=delimiter) if row]
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            reader = csv.reader(f, delimiter=delimiter)
+            rows = []  # (line number, fields); blank lines are skipped but still counted
+            for row in reader:
+                if row:
+                    rows.append((reader.line_num, row))
+    except UnicodeDecodeError as e:
+        raise DataError(f"{path}: not a UTF-8 text file ({e.reason} at byte {e.start})") from None
+    except csv.Error as e:
+        raise DataError(f"{path}: not a readable CSV file ({e})") from None
     if header:
         if not rows:
-            raise ValueError(f"{path}: empty file, expected a header row")
-        names = [n.strip() for n in rows[0]]
-        rows, first_line = rows[1:], 2
+            raise DataError(f"{path}: empty file, expected a header row")
+        names = [n.strip() for n in rows[0][1]]
+        rows = rows[1:]
     else:
-        names = [f"col{i}" for i in range(len(rows[0]))] if rows else []
-        first_line = 1
+        names = [f"col{i}" for i in range(len(rows[0][1]))] if rows else []
     if not rows:
-        raise ValueError(f"{path}: no data rows")
+        raise DataError(f"{path}: no data rows" + (" (only a header)" if header else ""))
     width = len(names)
-    for i, row in enumerate(rows):
+    for line, row in rows:
         if len(row) != width:
-            raise ValueError(f"{path}, line {first_line + i}: {len(row)} fields, expected {width}")
+            raise DataError(f"{path}, line {line}: {len(row)} fields, expected {width} "
+                            "(a ragged row)")
 
     label_index = _column_index(label_column, names, header, path)
     if feature_columns is None:
@@ -111,19 +126,34 @@ def load_csv(path: str | os.PathLike, *, label_column: int | str,
     else:
         feature_index = [_column_index(c, names, header, path) for c in feature_columns]
     if label_index in feature_index:
-        raise ValueError(f"{path}: the label column {names[label_index]!r} is also a feature")
+        raise DataError(f"{path}: the label column {names[label_index]!r} is also a feature")
     if not feature_index:
-        raise ValueError(f"{path}: no feature columns")
+        raise DataError(f"{path}: no feature columns")
 
     x = np.empty((len(rows), len(feature_index)), np.float32)
-    for i, row in enumerate(rows):
+    for i, (line, row) in enumerate(rows):
         for j, col in enumerate(feature_index):
+            cell = row[col].strip()
+            if not cell:
+                raise DataError(f"{path}, line {line}, column {names[col]!r}: missing value")
             try:
-                x[i, j] = float(row[col])
+                value = float(cell)
             except ValueError:
-                raise ValueError(f"{path}, line {first_line + i}, column {names[col]!r}: "
-                                 f"{row[col]!r} is not a number") from None
-    y, classes = _labels([row[label_index].strip() for row in rows])
+                raise DataError(f"{path}, line {line}, column {names[col]!r}: "
+                                f"{row[col]!r} is not a number") from None
+            if not abs(value) <= _FLOAT32_MAX:  # NaN, infinite, or beyond float32
+                raise DataError(f"{path}, line {line}, column {names[col]!r}: {row[col]!r} is not "
+                                "a finite number (float32); remove or impute it")
+            x[i, j] = value
+    labels = [row[label_index].strip() for _, row in rows]
+    for (line, _), label in zip(rows, labels):
+        if not label:
+            raise DataError(f"{path}, line {line}, column {names[label_index]!r}: missing label")
+    y, classes = _labels(labels)
+    if classes is None and not np.all(np.isfinite(y)):
+        i = int(np.argmax(~np.isfinite(y)))
+        raise DataError(f"{path}, line {rows[i][0]}, column {names[label_index]!r}: "
+                        f"{labels[i]!r} is not a finite label")
     return Table(x, y, tuple(names[i] for i in feature_index), classes)
 
 
@@ -131,12 +161,12 @@ def _column_index(column: int | str, names: list[str], header: bool, path: Path)
     if isinstance(column, (int, np.integer)) and not isinstance(column, bool):
         index = int(column)
         if not -len(names) <= index < len(names):
-            raise ValueError(f"{path}: column {index} out of range for {len(names)} columns")
+            raise DataError(f"{path}: column {index} out of range for {len(names)} columns")
         return index % len(names)
     if not header:
-        raise ValueError(f"{path}: column {column!r} by name needs header=True")
+        raise DataError(f"{path}: column {column!r} by name needs header=True")
     if column not in names:
-        raise ValueError(f"{path}: no column named {column!r}; columns are {names}")
+        raise DataError(f"{path}: no column named {column!r}; columns are {names}")
     return names.index(column)
 
 

@@ -73,16 +73,27 @@ def _feature_axes(axes: tuple[int, ...], shape: tuple[int, ...]) -> tuple[int, .
 @layer_type("BatchNorm")
 def BatchNorm(axis: int | Sequence[int] = -1, *, momentum: float = 0.99, epsilon: float = 1e-5,
               use_scale: bool = True, use_offset: bool = True, scale_init: Any = "ones",
-              offset_init: Any = "zeros", axis_name: str | tuple[str, ...] | None = None) -> Layer:
+              offset_init: Any = "zeros", axis_name: str | tuple[str, ...] | None = None,
+              unbiased_running_var: bool = False) -> Layer:
     """Batch normalization: ``y = scale * (x - mean) / sqrt(var + epsilon) + offset``.
 
     ``mean`` and ``var`` are per feature, taken over every axis except the feature axis
     (or axes): over ``N`` for ``(N, C)`` inputs, over ``N, H, W`` for ``(N, H, W, C)``.
 
-    * Training (``train=True``): the batch mean and biased variance ``E[(x - mean)^2]``;
-      the running statistics are updated with the Keras convention
-      ``running = momentum * running + (1 - momentum) * batch`` (so ``momentum=0.99`` is
-      PyTorch's ``momentum=0.01``; the running variance is the biased batch variance).
+    * Training (``train=True``): normalizes with the batch mean and biased variance
+      ``E[(x - mean)^2]`` (Ioffe & Szegedy 2015, Algorithm 1); the running statistics are
+      updated with **the Keras / TensorFlow / Flax convention**
+      ``running = momentum * running + (1 - momentum) * batch``: ``momentum`` is the weight
+      of the *old* value. **PyTorch's** ``momentum`` is the weight of the *new* batch,
+      ``running = (1 - m) * running + m * batch``, so PyTorch's ``momentum=0.1`` (its default)
+      is ``momentum=0.9`` here, and ``momentum=0.99`` (the default here, Keras') is PyTorch's
+      ``momentum=0.01``.
+    * The running variance takes the biased batch variance (Keras, TensorFlow, Flax), or with
+      ``unbiased_running_var=True`` the unbiased one, ``n / (n - 1)`` times it with ``n`` the
+      number of values per feature in the batch (over all devices with ``axis_name``), as
+      PyTorch does and as Ioffe & Szegedy's Algorithm 2 uses for inference. Normalization in
+      training uses the biased variance either way. PyTorch's ``BatchNorm*d(momentum=0.1,
+      eps=1e-5)`` is ``BatchNorm(momentum=0.9, epsilon=1e-5, unbiased_running_var=True)``.
     * Test (``train=False``): the running statistics; ``state`` is returned unchanged.
 
     Shapes: output shape = input shape. With ``F`` the sizes of the feature axes (``(C,)``):
@@ -99,6 +110,8 @@ def BatchNorm(axis: int | Sequence[int] = -1, *, momentum: float = 0.99, epsilon
             averaged over it with ``lax.pmean``, then the variance about that global mean is
             averaged too. This equals the statistics of the whole batch when every device
             holds the same number of examples. ``None``: per-device statistics.
+        unbiased_running_var: update the running variance with the unbiased batch variance
+            (PyTorch); needs more than one value per feature in a training batch.
 
     Example:
         >>> bn = fnn.BatchNorm()
@@ -112,6 +125,9 @@ def BatchNorm(axis: int | Sequence[int] = -1, *, momentum: float = 0.99, epsilon
         raise ValueError(f"BatchNorm: momentum must be a number in [0, 1], got {momentum!r}")
     if not _is_number(epsilon) or not epsilon > 0.0:
         raise ValueError(f"BatchNorm: epsilon must be a positive number, got {epsilon!r}")
+    if not isinstance(unbiased_running_var, bool):
+        raise ValueError(f"BatchNorm: unbiased_running_var must be true or false, "
+                         f"got {unbiased_running_var!r}")
     scale_initializer = initializers.get(scale_init)
     offset_initializer = initializers.get(offset_init)
 
@@ -148,10 +164,21 @@ def BatchNorm(axis: int | Sequence[int] = -1, *, momentum: float = 0.99, epsilon
             var = jnp.mean(jnp.square(xs - mean), axis=reduce_axes, keepdims=True)
             if axis_name is not None:
                 var = jax.lax.pmean(var, axis_name)
+            running_var = var
+            if unbiased_running_var:
+                n = 1
+                for a in reduce_axes:
+                    n *= shape[a]
+                if axis_name is not None:
+                    n = n * jax.lax.psum(1, axis_name)
+                elif n < 2:
+                    raise LayerError(f"unbiased_running_var needs more than one value per "
+                                     f"feature in a training batch, got shape {shape}")
+                running_var = var * (n / (n - 1))
             new_state = {
                 k: (momentum * state[k] + (1.0 - momentum)
                     * jax.lax.stop_gradient(v).reshape(expected)).astype(state[k].dtype)
-                for k, v in (("mean", mean), ("var", var))
+                for k, v in (("mean", mean), ("var", running_var))
             }
         else:
             mean = state["mean"].reshape(bshape)

@@ -7,9 +7,10 @@
 * ``GlobalAvgPool`` / ``GlobalMaxPool``: reduce every spatial axis, ``(N, ..., C) -> (N, C)``.
 
 Padding: max pooling pads with ``-inf`` (never chosen); **average pooling divides by the
-number of valid, non-padded elements in each window**, so a border window under ``"SAME"``
-is the mean of the real inputs it covers (Keras / TensorFlow behaviour; PyTorch's
-``count_include_pad=False``).
+number of valid, non-padded elements in each window** by default, so a border window under
+``"SAME"`` is the mean of the real inputs it covers (Keras / TensorFlow behaviour; PyTorch's
+``count_include_pad=False``). ``count_include_pad=True`` divides every window by its full size,
+the padded zeros counting as inputs (PyTorch's default, ``torch.nn.AvgPool2d``).
 
 Example:
     >>> net = fnn.serial(fnn.Conv2D(8, 3), fnn.MaxPool2D(2), fnn.GlobalAvgPool())
@@ -72,7 +73,11 @@ def _tiled_max(x: jax.Array, win: tuple[int, ...]) -> jax.Array:
     return jnp.max(y, axis=tuple(2 + 2 * i for i in range(len(win))))
 
 
-def _pool(ndim: int, kind: str, reduce: str, window: Any, strides: Any, padding: Any) -> Layer:
+def _pool(ndim: int, kind: str, reduce: str, window: Any, strides: Any, padding: Any,
+          count_include_pad: bool = False) -> Layer:
+    if not isinstance(count_include_pad, bool):
+        raise ValueError(f"{kind}: count_include_pad must be true or false, "
+                         f"got {count_include_pad!r}")
     win = as_tuple(window, ndim, "window", kind)
     stride = win if strides is None else as_tuple(strides, ndim, "strides", kind)
     pad = resolve_padding(padding, ndim, kind)
@@ -108,6 +113,8 @@ def _pool(ndim: int, kind: str, reduce: str, window: Any, strides: Any, padding:
         if not jnp.issubdtype(x.dtype, jnp.floating):
             x = jnp.asarray(x, jnp.float32)
         total = lax.reduce_window(x, np.array(0, x.dtype), lax.add, dims, steps, full_pads)
+        if count_include_pad:
+            return total / np.array(np.prod(win), x.dtype), state
         counts = _valid_counts(spatial, win, stride, pads, out)
         return total / jnp.asarray(counts, x.dtype), state
 
@@ -156,42 +163,50 @@ def MaxPool2D(window: int | Sequence[int], strides: int | Sequence[int] | None =
 
 @layer_type("AvgPool1D")
 def AvgPool1D(window: int | Sequence[int], strides: int | Sequence[int] | None = None,
-              padding: Any = "VALID") -> Layer:
+              padding: Any = "VALID", *, count_include_pad: bool = False) -> Layer:
     """Mean over sliding windows of the length axis, per channel.
 
     Shapes: ``(batch, length, C) -> (batch, out_length, C)``; integer inputs give float32.
-    A window that overlaps padding is divided by its count of real inputs, not by the window.
+    A window that overlaps padding is divided by its count of real inputs (Keras, TensorFlow,
+    PyTorch's ``count_include_pad=False``), or by the full window size with
+    ``count_include_pad=True`` (the padded zeros count: PyTorch's default,
+    ``torch.nn.AvgPool1d``).
 
     Args:
         window: window length.
         strides: step between windows; ``None`` (default) uses ``window``.
         padding: ``"VALID"`` (default), ``"SAME"``, an int or ``(lo, hi)``.
+        count_include_pad: divide by the window size, padding included (PyTorch's default).
 
     Example:
         >>> fnn.AvgPool1D(3, strides=1, padding="SAME").init(jax.random.key(0), (-1, 9, 4))[0]
         (-1, 9, 4)
     """
-    return _pool(1, "AvgPool1D", "avg", window, strides, padding)
+    return _pool(1, "AvgPool1D", "avg", window, strides, padding, count_include_pad)
 
 
 @layer_type("AvgPool2D")
 def AvgPool2D(window: int | Sequence[int], strides: int | Sequence[int] | None = None,
-              padding: Any = "VALID") -> Layer:
+              padding: Any = "VALID", *, count_include_pad: bool = False) -> Layer:
     """Mean over sliding windows of height and width, per channel.
 
     Shapes: ``(batch, H, W, C) -> (batch, out_h, out_w, C)``; integer inputs give float32.
-    A window that overlaps padding is divided by its count of real inputs, not by the window.
+    A window that overlaps padding is divided by its count of real inputs (Keras, TensorFlow,
+    PyTorch's ``count_include_pad=False``), or by the full window size with
+    ``count_include_pad=True`` (the padded zeros count: PyTorch's default,
+    ``torch.nn.AvgPool2d``).
 
     Args:
         window: an int or ``(wh, ww)``.
         strides: an int or ``(sh, sw)``; ``None`` (default) uses ``window``.
         padding: ``"VALID"`` (default), ``"SAME"``, an int, or one int / ``(lo, hi)`` per axis.
+        count_include_pad: divide by the window size, padding included (PyTorch's default).
 
     Example:
         >>> fnn.AvgPool2D((2, 3)).init(jax.random.key(0), (-1, 8, 9, 3))[0]
         (-1, 4, 3, 3)
     """
-    return _pool(2, "AvgPool2D", "avg", window, strides, padding)
+    return _pool(2, "AvgPool2D", "avg", window, strides, padding, count_include_pad)
 
 
 def _global(reduce: str) -> Layer:

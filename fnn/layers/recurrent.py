@@ -248,26 +248,35 @@ def _lstm_cell(units, forget_bias, w_x_init, w_h_init, b_init, who) -> Cell:
                 project=_input_projection("LSTMCell"), recur=recur)
 
 
-def _gru_cell(units, w_x_init, w_h_init, b_init, who) -> Cell:
+def _gru_cell(units, w_x_init, w_h_init, b_init, who, reset_after=True) -> Cell:
     units = _check_units(units, who)
+    if not isinstance(reset_after, bool):
+        raise ValueError(f"{who}: reset_after must be true or false, got {reset_after!r}")
     wx, wh, bi = (_initializer(w_x_init, who, "w_x_init"), _initializer(w_h_init, who, "w_h_init"),
                   _initializer(b_init, who, "b_init"))
 
     def init(rng, input_shape):
         features = _features("GRUCell", input_shape)
         kx, kh, kb, kn = jax.random.split(rng, 4)
-        return {"w_x": _blocks(wx, kx, (features, units), 3),
-                "w_h": _blocks(wh, kh, (units, units), 3),
-                "b": _blocks(bi, kb, (units,), 3),
-                "b_hn": _blocks(bi, kn, (units,), 1)}
+        params = {"w_x": _blocks(wx, kx, (features, units), 3),
+                  "w_h": _blocks(wh, kh, (units, units), 3),
+                  "b": _blocks(bi, kb, (units,), 3)}
+        if reset_after:
+            params["b_hn"] = _blocks(bi, kn, (units,), 1)
+        return params
 
     def recur(params, h, xp_t):
-        u = h @ params["w_h"]
         a_r, a_z, a_n = jnp.split(xp_t, 3, axis=-1)
-        u_r, u_z, u_n = jnp.split(u, 3, axis=-1)
+        if reset_after:
+            u_r, u_z, u_n = jnp.split(h @ params["w_h"], 3, axis=-1)
+        else:
+            u_r, u_z = jnp.split(h @ params["w_h"][:, :2 * units], 2, axis=-1)
         r = jax.nn.sigmoid(a_r + u_r)
         z = jax.nn.sigmoid(a_z + u_z)
-        n = jnp.tanh(a_n + r * (u_n + params["b_hn"]))
+        if reset_after:
+            n = jnp.tanh(a_n + r * (u_n + params["b_hn"]))
+        else:
+            n = jnp.tanh(a_n + (r * h) @ params["w_h"][:, 2 * units:])
         h = (1.0 - z) * n + z * h
         return h, h
 
@@ -332,31 +341,39 @@ def LSTMCell(units: int, forget_bias: float = 1.0, *, w_x_init: Any = "glorot_un
 
 
 @_cell_type("GRUCell")
-def GRUCell(units: int, *, w_x_init: Any = "glorot_uniform", w_h_init: Any = "orthogonal",
-            b_init: Any = "zeros") -> Cell:
-    """Gated recurrent unit, the cuDNN / PyTorch variant (Keras ``reset_after=True``).
+def GRUCell(units: int, *, reset_after: bool = True, w_x_init: Any = "glorot_uniform",
+            w_h_init: Any = "orthogonal", b_init: Any = "zeros") -> Cell:
+    """Gated recurrent unit: the cuDNN / PyTorch variant by default, Cho et al. 2014's with
+    ``reset_after=False``.
 
     With ``a = x_t @ w_x + b`` and ``u = h_{t-1} @ w_h`` split into blocks ``[r, z, n]``::
 
         r = sigmoid(a_r + u_r)                  reset gate
         z = sigmoid(a_z + u_z)                  update gate
-        n = tanh(a_n + r * (u_n + b_hn))        candidate: reset applied after w_h
+        n = tanh(a_n + r * (u_n + b_hn))        reset_after=True: reset applied after w_h
+        n = tanh(a_n + (r * h_{t-1}) @ w_hn)    reset_after=False: before it (Cho et al. 2014)
         h_t = (1 - z) * n + z * h_{t-1},  y_t = h_t
 
-    (Cho et al. 2014 apply the reset before the product, ``(r * h_{t-1}) @ w_hn``; this variant
-    needs one recurrent product per step and loads PyTorch weights:
+    ``reset_after=True`` (default) is PyTorch's ``nn.GRU``, cuDNN's and Keras'
+    ``reset_after=True``; it needs one recurrent product per step and loads PyTorch weights:
     ``w_x = weight_ih.T``, ``w_h = weight_hh.T``, ``b = bias_ih + [bias_hh_r, bias_hh_z, 0]``,
-    ``b_hn = bias_hh_n``.)
+    ``b_hn = bias_hh_n``. ``reset_after=False`` is the GRU of Cho et al. 2014 (eq. 5-8,
+    "Learning Phrase Representations using RNN Encoder-Decoder") and Keras'
+    ``GRU(reset_after=False)`` (Keras ``kernel`` = ``w_x``, ``recurrent_kernel`` = ``w_h``,
+    ``bias`` = ``b``, gate order ``z, r, h`` there): a second recurrent product for the
+    candidate, and no ``b_hn``.
 
-    Params: ``{"w_x": (features, 3u), "w_h": (u, 3u), "b": (3u,), "b_hn": (u,)}``.
+    Params: ``{"w_x": (features, 3u), "w_h": (u, 3u), "b": (3u,), "b_hn": (u,)}``
+    (no ``b_hn`` with ``reset_after=False``). ``w_hn`` is ``w_h[:, 2u:]``.
     Carry: ``h`` of shape ``(batch, units)``, zeros at the start.
 
     Example:
-        >>> cell = GRUCell(4)
-        >>> sorted(cell.init(jax.random.key(0), (-1, 3)))
+        >>> sorted(GRUCell(4).init(jax.random.key(0), (-1, 3)))
         ['b', 'b_hn', 'w_h', 'w_x']
+        >>> sorted(GRUCell(4, reset_after=False).init(jax.random.key(0), (-1, 3)))
+        ['b', 'w_h', 'w_x']
     """
-    return _gru_cell(units, w_x_init, w_h_init, b_init, "GRUCell")
+    return _gru_cell(units, w_x_init, w_h_init, b_init, "GRUCell", reset_after)
 
 
 # ------------------------------------------------------------------------------- input handling
@@ -593,17 +610,19 @@ def LSTM(units: int, *, forget_bias: float = 1.0, return_sequences: bool = True,
 
 
 @layer_type("GRU")
-def GRU(units: int, *, return_sequences: bool = True, reverse: bool = False,
-        return_carry: bool = False, unroll: int = 1, w_x_init: Any = "glorot_uniform",
+def GRU(units: int, *, reset_after: bool = True, return_sequences: bool = True,
+        reverse: bool = False, return_carry: bool = False, unroll: int = 1,
+        w_x_init: Any = "glorot_uniform",
         w_h_init: Any = "orthogonal", b_init: Any = "zeros") -> Layer:
-    """``RNN(GRUCell(units))``, the cuDNN / PyTorch GRU; the equations are in :func:`GRUCell`.
+    """``RNN(GRUCell(units, reset_after=...))``: the cuDNN / PyTorch GRU by default, Cho et al.
+    2014's with ``reset_after=False``; the equations are in :func:`GRUCell`.
     {doc}
     Example:
         >>> GRU(8).init(jax.random.key(0), ((-1, 20, 3), (-1,)))[0]
         ((-1, 20, 8), (-1,))
     """
     _check_options("GRU", return_sequences, reverse, return_carry, unroll)
-    cell = _gru_cell(units, w_x_init, w_h_init, b_init, "GRU")
+    cell = _gru_cell(units, w_x_init, w_h_init, b_init, "GRU", reset_after)
     return _recurrent_layer(cell, return_sequences, reverse, return_carry, unroll)
 
 

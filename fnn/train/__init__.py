@@ -2,7 +2,8 @@
 
 from fnn.train import parallel
 
-from fnn.train.checkpoint import (CheckpointError, load, load_weights, read_metadata, save,
+from fnn.train.checkpoint import (CheckpointError, UnverifiedCheckpointWarning, WriteError,
+                                  clean_temporary_files, load, load_weights, read_metadata, save,
                                   save_weights)
 from fnn.train.contract import LossContractError, check_shapes, per_example
 from fnn.train.data import batch_source

@@ -32,6 +32,8 @@ __all__ = ["RunFolder"]
 class RunFolder:
     """The files of one run; every method is a no-op when ``path`` is ``None`` or ``writes`` is false.
 
+    Opening a folder that writes removes the temporary files of a write killed midway.
+
     Args:
         path: the run folder (``None``: an in-memory run).
         writes: whether this process writes (only process 0 does in a multi-process run).
@@ -40,6 +42,9 @@ class RunFolder:
     def __init__(self, path: str | Path | None, writes: bool = True):
         self.path = Path(path) if path is not None else None
         self.writes = writes and self.path is not None
+        if self.writes:  # leftovers of a write killed midway
+            ckpt.clean_temporary_files(self.path)
+            ckpt.clean_temporary_files(self.path / "checkpoints")
 
     def checkpoint(self, which: str) -> Path | None:
         """``checkpoints/<which>.safetensors`` (``None`` for an in-memory run)."""
@@ -81,8 +86,7 @@ class RunFolder:
     def load(self, which: str, template: TrainState) -> tuple[TrainState, dict[str, Any]]:
         """The train state of ``checkpoints/<which>`` (shaped like ``template``) and its progress."""
         path = self.checkpoint(which)
-        arrays = ckpt.load_tree(path)
-        meta = ckpt.read_metadata(path)
+        arrays, meta = ckpt.read_checkpoint(path)  # one read, every checksum checked
         restored = TrainState(*(ckpt.restore_like(getattr(template, f), arrays, f, source=path)
                                 for f in TrainState._fields))
         return restored, meta.get("progress", {})

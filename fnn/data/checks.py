@@ -1,0 +1,119 @@
+"""Checks of data before training: one ``DataError`` naming the file (or split), row and column.
+
+* ``DataError``: every damaged or unusable data file or array (IDX, gzip, CSV, npz, checksums)
+  raises it, or a subclass of it (``IdxFormatError``, ``ChecksumError``); a ``ValueError``.
+* ``check_finite(x, where)``: NaN or infinite features are refused before anything trains.
+* ``check_labels(y, num_classes, where)``: integer class ids outside ``[0, num_classes)`` are
+  refused (a softmax over 3 classes cannot learn label 5; the loss would quietly skip it).
+
+Example:
+    >>> check_finite(x_train, "train.npz: x")
+    >>> check_labels(y_train, 10, "train.npz: y")
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+__all__ = ["DataError", "check_finite", "check_labels"]
+
+_CHUNK_BYTES = 64 * 2**20
+
+
+class DataError(ValueError):
+    """A data file or array that cannot be used as it is; the message names the file (or
+    split) and, where it applies, the line, row and column."""
+
+
+def _chunks(x: np.ndarray):
+    """``(start, x[start:stop])`` over the first axis, in pieces of about 64 MB (memory maps)."""
+    row_bytes = max(1, x.itemsize * int(np.prod(x.shape[1:], dtype=np.int64)))
+    step = max(1, _CHUNK_BYTES // row_bytes)
+    for start in range(0, x.shape[0], step):
+        yield start, np.asarray(x[start:start + step])
+
+
+def _position(index: tuple[int, ...]) -> str:
+    if len(index) == 1:
+        return f"row {index[0]}"
+    if len(index) == 2:
+        return f"row {index[0]}, column {index[1]}"
+    return f"row {index[0]}, position {tuple(int(i) for i in index[1:])}"
+
+
+def check_finite(x: Any, where: str) -> None:
+    """Refuse NaN and infinite values in ``x`` (features, or float targets).
+
+    Integer and boolean arrays pass at once; float arrays are scanned in chunks of rows, so a
+    memory-mapped file is not read into memory whole. Rows and columns are 0-based indices.
+
+    Args:
+        x: array ``(N, ...)``; numpy, a memory map, or a JAX array.
+        where: what ``x`` is, for the message (``"data/train.npz: x"``, ``"fit: train x"``).
+
+    Raises:
+        DataError: ``"<where>: 3 non-finite values (nan at row 7, column 2, ...); ..."``.
+
+    Example:
+        >>> check_finite(np.array([[1.0, np.nan]]), "a.csv")
+        Traceback (most recent call last):
+        fnn.data.checks.DataError: a.csv: 1 non-finite value (nan at row 0, column 1); ...
+    """
+    x = x if isinstance(x, np.ndarray) else np.asarray(x)
+    if not np.issubdtype(x.dtype, np.inexact):
+        return
+    if x.ndim == 0:
+        x = x.reshape(1)
+    count, first = 0, None
+    for start, chunk in _chunks(x):
+        bad = ~np.isfinite(chunk)
+        n = int(np.count_nonzero(bad))
+        if n and first is None:
+            index = tuple(int(i) for i in np.argwhere(bad)[0])
+            first = ((start + index[0], *index[1:]), chunk[index])
+        count += n
+    if count:
+        index, value = first
+        raise DataError(f"{where}: {count} non-finite value{'s' * (count > 1)} (first: {value} at "
+                        f"{_position(index)}); remove or impute them before training")
+
+
+def check_labels(y: Any, num_classes: int, where: str) -> None:
+    """Refuse integer class ids outside ``[0, num_classes)``.
+
+    Only integer arrays are class ids; float targets (one-hot, regression) are not checked here
+    (their shape is the loss's business).
+
+    Args:
+        y: integer labels ``(N,)`` (or ``(N, T)`` for sequences).
+        num_classes: the width of the model's output.
+        where: the file or split, for the message (``"iris.csv"``, ``"validation split"``).
+
+    Raises:
+        DataError: ``"<where>: 2 labels outside [0, 3) for a 3-class output: values [5, 7]
+            (first at row 4)"``.
+
+    Example:
+        >>> check_labels(np.array([0, 2, 1]), 3, "train")     # fine
+        >>> check_labels(np.array([0, 5, -1]), 3, "train")
+        Traceback (most recent call last):
+        fnn.data.checks.DataError: train: 2 labels outside [0, 3) for a 3-class output: ...
+    """
+    y = y if isinstance(y, np.ndarray) else np.asarray(y)
+    if not np.issubdtype(y.dtype, np.integer) or y.size == 0:
+        return
+    if isinstance(num_classes, bool) or not isinstance(num_classes, (int, np.integer)) \
+            or num_classes < 1:
+        raise ValueError(f"check_labels: num_classes must be a positive int, got {num_classes!r}")
+    bad = (y < 0) | (y >= num_classes)
+    count = int(np.count_nonzero(bad))
+    if count:
+        values = np.unique(y[bad])
+        shown = ", ".join(str(int(v)) for v in values[:10]) + (", ..." if len(values) > 10 else "")
+        first = tuple(int(i) for i in np.argwhere(bad.reshape(y.shape) if y.ndim else
+                                                  bad.reshape(1))[0])
+        raise DataError(f"{where}: {count} label{'s' * (count > 1)} outside [0, {num_classes}) "
+                        f"for a {num_classes}-class output: values [{shown}] (first at "
+                        f"{_position(first)})")

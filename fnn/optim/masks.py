@@ -1,0 +1,88 @@
+"""Which parameters an optimizer option applies to: the weight-decay mask and frozen layers.
+
+Both label the leaves of a params pytree by the keys on their path (``{"dense_0": {"w": ...}}``:
+the leaf ``w`` of layer ``dense_0``).
+
+Example:
+    >>> weights_only({"dense_0": {"w": w, "b": b}})
+    {'dense_0': {'b': False, 'w': True}}
+    >>> frozen_labels({"enc": {"w": w}, "head": {"w": w}}, (("enc",),), "optimizer.freeze")
+    {'enc': {'w': 'frozen'}, 'head': {'w': 'trainable'}}
+"""
+
+from __future__ import annotations
+
+import difflib
+from typing import Any, Sequence
+
+import jax
+import optax
+
+__all__ = ["key_name", "weights_only", "frozen_labels", "freeze_list"]
+
+
+def key_name(entry: Any) -> str:
+    """The text of one pytree path entry (a dict key, attribute name or sequence index)."""
+    for attr in ("key", "name", "idx"):
+        if hasattr(entry, attr):
+            return str(getattr(entry, attr))
+    return str(entry)
+
+
+def weights_only(params: optax.Params) -> Any:
+    """Weight-decay mask: ``True`` for weights (leaf key ``"w"`` or starting with ``"w_"``).
+
+    Biases, normalization ``scale``/``offset`` and other leaves are ``False``, as is a leaf not
+    held under a dict key. Shapes: a pytree of bools with the structure of ``params``.
+
+    Example:
+        >>> weights_only({"dense_0": {"w": w, "b": b}, "lstm": {"w_ih": w2}})
+        {'dense_0': {'b': False, 'w': True}, 'lstm': {'w_ih': True}}
+    """
+    from fnn.regularizers import is_weight
+
+    def mask(keypath, _):
+        if not keypath or not isinstance(keypath[-1], jax.tree_util.DictKey):
+            return False
+        return is_weight((str(keypath[-1].key),))
+
+    return jax.tree_util.tree_map_with_path(mask, params)
+
+
+def frozen_labels(params: optax.Params, freeze: Sequence[tuple[str, ...]], where: str) -> Any:
+    """Label each leaf ``"frozen"`` (under a named layer) or ``"trainable"``; every name must
+    match. A name's parts match consecutive keys on the leaf's path, its own name excluded.
+
+    Raises:
+        ValueError: ``"<where>: no layer 'x' in params; did you mean ...?"``.
+    """
+    def matches(parts: tuple[str, ...], keys: tuple[str, ...]) -> bool:
+        n = len(parts)
+        return any(keys[i:i + n] == parts for i in range(len(keys) - n + 1))
+
+    leaves, treedef = jax.tree_util.tree_flatten_with_path(params)
+    layer_paths = [tuple(key_name(k) for k in kp[:-1]) for kp, _ in leaves]
+    for parts in freeze:
+        if not any(matches(parts, keys) for keys in layer_paths):
+            layer_keys = sorted({k for keys in layer_paths for k in keys})
+            close = difflib.get_close_matches(parts[-1], layer_keys, n=3)
+            hint = f"; did you mean {', '.join(close)}?" if close else \
+                f"; layer keys: {', '.join(layer_keys) or '(none)'}"
+            raise ValueError(f"{where}: no layer {'/'.join(parts)!r} in params{hint}")
+    labels = ["frozen" if any(matches(p, keys) for p in freeze) else "trainable"
+              for keys in layer_paths]
+    return jax.tree_util.tree_unflatten(treedef, labels)
+
+
+def freeze_list(value: Any, where: str) -> tuple[tuple[str, ...], ...]:
+    """The ``freeze`` config value as name paths: ``["enc", "block/dense_0"]`` ->
+    ``(("enc",), ("block", "dense_0"))``; ``None`` -> ``()``."""
+    if value is None:
+        return ()
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, (list, tuple)) or not all(
+            isinstance(v, str) and v and all(v.split("/")) for v in value):
+        raise ValueError(f"{where}: expected a list of layer names such as ['dense_0', "
+                         f"'block/dense_1'], got {value!r}")
+    return tuple(tuple(v.split("/")) for v in value)
