@@ -5,6 +5,8 @@ Examples::
     fnn train configs/mnist_mlp.yaml
     fnn train configs/mnist_mlp.yaml optimizer.learning_rate=3e-4 training.epochs=5 --out runs/lr3e-4
     fnn train configs/mnist_mlp.yaml --resume          # continue a stopped run
+    fnn train configs/mnist_mlp.yaml --resume training.epochs=20        # ... for longer
+    fnn train configs/mnist_mlp.yaml --resume --allow-change optimizer  # ... with a new optimizer
     fnn eval runs/lr3e-4                                # test metrics of the best checkpoint
     fnn summary configs/mnist_mlp.yaml
     fnn cv configs/csv_example.yaml --folds 5          # k-fold cross-validation, mean ± std
@@ -12,11 +14,17 @@ Examples::
     fnn sweep configs/mnist_mlp.yaml --random 8 --loguniform optimizer.learning_rate=1e-4,1e-2
 
 Overrides (KEY.PATH=VALUE) go right after the config file, before any --option.
+
+A mistake in the config, the data files, a checkpoint or the run folder ends in one line
+``fnn <command>: error: <where>: <what>`` with exit status 2, before anything compiles and
+before the run folder is touched; ``--debug`` or ``FNN_DEBUG=1`` shows the traceback.
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
+import os
 import sys
 from typing import Sequence
 
@@ -24,13 +32,20 @@ __all__ = ["main"]
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="fnn", description="Train and inspect fnn networks from config files.")
+    p = argparse.ArgumentParser(
+        prog="fnn", description="Train and inspect fnn networks from config files.",
+        epilog="--debug (anywhere) or FNN_DEBUG=1: show the traceback of an error")
     sub = p.add_subparsers(dest="command", required=True)
     t = sub.add_parser("train", help="train the run a config describes")
     t.add_argument("config", help="a YAML config file")
     t.add_argument("overrides", nargs="*", help="KEY.PATH=VALUE overrides, e.g. training.epochs=5")
     t.add_argument("--out", help="the run folder (default: output.dir or runs/<name>)")
     t.add_argument("--resume", action="store_true", help="continue from the run folder's latest checkpoint")
+    t.add_argument("--overwrite", action="store_true",
+                   help="replace the run the folder holds (its config, metrics and checkpoints)")
+    t.add_argument("--allow-change", action="append", default=[], metavar="KEY",
+                   help="with --resume: accept a config that differs from the run's in KEY "
+                        "(or keys under it, e.g. optimizer); repeat for several")
     t.add_argument("--parallel", choices=("none", "pmap", "mesh"),
                    help="data parallelism over local devices (same as parallel.mode=...)")
     t.add_argument("--coordinator-address", help="host:port of process 0 (several processes)")
@@ -82,56 +97,116 @@ def _add_selection_parsers(sub) -> None:
     w.add_argument("--out", help="output folder (default: output.dir or runs/<name>-sweep)")
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``fnn`` command; returns the exit status."""
-    args = _parser().parse_args(argv)
-    from fnn.config import ConfigError, dump_config, load_config
+USER_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM,
+               errno.ENOTDIR, errno.EISDIR, errno.ENOENT, errno.EEXIST, errno.ENAMETOOLONG}
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    """Exceptions that mean the user's input, files or disk are wrong, not fnn."""
+    from fnn.config import ConfigError
+    from fnn.data import DataError
+    from fnn.core import LayerError
     from fnn.data.datasets import DatasetNotFoundError
+    from fnn.rundir import RunFolderError
+    from fnn.selection import SelectionError
+    from fnn.files import WriteError
     from fnn.train.checkpoint import CheckpointError
     from fnn.train.loop import TrainingDiverged
 
+    return (ConfigError, DataError, DatasetNotFoundError, CheckpointError, TrainingDiverged,
+            RunFolderError, SelectionError, LayerError, WriteError, FileNotFoundError,
+            FileExistsError)
+
+
+def _message(e: BaseException) -> str:
+    """One line: the error's text, with the file an OS error names."""
+    text = " ".join(str(e).split())
+    if isinstance(e, OSError) and e.strerror:  # raised by the OS, not with a message of ours
+        from fnn.files import WriteError  # its message already names the file
+
+        text = str(e) if isinstance(e, WriteError) else f"{e.filename or 'writing a file'}: {e.strerror}"
+        if e.errno in (errno.ENOSPC, errno.EDQUOT):
+            text += ("; the checkpoints written before are intact: free some space and "
+                     "continue with --resume")
+    return text
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``fnn`` command; returns the exit status.
+
+    A user's mistake (config, data file, checkpoint, run folder, disk) ends in one line
+    ``fnn <command>: error: <where>: <what>`` and exit status 2; ``--debug`` (or ``FNN_DEBUG=1``)
+    shows the traceback instead. Anything else is a bug in fnn and keeps its traceback.
+    """
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv or os.environ.get("FNN_DEBUG", "") not in ("", "0")
+    argv = [a for a in argv if a != "--debug"]
+    args = _parser().parse_args(argv)
     try:
-        if args.command == "eval":
-            from fnn.run import evaluate_run
-            evaluate_run(args.run_dir, checkpoint=args.checkpoint)
-            return 0
-        overrides = list(args.overrides)
-        for flag, key in (("parallel", "mode"), ("coordinator_address", "coordinator_address"),
-                          ("num_processes", "num_processes"), ("process_id", "process_id")):
-            value = getattr(args, flag, None)
-            if value is not None:
-                overrides.append(f"parallel.{key}={value}")
-        cfg = load_config(args.config, overrides)
-        if args.command == "validate":
-            print(dump_config(cfg), end="")
-        elif args.command == "summary":
-            print(_summary(cfg))
-        elif args.command in ("cv", "sweep"):
-            return _selection(args, cfg)
-        else:
-            from fnn.run import train
-            train(cfg, args.out, resume=args.resume)
-        return 0
-    except (ConfigError, DatasetNotFoundError, CheckpointError, TrainingDiverged,
-            FileNotFoundError, FileExistsError) as e:
-        print(f"fnn {args.command}: error: {e}", file=sys.stderr)
+        return _run(args)
+    except Exception as e:  # noqa: BLE001 - sorted into user errors and bugs right here
+        user = isinstance(e, _user_errors()) or (isinstance(e, OSError)
+                                                   and e.errno in USER_ERRNOS)
+        if debug or not user:
+            raise
+        print(f"fnn {args.command}: error: {_message(e)}", file=sys.stderr)
         return 2
+
+
+def _run(args) -> int:
+    from fnn.config import load_config
+
+    if args.command == "eval":
+        from fnn.run import evaluate_run
+        evaluate_run(args.run_dir, checkpoint=args.checkpoint)
+        return 0
+    overrides = list(args.overrides)
+    for flag, key in (("parallel", "mode"), ("coordinator_address", "coordinator_address"),
+                      ("num_processes", "num_processes"), ("process_id", "process_id")):
+        value = getattr(args, flag, None)
+        if value is not None:
+            overrides.append(f"parallel.{key}={value}")
+    cfg = load_config(args.config, overrides)
+    if args.command == "train":
+        from fnn.run import train
+        train(cfg, args.out, resume=args.resume, overwrite=args.overwrite,
+              allow_change=args.allow_change)
+        return 0
+    # validate, summary, cv, sweep: every check a training run makes first (model selection
+    # leaves the test set alone until it has chosen)
+    _check(cfg, with_test=args.command in ("validate", "summary"))
+    if args.command == "validate":
+        from fnn.config import dump_config
+        print(dump_config(cfg), end="")
+    elif args.command == "summary":
+        print(_summary(cfg))
+    else:
+        return _selection(args, cfg)
+    return 0
+
+
+def _check(cfg, *, with_test: bool) -> None:
+    from fnn.checks import check_run
+    from fnn.run import build, load_data
+
+    data = load_data(cfg)
+    parts = ("train", "val", "test") if with_test else ("train", "val")
+    check_run(cfg, build(cfg), {k: data[k] for k in parts if k in data})
 
 
 def _selection(args, cfg) -> int:
     from fnn import selection
+    from fnn.config import MAX_SEED, ConfigError
 
-    try:
-        if args.command == "cv":
-            selection.cross_validate(cfg, args.folds, out=args.out, seed=args.seed,
-                                     metric=args.metric)
-            return 0
-        settings = _sweep_settings(args, cfg, selection)
-        selection.sweep(cfg, settings, metric=args.metric, mode=args.mode, out=args.out)
+    if args.seed is not None and not 0 <= args.seed <= MAX_SEED:
+        raise ConfigError("--seed", f"must be in [0, {MAX_SEED}], got {args.seed}")
+    if args.command == "cv":
+        selection.cross_validate(cfg, args.folds, out=args.out, seed=args.seed,
+                                 metric=args.metric)
         return 0
-    except selection.SelectionError as e:
-        print(f"fnn {args.command}: error: {e}", file=sys.stderr)
-        return 2
+    settings = _sweep_settings(args, cfg, selection)
+    selection.sweep(cfg, settings, metric=args.metric, mode=args.mode, out=args.out)
+    return 0
 
 
 def _sweep_settings(args, cfg, selection) -> list[dict]:

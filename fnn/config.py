@@ -21,6 +21,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import difflib
+import math
 import re
 from pathlib import Path
 from typing import Any, Sequence
@@ -53,10 +54,20 @@ class Field:
 
 ANY = (object,)
 NUM = (int, float)
+_DTYPE = (str, type(None))
+_DTYPES = (None, "bfloat16", "float16", "float32", "float64")
 _SECTIONS: dict[str, Any] = {
     "name": Field((str,), "run", doc="the run's name (default output folder runs/<name>)"),
     "seed": Field((int,), 0, doc="fixes init, data order, dropout, splits"),
     "model": Field((list, dict, str), None, doc="a list of layer specs (see fnn.layers.spec)"),
+    "model_dtype": {  # the network's DtypePolicy (fnn.layers.precision)
+        "params": Field(_DTYPE, None, choices=_DTYPES, doc="stored params (null: float32); "
+                        "float64 needs JAX_ENABLE_X64=1"),
+        "compute": Field(_DTYPE, None, choices=_DTYPES, doc="dtype of matmuls and convolutions "
+                         "(null: the params dtype)"),
+        "output": Field(_DTYPE, None, choices=_DTYPES, doc="dtype of the network's outputs "
+                        "(null: at least float32, so losses run in float32)"),
+    },
     "loss": {
         "name": Field((str,), "softmax_cross_entropy", doc="a name from fnn.losses.names()"),
         "options": Field((dict,), {}, free=True, doc="keyword options of the loss"),
@@ -101,6 +112,11 @@ _SECTIONS: dict[str, Any] = {
             "min_delta": Field(NUM, 0.0),
             "restore_best": Field((bool,), True),
         },
+        "divergence": {
+            "factor": Field(NUM + (type(None),), 1e4,
+                            doc="stop when a step's loss exceeds factor x the first epoch's "
+                                "mean loss (null: only NaN/Inf stop the run)"),
+        },
         "pretrained": Field((str, type(None)), None, doc="checkpoint whose matching params start the run"),
         "freeze": Field((list,), [], doc="layers frozen with fnn.freeze: no updates, "
                                          "inference mode (batch norm keeps its statistics)"),
@@ -133,7 +149,9 @@ def _construct_number(loader: yaml.SafeLoader, node: yaml.Node) -> Any:
     text = loader.construct_scalar(node)
     if re.fullmatch(r"[-+]?\d+", text):
         return int(text)
-    return float(text)
+    if _FLOAT.fullmatch(text):
+        return float(text)
+    return loader.construct_yaml_float(node)  # .nan, .inf, 1_000.0: YAML's own spellings
 
 
 _Loader.add_constructor("tag:yaml.org,2002:float", _construct_number)
@@ -201,9 +219,21 @@ def validate(raw: dict[str, Any]) -> dict[str, Any]:
     This checks keys, types and choices, and that the model's layers, the loss and the
     optimizer exist with valid arguments, all without compiling anything.
     """
+    _check_finite("", raw)
     cfg = _validate_section("", raw, SCHEMA)
     if cfg["model"] is None:
         raise ConfigError("model", "missing: a list of layers, e.g. [{Dense: 10}]")
+    if cfg["model"] in ([], {}, ""):
+        raise ConfigError("model", "empty: a network needs at least one layer, "
+                                   "e.g. [{Dense: 10}]")
+    if not 0 <= cfg["seed"] <= MAX_SEED:
+        raise ConfigError("seed", f"must be in [0, 2**32 - 1] = [0, {MAX_SEED}], "
+                                  f"got {cfg['seed']}")
+    factor = cfg["training"]["divergence"]["factor"]
+    if factor is not None and not factor > 1:
+        raise ConfigError("training.divergence.factor", f"must be > 1 (or null to turn the "
+                                                        f"check off), got {factor}")
+    _check_image_keys(cfg)
     for key in ("epochs", "batch_size", "eval_batch_size"):
         if cfg["training"][key] < 1:
             raise ConfigError(f"training.{key}", f"must be >= 1, got {cfg['training'][key]}")
@@ -213,14 +243,55 @@ def validate(raw: dict[str, Any]) -> dict[str, Any]:
     return cfg
 
 
+MAX_SEED = 2**32 - 1  # numpy's generators and jax.random.key both take any seed in this range
+IMAGE_DATASETS = ("mnist", "fashion_mnist")
+
+
+def _check_finite(path: str, value: Any) -> None:
+    """Refuse ``.nan``/``.inf`` anywhere in a config (no key takes a non-finite number)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(path, f"expected a finite number, got {value}")
+    if isinstance(value, dict):
+        for k, v in value.items():
+            _check_finite(f"{path}.{k}" if path else str(k), v)
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            _check_finite(f"{path}[{i}]", v)
+
+
+FILE_DATASETS = ("arrays", "csv")
+
+
+def _check_image_keys(cfg: dict[str, Any]) -> None:
+    """Keys that act on some datasets only are refused on the others, never silently ignored."""
+    d = cfg["data"]
+    image_keys = ("dir", "scale", "flatten", "channels")
+    for key in image_keys if d["name"] not in IMAGE_DATASETS else ():
+        if d[key] != SCHEMA["data"][key].default:
+            raise ConfigError(f"data.{key}", f"applies to image datasets only "
+                                             f"({', '.join(IMAGE_DATASETS)}), not {d['name']!r}")
+    if d["path"] is not None and d["name"] not in FILE_DATASETS:
+        raise ConfigError("data.path", f"applies to the file datasets only "
+                                       f"({', '.join(FILE_DATASETS)}), not {d['name']!r}")
+    reg = cfg["regularizers"]
+    if reg["layers"] and not (reg["l1"] or reg["l2"] or reg["max_norm"] is not None):
+        raise ConfigError("regularizers.layers", "set, but no penalty is on "
+                                                 "(regularizers.l1, l2 or max_norm)")
+
+
 def _check_components(cfg: dict[str, Any]) -> None:
     from fnn import losses
+    from fnn.layers.precision import with_model_dtype
     from fnn.layers.spec import SpecError, from_spec
 
     try:
-        from_spec(cfg["model"], "model")
+        net = from_spec(cfg["model"], "model")
     except SpecError as e:
         raise ConfigError(e.path, e.detail) from None
+    try:
+        with_model_dtype(net, cfg["model_dtype"])
+    except ValueError as e:
+        raise ConfigError("model_dtype", str(e)) from None
     try:
         losses.get(cfg["loss"]["name"])
     except ValueError as e:
@@ -232,6 +303,10 @@ def _check_components(cfg: dict[str, Any]) -> None:
     except ValueError as e:
         msg = str(e)
         raise ConfigError("" if msg.startswith("optimizer") else "optimizer", msg) from None
+    from fnn.checks import check_data_options, check_loss_options
+
+    check_loss_options(cfg)
+    check_data_options(cfg)
 
 
 def _set_path(cfg: Any, dotted: str, value: Any) -> None:

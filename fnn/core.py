@@ -63,6 +63,7 @@ __all__ = [
     "kind_modules",
     "as_layer",
     "map_layers",
+    "record_spec",
     "init_child",
     "apply_child",
     "child_keys",
@@ -473,12 +474,26 @@ def plain_spec(layer: Layer, path: str = "model") -> Any:
         raise SpecError(path, "a hand-made Layer(init, apply) has no build record, so the "
                               "architecture cannot be saved; register its constructor with "
                               "@fnn.layer_type('Kind') (docs/LAYERS.md) or use fnn.save_weights")
+    return record_spec(rec, _KINDS[rec.kind].signature, path)
+
+
+def record_spec(record: BuildRecord, signature: inspect.Signature, path: str = "model") -> Any:
+    """The plain spec of a build record: ``kind``, or ``{kind: {arg: value, "name": name}}`` with
+    the arguments that differ from their defaults in ``signature`` as plain data (layers as their
+    specs, named initializers by name). Layers use it through ``layer.spec``; recurrent cells
+    (``fnn.layers.cells``) through ``cell.spec``.
+
+    Example:
+        >>> record_spec(BuildRecord("Dense", {"features": 3, "use_bias": True}),
+        ...             constructor_signature("Dense"))
+        {'Dense': {'features': 3}}
+    """
     out = {}
-    for arg, value in non_default_arguments(_KINDS[rec.kind].signature, rec.args).items():
-        out[arg] = _plain_value(value, f"{path}.{rec.kind}.{arg}")
-    if rec.name is not None:
-        out["name"] = rec.name
-    return {rec.kind: out} if out else rec.kind
+    for arg, value in non_default_arguments(signature, record.args).items():
+        out[arg] = _plain_value(value, f"{path}.{record.kind}.{arg}")
+    if record.name is not None:
+        out["name"] = record.name
+    return {record.kind: out} if out else record.kind
 
 
 def _plain_value(value: Any, path: str) -> Any:

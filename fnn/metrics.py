@@ -29,6 +29,7 @@ from typing import Any, Callable
 import jax
 import jax.numpy as jnp
 
+from fnn.arguments import positive_int
 from fnn.core import lookup
 
 __all__ = ["accuracy", "top_k_accuracy", "binary_accuracy", "confusion_matrix", "get", "names",
@@ -177,8 +178,7 @@ def confusion_matrix(predictions: jax.Array, labels: jax.Array, num_classes: int
         Array([[1, 1],
                [0, 1]], dtype=int32)
     """
-    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
-        raise ValueError(f"confusion_matrix: num_classes must be a positive int, got {num_classes!r}")
+    num_classes = positive_int("confusion_matrix", "num_classes", num_classes)
     predictions = jnp.asarray(predictions)
     if jnp.issubdtype(predictions.dtype, jnp.integer):
         predicted = predictions

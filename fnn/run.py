@@ -23,8 +23,9 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import zlib
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import jax
 import numpy as np
@@ -33,6 +34,7 @@ import optax
 from fnn import losses, regularizers
 from fnn.config import ConfigError, dump_config, load_config
 from fnn.core import Layer
+from fnn.layers.precision import with_model_dtype
 from fnn.layers.spec import from_spec
 from fnn.train.parallel import DataParallel, initialize
 from fnn.summary import summary
@@ -91,7 +93,7 @@ def build(cfg: dict[str, Any]) -> Experiment:
     """Build an :class:`Experiment` from a validated config (see ``fnn.config``)."""
     from fnn import optim
 
-    net = from_spec(cfg["model"], "model")
+    net = with_model_dtype(from_spec(cfg["model"], "model"), cfg.get("model_dtype"))
     optimizer = optim.make_optimizer(cfg["optimizer"])
     penalty, constraint = _make_regularizer(cfg)
     metric = CLASSIFICATION.get(cfg["loss"]["name"])
@@ -126,21 +128,27 @@ def load_data(cfg: dict[str, Any]) -> dict[str, dict[str, np.ndarray]]:
     d = cfg["data"]
     name, opts = d["name"], dict(d["options"])
     test = None
-    if name in ("mnist", "fashion_mnist"):
-        loader = datasets.load_mnist if name == "mnist" else datasets.load_fashion_mnist
-        raw = loader(d["dir"], progress=cfg["output"]["progress"], **opts)
-        x, y = _images(raw["train"][0], d), raw["train"][1].astype(np.int32)
-        test = {"x": _images(raw["test"][0], d), "y": raw["test"][1].astype(np.int32)}
-    elif name in ("xor", "spirals", "circles", "regression", "adding"):
-        x, y, test = _synthetic(name, opts, cfg)
-    elif name == "arrays":
-        from fnn.data.arrays import load_arrays
-        x, y = load_arrays(_need_path(d), **opts)
-    elif name == "csv":
-        from fnn.data.tabular import load_csv
-        x, y = load_csv(_need_path(d), **opts)
-    else:  # pragma: no cover - the schema's choices stop this earlier
-        raise ConfigError("data.name", f"unknown dataset {name!r}")
+    try:
+        if name in ("mnist", "fashion_mnist"):
+            loader = datasets.load_mnist if name == "mnist" else datasets.load_fashion_mnist
+            raw = loader(d["dir"], progress=cfg["output"]["progress"], **opts)
+            x, y = _images(raw["train"][0], d), raw["train"][1].astype(np.int32)
+            test = {"x": _images(raw["test"][0], d), "y": raw["test"][1].astype(np.int32)}
+        elif name in ("xor", "spirals", "circles", "regression", "adding"):
+            x, y, test = _synthetic(name, opts, cfg)
+        elif name == "arrays":
+            from fnn.data.arrays import load_arrays
+            x, y = load_arrays(_need_path(d), **opts)
+        elif name == "csv":
+            from fnn.data.tabular import load_csv
+            x, y = load_csv(_need_path(d), **opts)
+        else:  # pragma: no cover - the schema's choices stop this earlier
+            raise ConfigError("data.name", f"unknown dataset {name!r}")
+    except (ConfigError, datasets.DatasetNotFoundError):
+        raise
+    except (ValueError, KeyError, OSError, EOFError, zlib.error) as e:  # a bad or unreadable
+        # data file (truncated gzip: EOFError, corrupt deflate stream: zlib.error); loaders name it
+        raise ConfigError(f"data ({name})", _one_line(e)) from None
     x, y = np.asarray(x), np.asarray(y)
     val_n = d["validation"]
     val_n = int(round(val_n * len(x))) if isinstance(val_n, float) and val_n < 1 else int(val_n)
@@ -181,6 +189,13 @@ def _one_hot_targets(parts: dict[str, dict[str, np.ndarray]], classes: bool | in
             part["y"] = one_hot(part["y"], classes)
         except ValueError as e:
             raise ConfigError("data.one_hot", f"{name} labels: {e}") from None
+
+
+def _one_line(e: BaseException) -> str:
+    text = " ".join(str(e.args[0] if isinstance(e, KeyError) and e.args else e).split())
+    if isinstance(e, OSError) and e.filename and str(e.filename) not in text:
+        text = f"{e.filename}: {text}"
+    return text
 
 
 BINARY_TARGETS = ("sigmoid_binary_cross_entropy", "binary_cross_entropy", "hinge", "mse", "mae")
@@ -294,17 +309,19 @@ def data_parallel(cfg: dict[str, Any]) -> DataParallel:
 def train_model(cfg: dict[str, Any], train_data: dict[str, np.ndarray],
                 val_data: dict[str, np.ndarray] | None, run_dir: str | os.PathLike, *,
                 resume: bool = False, log: Callable[[str], None] | None = print,
-                parallel: Any = None) -> FitResult:
+                parallel: Any = None, experiment: Experiment | None = None,
+                reset_optimizer: bool = False) -> FitResult:
     """Train the model of ``cfg`` on ``train_data`` into ``run_dir``; the test set is not touched.
 
     Writes ``config.yaml``, ``summary.txt``, ``metrics.jsonl``, checkpoints and ``curves.png``
-    (process 0 only). This is :func:`train` without the final test evaluation, which is what
-    model selection (``fnn.selection``) needs.
+    (process 0 only). This is :func:`train` without the run-folder guard and the final test
+    evaluation, which is what model selection (``fnn.selection``) needs. ``reset_optimizer``:
+    on resume, restore params and progress but start the optimizer state afresh.
     """
     dp = parallel if parallel is not None else data_parallel(cfg)
     if not dp.is_main:
         log = None
-    exp = build(cfg)
+    exp = experiment or build(cfg)
     run_dir = Path(run_dir)
     t = cfg["training"]
     input_shape = (-1, *np.shape(train_data["x"])[1:])
@@ -318,6 +335,13 @@ def train_model(cfg: dict[str, Any], train_data: dict[str, np.ndarray],
     if not resume and (run_dir / "checkpoints" / "latest.safetensors").exists():
         raise FileExistsError(f"{run_dir} already holds a run; pass --resume to continue it "
                               "or --out to start a new one")
+    n = len(train_data["x"])
+    batch_size = t["batch_size"]
+    if batch_size > n:  # as Keras does: one smaller batch per epoch
+        batch_size = n
+        if log:
+            log(f"training.batch_size {t['batch_size']} is larger than the {n} training "
+                f"examples: training on one batch of {n} per epoch")
     if dp.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         ckpt.atomic_write(run_dir / "config.yaml", dump_config(cfg).encode())
@@ -329,15 +353,16 @@ def train_model(cfg: dict[str, Any], train_data: dict[str, np.ndarray],
         if dp.mode != "none":
             log(f"data parallel: {dp.mode} over {dp.num_devices} devices"
                 + (f" in {dp.process_count} processes" if dp.process_count > 1 else "")
-                + f", {t['batch_size'] // dp.num_devices} examples per device per step")
+                + f", {batch_size // dp.num_devices} examples per device per step")
     es = t["early_stopping"]
     early = (EarlyStopping(es["monitor"], es["mode"], es["patience"], es["min_delta"],
                            es["restore_best"]) if es["enabled"] else None)
     result = fit(exp.net, exp.loss, exp.optimizer, train_data, val_data,
-                 epochs=t["epochs"], batch_size=t["batch_size"], seed=cfg["seed"],
+                 epochs=t["epochs"], batch_size=batch_size, seed=cfg["seed"],
                  regularizer=exp.regularizer, constraint=exp.constraint, metrics=exp.metrics,
                  augment=exp.augment, mode=t["mode"], early_stopping=early,
-                 run_dir=run_dir, resume=resume,
+                 run_dir=run_dir, resume=resume, reset_optimizer=reset_optimizer,
+                 divergence_factor=t["divergence"]["factor"],
                  metadata={"config": cfg, "input_shape": list(input_shape)},
                  init=t["pretrained"],
                  eval_batch_size=t["eval_batch_size"], progress=cfg["output"]["progress"], log=log,
@@ -349,34 +374,95 @@ def train_model(cfg: dict[str, Any], train_data: dict[str, np.ndarray],
 
 
 def train(cfg: dict[str, Any], out: str | os.PathLike | None = None, *, resume: bool = False,
+          overwrite: bool = False, allow_change: Sequence[str] = (),
           log: Callable[[str], None] | None = print) -> Path:
-    """Train the run a config describes, then report its test metrics; returns the run folder."""
+    """Train the run a config describes, then report its test metrics; returns the run folder.
+
+    Everything a user can get wrong is checked first, before anything compiles and before the
+    run folder is created or changed: the data (:func:`load_data`), the network, loss, metrics
+    and options against the data's shapes (:func:`fnn.checks.check_run`), and the folder
+    (:func:`fnn.rundir.check_run_folder`: writable, owned, not holding another run unless
+    ``resume`` or ``overwrite``, a resume's config changes only those in ``allow_change``).
+
+    Raises:
+        ConfigError, RunFolderError: one line naming the key or the folder.
+    """
+    from fnn import checks, rundir
+
     dp = data_parallel(cfg)
     data = load_data(cfg)
     run_dir = run_dir_of(cfg, out)
+    exp = build(cfg)
+    check = checks.check_run(cfg, exp, data)
+    plan = rundir.check_run_folder(run_dir, cfg, resume=resume, overwrite=overwrite,
+                                   allow_change=allow_change, train_state=check.train_state,
+                                   checkpoint_bytes=check.checkpoint_bytes)
+    if dp.is_main:
+        stale = rundir.open_run_folder(plan)
+        if log and stale:
+            log(f"removed {len(stale)} temporary file(s) of an interrupted write: "
+                + ", ".join(p.name for p in stale))
+    if log and dp.is_main:
+        for note in plan.notes:
+            log(f"resume: {note}")
+        if plan.changes:
+            log("resume: config changes: " + ", ".join(plan.changes))
     train_model(cfg, data["train"], data.get("val"), run_dir, resume=resume,
-                log=log if dp.is_main else None, parallel=dp)
+                log=log if dp.is_main else None, parallel=dp, experiment=exp,
+                reset_optimizer=plan.reset_optimizer)
     if dp.is_main and "test" in data:  # the test set is evaluated once, by process 0
-        evaluate_run(run_dir, data=data, log=log)
+        evaluate_run(run_dir, data=data, experiment=exp, log=log)
     return run_dir
+
+
+def check_checkpoint_fits(cfg: dict[str, Any], exp: Experiment, path: str | os.PathLike,
+                          input_shape: Sequence[int]) -> None:
+    """Refuse a checkpoint whose params or state do not fit the config's network, naming the
+    first layer that differs (``fnn eval`` of a folder whose config.yaml was edited)."""
+    from fnn.checks import first_mismatch
+
+    def init():
+        _, params, state = exp.net.init(jax.random.key(0), tuple(input_shape))
+        return params, state
+
+    params, state = jax.eval_shape(init)
+    arrays = ckpt.load_tree(path)
+    for prefix, tree in (("params", params), ("model_state", state)):
+        mismatch = first_mismatch(tree, arrays, prefix)
+        if mismatch:
+            raise ConfigError(str(Path(path).parent.parent / "config.yaml"),
+                              f"does not match {Path(path).name}: {mismatch}")
 
 
 def evaluate_run(run_dir: str | os.PathLike, *, checkpoint: str = "best", data=None,
                  experiment: Experiment | None = None,
                  log: Callable[[str], None] | None = print) -> dict[str, float]:
-    """Test metrics of a run's ``best`` (or ``latest``) checkpoint; writes ``test.json``."""
+    """Test metrics of a run's ``best`` (or ``latest``) checkpoint; writes ``test.json``.
+
+    The folder's ``config.yaml`` must describe the network the checkpoint holds: a mismatch is
+    refused naming the first layer that differs, before anything compiles.
+    """
+    from fnn import rundir
+
     run_dir = Path(run_dir)
     cfg_path = run_dir / "config.yaml"
     if not cfg_path.is_file():
         raise FileNotFoundError(f"{run_dir} is not a run folder (no config.yaml)")
-    cfg = load_config(cfg_path)
+    try:
+        cfg = load_config(cfg_path)
+    except ConfigError as e:
+        raise ConfigError(f"{cfg_path}: {e.path}" if e.path else str(cfg_path), e.detail) from None
     exp = experiment or build(cfg)
     data = data or load_data(cfg)
     if "test" not in data:
-        raise ValueError(f"the {cfg['data']['name']} dataset of this run has no test set")
+        raise ConfigError("data", f"the {cfg['data']['name']} dataset of this run has no test set")
     path = run_dir / "checkpoints" / f"{checkpoint}.safetensors"
     if not path.exists():
         path = run_dir / "checkpoints" / "latest.safetensors"
+    if experiment is None:
+        check_checkpoint_fits(cfg, exp, path, (-1, *np.shape(data["test"]["x"])[1:]))
+        for stale in rundir.stale_temporary_files(run_dir):
+            stale.unlink(missing_ok=True)
     params, state = ckpt.load_weights(path)
     step = make_eval_step(exp.net, exp.loss, metrics=exp.metrics)
     result = evaluate(step, params, state, data["test"],

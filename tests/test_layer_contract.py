@@ -34,6 +34,8 @@ CASES = {
     "Conv2D": (lambda: fnn.Conv2D(3, (2, 3), padding="VALID", dilation=(1, 2)), (-1, 5, 6, 2), False),
     "Dense": (lambda: fnn.Dense(3, w_init="he_normal"), (-1, 5), False),
     "Dropout": (lambda: fnn.Dropout(0.3), (-1, 5), True),
+    # no dtypes given: a float64 run stays float64 (tests/test_dtypes.py checks the dtypes)
+    "DtypePolicy": (lambda: fnn.DtypePolicy(fnn.serial(fnn.Dense(3), fnn.BatchNorm)), (-1, 5), True),
     "Elu": (lambda: fnn.Elu(alpha=0.5), (-1, 5), False),
     "Embedding": (lambda: fnn.Embedding(7, 3), (-1, 4), False),
     "Flatten": (lambda: fnn.Flatten(), (-1, 2, 3), False),

@@ -17,6 +17,8 @@ from typing import Any
 
 import numpy as np
 
+from fnn.arguments import positive_int
+
 __all__ = ["DataError", "check_finite", "check_labels"]
 
 _CHUNK_BYTES = 64 * 2**20
@@ -104,9 +106,7 @@ def check_labels(y: Any, num_classes: int, where: str) -> None:
     y = y if isinstance(y, np.ndarray) else np.asarray(y)
     if not np.issubdtype(y.dtype, np.integer) or y.size == 0:
         return
-    if isinstance(num_classes, bool) or not isinstance(num_classes, (int, np.integer)) \
-            or num_classes < 1:
-        raise ValueError(f"check_labels: num_classes must be a positive int, got {num_classes!r}")
+    num_classes = positive_int("check_labels", "num_classes", num_classes)
     bad = (y < 0) | (y >= num_classes)
     count = int(np.count_nonzero(bad))
     if count:

@@ -1,8 +1,10 @@
 """All fnn layers. Each is a ``Layer(init, apply)``; see ``fnn.core`` for the protocol."""
 
-from fnn.layers import (activations, combinators, conv, dense, dropout, embedding, normalization,
-                        pooling, recurrent, reshape)
+from fnn.layers import (activations, bidirectional, cells, combinators, conv, dense, dropout,
+                        embedding, normalization, pooling, precision, recurrent, reshape, sequences)
 from fnn.layers.activations import *  # noqa: F401,F403
+from fnn.layers.bidirectional import *  # noqa: F401,F403
+from fnn.layers.cells import *  # noqa: F401,F403
 from fnn.layers.combinators import *  # noqa: F401,F403
 from fnn.layers.conv import *  # noqa: F401,F403
 from fnn.layers.dense import *  # noqa: F401,F403
@@ -10,12 +12,15 @@ from fnn.layers.dropout import *  # noqa: F401,F403
 from fnn.layers.embedding import *  # noqa: F401,F403
 from fnn.layers.normalization import *  # noqa: F401,F403
 from fnn.layers.pooling import *  # noqa: F401,F403
+from fnn.layers.precision import DtypePolicy  # noqa: F401
 from fnn.layers.recurrent import *  # noqa: F401,F403
 from fnn.layers.reshape import *  # noqa: F401,F403
+from fnn.layers.sequences import *  # noqa: F401,F403
 from fnn.layers.spec import SpecError, from_spec
 
 # Only the layers themselves are re-exported by ``from fnn.layers import *`` (not the submodules,
 # whose names such as ``activations`` would shadow ``fnn.activations``).
-__all__ = [name for module in (activations, combinators, conv, dense, dropout, embedding,
-                               normalization, pooling, recurrent, reshape)
-           for name in module.__all__] + ["from_spec", "SpecError"]
+__all__ = [name for module in (activations, bidirectional, cells, combinators, conv, dense,
+                               dropout, embedding, normalization, pooling, recurrent, reshape,
+                               sequences)
+           for name in module.__all__] + ["DtypePolicy", "from_spec", "SpecError"]

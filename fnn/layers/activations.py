@@ -13,29 +13,11 @@ import jax
 import jax.numpy as jnp
 
 from fnn import activations as act
+from fnn.arguments import flag, integer, number
 from fnn.core import Layer, LayerError, check_shape, layer_type, require_rng
 
 __all__ = ["Sigmoid", "Tanh", "Relu", "LeakyRelu", "PRelu", "RRelu", "Elu", "Selu", "Gelu",
            "Swish", "Softplus", "Softmax", "LogSoftmax", "Activation"]
-
-
-def _number(kind: str, arg: str, value: Any) -> float:
-    """Check a numeric constructor argument eagerly (a bad one would only fail when applied)."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ValueError(f"{kind}: {arg} must be a number, got {value!r}")
-    return float(value)
-
-
-def _axis(kind: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ValueError(f"{kind}: axis must be an int, got {value!r}")
-    return value
-
-
-def _flag(kind: str, arg: str, value: Any) -> bool:
-    if not isinstance(value, bool):
-        raise ValueError(f"{kind}: {arg} must be true or false, got {value!r}")
-    return value
 
 
 def _elementwise(fn: Callable[[jax.Array], jax.Array]) -> Layer:
@@ -69,14 +51,14 @@ def Relu() -> Layer:
 @layer_type("LeakyRelu")
 def LeakyRelu(alpha: float = 0.01) -> Layer:
     """``x`` for ``x >= 0``, ``alpha * x`` otherwise."""
-    alpha = _number("LeakyRelu", "alpha", alpha)
+    alpha = number("LeakyRelu", "alpha", alpha)
     return _elementwise(lambda x: act.leaky_relu(x, alpha))
 
 
 @layer_type("Elu")
 def Elu(alpha: float = 1.0) -> Layer:
     """Exponential linear unit: ``x`` for ``x > 0``, ``alpha * (exp(x) - 1)`` otherwise."""
-    alpha = _number("Elu", "alpha", alpha)
+    alpha = number("Elu", "alpha", alpha)
     return _elementwise(lambda x: act.elu(x, alpha))
 
 
@@ -89,7 +71,7 @@ def Selu() -> Layer:
 @layer_type("Gelu")
 def Gelu(approximate: bool = False) -> Layer:
     """Gaussian error linear unit, ``x * Phi(x)``."""
-    approximate = _flag("Gelu", "approximate", approximate)
+    approximate = flag("Gelu", "approximate", approximate)
     return _elementwise(lambda x: act.gelu(x, approximate))
 
 
@@ -102,14 +84,14 @@ def Softplus() -> Layer:
 @layer_type("Softmax")
 def Softmax(axis: int = -1) -> Layer:
     """Softmax over ``axis``."""
-    axis = _axis("Softmax", axis)
+    axis = integer("Softmax", "axis", axis)
     return _elementwise(lambda x: act.softmax(x, axis))
 
 
 @layer_type("LogSoftmax")
 def LogSoftmax(axis: int = -1) -> Layer:
     """Log-softmax over ``axis``."""
-    axis = _axis("LogSoftmax", axis)
+    axis = integer("LogSoftmax", "axis", axis)
     return _elementwise(lambda x: act.log_softmax(x, axis))
 
 
@@ -119,8 +101,8 @@ def PRelu(init_alpha: float = 0.25, per_channel: bool = False) -> Layer:
 
     Params: ``{"alpha": ()}`` shared, or ``{"alpha": (channels,)}`` with ``per_channel`` (last axis).
     """
-    init_alpha = _number("PRelu", "init_alpha", init_alpha)
-    per_channel = _flag("PRelu", "per_channel", per_channel)
+    init_alpha = number("PRelu", "init_alpha", init_alpha)
+    per_channel = flag("PRelu", "per_channel", per_channel)
 
     def init(rng, input_shape):
         shape = check_shape(input_shape)
@@ -142,7 +124,7 @@ def RRelu(lower: float = 1.0 / 8.0, upper: float = 1.0 / 3.0) -> Layer:
     In training each element's negative slope is drawn from ``U(lower, upper)`` (needs ``rng``);
     at test the slope is the mean ``(lower + upper) / 2``.
     """
-    lower, upper = _number("RRelu", "lower", lower), _number("RRelu", "upper", upper)
+    lower, upper = number("RRelu", "lower", lower), number("RRelu", "upper", upper)
     if not 0.0 <= lower <= upper:
         raise ValueError(f"RRelu: need 0 <= lower <= upper, got lower={lower}, upper={upper}")
 
@@ -163,8 +145,8 @@ def RRelu(lower: float = 1.0 / 8.0, upper: float = 1.0 / 3.0) -> Layer:
 @layer_type("Swish")
 def Swish(beta: float = 1.0, learnable: bool = False) -> Layer:
     """Swish (Ramachandran et al. 2017): ``x * sigmoid(beta * x)``; ``learnable``: beta is a param."""
-    beta = _number("Swish", "beta", beta)
-    learnable = _flag("Swish", "learnable", learnable)
+    beta = number("Swish", "beta", beta)
+    learnable = flag("Swish", "learnable", learnable)
 
     def init(rng, input_shape):
         params = {"beta": jnp.asarray(beta, jnp.float32)} if learnable else {}

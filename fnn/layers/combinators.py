@@ -24,6 +24,7 @@ from typing import Any, Sequence
 
 import jax.numpy as jnp
 
+from fnn.arguments import positive_int
 from fnn.core import (Layer, LayerError, apply_child, check_shape, child_keys, init_child,
                       layer_type, split_rng)
 
@@ -135,8 +136,7 @@ def fan_out(num: int) -> Layer:
         >>> fnn.fan_out(2).init(jax.random.key(0), (-1, 4))[0]
         ((-1, 4), (-1, 4))
     """
-    if not isinstance(num, int) or num < 1:
-        raise ValueError(f"fan_out: num must be a positive int, got {num!r}")
+    num = positive_int("fan_out", "num", num)
 
     def init(rng, input_shape):
         return tuple(input_shape for _ in range(num)), {}, {}

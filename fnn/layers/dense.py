@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 
 from fnn import initializers
+from fnn.arguments import flag, positive_int
 from fnn.core import Layer, LayerError, check_shape, layer_type
 
 __all__ = ["Dense"]
@@ -31,10 +32,8 @@ def Dense(features: int, *, use_bias: bool = True, w_init: Any = "glorot_uniform
         >>> out_shape, params["w"].shape
         ((-1, 10), (784, 10))
     """
-    if not isinstance(features, int) or isinstance(features, bool) or features < 1:
-        raise ValueError(f"Dense: features must be a positive int, got {features!r}")
-    if not isinstance(use_bias, bool):
-        raise ValueError(f"Dense: use_bias must be true or false, got {use_bias!r}")
+    features = positive_int("Dense", "features", features)
+    use_bias = flag("Dense", "use_bias", use_bias)
     w_initializer = initializers.get(w_init)
     b_initializer = initializers.get(b_init)
 

@@ -13,6 +13,7 @@ from typing import Any
 import jax.numpy as jnp
 
 from fnn import initializers
+from fnn.arguments import positive_int
 from fnn.core import Layer, LayerError, check_shape, layer_type
 
 __all__ = ["Embedding"]
@@ -43,9 +44,8 @@ def Embedding(vocab_size: int, features: int, *, w_init: Any = "uniform") -> Lay
         >>> y.shape, bool((y[0, 0] == params["w"][1]).all())
         ((1, 3, 4), True)
     """
-    for arg, value in (("vocab_size", vocab_size), ("features", features)):
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            raise ValueError(f"Embedding: {arg} must be a positive int, got {value!r}")
+    vocab_size = positive_int("Embedding", "vocab_size", vocab_size)
+    features = positive_int("Embedding", "features", features)
     w_initializer = initializers.get(w_init)
 
     def init(rng, input_shape):

@@ -25,6 +25,7 @@ import jax
 import jax.numpy as jnp
 
 from fnn import initializers
+from fnn.arguments import flag
 from fnn.core import Layer, LayerError, check_shape, layer_type
 
 __all__ = ["BatchNorm", "LayerNorm"]
@@ -125,9 +126,7 @@ def BatchNorm(axis: int | Sequence[int] = -1, *, momentum: float = 0.99, epsilon
         raise ValueError(f"BatchNorm: momentum must be a number in [0, 1], got {momentum!r}")
     if not _is_number(epsilon) or not epsilon > 0.0:
         raise ValueError(f"BatchNorm: epsilon must be a positive number, got {epsilon!r}")
-    if not isinstance(unbiased_running_var, bool):
-        raise ValueError(f"BatchNorm: unbiased_running_var must be true or false, "
-                         f"got {unbiased_running_var!r}")
+    flag("BatchNorm", "unbiased_running_var", unbiased_running_var)
     scale_initializer = initializers.get(scale_init)
     offset_initializer = initializers.get(offset_init)
 

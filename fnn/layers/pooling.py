@@ -28,6 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from fnn.arguments import flag
 from fnn.core import Layer, LayerError, check_shape, layer_type
 from fnn.layers.conv import as_tuple, axis_pads, resolve_padding, spatial_output
 
@@ -75,9 +76,7 @@ def _tiled_max(x: jax.Array, win: tuple[int, ...]) -> jax.Array:
 
 def _pool(ndim: int, kind: str, reduce: str, window: Any, strides: Any, padding: Any,
           count_include_pad: bool = False) -> Layer:
-    if not isinstance(count_include_pad, bool):
-        raise ValueError(f"{kind}: count_include_pad must be true or false, "
-                         f"got {count_include_pad!r}")
+    flag(kind, "count_include_pad", count_include_pad)
     win = as_tuple(window, ndim, "window", kind)
     stride = win if strides is None else as_tuple(strides, ndim, "strides", kind)
     pad = resolve_padding(padding, ndim, kind)

@@ -273,7 +273,9 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], dic
     sums = _check_header(path, header)
     meta = _metadata(path, header)
     try:
-        arrays = safetensors.numpy.load(data)
+        arrays = _arrays(path, data)
+    except CheckpointError:
+        raise
     except Exception as e:  # noqa: BLE001 - any corruption reads as one clear error
         raise CheckpointError(f"{path} is damaged or truncated ({e})") from None
     if sums is not None:
@@ -284,6 +286,26 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], dic
                 raise CheckpointError(f"{path} is damaged: tensor {name!r} does not match its "
                                       "sha256 checksum")
     return arrays, meta
+
+
+# safetensors' dtype names; safetensors.numpy writes bfloat16 (JAX's ml_dtypes type) as BF16
+# but does not read it back, so the tensors are read here.
+_NUMPY_DTYPES = {"F64": np.float64, "F32": np.float32, "F16": np.float16, "BF16": jnp.bfloat16,
+                 "I64": np.int64, "I32": np.int32, "I16": np.int16, "I8": np.int8,
+                 "U64": np.uint64, "U32": np.uint32, "U16": np.uint16, "U8": np.uint8,
+                 "BOOL": np.bool_, "C64": np.complex64}
+
+
+def _arrays(path: Path, data: bytes) -> dict[str, np.ndarray]:
+    """The tensors of a safetensors file's bytes as numpy arrays (bfloat16 included)."""
+    arrays = {}
+    for name, info in safetensors.deserialize(data):
+        if info["dtype"] not in _NUMPY_DTYPES:
+            raise CheckpointError(f"{path}: tensor {name!r} has dtype {info['dtype']}, which fnn "
+                                  f"does not read (known: {', '.join(_NUMPY_DTYPES)})")
+        dtype = np.dtype(_NUMPY_DTYPES[info["dtype"]])
+        arrays[name] = np.frombuffer(info["data"], dtype=dtype).reshape(info["shape"])
+    return arrays
 
 
 def load_tree(path: str | os.PathLike) -> dict[str, np.ndarray]:
@@ -319,8 +341,13 @@ def restore_like(template: Any, arrays: dict[str, np.ndarray], prefix: str, *, s
     return jax.tree_util.tree_unflatten(treedef, leaves)
 
 
-def nest(arrays: dict[str, np.ndarray], prefix: str) -> dict:
-    """Rebuild nested dicts from ``{"prefix/a/b": x}`` keys (for params and state)."""
+def nest(arrays: dict[str, np.ndarray], prefix: str, *, source: Any = "") -> dict:
+    """Rebuild nested dicts from ``{"prefix/a/b": x}`` keys (for params and state).
+
+    Raises:
+        CheckpointError: a float64 tensor while JAX's 64-bit mode is off (it would silently
+            become float32).
+    """
     out: dict = {}
     start = prefix + "/"
     for key, value in sorted(arrays.items()):
@@ -330,6 +357,10 @@ def nest(arrays: dict[str, np.ndarray], prefix: str) -> dict:
         *parents, leaf = key[len(start):].split("/")
         for p in parents:
             node = node.setdefault(p, {})
+        if value.dtype == np.float64 and jax.dtypes.canonicalize_dtype(np.float64) != np.float64:
+            raise CheckpointError(f"{source}: {key!r} is float64 but JAX's 64-bit mode is off; "
+                                  "set JAX_ENABLE_X64=1 or call jax.config.update("
+                                  "'jax_enable_x64', True) before loading")
         node[leaf] = jnp.asarray(value)
     return out
 
@@ -356,7 +387,7 @@ def load_weights(path: str | os.PathLike, net: Layer | None = None, *,
     """
     path = Path(path)
     arrays, meta = read_checkpoint(path)
-    params, state = nest(arrays, "params"), nest(arrays, "model_state")
+    params, state = nest(arrays, "params", source=path), nest(arrays, "model_state", source=path)
     if net is not None:
         shape = input_shape if input_shape is not None else meta.get("input_shape")
         if shape is None:
@@ -432,7 +463,7 @@ def load(path: str | os.PathLike) -> tuple[Layer, dict, dict]:
     if spec is None:
         raise CheckpointError(f"{path} holds weights only (no architecture); use load_weights")
     net = from_spec(spec, modules=meta.get("modules"))
-    params, state = nest(arrays, "params"), nest(arrays, "model_state")
+    params, state = nest(arrays, "params", source=path), nest(arrays, "model_state", source=path)
     if meta.get("input_shape") is not None:  # the weights must fit the stored architecture
         want_params, want_state = jax.eval_shape(
             lambda k: net.init(k, tuple(meta["input_shape"]))[1:], jax.random.key(0))

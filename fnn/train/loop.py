@@ -101,7 +101,8 @@ def fit(net: Layer, loss: Callable[..., jax.Array], optimizer: optax.GradientTra
         metrics: Mapping[str, Callable] | None = None,
         augment: Callable[[jax.Array, Any], Any] | None = None,
         mode: str = "auto", early_stopping: EarlyStopping | None = None,
-        run_dir: str | Path | None = None, resume: bool = False,
+        run_dir: str | Path | None = None, resume: bool = False, reset_optimizer: bool = False,
+        divergence_factor: float | None = 1e4,
         metadata: dict[str, Any] | None = None,
         train_state: TrainState | None = None, init: Any = None, eval_batch_size: int = 1024,
         callbacks: Sequence[Callable[[dict, TrainState], Any]] = (),
@@ -127,6 +128,10 @@ def fit(net: Layer, loss: Callable[..., jax.Array], optimizer: optax.GradientTra
         early_stopping: an :class:`EarlyStopping`, or ``None`` to train all epochs.
         run_dir: where ``metrics.jsonl`` and checkpoints go (``None``: nothing is written).
         resume: continue from ``run_dir/checkpoints/latest.safetensors`` if it exists.
+        reset_optimizer: on resume, restore everything but the optimizer state, which starts
+            afresh (``optimizer.init`` of the restored params): resuming with another optimizer.
+        divergence_factor: stop when a step's loss exceeds this many times the first epoch's
+            mean loss (at least 1e-3), from the second epoch on; ``None``: only NaN/Inf stop.
         metadata: JSON-able data saved in every checkpoint (e.g. the run's config).
         train_state: start from this state instead of a fresh init.
         init: pretrained weights to start from: a ``(params, state)`` pair or a checkpoint path;
@@ -146,7 +151,8 @@ def fit(net: Layer, loss: Callable[..., jax.Array], optimizer: optax.GradientTra
         A :class:`FitResult`; its train state is one unreplicated copy, whatever the devices.
 
     Raises:
-        TrainingDiverged: the loss became NaN/Inf (the last good checkpoint is left intact).
+        TrainingDiverged: the loss became NaN/Inf or exploded past ``divergence_factor``
+            (the last good checkpoint is left intact; a diverged epoch is never saved).
         LossContractError: the loss cannot score the network's outputs against the targets
             (checked before compiling; names the loss and both shapes).
 
@@ -178,7 +184,10 @@ def fit(net: Layer, loss: Callable[..., jax.Array], optimizer: optax.GradientTra
     tracker = Tracker(early_stopping)
     history: list[dict[str, Any]] = []
     if resume and folder.has("latest"):
-        train_state, done = folder.load("latest", train_state)
+        train_state, done = folder.load("latest", train_state,
+                                        skip=("opt_state",) if reset_optimizer else ())
+        if reset_optimizer:
+            train_state = train_state._replace(opt_state=optimizer.init(train_state.params))
         history = done["history"]
         tracker.load_state_dict(done)
         if log:
@@ -201,7 +210,8 @@ def fit(net: Layer, loss: Callable[..., jax.Array], optimizer: optax.GradientTra
         start, first_step = time.perf_counter(), int(dp.unreplicate(train_state.step))
         train_state, stacked, examples = run_epoch(train_state, epoch)
         seconds = time.perf_counter() - start
-        _check_finite(np.asarray(stacked["loss"]), first_step, epoch, folder)
+        _check_finite(np.asarray(stacked["loss"]), first_step, epoch, folder, history,
+                      divergence_factor)
         record = {"epoch": epoch + 1, "step": first_step + len(stacked["loss"]),
                   "learning_rate": _learning_rate(dp, train_state.opt_state),
                   **{f"train_{k}": float(np.mean(v)) for k, v in stacked.items()
@@ -373,14 +383,24 @@ def _restored_best(ts: TrainState, early_stopping: EarlyStopping | None, tracker
     return folder.load("best", ts)[0] if folder.has("best") else ts
 
 
-def _check_finite(losses: np.ndarray, first_step: int, epoch: int, folder: RunFolder) -> None:
-    if np.all(np.isfinite(losses)):
-        return
-    bad = int(np.argmax(~np.isfinite(losses)))
+def _check_finite(losses: np.ndarray, first_step: int, epoch: int, folder: RunFolder,
+                  history: list[dict[str, Any]], divergence_factor: float | None) -> None:
+    """Stop on a NaN/Inf loss, or one past ``divergence_factor`` x the first epoch's mean loss."""
     last = (f"the last good checkpoint is {folder.checkpoint('latest')} (epoch {epoch})"
             if folder.has("latest") else "no checkpoint was written yet")
-    raise TrainingDiverged(f"the training loss became {losses[bad]} at step "
-                           f"{first_step + bad + 1} (epoch {epoch + 1}); {last}")
+    if not np.all(np.isfinite(losses)):
+        bad = int(np.argmax(~np.isfinite(losses)))
+        raise TrainingDiverged(f"the training loss became {losses[bad]} at step "
+                               f"{first_step + bad + 1} (epoch {epoch + 1}); {last}")
+    if divergence_factor is not None and history:
+        limit = divergence_factor * max(abs(history[0]["train_loss"]), 1e-3)
+        if np.any(np.abs(losses) > limit):
+            bad = int(np.argmax(np.abs(losses) > limit))
+            raise TrainingDiverged(
+                f"the training loss exploded to {losses[bad]:.4g} at step "
+                f"{first_step + bad + 1} (epoch {epoch + 1}), over {divergence_factor:g} x "
+                f"the first epoch's mean loss {history[0]['train_loss']:.4g} "
+                f"(training.divergence.factor); {last}")
 
 
 def _learning_rate(dp: DataParallel, opt_state: Any) -> float | None:

@@ -19,6 +19,7 @@ Example:
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -56,8 +57,9 @@ class RunFolder:
 
     def write_metrics(self, history: list[dict[str, Any]]) -> None:
         """Rewrite ``metrics.jsonl`` whole, so a resumed run never repeats or loses a line."""
-        if self.writes:
-            text = "".join(json.dumps(r) + "\n" for r in history)
+        if self.writes:  # strict JSON: NaN and +-Inf written as null
+            text = "".join(json.dumps({k: _strict(v) for k, v in r.items()}, allow_nan=False)
+                           + "\n" for r in history)
             ckpt.atomic_write(self.path / "metrics.jsonl", text.encode())
 
     def save(self, which: str, ts: TrainState, net: Layer, progress: dict[str, Any],
@@ -83,10 +85,19 @@ class RunFolder:
         for which in (("best", "latest") if improved else ("latest",)):
             self.save(which, ts, net, progress, metadata)
 
-    def load(self, which: str, template: TrainState) -> tuple[TrainState, dict[str, Any]]:
-        """The train state of ``checkpoints/<which>`` (shaped like ``template``) and its progress."""
+    def load(self, which: str, template: TrainState, skip: tuple[str, ...] = ()
+             ) -> tuple[TrainState, dict[str, Any]]:
+        """The train state of ``checkpoints/<which>`` (shaped like ``template``) and its progress;
+        the fields in ``skip`` are kept from ``template`` (e.g. a reset optimizer state)."""
         path = self.checkpoint(which)
         arrays, meta = ckpt.read_checkpoint(path)  # one read, every checksum checked
-        restored = TrainState(*(ckpt.restore_like(getattr(template, f), arrays, f, source=path)
+        restored = TrainState(*(getattr(template, f) if f in skip else
+                                ckpt.restore_like(getattr(template, f), arrays, f, source=path)
                                 for f in TrainState._fields))
         return restored, meta.get("progress", {})
+
+
+def _strict(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value

@@ -17,6 +17,7 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any, Mapping, Sequence
 
 __all__ = ["EarlyStopping", "Tracker", "metric_mode", "default_metric", "kept_record"]
@@ -98,7 +99,7 @@ class Tracker:
             raise ValueError(f"early_stopping.monitor: {rule.monitor!r} is not logged; choose one "
                              f"of {sorted(record)}")
         value = record[rule.monitor]
-        if rule.better(value, self.best_value):
+        if math.isfinite(value) and rule.better(value, self.best_value):
             self.best_value, self.best_epoch, self.waited = value, epoch, 0
             return True
         self.waited += 1
