@@ -120,6 +120,10 @@ _SECTIONS: dict[str, Any] = {
         "pretrained": Field((str, type(None)), None, doc="checkpoint whose matching params start the run"),
         "freeze": Field((list,), [], doc="layers frozen with fnn.freeze: no updates, "
                                          "inference mode (batch norm keeps its statistics)"),
+        "diagnostics": {
+            "every": Field((int, type(None)), None,
+                           doc="log gradient-flow diagnostics every N steps (diagnostics.jsonl)"),
+        },
     },
     "parallel": {
         "mode": Field((str,), "none", choices=("none", "pmap", "mesh")),
@@ -239,6 +243,9 @@ def validate(raw: dict[str, Any]) -> dict[str, Any]:
             raise ConfigError(f"training.{key}", f"must be >= 1, got {cfg['training'][key]}")
     if cfg["data"]["validation"] < 0:
         raise ConfigError("data.validation", "must be >= 0")
+    every = cfg["training"]["diagnostics"]["every"]
+    if every is not None and every < 1:
+        raise ConfigError("training.diagnostics.every", f"must be >= 1 (or null), got {every}")
     _check_components(cfg)
     return cfg
 

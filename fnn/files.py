@@ -116,8 +116,17 @@ def clean_temporary_files(folder: str | os.PathLike) -> list[Path]:
     opened, before anything else writes there.
 
     Example:
-        >>> clean_temporary_files("runs/mnist/checkpoints")
-        [PosixPath('runs/mnist/checkpoints/.latest.safetensors.k2j4x9q1.tmp')]
+        >>> import os, tempfile
+        >>> folder = os.path.join(tempfile.mkdtemp(), "checkpoints")
+        >>> os.mkdir(folder)
+        >>> for name in (".latest.safetensors.k2j4x9q1.tmp", "latest.safetensors"):
+        ...     open(os.path.join(folder, name), "wb").close()
+        >>> clean_temporary_files(folder)
+        [PosixPath('.../checkpoints/.latest.safetensors.k2j4x9q1.tmp')]
+        >>> os.listdir(folder)
+        ['latest.safetensors']
+        >>> clean_temporary_files(os.path.join(folder, "missing"))
+        []
     """
     folder = Path(folder)
     removed = []

@@ -32,7 +32,12 @@ def plot_curves(history: Sequence[dict[str, Any]], path: str | os.PathLike, *,
         history: one record per epoch with keys like ``train_loss`` and ``val_accuracy``.
 
     Example:
-        >>> plot_curves(result.history, "runs/mnist/curves.png")
+        >>> import os, tempfile
+        >>> history = [{"epoch": 1, "train_loss": 0.9, "val_loss": 1.0, "train_accuracy": 0.7},
+        ...            {"epoch": 2, "train_loss": 0.5, "val_loss": 0.6, "train_accuracy": 0.8}]
+        >>> path = plot_curves(history, os.path.join(tempfile.mkdtemp(), "curves.png"))
+        >>> path.name, path.stat().st_size > 0
+        ('curves.png', True)
     """
     import matplotlib
 

@@ -28,7 +28,11 @@ Example:
     >>> params = {"dense_0": {"w": jnp.ones((2, 3)), "b": jnp.ones(3)}}
     >>> fnn.regularizers.l2(params)   # the bias is not counted
     Array(6., dtype=float32)
+    >>> data_loss = lambda p: jnp.sum(p["dense_0"]["b"] ** 2)       # stand-in data term
     >>> loss = lambda p: data_loss(p) + 1e-4 * fnn.regularizers.l2(p)
+    >>> grads = jax.grad(loss)(params)
+    >>> np.allclose(grads["dense_0"]["w"], 2e-4)                    # d(1e-4 * w^2)/dw = 2e-4 w
+    True
 """
 
 from __future__ import annotations

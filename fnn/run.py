@@ -366,7 +366,7 @@ def train_model(cfg: dict[str, Any], train_data: dict[str, np.ndarray],
                  metadata={"config": cfg, "input_shape": list(input_shape)},
                  init=t["pretrained"],
                  eval_batch_size=t["eval_batch_size"], progress=cfg["output"]["progress"], log=log,
-                 parallel=dp)
+                 parallel=dp, diagnostics=t["diagnostics"]["every"])
     if dp.is_main and cfg["output"]["plots"]:
         from fnn.plots import plot_curves
         plot_curves(result.history, run_dir / "curves.png", title=cfg["name"])

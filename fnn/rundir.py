@@ -17,12 +17,35 @@ Only then does :func:`open_run_folder` touch the folder: it removes what ``--ove
 replaces and the temporary files of writes that were killed, and creates the folder.
 
 Example:
-    >>> plan = check_run_folder("runs/xor", cfg, resume=True, allow_change=["optimizer"],
-    ...                         train_state=fnn.checks.check_run(cfg, exp, data).train_state)
-    >>> plan.reset_optimizer, plan.notes
-    (True, ["optimizer.name changed ('momentum' -> 'adam'): the stored optimizer state is reset
-    (moments and schedule start again)"])
-    >>> open_run_folder(plan)            # now the folder may be touched
+    A finished two-epoch run of ``configs/xor.yaml`` (momentum) in a fresh folder:
+
+    >>> import pathlib, tempfile
+    >>> xor = pathlib.Path(fnn.__file__).parents[1] / "configs" / "xor.yaml"
+    >>> cfg = fnn.config.load_config(xor, ["training.epochs=2", "output.plots=false"])
+    >>> run_dir = pathlib.Path(tempfile.mkdtemp()) / "xor"
+    >>> fnn.run.train(cfg, run_dir, log=None) == run_dir
+    True
+
+    A new run may not write over it; a resume that changes the optimizer must say so:
+
+    >>> check_run_folder(run_dir, cfg)
+    Traceback (most recent call last):
+    fnn.rundir.RunFolderError: .../xor: already holds a run (config.yaml, ..., checkpoints); pass
+    --resume to continue it, --overwrite to replace it, or --out for a new folder
+    >>> adam = fnn.config.load_config(xor, ["training.epochs=4", "output.plots=false",
+    ...                                     "optimizer={name: adam, learning_rate: 0.01}"])
+    >>> check_run_folder(run_dir, adam, resume=True)
+    Traceback (most recent call last):
+    fnn.rundir.RunFolderError: .../xor: --resume with a config that differs from the run's
+    (checkpoints/latest.safetensors) in optimizer.name ('momentum' -> 'adam'); ...
+    >>> check = fnn.checks.check_run(adam, fnn.run.build(adam), fnn.run.load_data(adam))
+    >>> plan = check_run_folder(run_dir, adam, resume=True, allow_change=["optimizer"],
+    ...                         train_state=check.train_state)
+    >>> plan.resume, plan.reset_optimizer, plan.notes
+    (True, True, ["optimizer.name changed ('momentum' -> 'adam'): the stored optimizer state is
+    reset (moments and schedule start again)"])
+    >>> open_run_folder(plan)            # now the folder may be touched; no stale files removed
+    []
 """
 
 from __future__ import annotations

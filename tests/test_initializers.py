@@ -169,5 +169,102 @@ def test_names_lists_every_documented_initializer():
     documented = {"zeros", "ones", "normal", "uniform", "glorot_uniform", "glorot_normal",
                   "xavier_uniform", "xavier_normal", "he_uniform", "he_normal", "kaiming_uniform",
                   "kaiming_normal", "lecun_uniform", "lecun_normal", "orthogonal",
-                  "delta_orthogonal"}
+                  "delta_orthogonal", "variance_scaling"}
     assert documented == set(initializers.names())
+
+
+# --------------------------------------------------------------------------- records with arguments
+
+def test_variance_scaling_is_in_the_names():
+    assert "variance_scaling" in initializers.names()
+
+
+@pytest.mark.parametrize("gain", [0.5, 1.0, 1.33])
+def test_orthogonal_gain_scales_singular_values(gain):
+    w = np.asarray(initializers.orthogonal(gain=gain)(KEY, (40, 40)), np.float64)
+    np.testing.assert_allclose(np.linalg.svd(w, compute_uv=False), gain, rtol=1e-5)
+    tall = np.asarray(initializers.orthogonal(gain)(KEY, (64, 32)), np.float64)
+    np.testing.assert_allclose(tall.T @ tall, gain ** 2 * np.eye(32), atol=1e-5)
+
+
+@pytest.mark.parametrize("gain", [0.7, 1.33])
+def test_delta_orthogonal_gain(gain):
+    w = np.asarray(initializers.delta_orthogonal(gain=gain)(KEY, (3, 3, 8, 8)), np.float64)
+    np.testing.assert_allclose(w[1, 1] @ w[1, 1].T, gain ** 2 * np.eye(8), atol=1e-5)
+    rest = w.copy()
+    rest[1, 1] = 0.0
+    np.testing.assert_array_equal(rest, 0.0)
+    # a 3x3 "SAME" conv with this kernel is the channel map gain * Q at every pixel:
+    # the squared norm of every pixel's channel vector is multiplied by gain^2
+    x = np.random.default_rng(0).normal(size=(2, 5, 5, 8))
+    y = jax.lax.conv_general_dilated(jnp.asarray(x, jnp.float32), jnp.asarray(w, jnp.float32),
+                                     (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    np.testing.assert_allclose(np.sum(np.asarray(y, np.float64) ** 2, -1),
+                               gain ** 2 * np.sum(x ** 2, -1), rtol=1e-4)
+
+
+@pytest.mark.parametrize("dist", ["normal", "truncated_normal", "uniform"])
+def test_variance_scaling_variance_is_scale_over_fan_in(dist):
+    w = np.asarray(initializers.variance_scaling(1.76, distribution=dist)(KEY, (3, 3, 40, 60)),
+                   np.float64)
+    np.testing.assert_allclose(w.var(), 1.76 / (9 * 40), rtol=0.03)
+
+
+def test_records_round_trip_through_their_spec():
+    cases = {
+        "he_normal": initializers.he_normal,
+        "glorot_uniform": initializers.glorot_uniform,
+        "orthogonal": initializers.orthogonal(),
+        "delta_orthogonal": initializers.delta_orthogonal(gain=1.0),   # default: the bare name
+    }
+    for spec, init in cases.items():
+        assert init.spec == spec
+        assert initializers.get(spec) == init
+    init = initializers.delta_orthogonal(gain=1.04)
+    assert init.spec == {"delta_orthogonal": {"gain": 1.04}}
+    assert initializers.get({"delta_orthogonal": {"gain": 1.04}}) == init
+    assert initializers.get(init.spec) == init and hash(initializers.get(init.spec)) == hash(init)
+    np.testing.assert_array_equal(initializers.get(init.spec)(KEY, (3, 3, 4, 4)),
+                                  init(KEY, (3, 3, 4, 4)))
+    assert initializers.get({"normal": 0.1}).spec == {"normal": {"stddev": 0.1}}
+    assert initializers.get({"constant": {"value": 0.5}}).spec == {"constant": {"value": 0.5}}
+    assert initializers.get({"he_normal": {}}) is initializers.he_normal
+    assert initializers.get(initializers.orthogonal) == initializers.orthogonal()   # uncalled factory
+    assert initializers.get(0.25).spec == {"constant": {"value": 0.25}}
+    import json
+    json.dumps(initializers.variance_scaling(2.0, mode="fan_avg").spec)   # plain data
+
+
+def test_records_are_immutable():
+    init = initializers.orthogonal(gain=2.0)
+    with pytest.raises(Exception):
+        init.name = "zeros"
+    assert repr(init) == "orthogonal(gain=2.0)"
+
+
+def test_bad_arguments_name_the_initializer_and_argument():
+    with pytest.raises(ValueError, match=r"initializer 'delta_orthogonal': unknown argument 'gian'; "
+                                         r"did you mean 'gain'"):
+        initializers.get({"delta_orthogonal": {"gian": 1.0}})
+    with pytest.raises(ValueError, match="delta_orthogonal: gain must be > 0"):
+        initializers.get({"delta_orthogonal": {"gain": -1.0}})
+    with pytest.raises(ValueError, match="initializer 'he_normal' takes no arguments"):
+        initializers.get({"he_normal": {"gain": 2.0}})
+    with pytest.raises(ValueError, match="unknown initializer 'delta_orthogonl'.*did you mean"):
+        initializers.get({"delta_orthogonl": {"gain": 1.0}})
+    with pytest.raises(ValueError, match="mode must be one of"):
+        initializers.variance_scaling(1.0, mode="fan")
+    with pytest.raises(ValueError, match="constant initializer needs a value"):
+        initializers.get(initializers.constant)
+
+
+def test_layers_take_initializers_with_arguments():
+    import fnn
+    conv = fnn.Conv2D(8, 3, w_init={"delta_orthogonal": {"gain": 1.5}})
+    _, params, _ = conv.init(KEY, (-1, 5, 5, 8))
+    c = np.asarray(params["w"][1, 1], np.float64)
+    np.testing.assert_allclose(c @ c.T, 2.25 * np.eye(8), atol=1e-5)
+    dense = fnn.Dense(4, w_init=initializers.orthogonal(gain=2.0))
+    _, params, _ = dense.init(KEY, (-1, 4))
+    np.testing.assert_allclose(np.asarray(params["w"]).T @ np.asarray(params["w"]), 4 * np.eye(4),
+                               atol=1e-5)

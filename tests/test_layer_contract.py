@@ -55,6 +55,8 @@ CASES = {
     "PRelu": (lambda: fnn.PRelu(per_channel=True), (-1, 5), False),
     "RNN": (lambda: fnn.RNN({"GRUCell": {"units": 3}}), (-1, 4, 2), False),
     "RRelu": (lambda: fnn.RRelu(), (-1, 5), True),
+    "Repeat": (lambda: fnn.repeat(fnn.serial(fnn.Dense(3), fnn.BatchNorm, fnn.Dropout(0.2)), 3),
+               (-1, 3), True),
     "Relu": (lambda: fnn.Relu(), (-1, 5), False),
     "Reshape": (lambda: fnn.Reshape((3, 2)), (-1, 6), False),
     "Selu": (lambda: fnn.Selu(), (-1, 5), False),

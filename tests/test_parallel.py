@@ -4,6 +4,11 @@ The 8-device runs need ``XLA_FLAGS=--xla_force_host_platform_device_count=8`` be
 starts, so they run in a subprocess: this file, run as a script, is that worker. The pytest
 process (one device) computes the reference run, then compares the worker's losses, params and
 batch-norm statistics with it, and resumes the worker's 8-device checkpoint on one device.
+
+The worker also runs 128 steps back to back (results read only at the end): more than the 32
+computations XLA lets a CPU device have in flight, which without ``DataParallel`` waiting for
+each call deadlocks XLA's CPU client and aborts the process (issue 12,
+``scripts/repro_cpu_allreduce.py``).
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ from fnn.train import correct, fit, init_train_state, train_step_fn
 DEVICES = 8
 BATCH = 16  # global batch: 2 examples per device
 EPOCHS = 5  # 64 examples / 16 = 4 steps per epoch: 20 steps
+LONG_STEPS = 128  # >> 32, XLA's limit of computations in flight per CPU device
 RTOL, ATOL = 1e-5, 1e-6
 
 
@@ -72,27 +78,42 @@ def _dropout_fit(parallel):
                mode="step", log=None, parallel=parallel)
 
 
-def _step_batches():
+def _step_batches(steps: int = 4 * EPOCHS):
     train, _ = _data()
     rng = np.random.default_rng(1)
-    for _ in range(4 * EPOCHS):
+    for _ in range(steps):
         idx = rng.choice(len(train["x"]), BATCH, replace=False)
         yield {k: v[idx] for k, v in train.items()}
 
 
-def _twenty_steps(dp: DataParallel):
-    """Losses of 20 steps on fixed global batches and the final state, one copy."""
+def _steps(dp: DataParallel, steps: int = 4 * EPOCHS):
+    """Losses of ``steps`` steps on fixed global batches and the final state, one copy.
+
+    The batches are put on the devices first, then the steps are dispatched back to back and
+    the losses read only after the last one: the host runs ahead of the devices.
+    """
     train, _ = _data()
     _, ts = init_train_state(_net(), optax.adam(1e-2), (-1, *train["x"].shape[1:]),
                              jax.random.key(0))
     step = dp.compile_step(train_step_fn(dp.prepare_net(_net()), softmax_cross_entropy,
                                          optax.adam(1e-2), axis_name=dp.axis_name))
     ts = dp.replicate(ts)
-    losses = []
-    for batch in _step_batches():
-        ts, metrics = step(ts, dp.put_batch(batch))
-        losses.append(float(metrics["loss"]))
-    return losses, dp.unreplicate(ts)
+    metrics = []
+    for batch in [dp.put_batch(b) for b in _step_batches(steps)]:
+        ts, m = step(ts, batch)
+        metrics.append(m)
+    return [float(m["loss"]) for m in metrics], dp.unreplicate(ts)
+
+
+def _returns_computed_results(dp: DataParallel) -> bool:
+    """Whether one compiled step returns arrays that are already computed."""
+    train, _ = _data()
+    _, ts = init_train_state(_net(), optax.adam(1e-2), (-1, *train["x"].shape[1:]),
+                             jax.random.key(0))
+    step = dp.compile_step(train_step_fn(dp.prepare_net(_net()), softmax_cross_entropy,
+                                         optax.adam(1e-2), axis_name=dp.axis_name))
+    ts, metrics = step(dp.replicate(ts), dp.put_batch(next(_step_batches(1))))
+    return all(leaf.is_ready() for leaf in jax.tree_util.tree_leaves((ts.params, metrics)))
 
 
 def _save(path, ts):
@@ -110,9 +131,16 @@ def _worker(out: Path) -> None:
     assert jax.device_count() == DEVICES, jax.devices()
     report: dict = {}
     for mode in ("pmap", "mesh"):  # 20 steps on fixed batches, step by step
-        losses, ts = _twenty_steps(DataParallel(mode))
+        losses, ts = _steps(DataParallel(mode))
         report[f"steps_{mode}"] = losses
         _save(out / f"steps_{mode}.safetensors", ts)
+
+    for mode in ("pmap", "mesh"):  # more steps back to back than a CPU device has in flight
+        dp = DataParallel(mode)
+        report[f"waits_{mode}"] = [dp.waits_for_each_call, _returns_computed_results(dp)]
+        losses, ts = _steps(dp, LONG_STEPS)
+        report[f"long_{mode}"] = losses
+        _save(out / f"long_{mode}.safetensors", ts)
 
     pmap8 = _fit("pmap", epochs=3, run_dir=out / "pmap8")  # epoch mode; resumed on 1 later
     report["fit_pmap_epoch"] = _history(pmap8)
@@ -169,15 +197,18 @@ def runs(tmp_path_factory):
                         out / "one_epoch2.safetensors")
 
     one = _fit(None, run_dir=out / "one", callbacks=[keep_epoch2])
-    one_steps, one_steps_ts = _twenty_steps(DataParallel(None))
-    env = {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={DEVICES}",
-           "JAX_PLATFORMS": "cpu"}
+    one_steps, one_steps_ts = _steps(DataParallel(None))
+    one_long, one_long_ts = _steps(DataParallel(None), LONG_STEPS)
+    # a deadlock aborts the worker after 30 s instead of XLA's default 40 s
+    env = {**os.environ, "JAX_PLATFORMS": "cpu",
+           "XLA_FLAGS": f"--xla_force_host_platform_device_count={DEVICES} "
+                        "--xla_cpu_collective_call_terminate_timeout_seconds=30"}
     proc = subprocess.run([sys.executable, __file__, str(out)], env=env, capture_output=True,
                           text=True, timeout=600, cwd=Path(__file__).resolve().parents[1])
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     report = json.loads((out / "report.json").read_text())
     return {"out": out, "one": one, "one_steps": one_steps, "one_steps_ts": one_steps_ts,
-            "report": report}
+            "one_long": one_long, "one_long_ts": one_long_ts, "report": report}
 
 
 def _assert_same_state(path, ts):
@@ -201,6 +232,16 @@ def _assert_same_history(got, want):
 def test_twenty_steps_give_the_losses_and_params_of_one_device(runs, mode):
     np.testing.assert_allclose(runs["report"][f"steps_{mode}"], runs["one_steps"], rtol=RTOL)
     _assert_same_state(runs["out"] / f"steps_{mode}.safetensors", runs["one_steps_ts"])
+
+
+@pytest.mark.parametrize("mode", ["pmap", "mesh"])
+def test_steps_dispatched_back_to_back_on_cpu_devices_finish_with_the_losses_of_one_device(
+        runs, mode):
+    # 128 steps of a CNN with batch norm without reading a result in between: the worker would
+    # abort in XLA's all-reduce if the compiled step did not wait for each call (issue 12)
+    assert runs["report"][f"waits_{mode}"] == [True, True]  # and returns computed arrays
+    np.testing.assert_allclose(runs["report"][f"long_{mode}"], runs["one_long"], rtol=RTOL)
+    _assert_same_state(runs["out"] / f"long_{mode}.safetensors", runs["one_long_ts"])
 
 
 @pytest.mark.parametrize("parallel,mode", [("pmap", "epoch"), ("mesh", "epoch"),
@@ -295,6 +336,7 @@ def test_modes_run_on_a_single_device_and_bad_settings_are_named():
         dp = DataParallel(mode)
         assert dp.num_devices == jax.local_device_count() and dp.check_batch_size(5) == 5
     assert DataParallel("pmap").axis_name == "batch" and DataParallel("mesh").axis_name is None
+    assert not DataParallel("mesh", devices=1).waits_for_each_call  # one device: asynchronous
     with pytest.raises(ValueError, match="parallel.mode: must be one of none, pmap, mesh"):
         DataParallel("pmpa")
     with pytest.raises(ValueError, match="parallel.devices: 99 devices"):

@@ -17,7 +17,11 @@ Example:
     >>> x, y = data.load_mnist()["train"]
     >>> split = data.train_val_test_split(y, 0.1, seed=0, stratify=True)
     >>> loader = data.Loader({"x": x[split.train], "y": y[split.train]}, 128, seed=0)
-    >>> for batch in loader.prefetch(2).epoch(0): ...
+    >>> len(split.train), len(split.val), len(loader)    # examples, examples, batches per epoch
+    (54000, 6000, 422)
+    >>> batch = next(iter(loader.prefetch(2).epoch(0)))  # on the device
+    >>> batch["x"].shape, batch["y"].shape
+    ((128, 28, 28), (128,))
 """
 
 from fnn.data.arrays import MMAP_THRESHOLD_BYTES, load_arrays

@@ -1,9 +1,18 @@
 """Data from numpy array files: ``.npz`` archives and ``.npy`` arrays (memory-mapped if large).
 
 Example:
-    >>> x, y = load_arrays("train.npz")                  # the arrays named "x" and "y"
-    >>> images, labels = load_arrays("d.npz", ["images", "labels"])
-    >>> (features,) = load_arrays("features.npy")        # np.memmap when the file is large
+    >>> import os, tempfile
+    >>> folder = tempfile.mkdtemp()
+    >>> np.savez(os.path.join(folder, "train.npz"), x=np.zeros((5, 3)), y=np.arange(5))
+    >>> x, y = load_arrays(os.path.join(folder, "train.npz"))   # the arrays named "x" and "y"
+    >>> x.shape, y.shape
+    ((5, 3), (5,))
+    >>> np.savez(os.path.join(folder, "d.npz"), images=np.zeros((4, 2, 2)), labels=np.ones(4))
+    >>> images, labels = load_arrays(os.path.join(folder, "d.npz"), ["images", "labels"])
+    >>> np.save(os.path.join(folder, "features.npy"), np.ones((6, 2)))
+    >>> (features,) = load_arrays(os.path.join(folder, "features.npy"))  # np.memmap if large
+    >>> features.shape
+    (6, 2)
 """
 
 from __future__ import annotations
@@ -46,8 +55,20 @@ def load_arrays(path: str | os.PathLike, keys: Sequence[str] | None = None, *,
         FileNotFoundError: no such file.
 
     Example:
-        >>> x, y = load_arrays("train.npz")              # x (N, ...), y (N,)
-        >>> (big,) = load_arrays("features.npy")         # np.memmap when large
+        >>> import os, tempfile
+        >>> path = os.path.join(tempfile.mkdtemp(), "train.npz")
+        >>> np.savez(path, x=np.zeros((5, 28, 28), np.uint8), y=np.arange(5))
+        >>> x, y = load_arrays(path)                     # x (N, ...), y (N,)
+        >>> x.shape, y.shape
+        ((5, 28, 28), (5,))
+        >>> big = path[:-4] + ".npy"
+        >>> np.save(big, np.ones((6, 2), np.float32))
+        >>> (features,) = load_arrays(big, mmap=True)    # np.memmap (default: when large)
+        >>> isinstance(features, np.memmap), features.shape
+        (True, (6, 2))
+        >>> load_arrays(path, ["images"])
+        Traceback (most recent call last):
+        fnn.data.checks.DataError: ...train.npz: no array named 'images'; it has ['x', 'y'] (pass keys=[...])
     """
     path = Path(path)
     suffix = path.suffix.lower()

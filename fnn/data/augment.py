@@ -21,8 +21,10 @@ Conventions (row 0 at the top, as images are displayed):
 them (flip first, then rotation, zoom and shift in a single resampling).
 
 Example:
+    >>> x = np.zeros((4, 28, 28), np.float32)          # (N, H, W) float
     >>> augment = jax.jit(make_augment({"shift": 2, "rotation": 10}))
-    >>> x_aug = augment(jax.random.key(0), x)         # x (128, 28, 28) float32
+    >>> augment(jax.random.key(0), x).shape
+    (4, 28, 28)
 """
 
 from __future__ import annotations
@@ -82,7 +84,17 @@ def shift(images: Any, dy: Any, dx: Any) -> jax.Array:
     per image). Output: same shape and dtype.
 
     Example:
-        >>> shift(x, 1, -2)   # == np.roll(x, (1, -2), axis=(1, 2)) with the wrapped part zeroed
+        >>> x = np.arange(1, 17, dtype=np.float32).reshape(1, 4, 4)
+        >>> x[0]
+        array([[ 1.,  2.,  3.,  4.],
+               [ 5.,  6.,  7.,  8.],
+               [ 9., 10., 11., 12.],
+               [13., 14., 15., 16.]], dtype=float32)
+        >>> shift(x, 1, -2)[0]  # np.roll(x, (1, -2), axis=(1, 2)) with the wrapped part zeroed
+        Array([[ 0.,  0.,  0.,  0.],
+               [ 3.,  4.,  0.,  0.],
+               [ 7.,  8.,  0.,  0.],
+               [11., 12.,  0.,  0.]], dtype=float32)
     """
     images = _images(images, "shift")
     n, h, w = images.shape[:3]
@@ -147,7 +159,9 @@ def rotate(images: Any, degrees: Any) -> jax.Array:
     and dtype; corners that come from outside the image are 0.
 
     Example:
-        >>> rotate(x, 90)      # == np.rot90(x, 1, axes=(1, 2)) for square images
+        >>> x = np.arange(2 * 5 * 5, dtype=np.float32).reshape(2, 5, 5)
+        >>> np.array_equal(rotate(x, 90), np.rot90(x, 1, axes=(1, 2)))  # square images
+        True
     """
     images = _images(images, "rotate")
     n = images.shape[0]
@@ -162,7 +176,15 @@ def zoom(images: Any, factor: Any) -> jax.Array:
     Shapes: ``images (N, H, W[, C])``; ``factor`` a positive scalar or ``(N,)``.
 
     Example:
-        >>> zoom(x, 1.25)
+        >>> x = np.arange(1, 26, dtype=np.float32).reshape(1, 5, 5)
+        >>> zoom(x, 1.25).shape
+        (1, 5, 5)
+        >>> zoom(x, 0.5)[0]    # half size, about the centre pixel (13), with a zero border
+        Array([[ 0.,  0.,  0.,  0.,  0.],
+               [ 0.,  1.,  3.,  5.,  0.],
+               [ 0., 11., 13., 15.,  0.],
+               [ 0., 21., 23., 25.,  0.],
+               [ 0.,  0.,  0.,  0.,  0.]], dtype=float32)
     """
     images = _images(images, "zoom")
     n = images.shape[0]
@@ -181,7 +203,9 @@ def random_shift(rng: jax.Array, images: Any, max_shift: int) -> jax.Array:
     Shapes: ``images (N, H, W[, C])`` float; output the same.
 
     Example:
-        >>> random_shift(jax.random.key(0), x, 2)
+        >>> x = np.ones((4, 28, 28), np.float32)
+        >>> random_shift(jax.random.key(0), x, 2).shape
+        (4, 28, 28)
     """
     _check_number("random_shift", "max_shift", max_shift, 0, integer=True)
     images = _images(images, "random_shift")
@@ -197,7 +221,9 @@ def random_rotation(rng: jax.Array, images: Any, max_degrees: float) -> jax.Arra
     (counter-clockwise positive, bilinear, zero fill).
 
     Example:
-        >>> random_rotation(jax.random.key(0), x, 15.0)
+        >>> x = np.ones((4, 28, 28), np.float32)
+        >>> random_rotation(jax.random.key(0), x, 15.0).shape
+        (4, 28, 28)
     """
     _check_number("random_rotation", "max_degrees", max_degrees, 0)
     images = _images(images, "random_rotation")
@@ -213,7 +239,9 @@ def random_zoom(rng: jax.Array, images: Any, max_zoom: float) -> jax.Array:
     """Zoom each image by its own factor, uniform in ``[1 - max_zoom, 1 + max_zoom]``.
 
     Example:
-        >>> random_zoom(jax.random.key(0), x, 0.1)
+        >>> x = np.ones((4, 28, 28), np.float32)
+        >>> random_zoom(jax.random.key(0), x, 0.1).shape
+        (4, 28, 28)
     """
     _check_number("random_zoom", "max_zoom", max_zoom, 0, 1)
     images = _images(images, "random_zoom")
@@ -229,7 +257,11 @@ def random_flip_lr(rng: jax.Array, images: Any, prob: float = 0.5) -> jax.Array:
     """Mirror each image left-right (along W) with probability ``prob``.
 
     Example:
-        >>> random_flip_lr(jax.random.key(0), x)      # about half the images mirrored
+        >>> x = np.arange(2 * 3 * 3, dtype=np.float32).reshape(2, 3, 3)
+        >>> random_flip_lr(jax.random.key(0), x).shape  # about half the images mirrored
+        (2, 3, 3)
+        >>> np.array_equal(random_flip_lr(jax.random.key(0), x, prob=1.0), x[:, :, ::-1])
+        True
     """
     _check_number("random_flip_lr", "prob", prob, 0)
     if prob > 1:
@@ -250,7 +282,9 @@ def random_affine(rng: jax.Array, images: Any, *, max_degrees: float = 0.0,
     ``random_rotation``, ``random_zoom`` and ``random_shift``.
 
     Example:
-        >>> random_affine(jax.random.key(0), x, max_degrees=10, max_zoom=0.1, max_shift=2)
+        >>> x = np.ones((4, 28, 28, 1), np.float32)
+        >>> random_affine(jax.random.key(0), x, max_degrees=10, max_zoom=0.1, max_shift=2).shape
+        (4, 28, 28, 1)
     """
     _check_number("random_affine", "max_degrees", max_degrees, 0)
     _check_number("random_affine", "max_zoom", max_zoom, 0, 1)
@@ -289,8 +323,15 @@ def make_augment(config: dict[str, Any] | None) -> Callable[[jax.Array, jax.Arra
         ValueError: an unknown key (named, with the known ones) or a bad value.
 
     Example:
+        >>> x = np.ones((4, 28, 28), np.float32)
         >>> augment = make_augment({"shift": 2, "rotation": 10, "flip_lr": False, "zoom": 0.1})
-        >>> x_aug = jax.jit(augment)(jax.random.key(0), x)
+        >>> jax.jit(augment)(jax.random.key(0), x).shape
+        (4, 28, 28)
+        >>> np.array_equal(make_augment({})(jax.random.key(0), x), x)   # the identity
+        True
+        >>> make_augment({"shfit": 2})
+        Traceback (most recent call last):
+        ValueError: augment config: unknown key 'shfit'; known keys are ['flip_lr', 'rotation', 'shift', 'zoom']
     """
     config = dict(config or {})
     for key in config:

@@ -7,8 +7,13 @@
   refused (a softmax over 3 classes cannot learn label 5; the loss would quietly skip it).
 
 Example:
-    >>> check_finite(x_train, "train.npz: x")
+    >>> x_train, y_train = np.ones((4, 3), np.float32), np.array([0, 9, 3, 3])
+    >>> check_finite(x_train, "train.npz: x")            # fine: returns None
     >>> check_labels(y_train, 10, "train.npz: y")
+    >>> x_train[2, 1] = np.inf
+    >>> check_finite(x_train, "train.npz: x")
+    Traceback (most recent call last):
+    fnn.data.checks.DataError: train.npz: x: 1 non-finite value (first: inf at row 2, column 1); remove or impute them before training
 """
 
 from __future__ import annotations
@@ -56,12 +61,12 @@ def check_finite(x: Any, where: str) -> None:
         where: what ``x`` is, for the message (``"data/train.npz: x"``, ``"fit: train x"``).
 
     Raises:
-        DataError: ``"<where>: 3 non-finite values (nan at row 7, column 2, ...); ..."``.
+        DataError: ``"<where>: 3 non-finite values (first: nan at row 7, column 2); ..."``.
 
     Example:
         >>> check_finite(np.array([[1.0, np.nan]]), "a.csv")
         Traceback (most recent call last):
-        fnn.data.checks.DataError: a.csv: 1 non-finite value (nan at row 0, column 1); ...
+        fnn.data.checks.DataError: a.csv: 1 non-finite value (first: nan at row 0, column 1); ...
     """
     x = x if isinstance(x, np.ndarray) else np.asarray(x)
     if not np.issubdtype(x.dtype, np.inexact):

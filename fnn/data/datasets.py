@@ -172,8 +172,10 @@ def load_mnist(data_dir: str | os.PathLike | None = None, *, download: bool = Tr
         DataError: a label outside 0..9 (naming the labels file, the values and their count).
 
     Example:
-        >>> x, y = load_mnist()["train"]
+        >>> x, y = load_mnist()["test"]
         >>> x = x.reshape(-1, 784).astype("float32") / 255.0
+        >>> x.shape, float(x.max()), y[:5]
+        ((10000, 784), 1.0, array([7, 2, 1, 0, 4], dtype=uint8))
     """
     return load_idx_dataset(MNIST, data_dir, download=download, progress=progress)
 
@@ -188,7 +190,15 @@ def load_fashion_mnist(data_dir: str | os.PathLike | None = None, *, download: b
     (never in ``$FNN_DATA_DIR`` itself, which usually holds MNIST's same-named files).
 
     Example:
-        >>> x, y = load_fashion_mnist()["test"]
+        >>> import shutil, tempfile
+        >>> from fnn.data import write_idx
+        >>> folder = tempfile.mkdtemp()              # a folder with the 4 files (blank here)
+        >>> for f in FASHION_MNIST.files:
+        ...     _ = write_idx(f"{folder}/{f.name}", np.zeros(f.shape, np.uint8))
+        >>> x, y = load_fashion_mnist(folder)["test"]
+        >>> x.shape, x.dtype, y.shape
+        ((10000, 28, 28), dtype('uint8'), (10000,))
+        >>> shutil.rmtree(folder)
     """
     return load_idx_dataset(FASHION_MNIST, data_dir, download=download, progress=progress)
 
@@ -198,6 +208,9 @@ def search_dirs(spec: IdxDatasetSpec, data_dir: str | os.PathLike | None = None)
 
     Example:
         >>> search_dirs(MNIST)     # [$FNN_DATA_DIR, $FNN_DATA_DIR/mnist, ~/.cache/fnn/mnist]
+        [...PosixPath('.../fnn/mnist')]
+        >>> search_dirs(FASHION_MNIST, "/data/fashion")[0]
+        PosixPath('/data/fashion')
     """
     dirs: list[Path] = []
     if data_dir is not None:
@@ -231,7 +244,20 @@ def load_idx_dataset(spec: IdxDatasetSpec, data_dir: str | os.PathLike | None = 
     Returns ``{split: (images, labels)}`` for each split of ``spec``, arrays as in the files.
 
     Example:
-        >>> data = load_idx_dataset(MNIST, "~/data/mnist", download=False)
+        >>> import tempfile
+        >>> from fnn.data import write_idx
+        >>> tiny = IdxDatasetSpec("Tiny", "tiny", search_env_root=False, mirrors=(),
+        ...                       splits={"train": (IdxFile("images", (3, 2, 2)),
+        ...                                         IdxFile("labels", (3,)))})
+        >>> folder = tempfile.mkdtemp()
+        >>> _ = write_idx(f"{folder}/images", np.zeros((3, 2, 2), np.uint8))
+        >>> _ = write_idx(f"{folder}/labels.gz", np.array([0, 1, 2], np.uint8))
+        >>> x, y = load_idx_dataset(tiny, folder, download=False)["train"]
+        >>> x.shape, y
+        ((3, 2, 2), array([0, 1, 2], dtype=uint8))
+        >>> load_idx_dataset(tiny, tempfile.mkdtemp(), download=False)
+        Traceback (most recent call last):
+        fnn.data.datasets.DatasetNotFoundError: Tiny not found. It needs these 2 files, all in one folder: ...
     """
     dirs = search_dirs(spec, data_dir)
     folder = next((d for d in dirs if all(_find(d, f.name) for f in spec.files)), None)

@@ -10,8 +10,15 @@ taken over the bytes as stored (``of="file"``) or over the gunzipped content of 
 file (``of="content"``, as the MNIST checksums are).
 
 Example:
-    >>> fetch(["https://example.org/a.gz"], Path("a.gz"),
-    ...       checksum=Checksum("sha256", "ba89...", of="content"))
+    >>> import tempfile
+    >>> from fnn.data import write_idx
+    >>> mirror = Path(tempfile.mkdtemp())                  # a local "mirror" (file:// URLs)
+    >>> _ = write_idx(mirror / "a.gz", np.array([3, 1, 4], np.uint8))
+    >>> digest = file_digest(mirror / "a.gz", "sha256", of="content")
+    >>> dest = Path(tempfile.mkdtemp()) / "a.gz"
+    >>> fetch([(mirror / "a.gz").as_uri()], dest, progress=False,
+    ...       checksum=Checksum("sha256", digest, of="content")) == dest
+    True
 """
 
 from __future__ import annotations
@@ -62,6 +69,7 @@ def user_cache_dir(*parts: str) -> Path:
 
     Example:
         >>> user_cache_dir("mnist")          # e.g. PosixPath('/home/me/.cache/fnn/mnist')
+        PosixPath('.../fnn/mnist')
     """
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     return Path(base, "fnn", *parts)
@@ -73,8 +81,12 @@ def file_digest(path: str | os.PathLike, algorithm: str = "sha256", *,
     gunzipped content (``of="content"``).
 
     Example:
-        >>> file_digest("t10k-labels-idx1-ubyte.gz", "sha256", of="content")
-        'ff7bcfd416de33731a308c3f266cc351222c34898ecbeaf847f06e48f7ec33f2'
+        >>> import tempfile
+        >>> from fnn.data import write_idx
+        >>> path = Path(tempfile.mkdtemp()) / "labels-idx1-ubyte.gz"
+        >>> _ = write_idx(path, np.array([3, 1, 4], np.uint8))
+        >>> file_digest(path, "sha256", of="content")      # of the gunzipped bytes
+        '6bd877acd0ad03242cbf953ed5746fa6e84907570c38d09e7c80b58320ded437'
     """
     if of not in ("file", "content"):
         raise ValueError(f"file_digest: of must be 'file' or 'content', got {of!r}")
@@ -119,8 +131,20 @@ def fetch(urls: Sequence[str], dest: str | os.PathLike, *, checksum: Checksum | 
         DownloadError: no mirror could be reached; ``.attempts`` lists why for each.
 
     Example:
-        >>> fetch(["https://mirror-a/x.gz", "https://mirror-b/x.gz"], Path("data/x.gz"),
-        ...       checksum=Checksum("md5", "8d4f..."))
+        >>> import tempfile
+        >>> from fnn.data import read_idx, write_idx
+        >>> mirror_b = Path(tempfile.mkdtemp())              # file:// URLs work as mirrors
+        >>> _ = write_idx(mirror_b / "x.gz", np.array([3, 1, 4], np.uint8))
+        >>> sha = "6bd877acd0ad03242cbf953ed5746fa6e84907570c38d09e7c80b58320ded437"
+        >>> dest = Path(tempfile.mkdtemp(), "data", "x.gz")
+        >>> path = fetch(["file:///no/such/mirror-a/x.gz", (mirror_b / "x.gz").as_uri()],
+        ...              dest, checksum=Checksum("sha256", sha, of="content"), progress=False)
+        >>> read_idx(path)                                  # mirror a failed, b answered
+        array([3, 1, 4], dtype=uint8)
+        >>> fetch([(mirror_b / "x.gz").as_uri()], dest.with_name("y.gz"), progress=False,
+        ...       checksum=Checksum("sha256", "0" * 64, of="content"))
+        Traceback (most recent call last):
+        fnn.data.download.ChecksumError: could not get a good copy of y.gz; tried: ...
     """
     dest = Path(dest)
     created = _missing_parents(dest.parent)

@@ -11,9 +11,12 @@ Dtype codes: ``0x08`` uint8, ``0x09`` int8, ``0x0B`` int16, ``0x0C`` int32, ``0x
 ``0x0E`` float64. A file whose name ends in ``.gz`` is read through gzip.
 
 Example:
-    >>> images = read_idx("train-images-idx3-ubyte.gz")
+    >>> import os, tempfile
+    >>> path = os.path.join(tempfile.mkdtemp(), "train-images-idx3-ubyte.gz")
+    >>> _ = write_idx(path, np.zeros((5, 28, 28), np.uint8))        # gzipped: the name ends in .gz
+    >>> images = read_idx(path)
     >>> images.shape, images.dtype
-    ((60000, 28, 28), dtype('uint8'))
+    ((5, 28, 28), dtype('uint8'))
 """
 
 from __future__ import annotations
@@ -59,7 +62,16 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
         IdxFormatError: the file is corrupt or truncated; the message names the file.
 
     Example:
-        >>> labels = read_idx("t10k-labels-idx1-ubyte.gz")   # (10000,) uint8
+        >>> import os, tempfile
+        >>> path = os.path.join(tempfile.mkdtemp(), "t10k-labels-idx1-ubyte.gz")
+        >>> _ = write_idx(path, np.array([7, 2, 1], np.uint8))
+        >>> read_idx(path)                                   # (N,) uint8
+        array([7, 2, 1], dtype=uint8)
+        >>> with open(path, "wb") as f:                      # a damaged file
+        ...     _ = f.write(b"not gzip")
+        >>> read_idx(path)
+        Traceback (most recent call last):
+        fnn.data.idx.IdxFormatError: ...t10k-labels-idx1-ubyte.gz: ...
     """
     path = Path(path)
     return parse_idx(read_raw(path), source=str(path))
@@ -72,8 +84,12 @@ def read_raw(path: str | os.PathLike) -> bytes:
         IdxFormatError: a corrupt or truncated gzip stream; the message names the file.
 
     Example:
-        >>> parse_idx(read_raw("t10k-labels-idx1-ubyte.gz")).shape
-        (10000,)
+        >>> import os, tempfile
+        >>> path = os.path.join(tempfile.mkdtemp(), "t10k-labels-idx1-ubyte.gz")
+        >>> _ = write_idx(path, np.array([7, 2, 1], np.uint8))
+        >>> raw = read_raw(path)                             # gunzipped bytes
+        >>> list(raw[:4]), parse_idx(raw).shape              # magic: uint8 (0x08), 1 dim
+        ([0, 0, 8, 1], (3,))
     """
     path = Path(path)
     try:
@@ -127,7 +143,13 @@ def write_idx(path: str | os.PathLike, array: np.ndarray) -> Path:
     failure leaves no partial file. Dtypes: uint8, int8, int16, int32, float32, float64.
 
     Example:
-        >>> write_idx("labels-idx1-ubyte", np.array([3, 1, 4], np.uint8))
+        >>> import os, tempfile
+        >>> path = os.path.join(tempfile.mkdtemp(), "labels-idx1-ubyte")
+        >>> write_idx(path, np.array([3, 1, 4], np.uint8))
+        PosixPath('.../labels-idx1-ubyte')
+        >>> with open(path, "rb") as f:
+        ...     list(f.read())                               # magic, count 3, then the data
+        [0, 0, 8, 1, 0, 0, 0, 3, 3, 1, 4]
     """
     path = Path(path)
     array = np.asarray(array)

@@ -66,6 +66,7 @@ def epoch_permutation(n: int, *, seed: int, epoch: int) -> np.ndarray:
 
     Example:
         >>> epoch_permutation(5, seed=0, epoch=1)        # int64 (5,), the order of epoch 1
+        array([1, 4, 3, 0, 2])
         >>> np.array_equal(epoch_permutation(5, seed=0, epoch=1),
         ...                epoch_permutation(5, seed=0, epoch=1))
         True
@@ -94,8 +95,16 @@ def batches(arrays: Batch, batch_size: int, *, shuffle: bool = True, seed: int =
         start_batch: skip the first ``start_batch`` batches (to resume mid-epoch).
 
     Example:
-        >>> for xb, yb in batches((x, y), 32, seed=0, epoch=3):
-        ...     ...                                   # xb (32, ...), yb (32,)
+        >>> x, y = np.zeros((50, 2), np.float32), np.arange(50) % 3
+        >>> for xb, yb in batches((x, y), 16, seed=0, epoch=3):
+        ...     print(xb.shape, yb.shape)             # xb (16, ...), yb (16,); the rest last
+        (16, 2) (16,)
+        (16, 2) (16,)
+        (16, 2) (16,)
+        (2, 2) (2,)
+        >>> xb, yb = next(iter(batches((x, y), 16, shuffle=False)))   # in order
+        >>> yb[:5]
+        array([0, 1, 2, 0, 1])
     """
     leaves, treedef, n = _leaves(arrays, "batches")
     total = num_batches(n, batch_size, drop_remainder)
@@ -153,7 +162,10 @@ def repeat(epoch_fn: Callable[[int], Iterable[Batch]], epochs: int | None = None
     back: ``epochs`` epochs, or forever when ``None``.
 
     Example:
+        >>> x, y = np.zeros((50, 2), np.float32), np.zeros(50)
         >>> stream = repeat(lambda e: batches((x, y), 32, epoch=e), epochs=10)
+        >>> sum(1 for _ in stream)                    # 10 epochs of 2 batches
+        20
     """
     _check_int("repeat: start_epoch", start_epoch, 0)
     if epochs is not None:
@@ -194,8 +206,12 @@ def prefetch_to_device(iterator: Iterable[Batch], size: int = 2, *, sharding: An
             (e.g. ``DataParallel.put_batch``, which splits the batch for ``pmap``).
 
     Example:
-        >>> for batch in prefetch_to_device(batches((x, y), 128, epoch=e), size=2):
-        ...     state, metrics = step(state, batch, rng)
+        >>> x, y = np.ones((300, 2), np.float32), np.ones(300, np.int32)
+        >>> total = 0
+        >>> for xb, yb in prefetch_to_device(batches((x, y), 128, epoch=0), size=2):
+        ...     total += int(jnp.sum(yb))             # xb, yb are jax arrays already on device
+        >>> total
+        300
     """
     _check_int("prefetch_to_device: size", size, 1)
     if sum(x is not None for x in (sharding, device, put)) > 1:
@@ -265,11 +281,18 @@ class Loader:
         batch_size, shuffle, seed, drop_remainder: as for ``batches``.
 
     Example:
+        >>> x, y = np.full((1000, 4), 255, np.uint8), np.zeros(1000, np.int32)
         >>> loader = Loader({"x": x, "y": y}, 64, seed=1).map(lambda b: {**b, "x": b["x"] / 255})
         >>> len(loader)                                 # batches per epoch
-        938
-        >>> for batch in loader.prefetch(2).epoch(5): ...   # epoch 5, on device
-        >>> for batch in loader.repeat(start_epoch=5): ...  # epochs 5, 6, ... forever
+        16
+        >>> for batch in loader.prefetch(2).epoch(5):   # epoch 5, on device
+        ...     pass
+        >>> batch["x"].shape, float(batch["x"].max())   # the last, smaller batch
+        ((40, 4), 1.0)
+        >>> import itertools
+        >>> stream = loader.repeat(start_epoch=5)       # epochs 5, 6, ... forever
+        >>> len(list(itertools.islice(stream, 20)))     # here: the first 20 batches
+        20
     """
 
     def __init__(self, arrays: Batch, batch_size: int, *, shuffle: bool = True, seed: int = 0,

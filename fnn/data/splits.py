@@ -9,9 +9,17 @@ gets about ``fraction * n_c`` of them in the part, counts rounded by largest rem
 that the part's size is still ``round(fraction * n)``.
 
 Example:
+    >>> labels = np.repeat(np.arange(4), 25)          # 100 examples, 4 classes
+    >>> x = np.zeros((100, 3), np.float32)
     >>> split = train_val_test_split(labels, 0.1, 0.1, seed=0, stratify=True)
     >>> x_train, y_train = x[split.train], labels[split.train]
-    >>> for train_idx, val_idx in kfold(len(x), 5, seed=0): ...
+    >>> len(split.train), len(split.val), len(split.test)
+    (80, 10, 10)
+    >>> np.bincount(labels[split.val])                 # each class keeps its share
+    array([3, 3, 2, 2])
+    >>> for train_idx, val_idx in kfold(len(x), 5, seed=0):
+    ...     print(len(train_idx), len(val_idx), end="; ")
+    80 20; 80 20; 80 20; 80 20; 80 20;
 """
 
 from __future__ import annotations
@@ -147,9 +155,14 @@ def holdout(n_or_labels: Any, size: int | float, *, seed: int, stratify: Any = N
     (same indices for the same seed).
 
     Example:
+        >>> labels = np.arange(60000) % 10
         >>> train_idx, val_idx = holdout(60000, 5000, seed=0, stratify=labels)
-        >>> len(val_idx)
-        5000
+        >>> len(train_idx), len(val_idx)
+        (55000, 5000)
+        >>> np.bincount(labels[val_idx])
+        array([500, 500, 500, 500, 500, 500, 500, 500, 500, 500])
+        >>> [len(part) for part in holdout(1000, 0.2, seed=0)]     # a fraction
+        [800, 200]
     """
     n, _ = _n_and_labels(n_or_labels, "holdout")
     if isinstance(size, (int, np.integer)) and not isinstance(size, bool):

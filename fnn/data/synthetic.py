@@ -55,6 +55,8 @@ def two_spirals(n: int = 400, *, noise: float = 0.05, turns: float = 1.5,
 
     Example:
         >>> x, y = two_spirals(200, noise=0.0, seed=1)
+        >>> x.shape, np.bincount(y)                   # two balanced classes
+        ((200, 2), array([100, 100]))
     """
     _check("two_spirals", n, noise)
     if not turns > 0:
@@ -82,6 +84,11 @@ def circles(n: int = 400, *, noise: float = 0.05, factor: float = 0.5,
 
     Example:
         >>> x, y = circles(200, factor=0.3)
+        >>> x.shape, np.bincount(y)
+        ((200, 2), array([100, 100]))
+        >>> r = np.linalg.norm(x, axis=1)             # class 1: the inner circle
+        >>> bool(r[y == 1].max() < r[y == 0].min())
+        True
     """
     _check("circles", n, noise)
     if not 0 < factor < 1:

@@ -6,9 +6,20 @@
   ``transform`` any split with them.
 
 Example:
-    >>> x, y = load_csv("iris.csv", label_column="species")
+    >>> import os, tempfile
+    >>> from fnn.data import holdout
+    >>> path = os.path.join(tempfile.mkdtemp(), "iris.csv")
+    >>> with open(path, "w") as f:
+    ...     _ = f.write("sepal_length,sepal_width,species\\n5.1,3.5,setosa\\n7.0,3.2,versicolor\\n"
+    ...                 "6.3,3.3,virginica\\n4.9,3.0,setosa\\n")
+    >>> x, y = load_csv(path, label_column="species")
+    >>> x.shape, y
+    ((4, 2), array([0, 1, 2, 0], dtype=int32))
+    >>> train_idx, val_idx = holdout(len(x), 1, seed=0)
     >>> scaler = Standardizer.fit(x[train_idx])
     >>> x_train, x_val = scaler.transform(x[train_idx]), scaler.transform(x[val_idx])
+    >>> np.allclose(x_train.mean(0), 0, atol=1e-6)
+    True
 """
 
 from __future__ import annotations
@@ -43,7 +54,13 @@ class Table(_XY):
             alphabetically first); ``None`` for numeric labels.
 
     Example:
-        >>> t = load_csv("iris.csv", label_column="species")
+        >>> import os, tempfile
+        >>> path = os.path.join(tempfile.mkdtemp(), "iris.csv")
+        >>> with open(path, "w") as f:
+        ...     _ = f.write("sepal_length,sepal_width,species\\n5.1,3.5,setosa\\n7.0,3.2,versicolor\\n")
+        >>> t = load_csv(path, label_column="species")
+        >>> t
+        Table(x=float32(2, 2), y=int32(2,), feature_names=('sepal_length', 'sepal_width'), classes=('setosa', 'versicolor'))
         >>> x, y = t                       # unpacks like a pair
         >>> t.classes[y[0]]
         'setosa'
@@ -90,8 +107,19 @@ def load_csv(path: str | os.PathLike, *, label_column: int | str,
             file and, where it applies, the line (1-based, as an editor shows it) and column.
 
     Example:
-        >>> x, y = load_csv("houses.csv", label_column="price")       # y float32
-        >>> t = load_csv("iris.csv", label_column=-1, header=False)   # t.y int32, t.classes
+        >>> import os, tempfile
+        >>> folder = tempfile.mkdtemp()
+        >>> with open(os.path.join(folder, "houses.csv"), "w") as f:
+        ...     _ = f.write("rooms,area,price\\n3,70,250000\\n4,95,320000.5\\n")
+        >>> x, y = load_csv(os.path.join(folder, "houses.csv"), label_column="price")
+        >>> x, y                                                      # y float32
+        (array([[ 3., 70.],
+               [ 4., 95.]], dtype=float32), array([250000. , 320000.5], dtype=float32))
+        >>> with open(os.path.join(folder, "iris.csv"), "w") as f:
+        ...     _ = f.write("5.1,3.5,setosa\\n7.0,3.2,versicolor\\n")
+        >>> t = load_csv(os.path.join(folder, "iris.csv"), label_column=-1, header=False)
+        >>> t.y, t.classes, t.feature_names                           # t.y int32, t.classes
+        (array([0, 1], dtype=int32), ('setosa', 'versicolor'), ('col0', 'col1'))
     """
     path = Path(path)
     try:
@@ -190,8 +218,14 @@ class Standardizer(NamedTuple):
         std: ``float32 (F,)``; a feature with zero spread gets std 1 (it maps to 0, not NaN).
 
     Example:
+        >>> x_train = np.array([[1.0, 10.0], [3.0, 10.0]], np.float32)
+        >>> original_x_test = np.array([[2.0, 11.0]], np.float32)
         >>> scaler = Standardizer.fit(x_train)        # statistics of x_train only
-        >>> x_train, x_test = scaler.transform(x_train), scaler.transform(x_test)
+        >>> scaler
+        Standardizer(mean=array([ 2., 10.], dtype=float32), std=array([1., 1.], dtype=float32))
+        >>> x_train, x_test = scaler.transform(x_train), scaler.transform(original_x_test)
+        >>> x_test                                    # the constant feature: std 1, not NaN
+        array([[0., 1.]], dtype=float32)
         >>> np.allclose(scaler.inverse_transform(x_test), original_x_test, atol=1e-5)
         True
     """

@@ -3,6 +3,15 @@ combinators take one that needs no arguments bare, as configs do (``fnn.serial(.
 
 Example:
     >>> net = fnn.serial(fnn.Dense(8), fnn.PRelu(per_channel=True), fnn.Dense(1), fnn.Sigmoid)
+    >>> out_shape, params, state = net.init(jax.random.key(0), (-1, 3))
+    >>> out_shape, params["prelu_0"]["alpha"].shape        # one learned slope per channel
+    ((-1, 1), (8,))
+    >>> y, _ = net.apply(params, state, jnp.ones((5, 3)))
+    >>> y.shape, bool(((y > 0) & (y < 1)).all())
+    ((5, 1), True)
+    >>> y, _ = fnn.LeakyRelu(alpha=0.2).apply({}, {}, jnp.array([-1.0, 2.0]))
+    >>> np.allclose(y, [-0.2, 2.0])
+    True
 """
 
 from __future__ import annotations

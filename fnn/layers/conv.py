@@ -8,6 +8,9 @@ effective window is ``k_eff = (k - 1) * d + 1`` and the output size is
   as ``(p // 2, p - p // 2)`` (the extra element goes after, as in TensorFlow and ``jax.lax``);
 * explicit ``(lo, hi)``: ``floor((n + lo + hi - k_eff) / s) + 1``.
 
+The convolution itself is :func:`fnn.layers.conv_ops.conv` (``lax.conv_general_dilated``, with
+a gradient that XLA:CPU runs fast inside ``lax.scan``).
+
 The helpers :func:`as_tuple`, :func:`resolve_padding`, :func:`axis_pads` and
 :func:`output_size` implement these rules once; ``fnn.layers.pooling`` uses them too.
 
@@ -23,16 +26,15 @@ from typing import Any, Sequence
 
 import jax
 import jax.numpy as jnp
-from jax import lax
 
 from fnn import initializers
 from fnn.core import Layer, LayerError, check_shape, layer_type
+from fnn.layers import conv_ops
 
 __all__ = ["Conv1D", "Conv2D"]
 
 Padding = str | tuple[tuple[int, int], ...]
 
-_DIMENSION_NUMBERS = {1: ("NWC", "WIO", "NWC"), 2: ("NHWC", "HWIO", "NHWC")}
 _AXES = {1: "length", 2: "height, width"}
 
 
@@ -201,10 +203,7 @@ def _conv(ndim: int, kind: str, features: int, kernel_size: Any, strides: Any, p
         pads = [axis_pads(n, k, s, d, pad, a)
                 for a, (n, k, s, d) in enumerate(zip(shape[1:-1], window, stride, dil))]
         dtype = jnp.result_type(x.dtype, w.dtype)
-        y = lax.conv_general_dilated(
-            jnp.asarray(x, dtype), w.astype(dtype), window_strides=stride, padding=pads,
-            rhs_dilation=dil, dimension_numbers=_DIMENSION_NUMBERS[ndim],
-            feature_group_count=groups)
+        y = conv_ops.conv(jnp.asarray(x, dtype), w.astype(dtype), stride, pads, dil, groups)
         if use_bias:
             y = y + params["b"]
         return y, state

@@ -4,8 +4,18 @@ In training each unit is kept with probability ``1 - rate`` and kept units are s
 ``1 / (1 - rate)``, so ``E[y] = x`` and no rescaling is needed at test time.
 
 Example:
-    >>> net = fnn.serial(fnn.Dense(800), fnn.Relu, fnn.Dropout(0.5), fnn.Dense(10))
+    >>> net = fnn.serial(fnn.Dense(16), fnn.Relu, fnn.Dropout(0.5), fnn.Dense(10))
+    >>> _, params, state = net.init(jax.random.key(0), (-1, 8))
+    >>> x = jnp.ones((4, 8))
     >>> y, _ = net.apply(params, state, x, rng=jax.random.key(1), train=True)
+    >>> y.shape
+    (4, 10)
+    >>> y_test, _ = net.apply(params, state, x)          # test: no rng, no dropout
+    >>> np.allclose(y_test, net.apply(params, state, x)[0])
+    True
+    >>> net.apply(params, state, x, train=True)
+    Traceback (most recent call last):
+    fnn.core.LayerError: Dropout layer 'dropout_0': needs an rng because it drops random units in training; ...
 """
 
 from __future__ import annotations

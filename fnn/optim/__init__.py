@@ -33,6 +33,9 @@ Modules, one job each:
 * :mod:`fnn.optim.checks`: config value checks with one-line errors.
 
 Example:
+    >>> net = fnn.serial(fnn.Dense(4), fnn.Relu, fnn.Dense(2))
+    >>> _, params, _ = net.init(jax.random.key(0), (-1, 3))
+    >>> grads = jax.tree.map(jnp.ones_like, params)          # stand-in gradients
     >>> opt = fnn.optim.make_optimizer({"name": "adam", "learning_rate": 1e-3, "clip_norm": 1.0})
     >>> opt_state = opt.init(params)
     >>> updates, opt_state = opt.update(grads, opt_state, params)

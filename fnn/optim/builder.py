@@ -9,8 +9,12 @@ and frozen leaves get zero updates. The optimizer's rule under the chosen ``conv
 from :data:`fnn.optim.rules.RULES`; keys, conventions and formulas are in docs/OPTIMIZERS.md.
 
 Example:
+    >>> params = {"dense_0": {"w": jnp.ones((3, 2)), "b": jnp.zeros(2)}}
+    >>> grads = {"dense_0": {"w": jnp.full((3, 2), 5.0), "b": jnp.ones(2)}}
     >>> opt = make_optimizer({"name": "adam", "learning_rate": 1e-3, "clip_norm": 1.0})
     >>> updates, state = opt.update(grads, opt.init(params), params)
+    >>> np.allclose(updates["dense_0"]["w"], -1e-3)  # Adam's first step: -lr * sign(g)
+    True
 """
 
 from __future__ import annotations
@@ -107,8 +111,16 @@ def make_optimizer(config: Mapping[str, Any], *, params: optax.Params | None = N
     Example:
         >>> opt = make_optimizer({"name": "momentum", "learning_rate": 0.1, "momentum": 0.9,
         ...                       "freeze": ["dense_0"]})
+        >>> net = fnn.serial(fnn.Dense(4), fnn.Relu, fnn.Dense(2))
+        >>> _, params, _ = net.init(jax.random.key(0), (-1, 3))
+        >>> grads = jax.tree.map(jnp.ones_like, params)
         >>> state = opt.init(params)
         >>> updates, state = opt.update(grads, state, params)   # zeros under dense_0
+        >>> jax.tree.map(lambda u: round(float(jnp.abs(u).max()), 4), updates)
+        {'dense_0': {'b': 0.0, 'w': 0.0}, 'dense_1': {'b': 0.1, 'w': 0.1}}
+        >>> make_optimizer({"name": "adam", "learning_rat": 0.1})
+        Traceback (most recent call last):
+        ValueError: optimizer.learning_rat: unknown key; did you mean learning_rate? ...
     """
     config = mapping(config, where)
     if "name" not in config:

@@ -31,7 +31,17 @@ def learning_rate_of(opt_state: Any) -> jax.Array | None:
     the first one's, ``schedule(0)``. ``None`` when the state holds no learning rate.
 
     Example:
-        >>> metrics["lr"] = learning_rate_of(opt_state)   # inside a jitted train step
+        >>> opt = fnn.optim.make_optimizer({"name": "sgd", "learning_rate": 0.1,
+        ...     "schedule": {"name": "step", "step_size": 1, "gamma": 0.5}})
+        >>> params = {"w": jnp.zeros(3)}
+        >>> opt_state = opt.init(params)
+        >>> learning_rate_of(opt_state)                    # schedule(0)
+        Array(0.1, dtype=float32)
+        >>> for _ in range(2):
+        ...     _, opt_state = opt.update({"w": jnp.ones(3)}, opt_state, params)
+        >>> metrics = jax.jit(lambda s: {"lr": learning_rate_of(s)})(opt_state)  # in a train step
+        >>> metrics["lr"]                                  # the 2nd update's rate, schedule(1)
+        Array(0.05, dtype=float32)
     """
     found = optax.tree.get_all_with_path(
         opt_state, "learning_rate",
@@ -45,7 +55,7 @@ def current_learning_rate(opt_state: Any) -> float | None:
     See :func:`learning_rate_of` for which step's rate it is; ``None`` if there is none.
 
     Example:
-        >>> opt = make_optimizer({"name": "sgd", "learning_rate": 0.1})
+        >>> opt = fnn.optim.make_optimizer({"name": "sgd", "learning_rate": 0.1})
         >>> current_learning_rate(opt.init({"w": jnp.zeros(3)}))
         0.1
     """

@@ -4,6 +4,7 @@ Both label the leaves of a params pytree by the keys on their path (``{"dense_0"
 the leaf ``w`` of layer ``dense_0``).
 
 Example:
+    >>> w, b = jnp.ones((3, 2)), jnp.zeros(2)
     >>> weights_only({"dense_0": {"w": w, "b": b}})
     {'dense_0': {'b': False, 'w': True}}
     >>> frozen_labels({"enc": {"w": w}, "head": {"w": w}}, (("enc",),), "optimizer.freeze")
@@ -36,6 +37,7 @@ def weights_only(params: optax.Params) -> Any:
     held under a dict key. Shapes: a pytree of bools with the structure of ``params``.
 
     Example:
+        >>> w, b, w2 = jnp.ones((3, 2)), jnp.zeros(2), jnp.ones((2, 8))
         >>> weights_only({"dense_0": {"w": w, "b": b}, "lstm": {"w_ih": w2}})
         {'dense_0': {'b': False, 'w': True}, 'lstm': {'w_ih': True}}
     """

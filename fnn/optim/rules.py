@@ -17,6 +17,10 @@ Example:
     >>> rule.defaults
     {'initial_accumulator_value': 0.0, 'eps': 1e-10, 'eps_in_sqrt': False}
     >>> tx = rule.build(0.01, **rule.defaults)
+    >>> params = {"w": jnp.zeros(2)}
+    >>> updates, _ = tx.update({"w": jnp.array([0.5, -2.0])}, tx.init(params), params)
+    >>> np.allclose(updates["w"], [-0.01, 0.01])    # first step: -lr * g / |g|
+    True
 """
 
 from __future__ import annotations

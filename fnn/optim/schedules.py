@@ -5,7 +5,7 @@
 
 Example:
     >>> s = make_schedule(0.1, {"name": "step", "step_size": 10, "gamma": 0.5})
-    >>> float(s(25))
+    >>> round(float(s(25)), 6)                     # 0.1 * 0.5 ** (25 // 10)
     0.025
 """
 

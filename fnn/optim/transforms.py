@@ -18,8 +18,11 @@ correction and bound is float64.
 * :func:`scale_by_adabound` and :func:`adabound`: AdaBound (Luo et al. 2019).
 
 Example:
+    >>> params, grads = {"w": jnp.array([1.0, 2.0])}, {"w": jnp.array([0.5, -2.0])}
     >>> tx = optax.chain(scale_by_adagrad(eps=1e-10), optax.scale_by_learning_rate(0.1))
     >>> updates, state = tx.update(grads, tx.init(params))
+    >>> np.allclose(updates["w"], [-0.1, 0.1])      # first step: -0.1 * g / |g|
+    True
 """
 
 from __future__ import annotations
@@ -72,6 +75,12 @@ def scale_by_adagrad(initial_accumulator_value: float = 0.0,
 
     Example:
         >>> tx = optax.chain(scale_by_adagrad(), optax.scale_by_learning_rate(0.1))
+        >>> params = {"w": jnp.zeros(2)}
+        >>> state = tx.init(params)
+        >>> for g in ([3.0, 1.0], [4.0, 0.0]):          # G = 9 + 16 = 25 and 1 + 0 = 1
+        ...     updates, state = tx.update({"w": jnp.array(g)}, state)
+        >>> np.allclose(updates["w"], [-0.1 * 4 / 5, 0.0])
+        True
     """
     def init_fn(params):
         return ScaleByAdagradState(optax.tree.full_like(params, initial_accumulator_value))
@@ -128,6 +137,10 @@ def scale_by_adam_variant(b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8,
     Example:
         >>> keras_adam = optax.chain(scale_by_adam_variant(eps=1e-7, eps_hat=True),
         ...                          optax.scale_by_learning_rate(1e-3))
+        >>> params = {"w": jnp.zeros(2)}
+        >>> updates, _ = keras_adam.update({"w": jnp.array([0.5, -2.0])}, keras_adam.init(params))
+        >>> np.allclose(updates["w"], [-1e-3, 1e-3])    # first step: about -lr * sign(g)
+        True
     """
     if max_of not in ("raw", "corrected"):
         raise ValueError(f"scale_by_adam_variant: max_of must be 'raw' or 'corrected', "
@@ -215,6 +228,10 @@ def scale_by_nadam(b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8,
 
     Example:
         >>> tx = optax.chain(scale_by_nadam(), optax.scale_by_learning_rate(2e-3))
+        >>> params = {"w": jnp.zeros(2)}
+        >>> updates, _ = tx.update({"w": jnp.array([0.5, -2.0])}, tx.init(params))
+        >>> updates["w"].shape
+        (2,)
     """
     def init_fn(params):
         return ScaleByNadamState(count=jnp.zeros([], jnp.int32),
@@ -262,6 +279,10 @@ def scale_by_adamax(b1: float = 0.9, b2: float = 0.999,
 
     Example:
         >>> tx = optax.chain(scale_by_adamax(), optax.scale_by_learning_rate(2e-3))
+        >>> params = {"w": jnp.zeros(2)}
+        >>> updates, _ = tx.update({"w": jnp.array([0.5, -2.0])}, tx.init(params))
+        >>> np.allclose(updates["w"], [-2e-3, 2e-3])    # first step: -lr * g / |g|
+        True
     """
     def init_fn(params):
         return optax.ScaleByAdamState(count=jnp.zeros([], jnp.int32),
@@ -336,6 +357,10 @@ def scale_by_adabound(final_lr: float = 0.1, gamma: float = 1e-3, b1: float = 0.
     Example:
         >>> tx = optax.chain(scale_by_adabound(final_lr=0.1, base_learning_rate=1e-3),
         ...                  optax.scale_by_learning_rate(1e-3))
+        >>> params = {"w": jnp.zeros(2)}
+        >>> updates, _ = tx.update({"w": jnp.array([0.5, -2.0])}, tx.init(params))
+        >>> updates["w"].shape
+        (2,)
     """
     if not base_learning_rate > 0:
         raise ValueError(f"scale_by_adabound: base_learning_rate must be > 0, "
@@ -387,8 +412,11 @@ def adabound(learning_rate: optax.ScalarOrSchedule, final_lr: float = 0.1, gamma
             required with a schedule (pass its peak value).
 
     Example:
+        >>> params, grads = {"w": jnp.array([1.0, 2.0])}, {"w": jnp.array([0.5, -2.0])}
         >>> opt = adabound(1e-3, final_lr=0.1)
         >>> updates, state = opt.update(grads, opt.init(params), params)
+        >>> np.allclose(updates["w"], [-1e-3, 1e-3])    # early on: Adam's step
+        True
     """
     if base_learning_rate is None:
         if callable(learning_rate):

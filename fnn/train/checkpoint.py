@@ -16,8 +16,27 @@ naming the file and the tensor on a mismatch. A checkpoint written by fnn 0.1 (n
 still loads, with a one-line :class:`UnverifiedCheckpointWarning`.
 
 Example:
-    >>> fnn.save("model.safetensors", net, params, state)
-    >>> net, params, state = fnn.load("model.safetensors")
+    >>> import os, tempfile
+    >>> net = fnn.serial(fnn.Dense(8), fnn.Relu, fnn.Dense(2))
+    >>> _, params, state = net.init(jax.random.key(0), (-1, 3))
+    >>> path = os.path.join(tempfile.mkdtemp(), "model.safetensors")
+    >>> fnn.save(path, net, params, state, input_shape=(-1, 3))
+    >>> net2, params2, state2 = fnn.load(path)       # architecture and weights
+    >>> net2.spec == net.spec
+    True
+    >>> x = jnp.ones((5, 3))
+    >>> bool(jnp.array_equal(net2.apply(params2, state2, x)[0], net.apply(params, state, x)[0]))
+    True
+
+    A changed byte is caught by the checksums:
+
+    >>> with open(path, "r+b") as f:
+    ...     _ = f.seek(-1, os.SEEK_END)
+    ...     _ = f.write(b"X")
+    >>> fnn.load(path)
+    Traceback (most recent call last):
+    fnn.train.checkpoint.CheckpointError: .../model.safetensors is damaged: tensor '...' does not
+    match its sha256 checksum
 """
 
 from __future__ import annotations
@@ -261,9 +280,15 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], dic
             checkpoint, or a checksum that does not match (naming the file and the tensor).
 
     Example:
-        >>> arrays, meta = read_checkpoint("runs/xor/checkpoints/best.safetensors")
-        >>> arrays["params/dense_0/w"].shape, meta["kind"]
-        ((2, 8), 'train_state')
+        >>> import os, tempfile
+        >>> _, params, _ = fnn.serial(fnn.Dense(8)).init(jax.random.key(0), (-1, 2))
+        >>> path = os.path.join(tempfile.mkdtemp(), "latest.safetensors")
+        >>> save_tree(path, {"params": params, "step": jnp.int32(7)}, {"kind": "train_state"})
+        >>> arrays, meta = read_checkpoint(path)
+        >>> sorted(arrays)
+        ['params/dense_0/b', 'params/dense_0/w', 'step']
+        >>> arrays["params/dense_0/w"].shape, int(arrays["step"]), meta["kind"]
+        ((2, 8), 7, 'train_state')
     """
     path = Path(path)
     with _open(path) as f:
@@ -383,7 +408,19 @@ def load_weights(path: str | os.PathLike, net: Layer | None = None, *,
         CheckpointError: the file is missing, damaged (checksums) or does not fit ``net``.
 
     Example:
-        >>> params, state = fnn.load_weights("best.safetensors", net, input_shape=(-1, 784))
+        >>> import os, tempfile
+        >>> net = fnn.serial(fnn.Dense(8), fnn.Relu, fnn.Dense(2))
+        >>> _, params, state = net.init(jax.random.key(0), (-1, 784))
+        >>> path = os.path.join(tempfile.mkdtemp(), "best.safetensors")
+        >>> fnn.save_weights(path, params, state)
+        >>> params, state = fnn.load_weights(path, net, input_shape=(-1, 784))
+        >>> params["dense_0"]["w"].shape
+        (784, 8)
+        >>> wider = fnn.serial(fnn.Dense(16), fnn.Relu, fnn.Dense(2))
+        >>> fnn.load_weights(path, wider, input_shape=(-1, 784))
+        Traceback (most recent call last):
+        fnn.train.checkpoint.CheckpointError: .../best.safetensors: layer 'dense_0' parameter 'b'
+        has shape (8,) in the checkpoint, but the network needs (16,)
     """
     path = Path(path)
     arrays, meta = read_checkpoint(path)

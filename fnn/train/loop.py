@@ -108,7 +108,8 @@ def fit(net: Layer, loss: Callable[..., jax.Array], optimizer: optax.GradientTra
         callbacks: Sequence[Callable[[dict, TrainState], Any]] = (),
         progress: bool = False, log: Callable[[str], None] | None = print,
         parallel: str | DataParallel | None = None,
-        devices: int | Sequence[Any] | None = None) -> FitResult:
+        devices: int | Sequence[Any] | None = None,
+        diagnostics: int | None = None) -> FitResult:
     """Train ``net`` on ``train_data``; validate on ``val_data`` after every epoch.
 
     Args:
@@ -146,6 +147,10 @@ def fit(net: Layer, loss: Callable[..., jax.Array], optimizer: optax.GradientTra
             batch-norm statistics see the padding). Only process 0
             writes ``run_dir`` and logs; ``callbacks`` run on every process and must decide
             alike.
+        diagnostics: every this many steps, log gradient-flow diagnostics of the first
+            training batch to ``run_dir/diagnostics.jsonl`` and ``gradflow.png``
+            (:class:`fnn.diagnostics.Diagnostics`; in ``"epoch"`` mode at the end of the epochs
+            in which such a step falls). ``None``: none, no cost.
 
     Returns:
         A :class:`FitResult`; its train state is one unreplicated copy, whatever the devices.
@@ -201,8 +206,9 @@ def fit(net: Layer, loss: Callable[..., jax.Array], optimizer: optax.GradientTra
                             axis_name=dp.axis_name)
     eval_step = dp.compile_eval(eval_step_fn(train_net, loss, metrics=metrics,
                                              axis_name=dp.axis_name))
+    diag = _diagnostics(diagnostics, dp, net, loss, optimizer, folder, first)
     run_epoch = _epoch_runner(dp, step_fn, train, mode, batch_size,
-                              jax.random.fold_in(seed_key, 1), start_epoch, progress, epochs)
+                              jax.random.fold_in(seed_key, 1), start_epoch, progress, epochs, diag)
     train_state = dp.replicate(train_state)
     bar = _epoch_bar(progress and mode == "epoch", start_epoch, epochs)
     stopped_early = False
@@ -313,9 +319,27 @@ def _matching_opt_state(ts: TrainState, optimizer: optax.GradientTransformation)
     return ts if same else ts._replace(opt_state=optimizer.init(ts.params))
 
 
+def _diagnostics(every: int | None, dp: DataParallel, net: Layer, loss: Callable,
+                 optimizer: optax.GradientTransformation, folder: RunFolder, batch: dict):
+    """``record(train_state, step, epoch, steps_in_epoch=None)``: gradient-flow diagnostics
+    when due (process 0 only), or ``None`` without ``diagnostics``."""
+    if every is None or not dp.is_main:
+        return None
+    from fnn.diagnostics import Diagnostics
+    diag = Diagnostics(net, loss, optimizer, every=every,
+                       run_dir=folder.path if folder.writes else None)
+
+    def record(ts, step, epoch, steps_in_epoch=None):
+        due = diag.due(step) if steps_in_epoch is None else diag.due(step, steps_in_epoch)
+        if due:
+            diag.record(dp.unreplicate(ts), batch, step=step, epoch=epoch + 1)
+
+    return record
+
+
 def _epoch_runner(dp: DataParallel, step_fn: Callable, train: ArraySource | IterableSource,
                   mode: str, batch_size: int | None, data_key: jax.Array, start_epoch: int,
-                  progress: bool, epochs: int) -> Callable:
+                  progress: bool, epochs: int, diag: Callable | None = None) -> Callable:
     """``run(train_state, epoch) -> (train_state, metrics stacked over steps, examples)``."""
     if mode == "epoch":
         run = dp.compile_epoch(step_fn, train.num_examples, batch_size)
@@ -323,7 +347,10 @@ def _epoch_runner(dp: DataParallel, step_fn: Callable, train: ArraySource | Iter
         steps = train.num_examples // batch_size
 
         def run_scanned(ts, epoch):
+            first_step = int(dp.unreplicate(ts.step)) if diag is not None else 0
             ts, stacked = run(ts, device_data, jax.random.fold_in(data_key, epoch))
+            if diag is not None:
+                diag(ts, first_step + steps, epoch, steps)
             return ts, jax.device_get(stacked), steps * batch_size
 
         return run_scanned
@@ -348,9 +375,12 @@ def _epoch_runner(dp: DataParallel, step_fn: Callable, train: ArraySource | Iter
             from tqdm.auto import tqdm
             batches = tqdm(batches, desc=f"epoch {epoch + 1}/{epochs}", leave=False, unit="step")
         collected = []
+        first_step = int(dp.unreplicate(ts.step)) if diag is not None else 0
         for batch in batches:
             ts, m = run(ts, batch)
             collected.append(m)
+            if diag is not None:
+                diag(ts, first_step + len(collected), epoch)
         if not collected:
             raise ValueError(f"train_data: no batches in epoch {epoch + 1}")
         return ts, jax.device_get(jax.tree_util.tree_map(lambda *xs: jnp.stack(xs),

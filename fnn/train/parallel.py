@@ -20,23 +20,43 @@ Across several processes (hosts), call :func:`initialize` first; each process th
 only its own slice of every global batch (:meth:`DataParallel.local_slice`), and the step
 averages over all devices of all processes.
 
+On CPU devices (``--xla_force_host_platform_device_count``) every compiled call returns only
+once its results are computed (:attr:`DataParallel.waits_for_each_call`): XLA's CPU client
+deadlocks when the host runs 32 steps with collectives ahead of the devices (see
+``docs/DISTRIBUTED.md``, "Simulated CPU devices"); on GPUs and TPUs dispatch stays asynchronous.
+
 Results do not depend on the number of devices: with the same global batches (and dropout
 off under ``pmap``) a run on 8 devices ends with the params of a run on 1, to float
 rounding. Checkpoints hold one unreplicated copy of the state
 (:meth:`DataParallel.unreplicate`), so a run saved on 8 devices resumes on 1 and back.
 
 Example:
+    Three steps of a small network with batch norm, data-parallel over all local devices
+    (global batches of 8 rows; 8 must divide by the device count):
+
+    >>> from fnn.train import init_train_state, train_step_fn
     >>> dp = DataParallel("mesh")                     # all local devices
-    >>> net = dp.prepare_net(net)                     # BatchNorm axis names for the mode
-    >>> step = dp.compile_step(train_step_fn(net, loss, opt, axis_name=dp.axis_name))
-    >>> ts = dp.replicate(train_state)
-    >>> for host_batch in batches:                    # global batches of size B
+    >>> net = dp.prepare_net(fnn.serial(fnn.Dense(16), fnn.BatchNorm(), fnn.Relu, fnn.Dense(3)))
+    >>> opt = optax.sgd(0.1)
+    >>> _, train_state = init_train_state(net, opt, (-1, 4), jax.random.key(0))
+    >>> step = dp.compile_step(train_step_fn(net, fnn.losses.softmax_cross_entropy, opt,
+    ...                                      axis_name=dp.axis_name))
+    >>> ts = dp.replicate(train_state)                # the step donates it: use ts from here on
+    >>> rng = np.random.default_rng(0)
+    >>> batches = [{"x": rng.normal(size=(8, 4)).astype(np.float32),
+    ...             "y": rng.integers(0, 3, size=8)} for _ in range(3)]
+    >>> for host_batch in batches:
     ...     ts, metrics = step(ts, dp.put_batch(dp.local_part(host_batch)))
-    >>> params = dp.unreplicate(ts).params            # one copy, for checkpoints
+    >>> {name: value.shape for name, value in metrics.items()}   # whole-batch means
+    {'loss': (), 'objective': ()}
+    >>> one = dp.unreplicate(ts)                      # one copy, for checkpoints
+    >>> int(one.step), one.params["dense_0"]["w"].shape
+    (3, (4, 16))
 """
 
 from __future__ import annotations
 
+import functools
 import os
 from typing import Any, Callable, Sequence
 
@@ -49,7 +69,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from fnn.core import Layer, map_layers
 
 __all__ = ["DataParallel", "as_data_parallel", "initialize", "synchronize",
-           "with_batch_norm_axis", "MODES", "PMAP_AXIS", "MESH_AXIS"]
+           "wait_for_results", "with_batch_norm_axis", "MODES", "PMAP_AXIS", "MESH_AXIS"]
 
 MODES = ("none", "pmap", "mesh")
 PMAP_AXIS = "batch"
@@ -95,8 +115,21 @@ def initialize(coordinator_address: str | None = None, num_processes: int | None
         RuntimeError: JAX was already in use, too late to start ``jax.distributed``.
 
     Example:
-        >>> initialize("10.0.0.1:1234", num_processes=2, process_id=0)   # on host 0
-        True
+        On host 0 of two, before anything else uses JAX,
+        ``initialize("10.0.0.1:1234", num_processes=2, process_id=0)`` starts
+        ``jax.distributed`` and returns ``True`` (host 1 passes ``process_id=1``). A single
+        process with nothing set starts nothing, and a bad setting is refused before any
+        connection is tried:
+
+        >>> initialize(), initialize(num_processes=1)
+        (False, False)
+        >>> initialize("10.0.0.1:1234", num_processes=2)
+        Traceback (most recent call last):
+        ValueError: parallel.process_id: not set (nor JAX_PROCESS_ID); several processes need
+        coordinator_address, num_processes and process_id
+        >>> initialize("10.0.0.1:1234", num_processes=2, process_id=2)
+        Traceback (most recent call last):
+        ValueError: parallel.process_id: must be an int in [0, 2), got 2
     """
     if jax.distributed.is_initialized():
         return True
@@ -205,11 +238,21 @@ class DataParallel:
         axis_name: the axis name to give ``train_step_fn``/``eval_step_fn``: ``"batch"``
             under ``pmap``, else ``None``.
         mesh: the ``Mesh`` of ``mesh`` mode (``None`` otherwise).
+        waits_for_each_call: whether the compiled step, evaluation and epoch return only once
+            their results are computed; ``True`` on several CPU devices (where XLA deadlocks
+            when dispatch runs 32 steps ahead, see :func:`wait_for_results`), else ``False``.
 
     Example:
-        >>> dp = DataParallel("pmap", devices=4)
+        >>> dp = DataParallel("pmap", devices=1)     # the first local device
+        >>> dp, dp.axis_name, dp.waits_for_each_call
+        (DataParallel(mode='pmap', devices=1), 'batch', False)
         >>> dp.check_batch_size(128)       # the per-process part of a global batch
         128
+        >>> DataParallel("mesh").mesh.axis_names
+        ('data',)
+        >>> DataParallel("data")
+        Traceback (most recent call last):
+        ValueError: parallel.mode: must be one of none, pmap, mesh, got 'data'
     """
 
     def __init__(self, mode: str | None = "none", devices: int | Sequence[Any] | None = None):
@@ -234,6 +277,8 @@ class DataParallel:
             self.devices = self.local_devices
         self.num_devices = len(self.devices)
         self.axis_name = PMAP_AXIS if mode == "pmap" else None
+        self.waits_for_each_call = (len(self.local_devices) > 1
+                                    and self.local_devices[0].platform == "cpu")
         self.mesh: Mesh | None = None
         if mode == "pmap":
             local_mesh = Mesh(np.array(self.local_devices), (PMAP_AXIS,))
@@ -367,23 +412,28 @@ class DataParallel:
         """
         donate_argnums = (0,) if donate else ()
         if self.mode == "pmap":
-            return jax.pmap(step_fn, axis_name=PMAP_AXIS, out_axes=(0, None),
+            step = jax.pmap(step_fn, axis_name=PMAP_AXIS, out_axes=(0, None),
                             donate_argnums=donate_argnums, devices=self.devices)
-        if self.mode == "mesh":
+        elif self.mode == "mesh":
             rep = self._replicated
-            return jax.jit(step_fn, in_shardings=(rep, self._sharded), out_shardings=(rep, rep),
+            step = jax.jit(step_fn, in_shardings=(rep, self._sharded), out_shardings=(rep, rep),
                            donate_argnums=donate_argnums)
-        return jax.jit(step_fn, donate_argnums=donate_argnums)
+        else:
+            step = jax.jit(step_fn, donate_argnums=donate_argnums)
+        return self._paced(step)
 
     def compile_eval(self, eval_fn: Callable) -> Callable:
         """Compile ``eval_fn(params, model_state, batch) -> sums`` (from ``eval_step_fn`` with
         ``axis_name=self.axis_name``); the sums over the global batch come back unreplicated."""
         if self.mode == "pmap":
-            return jax.pmap(eval_fn, axis_name=PMAP_AXIS, out_axes=None, devices=self.devices)
-        if self.mode == "mesh":
+            evaluate = jax.pmap(eval_fn, axis_name=PMAP_AXIS, out_axes=None, devices=self.devices)
+        elif self.mode == "mesh":
             rep = self._replicated
-            return jax.jit(eval_fn, in_shardings=(rep, rep, self._sharded), out_shardings=rep)
-        return jax.jit(eval_fn)
+            evaluate = jax.jit(eval_fn, in_shardings=(rep, rep, self._sharded),
+                               out_shardings=rep)
+        else:
+            evaluate = jax.jit(eval_fn)
+        return self._paced(evaluate)
 
     def compile_epoch(self, step_fn: Callable, num_examples: int, batch_size: int, *,
                       shuffle: bool = True, donate: bool = True) -> Callable:
@@ -412,12 +462,15 @@ class DataParallel:
                          (lambda batch: lax.with_sharding_constraint(batch, self._sharded)))
 
         if pmapped:
-            return jax.pmap(epoch, axis_name=PMAP_AXIS, in_axes=(0, None, None),
-                            out_axes=(0, None), donate_argnums=donate_argnums,
-                            devices=self.devices)
+            return self._paced(jax.pmap(epoch, axis_name=PMAP_AXIS, in_axes=(0, None, None),
+                                        out_axes=(0, None), donate_argnums=donate_argnums,
+                                        devices=self.devices))
         rep = self._replicated
-        return jax.jit(epoch, in_shardings=(rep, rep, rep), out_shardings=(rep, rep),
-                       donate_argnums=donate_argnums)
+        return self._paced(jax.jit(epoch, in_shardings=(rep, rep, rep),
+                                   out_shardings=(rep, rep), donate_argnums=donate_argnums))
+
+    def _paced(self, compiled: Callable) -> Callable:
+        return wait_for_results(compiled) if self.waits_for_each_call else compiled
 
     def prepare_net(self, net: Layer) -> Layer:
         """The network to train in this mode: ``BatchNorm`` axis names set (see
@@ -425,6 +478,35 @@ class DataParallel:
         if self.mode == "none":
             return net
         return with_batch_norm_axis(net, self.axis_name)
+
+
+def wait_for_results(compiled: Callable) -> Callable:
+    """``compiled`` made to return only once its outputs are computed (no dispatch ahead).
+
+    The remedy for a deadlock in XLA's CPU client, which runs the launches and the executions
+    of all devices on one pool of ``max(cores, devices)`` threads. When the host is 32
+    computations ahead of a device (XLA's limit of computations in flight per device), the
+    launch of the next one holds a pool thread until that device finishes one; the other
+    threads wait inside an all-reduce for partner executions queued behind them, and no thread
+    is left to run those. After 40 seconds XLA aborts the process ("Expected N threads to join
+    the rendezvous, but only N-1 of them arrived"). Waiting for each call keeps one step in
+    flight; on CPU the devices compute while the host waits anyway, so steps take no longer
+    (docs/DISTRIBUTED.md). ``scripts/repro_cpu_allreduce.py`` reproduces it without fnn.
+
+    Example:
+        >>> total = wait_for_results(jax.pmap(lambda x: jax.lax.psum(x, "batch"),
+        ...                                   axis_name="batch"))
+        >>> n = jax.local_device_count()
+        >>> out = total(jnp.ones((n, 3)))            # computed when it returns
+        >>> out.is_ready(), bool((out == n).all())
+        (True, True)
+    """
+
+    @functools.wraps(compiled)
+    def call(*args: Any, **kwargs: Any) -> Any:
+        return jax.block_until_ready(compiled(*args, **kwargs))
+
+    return call
 
 
 def as_data_parallel(parallel: "str | DataParallel | None",
