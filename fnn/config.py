@@ -94,13 +94,16 @@ _SECTIONS: dict[str, Any] = {
         "stratify": Field((bool,), False, doc="stratified validation split"),
         "standardize": Field((bool,), False, doc="standardize features (fitted on train only)"),
         "augment": Field((dict, type(None)), None, free=True, doc="training-batch augmentation"),
+        "one_hot": Field((bool, int), False, doc="class ids -> one-hot target rows (true: "
+                                                 "max id + 1 classes, or the number of classes)"),
     },
     "training": {
         "epochs": Field((int,), 10),
         "batch_size": Field((int,), 128),
         "eval_batch_size": Field((int,), 1000),
-        "mode": Field((str,), "epoch", choices=("epoch", "step"),
-                      doc="epoch: one scanned epoch on device; step: per-step with prefetch"),
+        "mode": Field((str,), "auto", choices=("epoch", "step", "auto"),
+                      doc="epoch: one scanned epoch on device; step: per-step with prefetch; "
+                          "auto: epoch when the data fits on the device"),
         "early_stopping": {
             "enabled": Field((bool,), False),
             "monitor": Field((str,), "val_loss"),
@@ -115,7 +118,8 @@ _SECTIONS: dict[str, Any] = {
                                 "mean loss (null: only NaN/Inf stop the run)"),
         },
         "pretrained": Field((str, type(None)), None, doc="checkpoint whose matching params start the run"),
-        "freeze": Field((list,), [], doc="layer names whose params are not trained"),
+        "freeze": Field((list,), [], doc="layers frozen with fnn.freeze: no updates, "
+                                         "inference mode (batch norm keeps its statistics)"),
         "diagnostics": {
             "every": Field((int, type(None)), None,
                            doc="log gradient-flow diagnostics every N steps (diagnostics.jsonl)"),

@@ -40,11 +40,10 @@ from fnn.train.parallel import DataParallel, initialize
 from fnn.summary import summary
 from fnn.train import checkpoint as ckpt
 from fnn.train.loop import EarlyStopping, FitResult, evaluate, fit
-from fnn.train.state import TrainState, init_train_state
 from fnn.train.step import binary_correct, correct, make_eval_step
 
 __all__ = ["Experiment", "build", "load_data", "train", "evaluate_run", "run_dir_of",
-           "data_parallel"]
+           "data_parallel", "check_shapes"]
 
 CLASSIFICATION = {"softmax_cross_entropy": correct, "categorical_cross_entropy": correct,
                   "sigmoid_binary_cross_entropy": binary_correct}
@@ -98,6 +97,8 @@ def build(cfg: dict[str, Any]) -> Experiment:
     optimizer = optim.make_optimizer(cfg["optimizer"])
     penalty, constraint = _make_regularizer(cfg)
     metric = CLASSIFICATION.get(cfg["loss"]["name"])
+    if metric is None and cfg["data"]["one_hot"] is not False:  # e.g. mse on one-hot digits
+        metric = correct
     augment = None
     if cfg["data"]["augment"]:
         from fnn.data.augment import make_augment
@@ -169,7 +170,25 @@ def load_data(cfg: dict[str, Any]) -> dict[str, dict[str, np.ndarray]]:
             part["x"] = scaler.transform(part["x"])
     if test is not None:
         out["test"] = test
+    if d["one_hot"] is not False:
+        _one_hot_targets(out, d["one_hot"])
     return out
+
+
+def _one_hot_targets(parts: dict[str, dict[str, np.ndarray]], classes: bool | int) -> None:
+    """``data.one_hot``: class ids -> one-hot rows, with one number of classes for every part."""
+    from fnn.data.labels import one_hot
+
+    if classes is True:
+        classes = 1 + max(int(np.max(p["y"])) for p in parts.values() if len(p["y"]))
+    if isinstance(classes, bool) or classes < 2:
+        raise ConfigError("data.one_hot", f"expected true or a number of classes >= 2, got "
+                                          f"{classes!r}")
+    for name, part in parts.items():
+        try:
+            part["y"] = one_hot(part["y"], classes)
+        except ValueError as e:
+            raise ConfigError("data.one_hot", f"{name} labels: {e}") from None
 
 
 def _one_line(e: BaseException) -> str:
@@ -229,23 +248,28 @@ def run_dir_of(cfg: dict[str, Any], out: str | os.PathLike | None = None) -> Pat
     return Path(out or cfg["output"]["dir"] or Path("runs") / cfg["name"])
 
 
-def _pretrained(exp: Experiment, ts: TrainState, path: str) -> TrainState:
-    params, state = ckpt.load_weights(path)
+def check_shapes(cfg: dict[str, Any], data: dict[str, dict[str, np.ndarray]] | None = None,
+                 net: Layer | None = None) -> None:
+    """Check, without compiling, that the config's model, loss and targets fit together.
 
-    def merge(template: Any, loaded: Any, where: str) -> Any:
-        if isinstance(template, dict):
-            return {k: merge(v, loaded.get(k, {}) if isinstance(loaded, dict) else {}, f"{where}/{k}")
-                    for k, v in template.items()}
-        if isinstance(loaded, dict):  # not in the checkpoint: keep the fresh init
-            return template
-        if loaded.shape != template.shape:
-            raise ConfigError("training.pretrained", f"{where} has shape {loaded.shape} in {path}, "
-                                                     f"but the model needs {template.shape}")
-        return loaded
+    Runs :func:`fnn.train.check_shapes` on one batch of the training data (loaded when ``data``
+    is not given), so ``fnn validate`` and ``fnn train`` fail before anything is compiled.
 
-    new_params = merge(ts.params, params, "params")
-    return ts._replace(params=new_params, model_state=merge(ts.model_state, state, "state"),
-                       opt_state=exp.optimizer.init(new_params))
+    Raises:
+        ConfigError: ``loss.name: loss 'mse' cannot compare the network's outputs (N, 10) with
+            the targets (N,): ...; if the targets are class labels, one-hot them
+            (data.one_hot: true, ...)``.
+    """
+    from fnn.train.contract import LossContractError, check_shapes as check
+
+    exp = build(cfg)
+    data = data if data is not None else load_data(cfg)
+    batch = {k: v[:2] for k, v in data["train"].items()}
+    try:
+        check(net or exp.net, exp.loss, batch["x"], batch["y"], loss_name=cfg["loss"]["name"],
+              metrics=exp.metrics)
+    except LossContractError as e:
+        raise ConfigError("loss.name", str(e)) from None
 
 
 def _config_error(e: ValueError) -> ConfigError:
@@ -301,6 +325,13 @@ def train_model(cfg: dict[str, Any], train_data: dict[str, np.ndarray],
     run_dir = Path(run_dir)
     t = cfg["training"]
     input_shape = (-1, *np.shape(train_data["x"])[1:])
+    if t["freeze"]:
+        from fnn.transfer import freeze
+        try:
+            exp.net = freeze(exp.net, *t["freeze"], input_shape=input_shape)
+        except ValueError as e:
+            raise ConfigError("training.freeze", str(e)) from None
+    check_shapes(cfg, {"train": train_data}, exp.net)
     if not resume and (run_dir / "checkpoints" / "latest.safetensors").exists():
         raise FileExistsError(f"{run_dir} already holds a run; pass --resume to continue it "
                               "or --out to start a new one")
@@ -323,10 +354,6 @@ def train_model(cfg: dict[str, Any], train_data: dict[str, np.ndarray],
             log(f"data parallel: {dp.mode} over {dp.num_devices} devices"
                 + (f" in {dp.process_count} processes" if dp.process_count > 1 else "")
                 + f", {batch_size // dp.num_devices} examples per device per step")
-    _, ts = init_train_state(exp.net, exp.optimizer, input_shape,
-                             jax.random.fold_in(jax.random.key(cfg["seed"]), 0))
-    if t["pretrained"]:
-        ts = _pretrained(exp, ts, t["pretrained"])
     es = t["early_stopping"]
     early = (EarlyStopping(es["monitor"], es["mode"], es["patience"], es["min_delta"],
                            es["restore_best"]) if es["enabled"] else None)
@@ -336,7 +363,8 @@ def train_model(cfg: dict[str, Any], train_data: dict[str, np.ndarray],
                  augment=exp.augment, mode=t["mode"], early_stopping=early,
                  run_dir=run_dir, resume=resume, reset_optimizer=reset_optimizer,
                  divergence_factor=t["divergence"]["factor"],
-                 metadata={"config": cfg, "input_shape": list(input_shape)}, train_state=ts,
+                 metadata={"config": cfg, "input_shape": list(input_shape)},
+                 init=t["pretrained"],
                  eval_batch_size=t["eval_batch_size"], progress=cfg["output"]["progress"], log=log,
                  parallel=dp, diagnostics=t["diagnostics"]["every"])
     if dp.is_main and cfg["output"]["plots"]:
@@ -437,7 +465,8 @@ def evaluate_run(run_dir: str | os.PathLike, *, checkpoint: str = "best", data=N
             stale.unlink(missing_ok=True)
     params, state = ckpt.load_weights(path)
     step = make_eval_step(exp.net, exp.loss, metrics=exp.metrics)
-    result = evaluate(step, params, state, data["test"], cfg["training"]["eval_batch_size"])
+    result = evaluate(step, params, state, data["test"],
+                      batch_size=cfg["training"]["eval_batch_size"])
     result = {**result, "checkpoint": path.name, "examples": int(len(data["test"]["x"]))}
     ckpt.atomic_write(run_dir / "test.json", (json.dumps(result, indent=2) + "\n").encode())
     if log:

@@ -52,7 +52,7 @@ from fnn import run as fnn_run
 from fnn.config import ConfigError, parse_config, parse_yaml
 from fnn.data.splits import kfold
 from fnn.train import checkpoint as ckpt
-from fnn.train import loop
+from fnn.train import loop, tracker
 
 __all__ = ["SelectionError", "Choice", "Uniform", "LogUniform", "grid_settings",
            "random_settings", "parse_values", "parse_bounds", "default_metric", "metric_mode",
@@ -247,16 +247,16 @@ def parse_bounds(item: str, option: str) -> tuple[str, float, float]:
 
 def default_metric(record: Mapping[str, Any]) -> str:
     """``"val_accuracy"`` when an epoch record has it (classification), else ``"val_loss"``."""
-    return "val_accuracy" if "val_accuracy" in record else "val_loss"
+    return tracker.default_metric(record)
 
 
 def metric_mode(metric: str, mode: str = "auto") -> str:
-    """``"max"`` or ``"min"``: ``auto`` is max for accuracies, min otherwise (losses)."""
-    if mode not in ("auto", "min", "max"):
-        raise SelectionError(f"--mode: must be auto, min or max, got {mode!r}")
-    if mode == "auto":
-        return "max" if "acc" in metric else "min"
-    return mode
+    """``"max"`` or ``"min"``: ``auto`` is max for accuracies, min otherwise (losses); the rule
+    ``fit`` uses for early stopping (:func:`fnn.train.tracker.metric_mode`)."""
+    try:
+        return tracker.metric_mode(metric, mode)
+    except ValueError:
+        raise SelectionError(f"--mode: must be auto, min or max, got {mode!r}") from None
 
 
 def _check_metric(metric: str | None) -> None:
@@ -267,11 +267,7 @@ def _check_metric(metric: str | None) -> None:
 
 def _kept_record(result: loop.FitResult) -> dict[str, Any]:
     """The epoch record of the checkpoint a run keeps (``best``, else the last epoch)."""
-    if result.best_epoch is not None:
-        for record in result.history:
-            if record["epoch"] == result.best_epoch:
-                return record
-    return result.history[-1]
+    return dict(tracker.kept_record(result.history, result.best_epoch))
 
 
 def _val_metrics(record: Mapping[str, Any]) -> dict[str, float]:

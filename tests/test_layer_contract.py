@@ -39,6 +39,8 @@ CASES = {
     "Elu": (lambda: fnn.Elu(alpha=0.5), (-1, 5), False),
     "Embedding": (lambda: fnn.Embedding(7, 3), (-1, 4), False),
     "Flatten": (lambda: fnn.Flatten(), (-1, 2, 3), False),
+    # frozen: inference mode even in training (dropout off), no gradient into its own params
+    "Frozen": (lambda: fnn.serial(fnn.Frozen(fnn.Dropout(0.3)), fnn.Dense(2)), (-1, 5), True),
     "GRU": (lambda: fnn.GRU(3, return_sequences=False), (-1, 4, 2), False),
     "Gelu": (lambda: fnn.Gelu(approximate=True), (-1, 5), False),
     "GlobalAvgPool": (lambda: fnn.GlobalAvgPool(), (-1, 3, 3, 2), False),

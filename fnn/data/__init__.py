@@ -9,6 +9,7 @@
 * ``synthetic``: ``xor``, ``two_spirals``, ``circles``, ``noisy_regression``, ``adding_problem``.
 * ``pipeline``: ``batches``, ``Loader``, ``prefetch_to_device``, ``repeat``, ``num_batches``.
 * ``augment``: per-example random ``shift``/``rotation``/``zoom``/``flip`` in JAX, ``make_augment``.
+* ``labels``: ``one_hot`` (class ids -> one-hot target rows).
 * ``splits``: ``train_val_test_split``, ``holdout``, ``kfold`` (optionally stratified).
 
 Example:
@@ -32,6 +33,7 @@ from fnn.data.datasets import (FASHION_MNIST, MNIST, DatasetNotFoundError, IdxDa
                                search_dirs)
 from fnn.data.download import (Checksum, ChecksumError, DownloadError, fetch, file_digest,
                                user_cache_dir)
+from fnn.data.labels import one_hot
 from fnn.data.idx import IdxFormatError, parse_idx, read_idx, read_raw, write_idx
 from fnn.data.pipeline import (Loader, batches, epoch_permutation, num_batches,
                                prefetch_to_device, repeat)
@@ -55,6 +57,8 @@ __all__ = [
     # augmentation
     "shift", "rotate", "zoom", "random_shift", "random_rotation", "random_zoom",
     "random_flip_lr", "random_affine", "make_augment", "AUGMENT_KEYS",
+    # labels
+    "one_hot",
     # splits
     "train_val_test_split", "holdout", "kfold", "Split",
 ]

@@ -1,24 +1,28 @@
-"""``fit``: the training loop, from arrays to a trained train state, with a run folder.
+"""``fit``: the training loop, from data to a trained train state, with a run folder.
 
-Two modes run the same step:
+The data (see :mod:`fnn.train.data`) is a dict of arrays whose ``x`` and ``y`` may be any
+pytrees (``x=(x1, x2)`` for a siamese net), a :class:`fnn.data.Loader`, or any iterable of
+batches (``steps_per_epoch`` for streams that do not end). Two modes run the same step:
 
-* ``"epoch"`` -- the training set is put on the device once and each epoch is one compiled
+* ``"epoch"`` -- the training arrays are put on the device once and each epoch is one compiled
   ``lax.scan`` over its steps, shuffling included (no per-step Python dispatch);
-* ``"step"`` -- one jitted step per batch, batches shuffled on the host and prefetched to the
-  device while the previous step runs (for data that does not fit on the device).
+* ``"step"`` -- one compiled step per batch, batches gathered on the host and prefetched to the
+  device while the previous step runs (data that does not fit on the device, Loaders, streams).
 
-Both draw each epoch's order from ``(seed, epoch)`` the same way, so they visit the same
-batches. Evaluation pads the last partial batch with a zero mask: one compilation, every
-example counted. With ``run_dir`` the loop writes ``metrics.jsonl`` (one JSON object per epoch),
+``mode="auto"`` (the default) takes ``epoch`` for arrays that fit on the device and ``step``
+otherwise. Both modes draw each epoch's order of an array data set from ``(seed, epoch)`` the
+same way, so they visit the same batches. A batch size larger than the training set trains on
+the whole set as one batch (with a notice).
+
+With ``run_dir`` the loop keeps a :class:`~fnn.train.run_folder.RunFolder`: ``metrics.jsonl``,
 ``checkpoints/latest.safetensors`` after every epoch and ``checkpoints/best.safetensors`` when
-the monitored metric improves; ``resume=True`` continues from ``latest`` and ends with the same
-params, bit for bit, as a run that was never stopped.
+the monitored metric improves (:class:`~fnn.train.tracker.Tracker`); ``resume=True``
+continues from ``latest`` and ends with the same params, bit for bit, as a run that was never
+stopped.
 
-``parallel="pmap"`` or ``"mesh"`` (with ``devices``) runs the same step data-parallel over
-several devices, and over several processes after :func:`fnn.train.parallel.initialize`; see
-:mod:`fnn.train.parallel` and ``docs/DISTRIBUTED.md``. Each process feeds only its slice of every
-global batch, only process 0 writes the run folder and logs, and checkpoints hold one
-unreplicated copy of the state, so a run resumes on any number of devices.
+``parallel="pmap"`` or ``"mesh"`` (with ``devices``) runs the same step data-parallel; the
+loop does not branch on the mode: :class:`~fnn.train.parallel.DataParallel` compiles, places
+and gathers for every mode alike (``"none"`` is one device). See ``docs/DISTRIBUTED.md``.
 
 Example:
     >>> result = fnn.train.fit(net, fnn.losses.softmax_cross_entropy, optax.adam(1e-3),
@@ -30,7 +34,6 @@ Example:
 from __future__ import annotations
 
 import dataclasses
-import json
 import time
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
@@ -43,46 +46,25 @@ import optax
 from fnn.core import Layer
 from fnn.data.pipeline import prefetch_to_device
 from fnn.optim import learning_rate_of
+from fnn.train.contract import check_mean_over_examples, check_shapes
+from fnn.train.data import (ArraySource, IterableSource, batch_source, fits_on_device, num_rows,
+                            pad_batch)
 from fnn.train.parallel import DataParallel, as_data_parallel, synchronize
-from fnn.train import checkpoint as ckpt
+from fnn.train.predict import evaluate
+from fnn.train.run_folder import RunFolder
 from fnn.train.state import TrainState, init_train_state
 from fnn.train.step import eval_step_fn, train_step_fn
+from fnn.train.tracker import EarlyStopping, Tracker
+from fnn.transfer import load_pretrained, transfer, with_frozen_mask
 
 __all__ = ["fit", "evaluate", "FitResult", "EarlyStopping", "TrainingDiverged", "batch_order",
            "prefetch"]
 
+MODES = ("auto", "epoch", "step")
+
 
 class TrainingDiverged(FloatingPointError):
     """The loss became NaN or infinite; the message names the step and the last good checkpoint."""
-
-
-@dataclasses.dataclass
-class EarlyStopping:
-    """Stop when ``monitor`` has not improved by ``min_delta`` for ``patience`` epochs.
-
-    Attributes:
-        monitor: a key of the epoch record, e.g. ``"val_loss"`` or ``"val_accuracy"``.
-        mode: ``"min"``, ``"max"`` or ``"auto"`` (max for accuracies, min otherwise).
-        patience: epochs without improvement before stopping.
-        min_delta: the smallest change that counts as an improvement.
-        restore_best: end with the params of the best epoch.
-    """
-
-    monitor: str = "val_loss"
-    mode: str = "auto"
-    patience: int = 5
-    min_delta: float = 0.0
-    restore_best: bool = True
-
-    def better(self, value: float, best: float | None) -> bool:
-        if best is None:
-            return True
-        mode = self.mode
-        if mode == "auto":
-            mode = "max" if "acc" in self.monitor else "min"
-        if mode == "max":
-            return value > best + self.min_delta
-        return value < best - self.min_delta
 
 
 @dataclasses.dataclass
@@ -111,87 +93,39 @@ def prefetch(batches: Iterable[Any], size: int = 2, sharding: Any = None,
     return prefetch_to_device(batches, size, sharding=sharding, put=put)
 
 
-def _num_examples(data: Mapping[str, Any]) -> int:
-    sizes = {k: len(v) for k, v in data.items()}
-    if len(set(sizes.values())) != 1:
-        raise ValueError(f"all arrays of a dataset need one length, got {sizes}")
-    return next(iter(sizes.values()))
-
-
-def _padded_batches(data: Mapping[str, np.ndarray], batch_size: int) -> Iterator[dict]:
-    n = _num_examples(data)
-    for start in range(0, n, batch_size):
-        stop = min(start + batch_size, n)
-        batch = {k: np.asarray(v[start:stop]) for k, v in data.items()}
-        mask = np.ones(stop - start, np.float32)
-        if stop - start < batch_size:  # pad: one compiled shape, padding masked out
-            pad = batch_size - (stop - start)
-            batch = {k: np.concatenate([v, np.zeros((pad, *v.shape[1:]), v.dtype)])
-                     for k, v in batch.items()}
-            mask = np.concatenate([mask, np.zeros(pad, np.float32)])
-        batch["mask"] = mask
-        yield batch
-
-
-def evaluate(eval_step: Callable, params: Any, model_state: Any, data: Mapping[str, np.ndarray],
-             batch_size: int = 1024, *, parallel: DataParallel | None = None) -> dict[str, float]:
-    """Exact means of loss and metrics over ``data`` (``eval_step`` from ``make_eval_step``).
-
-    With ``parallel`` (a :class:`~fnn.train.parallel.DataParallel`), ``eval_step`` comes from its
-    ``compile_eval`` and ``params``/``model_state`` from its ``replicate``; the batch size is
-    rounded up to a multiple of the device count (padding is masked out) and each process
-    evaluates its slice of every batch.
-    """
-    n = _num_examples(data)
-    batch_size = min(batch_size, n)
-    put = None
-    batches: Iterable[dict] = _padded_batches(data, batch_size)
-    if parallel is not None:
-        batch_size = parallel.round_batch_size(batch_size)
-        batches = map(parallel.local_part, _padded_batches(data, batch_size))
-        put = parallel.put_batch
-    totals: dict[str, Any] = {}
-    for batch in prefetch(batches, put=put):
-        sums = eval_step(params, model_state, batch)
-        totals = sums if not totals else jax.tree_util.tree_map(jnp.add, totals, sums)
-    totals = jax.device_get(totals)
-    count = float(totals.pop("count"))
-    return {k: float(v) / count for k, v in totals.items()}
-
-
-def _host_batches(data: Mapping[str, np.ndarray], order: np.ndarray, batch_size: int,
-                  rows: slice = slice(None)):
-    """The batches of one epoch; ``rows``: only this process's rows of each global batch."""
-    for i in range(len(order) // batch_size):
-        idx = order[i * batch_size:(i + 1) * batch_size][rows]
-        yield {k: np.asarray(v[idx]) for k, v in data.items()}
-
-
 def fit(net: Layer, loss: Callable[..., jax.Array], optimizer: optax.GradientTransformation,
-        train_data: Mapping[str, np.ndarray], val_data: Mapping[str, np.ndarray] | None = None, *,
-        epochs: int, batch_size: int, seed: int = 0,
-        regularizer: Callable[[Any], jax.Array] | None = None,
+        train_data: Any = None, val_data: Any = None, *, x: Any = None, y: Any = None,
+        epochs: int, batch_size: int | None = None, steps_per_epoch: int | None = None,
+        seed: int = 0, regularizer: Callable[[Any], jax.Array] | None = None,
         constraint: Callable[[Any], Any] | None = None,
         metrics: Mapping[str, Callable] | None = None,
-        augment: Callable[[jax.Array, jax.Array], jax.Array] | None = None,
-        mode: str = "epoch", early_stopping: EarlyStopping | None = None,
+        augment: Callable[[jax.Array, Any], Any] | None = None,
+        mode: str = "auto", early_stopping: EarlyStopping | None = None,
         run_dir: str | Path | None = None, resume: bool = False, reset_optimizer: bool = False,
         divergence_factor: float | None = 1e4,
         metadata: dict[str, Any] | None = None,
-        train_state: TrainState | None = None, eval_batch_size: int = 1024,
+        train_state: TrainState | None = None, init: Any = None, eval_batch_size: int = 1024,
         callbacks: Sequence[Callable[[dict, TrainState], Any]] = (),
         progress: bool = False, log: Callable[[str], None] | None = print,
         parallel: str | DataParallel | None = None,
         devices: int | Sequence[Any] | None = None,
         diagnostics: int | None = None) -> FitResult:
-    """Train ``net`` on ``train_data`` (a dict with ``"x"`` and ``"y"`` arrays, first axis examples).
+    """Train ``net`` on ``train_data``; validate on ``val_data`` after every epoch.
 
     Args:
-        net, loss, optimizer: the network, a per-example loss (``reduction="none"``), optax.
-        train_data, val_data: dicts of numpy arrays; validation is evaluated after every epoch.
+        net, loss, optimizer: the network; a loss, per-example (``reduction="none"``) or a
+            batch mean ``loss(outputs, targets) -> scalar`` (see :mod:`fnn.train.contract`);
+            an optax optimizer. Layers frozen with :func:`fnn.freeze` get no updates and no
+            optimizer state.
+        train_data, val_data: a dict ``{"x": ..., "y": ...}`` of arrays (any pytrees with one
+            leading length), a ``fnn.data.Loader``, or an iterable of such batches.
+        x, y: the training arrays, instead of ``train_data`` (``fit(..., x=(x1, x2), y=y)``).
         epochs, batch_size, seed: the schedule; the seed fixes init, shuffling and dropout.
+            ``batch_size`` (default 32) is for arrays; a Loader or iterable brings its own.
+        steps_per_epoch: batches per epoch read from an iterable that runs across epochs
+            (required for a generator when ``epochs > 1``).
         regularizer, constraint, metrics, augment: as in :func:`fnn.train.make_train_step`.
-        mode: ``"epoch"`` (scanned epochs, data on device) or ``"step"`` (per-step, prefetched).
+        mode: ``"auto"``, ``"epoch"`` (scanned epochs, arrays on the device) or ``"step"``.
         early_stopping: an :class:`EarlyStopping`, or ``None`` to train all epochs.
         run_dir: where ``metrics.jsonl`` and checkpoints go (``None``: nothing is written).
         resume: continue from ``run_dir/checkpoints/latest.safetensors`` if it exists.
@@ -200,21 +134,23 @@ def fit(net: Layer, loss: Callable[..., jax.Array], optimizer: optax.GradientTra
         divergence_factor: stop when a step's loss exceeds this many times the first epoch's
             mean loss (at least 1e-3), from the second epoch on; ``None``: only NaN/Inf stop.
         metadata: JSON-able data saved in every checkpoint (e.g. the run's config).
-        train_state: start from this state instead of a fresh init (e.g. pretrained params).
+        train_state: start from this state instead of a fresh init.
+        init: pretrained weights to start from: a ``(params, state)`` pair or a checkpoint path;
+            every param whose path and shape match is copied (:func:`fnn.transfer`).
         callbacks: called as ``cb(record, train_state)`` after each epoch; a truthy return stops.
-        progress: show a tqdm bar over the steps of each epoch (step mode) or over epochs.
-        log: where the one-line epoch summaries go (``None``: silent).
-        parallel: ``None``/``"none"`` (one device), ``"pmap"`` or ``"mesh"`` (data-parallel
-            over ``devices``; see :mod:`fnn.train.parallel`), or a ``DataParallel``. ``batch_size``
-            is the global batch and must divide by the number of devices. Only process 0
+        progress: a tqdm bar over the steps of each epoch (step mode) or over epochs.
+        log: where notices and one-line epoch summaries go (``None``: silent).
+        parallel, devices: ``None``/``"none"`` (one device), ``"pmap"`` or ``"mesh"`` over
+            ``devices`` (see :mod:`fnn.train.parallel`), or a ``DataParallel``. ``batch_size``
+            is the global batch and must divide by the number of devices; a batch of an
+            iterable that does not is padded with masked rows (exact for losses and metrics;
+            batch-norm statistics see the padding). Only process 0
             writes ``run_dir`` and logs; ``callbacks`` run on every process and must decide
-            alike. With several hosts ``run_dir`` must be on a shared file system for
-            ``resume`` and ``restore_best``.
-        devices: local devices for ``parallel`` (a count per process; default all).
+            alike.
         diagnostics: every this many steps, log gradient-flow diagnostics of the first
-            ``batch_size`` training examples to ``run_dir/diagnostics.jsonl`` and
-            ``gradflow.png`` (:class:`fnn.diagnostics.Diagnostics`; in ``"epoch"`` mode at the
-            end of the epochs in which such a step falls). ``None``: none, no cost.
+            training batch to ``run_dir/diagnostics.jsonl`` and ``gradflow.png``
+            (:class:`fnn.diagnostics.Diagnostics`; in ``"epoch"`` mode at the end of the epochs
+            in which such a step falls). ``None``: none, no cost.
 
     Returns:
         A :class:`FitResult`; its train state is one unreplicated copy, whatever the devices.
@@ -222,47 +158,47 @@ def fit(net: Layer, loss: Callable[..., jax.Array], optimizer: optax.GradientTra
     Raises:
         TrainingDiverged: the loss became NaN/Inf or exploded past ``divergence_factor``
             (the last good checkpoint is left intact; a diverged epoch is never saved).
-        ValueError: ``batch_size`` does not split evenly over the devices.
+        LossContractError: the loss cannot score the network's outputs against the targets
+            (checked before compiling; names the loss and both shapes).
 
     Example:
-        >>> fit(net, loss, optax.adam(1e-3), train, val, epochs=5, batch_size=256,
-        ...     parallel="mesh")                 # every local device, XLA collectives
+        >>> fit(siamese, contrastive, optax.adam(1e-3), {"x": (x1, x2), "y": same}, epochs=5)
     """
-    if mode not in ("epoch", "step"):
-        raise ValueError(f"mode must be 'epoch' or 'step', got {mode!r}")
+    if (x is None) == (train_data is None):
+        raise ValueError("fit: give the training data as train_data or as x= and y=, once")
+    train_data = {"x": x, "y": y} if train_data is None else train_data
     dp = as_data_parallel(parallel, devices)
-    n = _num_examples(train_data)
-    if batch_size > n:
-        raise ValueError(f"batch_size {batch_size} is larger than the {n} training examples")
-    dp.check_batch_size(batch_size)
-    if not dp.is_main:  # process 0 alone logs and writes the run folder
-        log, progress = None, False
-    steps_per_epoch = n // batch_size
+    log, progress = (log, progress) if dp.is_main else (None, False)
+    train = batch_source(train_data, steps_per_epoch, "train_data")
+    val = None if val_data is None else batch_source(val_data, where="val_data")
+    batch_size = _batch_size(train, batch_size, dp, log)
+    mode = _mode(mode, train)
     seed_key = jax.random.key(seed)
-    data_key = jax.random.fold_in(seed_key, 1)
-    input_shape = (-1, *np.shape(train_data["x"])[1:])
-    if train_state is None:
-        _, train_state = init_train_state(net, optimizer, input_shape, jax.random.fold_in(seed_key, 0))
+    first = train.first() if batch_size is None else train.rows(np.arange(batch_size))
+    if first.get("y") is None:
+        raise ValueError("train_data: a training batch needs targets 'y' next to 'x' (for an "
+                         "autoencoder, y=x)")
+    check_shapes(net, loss, first["x"], first["y"], metrics=metrics)
+    optimizer = with_frozen_mask(net, optimizer, train.input_shape)
+    train_state = _initial_state(net, optimizer, train.input_shape, seed_key, train_state, init,
+                                 log)
+    check_mean_over_examples(loss, lambda: net.apply(train_state.params, train_state.model_state,
+                                                     first["x"])[0], first["y"])
 
-    run_path = Path(run_dir) if run_dir is not None else None
-    latest = run_path / "checkpoints" / "latest.safetensors" if run_path else None
-    best_path = run_path / "checkpoints" / "best.safetensors" if run_path else None
-    if run_path is not None and dp.is_main:  # leftovers of a write killed midway
-        ckpt.clean_temporary_files(run_path)
-        ckpt.clean_temporary_files(run_path / "checkpoints")
+    folder = RunFolder(run_dir, writes=dp.is_main)
+    tracker = Tracker(early_stopping)
     history: list[dict[str, Any]] = []
-    start_epoch, best_value, best_epoch, waited = 0, None, None, 0
-    if resume and latest is not None and latest.exists():
-        train_state, progress_meta = _load_train_state(
-            latest, train_state, skip=("opt_state",) if reset_optimizer else ())
+    if resume and folder.has("latest"):
+        train_state, done = folder.load("latest", train_state,
+                                        skip=("opt_state",) if reset_optimizer else ())
         if reset_optimizer:
             train_state = train_state._replace(opt_state=optimizer.init(train_state.params))
-        history = progress_meta["history"]
-        start_epoch = progress_meta["epoch"] + 1
-        best_value, best_epoch = progress_meta["best_value"], progress_meta["best_epoch"]
-        waited = progress_meta["waited"]
+        history = done["history"]
+        tracker.load_state_dict(done)
         if log:
-            log(f"resumed from {latest} at epoch {start_epoch} (step {int(train_state.step)})")
+            log(f"resumed from {folder.checkpoint('latest')} at epoch {len(history)} "
+                f"(step {int(train_state.step)})")
+    start_epoch = len(history)
 
     train_net = dp.prepare_net(net)  # BatchNorm axis names for the mode
     step_fn = train_step_fn(train_net, loss, optimizer, regularizer=regularizer,
@@ -270,128 +206,231 @@ def fit(net: Layer, loss: Callable[..., jax.Array], optimizer: optax.GradientTra
                             axis_name=dp.axis_name)
     eval_step = dp.compile_eval(eval_step_fn(train_net, loss, metrics=metrics,
                                              axis_name=dp.axis_name))
-    if mode == "epoch":
-        run_epoch = dp.compile_epoch(step_fn, n, batch_size)
-        device_data = dp.put_data({k: np.asarray(v) for k, v in train_data.items()})
-    else:
-        run_step = dp.compile_step(step_fn)
+    diag = _diagnostics(diagnostics, dp, net, loss, optimizer, folder, first)
+    run_epoch = _epoch_runner(dp, step_fn, train, mode, batch_size,
+                              jax.random.fold_in(seed_key, 1), start_epoch, progress, epochs, diag)
     train_state = dp.replicate(train_state)
-    writes = run_path is not None and dp.is_main
-    diag = None
-    if diagnostics is not None and dp.is_main:
-        from fnn.diagnostics import Diagnostics
-        diag = Diagnostics(net, loss, optimizer, every=diagnostics,
-                           run_dir=run_path if writes else None)
-        diag_batch = {k: np.asarray(v[:batch_size]) for k, v in train_data.items()}
+    bar = _epoch_bar(progress and mode == "epoch", start_epoch, epochs)
     stopped_early = False
-    bar = _epoch_bar(progress, mode, start_epoch, epochs)
-
     for epoch in range(start_epoch, epochs):
-        start = time.perf_counter()
-        first_step = int(dp.unreplicate(train_state.step))
-        if mode == "epoch":
-            train_state, stacked = run_epoch(train_state, device_data,
-                                             jax.random.fold_in(data_key, epoch))
-            stacked = jax.device_get(stacked)
-        else:
-            order = np.asarray(batch_order(data_key, epoch, n))
-            collected = []
-            steps = prefetch(_host_batches(train_data, order, batch_size,
-                                           dp.local_slice(batch_size)), put=dp.put_batch)
-            if progress:
-                from tqdm.auto import tqdm
-                steps = tqdm(steps, total=steps_per_epoch, desc=f"epoch {epoch + 1}/{epochs}",
-                             leave=False, unit="step")
-            for batch in steps:
-                train_state, m = run_step(train_state, batch)
-                collected.append(m)
-                if diag is not None and diag.due(first_step + len(collected)):
-                    diag.record(dp.unreplicate(train_state), diag_batch,
-                                step=first_step + len(collected), epoch=epoch + 1)
-            stacked = jax.device_get(jax.tree_util.tree_map(lambda *xs: jnp.stack(xs), *collected))
-        jax.block_until_ready(train_state)
+        start, first_step = time.perf_counter(), int(dp.unreplicate(train_state.step))
+        train_state, stacked, examples = run_epoch(train_state, epoch)
         seconds = time.perf_counter() - start
-        if mode == "epoch" and diag is not None and diag.due(first_step + steps_per_epoch,
-                                                             steps_per_epoch):
-            diag.record(dp.unreplicate(train_state), diag_batch,
-                        step=first_step + steps_per_epoch, epoch=epoch + 1)
-
-        losses = np.asarray(stacked["loss"])
-        if not np.all(np.isfinite(losses)):
-            bad = int(np.argmax(~np.isfinite(losses)))
-            last = (f"the last good checkpoint is {latest} (epoch {epoch})"
-                    if latest is not None and latest.exists() else "no checkpoint was written yet")
-            raise TrainingDiverged(f"the training loss became {losses[bad]} at step "
-                                   f"{first_step + bad + 1} (epoch {epoch + 1}); {last}")
-        if divergence_factor is not None and history:
-            limit = divergence_factor * max(abs(history[0]["train_loss"]), 1e-3)
-            if np.any(np.abs(losses) > limit):
-                bad = int(np.argmax(np.abs(losses) > limit))
-                last = (f"the last good checkpoint is {latest} (epoch {epoch})"
-                        if latest is not None and latest.exists() else "no checkpoint was written")
-                raise TrainingDiverged(
-                    f"the training loss exploded to {losses[bad]:.4g} at step "
-                    f"{first_step + bad + 1} (epoch {epoch + 1}), over {divergence_factor:g} x "
-                    f"the first epoch's mean loss {history[0]['train_loss']:.4g} "
-                    f"(training.divergence.factor); {last}")
-        record: dict[str, Any] = {"epoch": epoch + 1, "step": first_step + len(losses)}
-        record["learning_rate"] = _learning_rate(dp, train_state.opt_state)
-        record.update({f"train_{k}": float(np.mean(v)) for k, v in stacked.items()
-                       if k != "objective" or regularizer is not None})
-        if val_data is not None:
-            val = evaluate(eval_step, train_state.params, train_state.model_state, val_data,
-                           eval_batch_size, parallel=dp)
-            record.update({f"val_{k}": v for k, v in val.items()})
-        record["seconds"] = round(seconds, 4)
-        record["examples_per_sec"] = round(steps_per_epoch * batch_size / seconds, 1)
+        _check_finite(np.asarray(stacked["loss"]), first_step, epoch, folder, history,
+                      divergence_factor)
+        record = {"epoch": epoch + 1, "step": first_step + len(stacked["loss"]),
+                  "learning_rate": _learning_rate(dp, train_state.opt_state),
+                  **{f"train_{k}": float(np.mean(v)) for k, v in stacked.items()
+                     if k != "objective" or regularizer is not None}}
+        if val is not None:
+            scores = evaluate(eval_step, train_state.params, train_state.model_state, val,
+                              batch_size=eval_batch_size, parallel=dp)
+            record.update({f"val_{k}": v for k, v in scores.items()})
+        record.update(seconds=round(seconds, 4), examples_per_sec=round(examples / seconds, 1))
         history.append(record)
-
-        improved = False
-        if early_stopping is not None:
-            if early_stopping.monitor not in record:
-                raise ValueError(f"early_stopping.monitor: {early_stopping.monitor!r} is not "
-                                 f"logged; choose one of {sorted(record)}")
-            value = record[early_stopping.monitor]
-            if np.isfinite(value) and early_stopping.better(value, best_value):
-                best_value, best_epoch, waited, improved = value, epoch + 1, 0, True
-            else:
-                waited += 1
-        elif val_data is not None:
-            monitor = "val_accuracy" if "val_accuracy" in record else "val_loss"
-            value = record[monitor]
-            if np.isfinite(value) and EarlyStopping(monitor).better(value, best_value):
-                best_value, best_epoch, improved = value, epoch + 1, True
-        if writes:
-            _write_jsonl(run_path / "metrics.jsonl", history)
-            progress_meta = {"epoch": epoch, "history": history, "best_value": best_value,
-                             "best_epoch": best_epoch, "waited": waited}
-            one_copy = dp.unreplicate(train_state)  # the same file whatever the devices
-            if improved:
-                _save_train_state(best_path, one_copy, net, progress_meta, metadata)
-            _save_train_state(latest, one_copy, net, progress_meta, metadata)
+        improved = tracker.update(record, epoch + 1)
+        if folder.writes:  # one unreplicated copy: the same file whatever the devices
+            folder.save_epoch(history, {"epoch": epoch, **tracker.state_dict()}, improved,
+                              dp.unreplicate(train_state), net, metadata)
         if log:
             log(_format_record(record, epochs))
         if bar is not None:
             bar.update(1)
         stop = any(bool(cb(record, dp.unreplicate(train_state))) for cb in callbacks)
-        if early_stopping is not None and waited >= early_stopping.patience:
+        if tracker.should_stop:
             stopped_early = True
             if log:
-                log(f"early stopping: {early_stopping.monitor} did not improve for "
-                    f"{early_stopping.patience} epochs (best {best_value:.6g} at epoch {best_epoch})")
+                log(tracker.stop_message())
             break
         if stop:
             break
     if bar is not None:
         bar.close()
 
-    train_state = dp.unreplicate(train_state)
-    if early_stopping is not None and early_stopping.restore_best and best_epoch is not None \
-            and best_path is not None and best_epoch != len(history):
-        synchronize("fnn-fit-restore-best")  # process 0 has written best.safetensors
-        if best_path.exists():
-            train_state, _ = _load_train_state(best_path, train_state)
-    return FitResult(train_state, history, best_epoch, stopped_early)
+    train_state = _restored_best(dp.unreplicate(train_state), early_stopping, tracker, folder,
+                                 len(history))
+    return FitResult(train_state, history, tracker.best_epoch, stopped_early)
+
+
+# --------------------------------------------------------------------------- fit's parts
+
+def _batch_size(train: ArraySource | IterableSource, batch_size: int | None, dp: DataParallel,
+                log: Callable[[str], None] | None) -> int | None:
+    """The global batch size for arrays: at most the training set (with a notice)."""
+    if not isinstance(train, ArraySource):
+        return None
+    batch_size = 32 if batch_size is None else batch_size
+    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) \
+            or batch_size < 1:
+        raise ValueError(f"batch_size: must be an int >= 1, got {batch_size!r}")
+    n = train.num_examples
+    if batch_size > n:
+        whole = n // dp.num_devices * dp.num_devices
+        if whole < 1:
+            raise ValueError(f"batch_size: {n} training examples cannot be split over "
+                             f"{dp.num_devices} devices")
+        if log:
+            log(f"batch_size {batch_size} is larger than the {n} training examples: training on "
+                f"{'all ' + str(n) if whole == n else whole} of them as one batch")
+        batch_size = whole
+    dp.check_batch_size(batch_size)
+    return int(batch_size)
+
+
+def _mode(mode: str | None, train: ArraySource | IterableSource) -> str:
+    mode = "auto" if mode is None else mode
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
+    if mode == "epoch" and not isinstance(train, ArraySource):
+        raise ValueError("mode 'epoch' scans over arrays on the device; a Loader or an iterable "
+                         "of batches trains in mode 'step' (or 'auto')")
+    if mode == "auto":
+        return ("epoch" if isinstance(train, ArraySource) and fits_on_device(train.arrays)
+                else "step")
+    return mode
+
+
+def _initial_state(net: Layer, optimizer: optax.GradientTransformation, input_shape: Any,
+                   seed_key: jax.Array, train_state: TrainState | None, init: Any,
+                   log: Callable[[str], None] | None) -> TrainState:
+    """The given train state (with an optimizer state that fits ``optimizer``), else a fresh
+    init, with ``init``'s pretrained weights transferred where path and shape match."""
+    if train_state is not None:
+        if init is not None:
+            raise ValueError("fit: give train_state or init, not both")
+        return _matching_opt_state(train_state, optimizer)
+    rng = jax.random.fold_in(seed_key, 0)
+    if init is None:
+        return init_train_state(net, optimizer, input_shape, rng)[1]
+    pretrained_params, pretrained_state = load_pretrained(init)
+    init_rng, train_rng = jax.random.split(rng)  # as init_train_state splits it
+    params, state, report = transfer(pretrained_params, pretrained_state, net, input_shape,
+                                     init_rng)
+    if log:
+        log(f"init: {report.one_line()}")
+    return TrainState(params, state, optimizer.init(params), jnp.zeros((), jnp.int32), train_rng)
+
+
+def _matching_opt_state(ts: TrainState, optimizer: optax.GradientTransformation) -> TrainState:
+    """A given train state whose optimizer state does not fit ``optimizer`` (e.g. layers were
+    frozen since) gets a fresh one; a fitting one is kept."""
+    fresh = jax.eval_shape(optimizer.init, ts.params)
+    same = jax.tree_util.tree_structure(fresh) == jax.tree_util.tree_structure(ts.opt_state)
+    return ts if same else ts._replace(opt_state=optimizer.init(ts.params))
+
+
+def _diagnostics(every: int | None, dp: DataParallel, net: Layer, loss: Callable,
+                 optimizer: optax.GradientTransformation, folder: RunFolder, batch: dict):
+    """``record(train_state, step, epoch, steps_in_epoch=None)``: gradient-flow diagnostics
+    when due (process 0 only), or ``None`` without ``diagnostics``."""
+    if every is None or not dp.is_main:
+        return None
+    from fnn.diagnostics import Diagnostics
+    diag = Diagnostics(net, loss, optimizer, every=every,
+                       run_dir=folder.path if folder.writes else None)
+
+    def record(ts, step, epoch, steps_in_epoch=None):
+        due = diag.due(step) if steps_in_epoch is None else diag.due(step, steps_in_epoch)
+        if due:
+            diag.record(dp.unreplicate(ts), batch, step=step, epoch=epoch + 1)
+
+    return record
+
+
+def _epoch_runner(dp: DataParallel, step_fn: Callable, train: ArraySource | IterableSource,
+                  mode: str, batch_size: int | None, data_key: jax.Array, start_epoch: int,
+                  progress: bool, epochs: int, diag: Callable | None = None) -> Callable:
+    """``run(train_state, epoch) -> (train_state, metrics stacked over steps, examples)``."""
+    if mode == "epoch":
+        run = dp.compile_epoch(step_fn, train.num_examples, batch_size)
+        device_data = dp.put_data(train.arrays)
+        steps = train.num_examples // batch_size
+
+        def run_scanned(ts, epoch):
+            first_step = int(dp.unreplicate(ts.step)) if diag is not None else 0
+            ts, stacked = run(ts, device_data, jax.random.fold_in(data_key, epoch))
+            if diag is not None:
+                diag(ts, first_step + steps, epoch, steps)
+            return ts, jax.device_get(stacked), steps * batch_size
+
+        return run_scanned
+    run = dp.compile_step(step_fn)
+
+    def run_steps(ts, epoch):
+        if isinstance(train, ArraySource):
+            order = np.asarray(batch_order(data_key, epoch, train.num_examples))
+            rows = dp.local_slice(batch_size)
+            host = (train.rows(order[i * batch_size:(i + 1) * batch_size][rows])
+                    for i in range(train.num_examples // batch_size))
+        else:
+            host = map(dp.local_part, (_fit_devices(b, dp) for b in train.epoch(epoch, start_epoch)))
+        counted = [0]
+
+        def count(batch):
+            counted[0] += _rows(batch) * dp.process_count
+            return batch
+
+        batches = prefetch(map(count, host), put=dp.put_batch)
+        if progress:
+            from tqdm.auto import tqdm
+            batches = tqdm(batches, desc=f"epoch {epoch + 1}/{epochs}", leave=False, unit="step")
+        collected = []
+        first_step = int(dp.unreplicate(ts.step)) if diag is not None else 0
+        for batch in batches:
+            ts, m = run(ts, batch)
+            collected.append(m)
+            if diag is not None:
+                diag(ts, first_step + len(collected), epoch)
+        if not collected:
+            raise ValueError(f"train_data: no batches in epoch {epoch + 1}")
+        return ts, jax.device_get(jax.tree_util.tree_map(lambda *xs: jnp.stack(xs),
+                                                         *collected)), counted[0]
+
+    return run_steps
+
+
+def _fit_devices(batch: dict, dp: DataParallel) -> dict:
+    """A batch of an iterable, padded (masked) to a multiple of the device count if needed."""
+    n = num_rows(batch["x"], "a training batch")
+    size = dp.round_batch_size(n)
+    return batch if size == n else pad_batch(batch, size)
+
+
+def _rows(batch: dict) -> int:
+    """Real examples in a host batch (padding excluded)."""
+    if "mask" in batch:
+        return int(np.asarray(batch["mask"]).sum())
+    return num_rows(batch["x"], "a training batch")
+
+
+def _restored_best(ts: TrainState, early_stopping: EarlyStopping | None, tracker: Tracker,
+                   folder: RunFolder, last_epoch: int) -> TrainState:
+    """With ``early_stopping.restore_best``: the train state of the best epoch, if not the last."""
+    if early_stopping is None or not early_stopping.restore_best or folder.path is None \
+            or tracker.best_epoch in (None, last_epoch):
+        return ts
+    synchronize("fnn-fit-restore-best")  # process 0 has written best.safetensors
+    return folder.load("best", ts)[0] if folder.has("best") else ts
+
+
+def _check_finite(losses: np.ndarray, first_step: int, epoch: int, folder: RunFolder,
+                  history: list[dict[str, Any]], divergence_factor: float | None) -> None:
+    """Stop on a NaN/Inf loss, or one past ``divergence_factor`` x the first epoch's mean loss."""
+    last = (f"the last good checkpoint is {folder.checkpoint('latest')} (epoch {epoch})"
+            if folder.has("latest") else "no checkpoint was written yet")
+    if not np.all(np.isfinite(losses)):
+        bad = int(np.argmax(~np.isfinite(losses)))
+        raise TrainingDiverged(f"the training loss became {losses[bad]} at step "
+                               f"{first_step + bad + 1} (epoch {epoch + 1}); {last}")
+    if divergence_factor is not None and history:
+        limit = divergence_factor * max(abs(history[0]["train_loss"]), 1e-3)
+        if np.any(np.abs(losses) > limit):
+            bad = int(np.argmax(np.abs(losses) > limit))
+            raise TrainingDiverged(
+                f"the training loss exploded to {losses[bad]:.4g} at step "
+                f"{first_step + bad + 1} (epoch {epoch + 1}), over {divergence_factor:g} x "
+                f"the first epoch's mean loss {history[0]['train_loss']:.4g} "
+                f"(training.divergence.factor); {last}")
 
 
 def _learning_rate(dp: DataParallel, opt_state: Any) -> float | None:
@@ -400,8 +439,8 @@ def _learning_rate(dp: DataParallel, opt_state: Any) -> float | None:
     return None if lr is None else float(str(np.asarray(dp.unreplicate(lr))))
 
 
-def _epoch_bar(progress: bool, mode: str, start: int, epochs: int):
-    if not progress or mode != "epoch":
+def _epoch_bar(show: bool, start: int, epochs: int):
+    if not show:
         return None
     from tqdm.auto import tqdm
     return tqdm(total=epochs, initial=start, desc="epochs", unit="epoch", leave=False)
@@ -417,38 +456,3 @@ def _format_record(r: dict[str, Any], epochs: int) -> str:
     parts.append(f"{r['examples_per_sec']:,.0f} ex/s")
     parts.append(f"{r['seconds']:.1f}s")
     return "  ".join(parts)
-
-
-def _strict(value: Any) -> Any:
-    """NaN and +-Inf as ``null``: metrics.jsonl is strict JSON."""
-    if isinstance(value, float) and not np.isfinite(value):
-        return None
-    return value
-
-
-def _write_jsonl(path: Path, history: list[dict]) -> None:
-    # rewritten whole (atomically) so a resumed run never repeats or loses an epoch's line
-    lines = (json.dumps({k: _strict(v) for k, v in r.items()}, allow_nan=False) + "\n"
-             for r in history)
-    ckpt.atomic_write(path, "".join(lines).encode())
-
-
-def _save_train_state(path: Path, ts: TrainState, net: Layer, progress: dict,
-                      metadata: dict[str, Any] | None) -> None:
-    meta = {"kind": "train_state", "progress": progress, **(metadata or {})}
-    try:
-        json.dumps(net.spec)
-        meta["spec"] = net.spec
-    except TypeError:
-        pass
-    ckpt.save_tree(path, {"params": ts.params, "model_state": ts.model_state,
-                          "opt_state": ts.opt_state, "step": ts.step, "rng": ts.rng}, meta)
-
-
-def _load_train_state(path: Path, template: TrainState,
-                      skip: Sequence[str] = ()) -> tuple[TrainState, dict]:
-    arrays, meta = ckpt.read_checkpoint(path)  # one read, every checksum checked
-    restored = TrainState(*(getattr(template, f) if f in skip else
-                            ckpt.restore_like(getattr(template, f), arrays, f, source=path)
-                            for f in TrainState._fields))
-    return restored, meta.get("progress", {})

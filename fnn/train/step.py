@@ -6,9 +6,10 @@ per-example losses are summed with the mask and divided by the number of real ex
 counted across devices when the step runs under ``pmap`` with ``axis_name``, so a padded or
 split batch gives the same gradient as the whole batch.
 
-``loss`` is any function ``loss(outputs, targets, *, reduction="none") -> (batch,)`` (all of
-``fnn.losses`` qualify); ``metrics`` maps names to per-example functions
-``metric(outputs, targets) -> (batch,)`` (e.g. :func:`correct`).
+``loss`` is ``loss(outputs, targets, *, reduction="none") -> (batch,)`` (all of ``fnn.losses``
+qualify) or a loss as users write it, ``loss(outputs, targets) -> scalar`` (a mean over the
+batch; see :mod:`fnn.train.contract`); ``metrics`` maps names to functions of either form
+(e.g. :func:`correct`). ``inputs`` and ``targets`` may be any pytrees of arrays.
 
 Example:
     >>> step = make_train_step(net, fnn.losses.softmax_cross_entropy, optax.adam(1e-3),
@@ -27,6 +28,7 @@ from jax import lax
 
 from fnn import metrics as metrics_lib
 from fnn.core import Layer
+from fnn.train.contract import per_example
 from fnn.train.state import TrainState
 
 __all__ = ["make_train_step", "make_eval_step", "make_train_epoch", "epoch_fn", "correct",
@@ -64,8 +66,8 @@ def _mask(batch: Batch) -> jax.Array:
 
 def _per_example(values: jax.Array, n: int, what: str) -> jax.Array:
     if values.ndim == 0 or values.shape[0] != n:
-        raise ValueError(f"{what} must return one value per example (shape ({n},)) when called "
-                         f"with reduction='none'; got shape {values.shape}")
+        raise ValueError(f"{what} must return one value per example (shape ({n},)) or a scalar "
+                         f"batch mean; got shape {values.shape}")
     return values.reshape(n, -1).mean(axis=-1) if values.ndim > 1 else values
 
 
@@ -77,7 +79,8 @@ def train_step_fn(net: Layer, loss: Callable[..., jax.Array],
                   augment: Callable[[jax.Array, jax.Array], jax.Array] | None = None,
                   axis_name: str | None = None) -> Callable[[TrainState, Batch], tuple[TrainState, dict]]:
     """The un-jitted step ``(train_state, batch) -> (train_state, metrics)``; see :func:`make_train_step`."""
-    metrics = dict(metrics or {})
+    metrics = {name: per_example(fn) for name, fn in (metrics or {}).items()}
+    loss = per_example(loss)
 
     def step(ts: TrainState, batch: Batch):
         rng, step_rng = jax.random.split(ts.rng)
@@ -97,9 +100,8 @@ def train_step_fn(net: Layer, loss: Callable[..., jax.Array],
         def objective(params):
             outputs, new_state = net.apply(params, ts.model_state, batch["x"], rng=step_rng,
                                            train=True)
-            per_example = _per_example(loss(outputs, batch["y"], reduction="none"),
-                                       mask.shape[0], "the loss")
-            data_loss = jnp.sum(per_example * mask) / count
+            values = _per_example(loss(outputs, batch["y"]), mask.shape[0], "the loss")
+            data_loss = jnp.sum(values * mask) / count
             total = data_loss
             if regularizer is not None:
                 total = total + regularizer(params) / devices
@@ -139,7 +141,8 @@ def make_train_step(net: Layer, loss: Callable[..., jax.Array],
 
     Args:
         net: the network.
-        loss: ``loss(outputs, targets, *, reduction="none") -> (batch,)``.
+        loss: ``loss(outputs, targets, *, reduction="none") -> (batch,)``, or
+            ``loss(outputs, targets) -> scalar`` (a batch mean; see :mod:`fnn.train.contract`).
         optimizer: an optax transformation.
         regularizer: ``params -> scalar`` added to the objective (e.g. ``1e-4 * l2(params)``).
         constraint: ``params -> params`` applied after each update (e.g. max-norm).
@@ -161,14 +164,15 @@ def eval_step_fn(net: Layer, loss: Callable[..., jax.Array], *,
                  metrics: Mapping[str, Metric] | None = None,
                  axis_name: str | None = None) -> Callable[[Any, Any, Batch], dict]:
     """The un-jitted eval step ``(params, model_state, batch) -> sums``; see :func:`make_eval_step`."""
-    metrics = dict(metrics or {})
+    metrics = {name: per_example(fn) for name, fn in (metrics or {}).items()}
+    loss = per_example(loss)
 
     def step(params, model_state, batch):
         outputs, _ = net.apply(params, model_state, batch["x"], train=False)
         mask = _mask(batch)
         sums = {"count": mask.sum(),
-                "loss": jnp.sum(_per_example(loss(outputs, batch["y"], reduction="none"),
-                                             mask.shape[0], "the loss") * mask)}
+                "loss": jnp.sum(_per_example(loss(outputs, batch["y"]), mask.shape[0], "the loss")
+                                * mask)}
         for name, metric in metrics.items():
             sums[name] = jnp.sum(_per_example(metric(outputs, batch["y"]), mask.shape[0], name)
                                  * mask)
