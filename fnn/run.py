@@ -326,7 +326,7 @@ def train_model(cfg: dict[str, Any], train_data: dict[str, np.ndarray],
     t = cfg["training"]
     input_shape = (-1, *np.shape(train_data["x"])[1:])
     if t["freeze"]:
-        from fnn.transfer import freeze
+        from fnn.finetune import freeze
         try:
             exp.net = freeze(exp.net, *t["freeze"], input_shape=input_shape)
         except ValueError as e:

@@ -21,7 +21,7 @@ import fnn
 from fnn.config import ConfigError, load_config
 from fnn.losses import mse, softmax_cross_entropy
 from fnn.train import LossContractError, correct, evaluate, fit, predict
-from fnn.transfer import frozen_paths
+from fnn.finetune import frozen_paths
 
 REPO = Path(__file__).resolve().parents[1]
 

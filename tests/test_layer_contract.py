@@ -110,7 +110,9 @@ def _built(kind: str):
 
 
 def test_every_kind_has_a_case():
-    assert sorted(registered_layers()) == KINDS, "add each new layer kind to CASES"
+    fnn_kinds = sorted(kind for kind, constructor in registered_layers().items()
+                       if constructor.__module__.startswith("fnn."))  # not kinds tests register
+    assert fnn_kinds == KINDS, "add each new layer kind to CASES"
 
 
 @pytest.mark.parametrize("kind", KINDS)

@@ -55,7 +55,7 @@ from fnn.train.run_folder import RunFolder
 from fnn.train.state import TrainState, init_train_state
 from fnn.train.step import eval_step_fn, train_step_fn
 from fnn.train.tracker import EarlyStopping, Tracker
-from fnn.transfer import load_pretrained, transfer, with_frozen_mask
+from fnn.finetune import load_pretrained, transfer, with_frozen_mask
 
 __all__ = ["fit", "evaluate", "FitResult", "EarlyStopping", "TrainingDiverged", "batch_order",
            "prefetch"]
