@@ -24,10 +24,24 @@ through ``serial`` and ``Repeat``; any other combinator counts as one layer (its
 its output statistics).
 
 Example:
+    >>> block = fnn.serial(fnn.Dense(8), fnn.Tanh)
+    >>> net = fnn.serial(fnn.Dense(8), fnn.Relu, fnn.repeat(block, 3), fnn.Dense(3))
+    >>> _, params, state = net.init(jax.random.key(0), (-1, 4))
+    >>> rng = np.random.default_rng(0)
+    >>> x, y = rng.normal(size=(16, 4)).astype(np.float32), rng.integers(0, 3, size=16)
     >>> flow = fnn.diagnostics.gradient_flow(net, params, state, {"x": x, "y": y},
     ...                                      fnn.losses.softmax_cross_entropy, lr=1e-3)
-    >>> flow.profile("grad_norm")          # gradient norm of every weight layer, input to output
-    >>> print(flow)                          # a table, repeated layers as quantiles
+    >>> flow.profile("grad_norm").shape    # gradient norm of every weight layer, input to output
+    (5,)
+    >>> print(flow)                        # a table, repeated layers as quantiles
+    layer             kind   copies  grad_norm  weight_norm  update_ratio  activations
+    ---...
+    dense_0           Dense ...
+    relu_0            Relu ...dead ...
+    repeat_0/dense_0  Dense  3 ...[...]...
+    repeat_0/tanh_0   Tanh   3 ...saturated ...
+    dense_1           Dense ...
+    loss ...
 """
 
 from __future__ import annotations
@@ -366,8 +380,23 @@ class Diagnostics:
     ``run_dir/diagnostics.jsonl`` and redraws ``run_dir/gradflow.png``.
 
     Example:
-        >>> diag = Diagnostics(net, loss, optimizer, every=100, run_dir="runs/deep")
-        >>> if diag.due(step): diag.record(train_state, batch, step=step, epoch=epoch)
+        >>> import os, tempfile
+        >>> from fnn.train.state import init_train_state
+        >>> net = fnn.serial(fnn.Dense(8), fnn.Relu, fnn.Dense(3))
+        >>> loss, optimizer = fnn.losses.softmax_cross_entropy, optax.adam(1e-3)
+        >>> _, train_state = init_train_state(net, optimizer, (-1, 4), jax.random.key(0))
+        >>> rng = np.random.default_rng(0)
+        >>> batch = {"x": rng.normal(size=(16, 4)).astype(np.float32),
+        ...          "y": rng.integers(0, 3, size=16)}
+        >>> run_dir = tempfile.mkdtemp()
+        >>> diag = Diagnostics(net, loss, optimizer, every=100, run_dir=run_dir)
+        >>> for step in (99, 100, 101):
+        ...     if diag.due(step):
+        ...         record = diag.record(train_state, batch, step=step, epoch=1)
+        >>> record["step"], sorted(record)
+        (100, ['epoch', 'grad_norm_by_depth', 'layers', 'loss', 'step'])
+        >>> sorted(os.listdir(run_dir))
+        ['diagnostics.jsonl', 'gradflow.png']
     """
 
     def __init__(self, net: Layer, loss: Callable[..., jax.Array], optimizer: Any, *,

@@ -11,13 +11,30 @@
   The params keep their structure and names, so the same params fit both networks.
 
 Example:
-    >>> params, state, report = fnn.transfer(old_params, old_state, new_net, (-1, 28, 28, 1),
+    >>> features = fnn.serial(fnn.Dense(8), fnn.Relu, name="features")
+    >>> old_net = fnn.serial(features, fnn.Dense(3, name="head"))     # pretrained on 3 classes
+    >>> _, old_params, old_state = old_net.init(jax.random.key(1), (-1, 4))
+    >>> new_net = fnn.serial(features, fnn.Dense(2, name="head"))     # a new 2-class head
+    >>> params, state, report = fnn.transfer(old_params, old_state, new_net, (-1, 4),
     ...                                      jax.random.key(0))
-    >>> print(report)      # copied: conv2d_0/w, ...; new: head/w, head/b; skipped: ...
+    >>> print(report)
+    copied 2 pretrained arrays, 0 new, 2 skipped (shape differs): params/head/b, params/head/w
+      copied   params/features/dense_0/b
+      copied   params/features/dense_0/w
+      skipped  params/head/b: pretrained (3,), new (2,)
+      skipped  params/head/w: pretrained (8, 3), new (8, 2)
+    >>> rng = np.random.default_rng(0)
+    >>> x = rng.normal(size=(32, 4)).astype(np.float32)
+    >>> data, loss = {"x": x, "y": (x[:, 0] > 0).astype(np.int32)}, fnn.losses.softmax_cross_entropy
     >>> frozen = fnn.freeze(new_net, "features")
-    >>> result = fnn.train.fit(frozen, loss, optax.adam(1e-3), data, epochs=3, init=(params, state))
+    >>> result = fnn.train.fit(frozen, loss, optax.adam(1e-3), data, epochs=3, init=(params, state),
+    ...                        log=None)
+    >>> w = result.train_state.params["features"]["dense_0"]["w"]
+    >>> bool(jnp.all(w == params["features"]["dense_0"]["w"]))            # frozen: unchanged
+    True
     >>> result = fnn.train.fit(fnn.unfreeze(frozen), loss, optax.adam(1e-4), data, epochs=3,
-    ...                        init=(result.train_state.params, result.train_state.model_state))
+    ...                        init=(result.train_state.params, result.train_state.model_state),
+    ...                        log=None)
 """
 
 from __future__ import annotations
@@ -96,10 +113,16 @@ def transfer(pretrained_params: Any, pretrained_state: Any, new_net: Layer, inpu
         :class:`TransferReport`.
 
     Example:
+        >>> body = fnn.serial(fnn.Flatten(), fnn.Dense(8), fnn.Relu)
+        >>> old_net = fnn.serial(body, fnn.Dense(10, name="old_head"))
+        >>> _, p, s = old_net.init(jax.random.key(1), (-1, 28, 28, 1))
         >>> params, state, report = transfer(p, s, fnn.serial(body, fnn.Dense(5, name="head")),
         ...                                  (-1, 28, 28, 1), jax.random.key(0))
         >>> report.new
         ('params/head/b', 'params/head/w')
+        >>> report.copied, report.unused
+        (('params/serial_0/dense_0/b', 'params/serial_0/dense_0/w'),
+         ('params/old_head/b', 'params/old_head/w'))
     """
     _, params, state = new_net.init(rng, input_shape)
     old = {**_flat(pretrained_params, "params"), **_flat(pretrained_state or {}, "state")}
@@ -149,7 +172,10 @@ def Frozen(layer: Layer) -> Layer:
     inside a network by name; ``fit`` also leaves the frozen params out of the optimizer.
 
     Example:
-        >>> Frozen(fnn.BatchNorm()).apply(params, state, x, train=True)[1] is state
+        >>> layer = Frozen(fnn.BatchNorm())
+        >>> _, params, state = layer.init(jax.random.key(0), (-1, 3))
+        >>> x = jnp.ones((4, 3))
+        >>> layer.apply(params, state, x, train=True)[1] is state
         True
     """
     def init(rng, input_shape):
@@ -238,6 +264,8 @@ def freeze(net: Layer, *names: str, input_shape: Any = None) -> Layer:
         >>> net = fnn.serial(fnn.serial(fnn.Dense(8), fnn.BatchNorm(), name="encoder"),
         ...                  fnn.Dense(2, name="head"))
         >>> frozen = fnn.freeze(net, "encoder")
+        >>> [layer.kind for layer in frozen.children]
+        ['Frozen', 'Dense']
     """
     if not names:
         raise ValueError("freeze: name at least one layer, e.g. freeze(net, 'encoder')")

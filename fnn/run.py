@@ -12,10 +12,14 @@ The config's ``parallel`` section picks the data parallelism (``mode: none | pma
 :mod:`fnn.train.parallel`. Every process trains; process 0 alone writes the run folder and logs.
 
 Example:
-    >>> cfg = fnn.config.load_config("configs/xor.yaml")
-    >>> run_dir = fnn.run.train(cfg)
-    >>> json.load(open(run_dir / "test.json"))["accuracy"]
-    1.0
+    >>> import pathlib, tempfile
+    >>> xor = pathlib.Path(fnn.__file__).parents[1] / "configs" / "xor.yaml"
+    >>> cfg = fnn.config.load_config(xor, ["training.epochs=2", "output.plots=false"])
+    >>> run_dir = fnn.run.train(cfg, out=tempfile.mkdtemp(), log=None)   # 1000 epochs: accuracy 1.0
+    >>> sorted(p.name for p in run_dir.iterdir())
+    ['checkpoints', 'config.yaml', 'metrics.jsonl', 'summary.txt', 'test.json']
+    >>> sorted(json.load(open(run_dir / "test.json")))
+    ['accuracy', 'checkpoint', 'examples', 'loss']
 """
 
 from __future__ import annotations

@@ -19,9 +19,12 @@ turns any failure into one line naming the loss and the two shapes, with the fix
 targets look like class labels for a loss that needs one-hot targets.
 
 Example:
+    >>> net = fnn.serial(fnn.Dense(8), fnn.Relu, fnn.Dense(10))
     >>> check_shapes(net, fnn.losses.mse, (-1, 784), (-1,), loss_name="mse")
-    ValueError: loss 'mse' cannot compare the network's outputs (N, 10) with the targets (N,): ...;
-    one-hot the labels (data.one_hot: true, or fnn.data.one_hot(y, 10))
+    Traceback (most recent call last):
+    ...
+    fnn.train.contract.LossContractError: loss 'mse' cannot compare the network's outputs (N, 10)
+    with the targets (N,): ... one-hot them (data.one_hot: true, or fnn.data.one_hot(y, 10))
 """
 
 from __future__ import annotations
@@ -127,6 +130,7 @@ def check_shapes(net: Layer, loss: Callable[..., jax.Array], x: Any, y: Any, *,
 
     Example:
         >>> check_shapes(fnn.Dense(10), fnn.losses.softmax_cross_entropy, (-1, 784), (-1,))
+        ShapeDtypeStruct(shape=(2, 10), dtype=float32)
     """
     xs = _as_structs(x, jnp.float32)
     ys = _as_structs(y, None)

@@ -15,10 +15,19 @@ are accepted, for training and validation alike:
   generators that never end, or that cannot be restarted).
 
 Example:
+    >>> rng = np.random.default_rng(0)
+    >>> x1, x2 = rng.normal(size=(2, 6, 28, 28)).astype(np.float32)
+    >>> y = rng.integers(0, 2, size=6)
     >>> source = batch_source({"x": (x1, x2), "y": y})
-    >>> source.input_shape                     # ((-1, 28, 28), (-1, 28, 28))
+    >>> source.input_shape, source.num_examples
+    (((-1, 28, 28), (-1, 28, 28)), 6)
+    >>> def stream():                          # never ends
+    ...     while True:
+    ...         yield rng.normal(size=(4, 3)), rng.integers(0, 2, size=4)
     >>> gen = ({"x": xb, "y": yb} for xb, yb in stream())
     >>> source = batch_source(gen, steps_per_epoch=100)
+    >>> source.input_shape, source.steps_per_epoch
+    ((-1, 3), 100)
 """
 
 from __future__ import annotations
@@ -233,8 +242,8 @@ def batch_source(data: Any, steps_per_epoch: int | None = None,
     """An :class:`ArraySource` for a dict of arrays, else an :class:`IterableSource`.
 
     Example:
-        >>> batch_source({"x": x, "y": y}).num_examples
-        60000
+        >>> batch_source({"x": np.zeros((100, 784)), "y": np.zeros(100, int)}).num_examples
+        100
     """
     if isinstance(data, (ArraySource, IterableSource)):
         return data

@@ -25,10 +25,20 @@ loop does not branch on the mode: :class:`~fnn.train.parallel.DataParallel` comp
 and gathers for every mode alike (``"none"`` is one device). See ``docs/DISTRIBUTED.md``.
 
 Example:
-    >>> result = fnn.train.fit(net, fnn.losses.softmax_cross_entropy, optax.adam(1e-3),
+    >>> rng = np.random.default_rng(0)
+    >>> x = rng.normal(size=(64, 4)).astype(np.float32)
+    >>> y = (x[:, 0] > 0).astype(np.int32)                # two classes
+    >>> x_train, y_train, x_val, y_val = x[:48], y[:48], x[48:], y[48:]
+    >>> net = fnn.serial(fnn.Dense(8), fnn.Relu, fnn.Dense(2))
+    >>> result = fnn.train.fit(net, fnn.losses.softmax_cross_entropy, optax.adam(1e-2),
     ...                        {"x": x_train, "y": y_train}, {"x": x_val, "y": y_val},
-    ...                        epochs=10, batch_size=128, metrics={"accuracy": correct})
-    >>> result.history[-1]["val_accuracy"]
+    ...                        epochs=3, batch_size=16, metrics={"accuracy": fnn.train.correct},
+    ...                        log=None)
+    >>> len(result.history), sorted(result.history[-1])
+    (3, ['epoch', 'examples_per_sec', 'learning_rate', 'seconds', 'step', 'train_accuracy',
+         'train_loss', 'val_accuracy', 'val_loss'])
+    >>> 0.0 <= result.history[-1]["val_accuracy"] <= 1.0
+    True
 """
 
 from __future__ import annotations
@@ -162,7 +172,17 @@ def fit(net: Layer, loss: Callable[..., jax.Array], optimizer: optax.GradientTra
             (checked before compiling; names the loss and both shapes).
 
     Example:
-        >>> fit(siamese, contrastive, optax.adam(1e-3), {"x": (x1, x2), "y": same}, epochs=5)
+        >>> siamese = fnn.shared(fnn.Dense(4))            # (x1, x2) -> (e1, e2), one set of weights
+        >>> def contrastive(outputs, same):               # a batch mean, as users write losses
+        ...     d = jnp.linalg.norm(outputs[0] - outputs[1], axis=-1)
+        ...     return jnp.mean(same * d**2 + (1 - same) * jnp.maximum(0.0, 1.0 - d) ** 2)
+        >>> rng = np.random.default_rng(0)
+        >>> x1, x2 = rng.normal(size=(2, 32, 3)).astype(np.float32)
+        >>> same = rng.integers(0, 2, size=32).astype(np.float32)
+        >>> result = fit(siamese, contrastive, optax.adam(1e-3), {"x": (x1, x2), "y": same},
+        ...              epochs=5, log=None)
+        >>> [record["epoch"] for record in result.history]
+        [1, 2, 3, 4, 5]
     """
     if (x is None) == (train_data is None):
         raise ValueError("fit: give the training data as train_data or as x= and y=, once")

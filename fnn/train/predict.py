@@ -5,10 +5,17 @@ compile once for a fixed batch size, pad the last partial batch (padding is mask
 off), and prefetch batches to the device while the previous one runs.
 
 Example:
-    >>> probs = fnn.train.predict(net, params, state, x_test, batch_size=256)   # (N, 10)
+    >>> net = fnn.serial(fnn.Dense(8), fnn.Relu, fnn.Dense(3))
+    >>> _, params, state = net.init(jax.random.key(0), (-1, 4))
+    >>> rng = np.random.default_rng(0)
+    >>> x_test = rng.normal(size=(10, 4)).astype(np.float32)
+    >>> y_test = rng.integers(0, 3, size=10)
+    >>> logits = fnn.train.predict(net, params, state, x_test, batch_size=4)   # (N, 3)
+    >>> logits.shape
+    (10, 3)
     >>> fnn.train.evaluate(net, params, state, {"x": x_test, "y": y_test},
     ...                    fnn.losses.softmax_cross_entropy, {"accuracy": fnn.train.correct})
-    {'loss': ..., 'accuracy': ...}
+    {'accuracy': ..., 'loss': ...}
 """
 
 from __future__ import annotations
@@ -48,6 +55,8 @@ def predict(net: Layer, params: Any, state: Any, x: Any, *, batch_size: int = 10
         The outputs for exactly the ``N`` inputs, in order (the network's output pytree).
 
     Example:
+        >>> net = fnn.serial(fnn.Dense(8), fnn.Relu, fnn.Dense(10))
+        >>> _, params, state = net.init(jax.random.key(0), (-1, 784))
         >>> predict(net, params, state, np.zeros((1001, 784)), batch_size=128).shape
         (1001, 10)
     """
@@ -101,8 +110,12 @@ def evaluate(model: Layer | Callable, params: Any, state: Any, data: Any,
         ``{"loss": ..., <metric>: ...}``: means over every example, each counted once.
 
     Example:
+        >>> net = fnn.Dense(2)
+        >>> _, params, state = net.init(jax.random.key(0), (-1, 3))
+        >>> params = jax.tree_util.tree_map(jnp.zeros_like, params)   # outputs are all zero
+        >>> x, y = np.ones((5, 3), np.float32), np.ones((5, 2), np.float32)
         >>> evaluate(net, params, state, {"x": x, "y": y}, fnn.losses.mse)
-        {'loss': ...}
+        {'loss': 1.0}
     """
     if isinstance(model, Layer):
         if loss is None:

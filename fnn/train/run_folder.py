@@ -11,9 +11,19 @@ the loop's progress (epoch, history, tracker) to resume from, the caller's metad
 config) and the network's spec where it is plain data. ``RunFolder(None)`` writes nothing.
 
 Example:
-    >>> folder = RunFolder("runs/mlp")
-    >>> folder.save("latest", train_state, net, {"epoch": 0, "history": [...]}, metadata)
+    >>> import tempfile
+    >>> from fnn.train.state import init_train_state
+    >>> net = fnn.serial(fnn.Dense(8), fnn.Relu, fnn.Dense(3))
+    >>> _, train_state = init_train_state(net, optax.adam(1e-3), (-1, 4), jax.random.key(0))
+    >>> folder = RunFolder(tempfile.mkdtemp())
+    >>> folder.save("latest", train_state, net, {"epoch": 1, "history": []}, {"note": "demo"})
+    >>> folder.has("latest"), folder.checkpoint("latest").name
+    (True, 'latest.safetensors')
     >>> ts, progress = folder.load("latest", template=train_state)
+    >>> progress
+    {'epoch': 1, 'history': []}
+    >>> bool(jnp.all(ts.params["dense_0"]["w"] == train_state.params["dense_0"]["w"]))
+    True
 """
 
 from __future__ import annotations

@@ -12,9 +12,16 @@ batch; see :mod:`fnn.train.contract`); ``metrics`` maps names to functions of ei
 (e.g. :func:`correct`). ``inputs`` and ``targets`` may be any pytrees of arrays.
 
 Example:
+    >>> from fnn.train.state import init_train_state
+    >>> net = fnn.serial(fnn.Dense(8), fnn.Relu, fnn.Dense(3))
+    >>> _, ts = init_train_state(net, optax.adam(1e-3), (-1, 4), jax.random.key(0))
+    >>> rng = np.random.default_rng(0)
+    >>> x, y = rng.normal(size=(8, 4)).astype(np.float32), rng.integers(0, 3, size=8)
     >>> step = make_train_step(net, fnn.losses.softmax_cross_entropy, optax.adam(1e-3),
     ...                        metrics={"accuracy": correct})
     >>> ts, metrics = step(ts, {"x": x, "y": y})
+    >>> int(ts.step), sorted(metrics)
+    (1, ['accuracy', 'loss', 'objective'])
 """
 
 from __future__ import annotations

@@ -7,7 +7,7 @@ have passed without improvement. ``fit`` uses it to keep ``best.safetensors`` an
 :func:`kept_record`) to score a run by the epoch it kept.
 
 Example:
-    >>> t = Tracker("val_loss", patience=2)
+    >>> t = Tracker(EarlyStopping("val_loss", patience=2))
     >>> [t.update({"val_loss": v}, epoch) for epoch, v in enumerate([0.5, 0.4, 0.45, 0.41], 1)]
     [True, True, False, False]
     >>> t.best_epoch, t.should_stop
