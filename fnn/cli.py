@@ -239,8 +239,7 @@ def _summary(cfg) -> str:
     from fnn.layers.spec import from_spec
     from fnn.summary import summary
 
-    shape = cfg["data"].get("input_shape") if isinstance(cfg["data"], dict) else None
-    return str(summary(from_spec(cfg["model"]), tuple(shape) if shape else _input_shape(cfg)))
+    return str(summary(from_spec(cfg["model"]), _input_shape(cfg)))
 
 
 def _input_shape(cfg) -> tuple[int, ...]:

@@ -299,13 +299,13 @@ def layer_type(kind: str, *, sublayers: str | Sequence[str] = ()
             a plain argument (one layer, ``None`` allowed), e.g. ``"layers"`` for ``serial``.
 
     Example:
-        >>> @fnn.layer_type("Scale")
-        ... def Scale(factor: float = 2.0) -> fnn.Layer:
+        >>> @fnn.layer_type("Multiply")
+        ... def Multiply(factor: float = 2.0) -> fnn.Layer:
         ...     init = lambda rng, shape: (shape, {}, {})
         ...     apply = lambda params, state, x, *, rng=None, train=False: (x * factor, state)
         ...     return fnn.Layer(init, apply)
-        >>> Scale(3.0, name="triple")
-        Scale(factor=3.0, name='triple')
+        >>> Multiply(3.0, name="triple")
+        Multiply(factor=3.0, name='triple')
     """
     sublayers = (sublayers,) if isinstance(sublayers, str) else tuple(sublayers)
 

@@ -32,7 +32,8 @@ import jax.numpy as jnp
 from fnn.arguments import positive_int
 from fnn.core import lookup
 
-__all__ = ["accuracy", "top_k_accuracy", "binary_accuracy", "confusion_matrix", "get", "names",
+__all__ = ["accuracy", "top_k_accuracy", "binary_accuracy", "confusion_matrix", "correct",
+           "binary_correct", "get", "names",
            "REDUCTIONS"]
 
 Metric = Callable[..., jax.Array]
@@ -231,3 +232,30 @@ def get(name: str | Metric) -> Metric:
     if callable(name):
         return name
     return lookup(_BY_NAME, name, "metric")
+
+
+def correct(outputs: jax.Array, targets: jax.Array) -> jax.Array:
+    """Per-example 1.0/0.0: is the arg-max class right? Targets are ids ``(B,)`` or one-hot ``(B, C)``.
+
+    :func:`accuracy` with ``reduction="none"``: the per-example metric ``fit`` averages exactly.
+
+    Example:
+        >>> correct(jnp.array([[2.0, 1.0], [0.0, 3.0]]), jnp.array([0, 0]))
+        Array([1., 0.], dtype=float32)
+    """
+    return accuracy(outputs, targets, reduction="none")
+
+
+def binary_correct(outputs: jax.Array, targets: jax.Array) -> jax.Array:
+    """Per-example fraction right for sigmoid logits: predicted positive where ``logit > 0``.
+
+    Works for outputs ``(B,)`` or ``(B, 1)`` of logits; targets are 0/1 (or -1/+1).
+    :func:`binary_accuracy` with ``reduction="none"``.
+
+    Example:
+        >>> binary_correct(jnp.array([2.0, -1.0]), jnp.array([1, 1]))
+        Array([1., 0.], dtype=float32)
+    """
+    n = outputs.shape[0]
+    return binary_accuracy(outputs.reshape(n, -1), targets.reshape(n, -1),
+                                       reduction="none")

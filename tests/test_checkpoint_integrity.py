@@ -342,20 +342,9 @@ def test_a_failed_write_names_the_file_and_keeps_the_old_one(tmp_path):
 
 
 @pytest.fixture
-def small_tmpfs(tmp_path):
-    """A 256 KiB tmpfs mounted on tmp_path/disk (root only; skipped elsewhere)."""
-    if os.geteuid() != 0 or shutil.which("mount") is None:
-        pytest.skip("mounting a tmpfs needs root")
-    disk = tmp_path / "disk"
-    disk.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(disk)],
-                          capture_output=True)
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode().strip()}")
-    try:
-        yield disk
-    finally:
-        subprocess.run(["umount", str(disk)], check=True)
+def small_tmpfs(tmpfs):
+    """A 256 KiB tmpfs (root only; skipped elsewhere)."""
+    return tmpfs("256k")
 
 
 def test_disk_full_names_the_file_and_keeps_earlier_checkpoints(small_tmpfs):

@@ -94,31 +94,21 @@ def test_kill_9_at_twelve_random_moments_then_resume_matches(tmp_path):
     _kill_and_resume(tmp_path, kills=12, epochs=80, seed=1)
 
 
-def test_a_full_disk_names_the_file_keeps_the_checkpoints_and_the_run_resumes(tmp_path):
-    if os.geteuid() != 0:
-        pytest.skip("mounting a small tmpfs needs root")
-    mnt = tmp_path / "mnt"
-    mnt.mkdir()
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=48k", "tmpfs", str(mnt)],
-                             capture_output=True)
-    if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.decode().strip()}")
-    try:
-        run = mnt / "run"
-        xor = [sys.executable, "-m", "fnn.cli", "train", "configs/xor.yaml",
-               "training.epochs=3"]
-        out = ["--out", str(run)]
-        # the checkpoints fit in 48 KiB, the ~45 KiB curves.png after them does not
-        done = subprocess.run(xor + out, cwd=ROOT, env=ENV, capture_output=True, text=True)
-        assert done.returncode == 2, done.stderr
-        assert done.stderr.strip().splitlines() == [
-            f"fnn train: error: cannot write {run}/curves.png: No space left on device; the checkpoints "
-            "written before are intact: free some space and continue with --resume"]
-        _check_every_checkpoint_loads(run)
-        assert not list(run.rglob("*.tmp"))
-        done = subprocess.run(xor + ["output.plots=false", *out, "--resume"], cwd=ROOT, env=ENV,
-                              capture_output=True, text=True)
-        assert done.returncode == 0, done.stderr
-        assert json.loads((run / "test.json").read_text())["examples"] == 4
-    finally:
-        subprocess.run(["umount", str(mnt)], check=True)
+def test_a_full_disk_names_the_file_keeps_the_checkpoints_and_the_run_resumes(tmpfs):
+    mnt = tmpfs("48k", "mnt")
+    run = mnt / "run"
+    xor = [sys.executable, "-m", "fnn.cli", "train", "configs/xor.yaml",
+           "training.epochs=3"]
+    out = ["--out", str(run)]
+    # the checkpoints fit in 48 KiB, the ~45 KiB curves.png after them does not
+    done = subprocess.run(xor + out, cwd=ROOT, env=ENV, capture_output=True, text=True)
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.strip().splitlines() == [
+        f"fnn train: error: cannot write {run}/curves.png: No space left on device; the checkpoints "
+        "written before are intact: free some space and continue with --resume"]
+    _check_every_checkpoint_loads(run)
+    assert not list(run.rglob("*.tmp"))
+    done = subprocess.run(xor + ["output.plots=false", *out, "--resume"], cwd=ROOT, env=ENV,
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert json.loads((run / "test.json").read_text())["examples"] == 4

@@ -33,7 +33,7 @@ import jax.numpy as jnp
 import optax
 from jax import lax
 
-from fnn import metrics as metrics_lib
+from fnn.metrics import binary_correct, correct  # noqa: F401  (re-exported as fnn.train.correct)
 from fnn.core import Layer
 from fnn.train.contract import per_example
 from fnn.train.state import TrainState
@@ -45,23 +45,6 @@ Batch = Mapping[str, jax.Array]
 Metric = Callable[[jax.Array, jax.Array], jax.Array]
 
 
-def correct(outputs: jax.Array, targets: jax.Array) -> jax.Array:
-    """Per-example 1.0/0.0: is the arg-max class right? Targets are ids ``(B,)`` or one-hot ``(B, C)``.
-
-    ``fnn.metrics.accuracy`` with ``reduction="none"``.
-    """
-    return metrics_lib.accuracy(outputs, targets, reduction="none")
-
-
-def binary_correct(outputs: jax.Array, targets: jax.Array) -> jax.Array:
-    """Per-example fraction right for sigmoid logits: predicted positive where ``logit > 0``.
-
-    Works for outputs ``(B,)`` or ``(B, 1)`` of logits; targets are 0/1 (or -1/+1).
-    ``fnn.metrics.binary_accuracy`` with ``reduction="none"``.
-    """
-    n = outputs.shape[0]
-    return metrics_lib.binary_accuracy(outputs.reshape(n, -1), targets.reshape(n, -1),
-                                       reduction="none")
 
 
 def _mask(batch: Batch) -> jax.Array:
