@@ -32,6 +32,7 @@ import numpy as np
 
 from fnn.config import ConfigError
 from fnn.core import LayerError
+from fnn.train.contract import LossContractError, check_loss
 
 __all__ = ["check_data_options", "check_loss_options", "check_run", "RunCheck",
            "layer_keys", "monitored_keys", "available_memory", "tree_bytes", "first_mismatch"]
@@ -341,7 +342,7 @@ def check_run(cfg: Mapping[str, Any], exp: Any, data: Mapping[str, Mapping[str, 
             ts.params, ts.model_state, bx, key)
     except LayerError as e:
         raise ConfigError("model", f"{e} (the data has {_data_note(train)})") from None
-    _check_loss_shapes(cfg, exp, outputs, by, y)
+    _check_loss_shapes(cfg, exp, outputs, by)
     for name, metric in exp.metrics.items():
         try:
             jax.eval_shape(metric, outputs, by)
@@ -384,24 +385,12 @@ def check_run(cfg: Mapping[str, Any], exp: Any, data: Mapping[str, Mapping[str, 
     return RunCheck(ts, found["output_shape"], batch, need, params_bytes + state_bytes)
 
 
-def _check_loss_shapes(cfg: Mapping[str, Any], exp: Any, outputs: Any, by: Any,
-                       y: np.ndarray) -> None:
-    name = cfg["loss"]["name"]
+def _check_loss_shapes(cfg: Mapping[str, Any], exp: Any, outputs: Any, by: Any) -> None:
+    """The loss on the network's outputs and the targets (``fnn.train.contract.check_loss``)."""
     try:
-        per_example = jax.eval_shape(lambda o, t: exp.loss(o, t, reduction="none"), outputs, by)
-    except (ValueError, TypeError) as e:
-        hint = ""
-        if np.issubdtype(y.dtype, np.integer) and len(outputs.shape) == y.ndim + 1 \
-                and outputs.shape[-1] > 1:
-            hint = ("; the labels are class ids: one-hot them (data.one_hot: true) or use "
-                    "softmax_cross_entropy")
-        elif outputs.shape[-1:] != by.shape[-1:]:
-            hint = (f"; the network's last layer gives {outputs.shape[-1]} outputs per example, "
-                    f"the targets have shape {by.shape[1:]}")
-        raise ConfigError("loss", f"{e}{hint}") from None
-    if per_example.shape[:1] != by.shape[:1]:
-        raise ConfigError("loss", f"{name} must give one value per example, got shape "
-                                  f"{per_example.shape} for a batch of {by.shape[0]}")
+        check_loss(exp.loss, outputs, by, loss_name=cfg["loss"]["name"])
+    except LossContractError as e:
+        raise ConfigError("loss", str(e)) from None
 
 
 CLASS_ID_LOSSES = ("softmax_cross_entropy", "categorical_cross_entropy")

@@ -75,7 +75,7 @@ CASES = [
     ("regularizer-layers-without-penalty", "validate", CSV, ["regularizers.layers=[dense_0]"],
      "regularizers.layers: set, but no penalty is on", 2),
     ("mse-on-class-ids", "validate", CSV, ["loss.name=mse"],
-     "one-hot them (data.one_hot: true)", 2),
+     "one-hot them (data.one_hot: true", 2),
     ("labels-outside-outputs", "train", CSV, ["model.2.Dense=2"],
      "labels hold 80 value(s) outside [0, 2)", 2),
     ("layer-vs-data-shape", "validate", CSV,

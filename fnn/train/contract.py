@@ -38,7 +38,7 @@ import numpy as np
 
 from fnn.core import Layer
 
-__all__ = ["per_example", "takes_reduction", "check_shapes", "check_mean_over_examples",
+__all__ = ["per_example", "takes_reduction", "check_shapes", "check_loss", "check_mean_over_examples",
            "LossContractError", "name_of"]
 
 _PROBE_BATCH = 2  # the batch size of abstract shape checks
@@ -148,19 +148,41 @@ def check_shapes(net: Layer, loss: Callable[..., jax.Array], x: Any, y: Any, *,
     except Exception as e:  # a layer error names its layer already
         raise LossContractError(f"the network cannot take inputs {_show(xs)}: {_first_line(e)}") \
             from None
+    check_loss(loss, outputs, ys, loss_name=name, metrics=metrics)
+    return outputs
+
+
+def check_loss(loss: Callable[..., jax.Array], outputs: Any, targets: Any, *,
+               loss_name: str | None = None, metrics: dict[str, Callable] | None = None) -> None:
+    """Check, under ``jax.eval_shape``, that ``loss`` (and ``metrics``) can score ``outputs``
+    against ``targets`` (arrays or ``ShapeDtypeStruct``s with the batch first) with one value per
+    example or a scalar mean. The second half of :func:`check_shapes`, for callers that already
+    have the network's outputs (``fnn validate``).
+
+    Raises:
+        LossContractError: naming the loss (or metric), both shapes, and the fix where one is known.
+
+    Example:
+        >>> outputs = jax.ShapeDtypeStruct((4, 10), jnp.float32)
+        >>> check_loss(fnn.losses.softmax_cross_entropy, outputs, jax.ShapeDtypeStruct((4,), jnp.int32))
+        >>> check_loss(fnn.losses.mse, outputs, jax.ShapeDtypeStruct((4,), jnp.int32))
+        Traceback (most recent call last):
+        fnn.train.contract.LossContractError: loss 'mse' cannot compare the network's outputs (N, 10) with the targets (N,): ...
+    """
+    name = loss_name or name_of(loss)
+    batch = jax.tree_util.tree_leaves(targets)[0].shape[:1]
     for what, fn in [(f"loss {name!r}", loss)] + [(f"metric {k!r}", m)
                                                   for k, m in (metrics or {}).items()]:
         try:
-            out = jax.eval_shape(per_example(fn), outputs, ys)
+            out = jax.eval_shape(per_example(fn), outputs, targets)
         except Exception as e:
             raise LossContractError(f"{what} cannot compare the network's outputs "
-                                    f"{_show(outputs)} with the targets {_show(ys)}: "
-                                    f"{_first_line(e)}{_hint(outputs, ys)}") from None
-        if not hasattr(out, "shape") or out.shape[:1] != (_PROBE_BATCH,):
+                                    f"{_show(outputs)} with the targets {_show(targets)}: "
+                                    f"{_first_line(e)}{_hint(outputs, targets)}") from None
+        if not hasattr(out, "shape") or out.shape[:1] != batch:
             raise LossContractError(f"{what} must give one value per example or a scalar mean, "
                                     f"got shape {getattr(out, 'shape', out)} for outputs "
-                                    f"{_show(outputs)} and targets {_show(ys)}")
-    return outputs
+                                    f"{_show(outputs)} and targets {_show(targets)}")
 
 
 def _as_structs(tree: Any, dtype: Any) -> Any:
