@@ -121,11 +121,15 @@ def _images(x: np.ndarray, dcfg: dict[str, Any]) -> np.ndarray:
     return x
 
 
-def load_data(cfg: dict[str, Any]) -> dict[str, dict[str, np.ndarray]]:
+def load_data(cfg: dict[str, Any], *, download: bool = True,
+              stand_in: bool = False) -> dict[str, dict[str, np.ndarray]]:
     """The train, validation and test sets of a config: ``{"train": {"x", "y"}, "val": ..., "test": ...}``.
 
     The validation set is held out of the training data with the config's seed
     (``data.validation``: a fraction or a count); the test set is kept apart for the final report.
+    ``download=False``: an image data set missing here raises ``DatasetNotFoundError`` instead
+    of being downloaded. ``stand_in=True``: an image data set is replaced by arrays of its shapes
+    and classes (:func:`fnn.data.stand_in`), read from nowhere; every other step is the same.
     """
     from fnn.data import datasets, splits
 
@@ -135,7 +139,10 @@ def load_data(cfg: dict[str, Any]) -> dict[str, dict[str, np.ndarray]]:
     try:
         if name in ("mnist", "fashion_mnist"):
             loader = datasets.load_mnist if name == "mnist" else datasets.load_fashion_mnist
-            raw = loader(d["dir"], progress=cfg["output"]["progress"], **opts)
+            spec = datasets.MNIST if name == "mnist" else datasets.FASHION_MNIST
+            download = download and opts.pop("download", True)
+            raw = (datasets.stand_in(spec) if stand_in else
+                   loader(d["dir"], download=download, progress=cfg["output"]["progress"], **opts))
             x, y = _images(raw["train"][0], d), raw["train"][1].astype(np.int32)
             test = {"x": _images(raw["test"][0], d), "y": raw["test"][1].astype(np.int32)}
         elif name in ("xor", "spirals", "circles", "regression", "adding"):

@@ -312,3 +312,31 @@ def test_real_fnn_command_with_fnn_debug_prints_the_traceback(tmp_path):
     done = _fnn(["validate", XOR, "seed=.nan"], env={"FNN_DEBUG": "1"})
     assert done.returncode != 0
     assert "Traceback" in done.stderr and "ConfigError: seed" in done.stderr
+
+
+@pytest.fixture
+def no_mnist_here(tmp_path, monkeypatch):
+    """No MNIST files anywhere fnn looks, and any download attempt fails the test."""
+    from fnn.data import datasets
+
+    monkeypatch.delenv("FNN_DATA_DIR", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+
+    def no_download(*args, **kwargs):
+        raise AssertionError("fnn validate must not download")
+
+    monkeypatch.setattr(datasets, "fetch", no_download)
+
+
+def test_validate_without_the_mnist_files_checks_the_data_sets_shapes(no_mnist_here, in_root,
+                                                                      capsys):
+    code, err, compiled = _run_in_process(capsys, ["validate", "configs/mnist_mlp.yaml"])
+    assert code == 0 and compiled == 0, err
+    assert err.strip().splitlines() == [
+        "fnn validate: note: the mnist files are not on this machine; checked against the data "
+        "set's shapes and classes (fnn train downloads them)"]
+    # what the shapes and classes decide is still refused
+    code, err, _ = _run_in_process(capsys, ["validate", "configs/mnist_mlp.yaml",
+                                            "model.7.Dense=5"])
+    assert code == 2
+    assert "labels hold" in err and "outside [0, 5)" in err, err

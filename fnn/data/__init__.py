@@ -30,7 +30,7 @@ from fnn.data.augment import (AUGMENT_KEYS, make_augment, random_affine, random_
                               random_rotation, random_shift, random_zoom, rotate, shift, zoom)
 from fnn.data.datasets import (FASHION_MNIST, MNIST, DatasetNotFoundError, IdxDatasetSpec,
                                IdxFile, load_fashion_mnist, load_idx_dataset, load_mnist,
-                               search_dirs)
+                               search_dirs, stand_in)
 from fnn.data.download import (Checksum, ChecksumError, DownloadError, fetch, file_digest,
                                user_cache_dir)
 from fnn.data.labels import one_hot

@@ -54,6 +54,7 @@ __all__ = [
     "load_fashion_mnist",
     "load_idx_dataset",
     "search_dirs",
+    "stand_in",
 ]
 
 ENV_VAR = "FNN_DATA_DIR"
@@ -201,6 +202,22 @@ def load_fashion_mnist(data_dir: str | os.PathLike | None = None, *, download: b
         >>> shutil.rmtree(folder)
     """
     return load_idx_dataset(FASHION_MNIST, data_dir, download=download, progress=progress)
+
+
+def stand_in(spec: IdxDatasetSpec) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Arrays with the shapes and dtypes of ``spec``'s splits, as :func:`load_idx_dataset` returns
+    them: zero images, and labels that go through every class in turn. For checks that need a
+    data set's shapes and classes but not its values (``fnn validate`` where the files are not on
+    this machine), without reading or downloading anything.
+
+    Example:
+        >>> images, labels = stand_in(MNIST)["test"]
+        >>> images.shape, images.dtype, labels[:12].tolist()
+        ((10000, 28, 28), dtype('uint8'), [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 0, 1])
+    """
+    return {split: (np.zeros(images.shape, np.uint8),
+                    (np.arange(labels.shape[0]) % spec.num_classes).astype(np.uint8))
+            for split, (images, labels) in spec.splits.items()}
 
 
 def search_dirs(spec: IdxDatasetSpec, data_dir: str | os.PathLike | None = None) -> list[Path]:
