@@ -22,15 +22,9 @@ from fnn.config import ConfigError, load_config
 from fnn.losses import mse, softmax_cross_entropy
 from fnn.train import LossContractError, correct, evaluate, fit, predict
 from fnn.finetune import frozen_paths
+from blobs import blobs
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def _blobs(n=240, d=6, classes=3, seed=0):
-    rng = np.random.default_rng(seed)
-    x = rng.normal(size=(n, d)).astype(np.float32)
-    y = np.argmax(x @ rng.normal(size=(d, classes)), -1).astype(np.int32)
-    return x, y
 
 
 def _mlp():
@@ -65,7 +59,7 @@ def test_siamese_contrastive_model_trains_on_a_tuple_of_inputs():
 
 
 def test_fit_on_a_generator_with_steps_per_epoch():
-    x, y = _blobs(256)
+    x, y = blobs(256)
 
     def stream():
         for epoch in itertools.count():
@@ -83,7 +77,7 @@ def test_fit_on_a_generator_with_steps_per_epoch():
 
 
 def test_fit_on_a_loader_over_a_memory_mapped_array(tmp_path):
-    x, y = _blobs(300)
+    x, y = blobs(300)
     np.save(tmp_path / "x.npy", x)
     big = np.load(tmp_path / "x.npy", mmap_mode="r")
     assert not fnn.train.data.fits_on_device({"x": big})  # auto mode never loads it whole
@@ -102,7 +96,7 @@ def test_fit_on_a_loader_over_a_memory_mapped_array(tmp_path):
 
 
 def test_auto_mode_scans_arrays_and_matches_explicit_epoch_mode():
-    x, y = _blobs()
+    x, y = blobs()
     runs = [fit(_mlp(), softmax_cross_entropy, optax.adam(1e-2), {"x": x, "y": y}, epochs=2,
                 batch_size=32, mode=m, log=None) for m in ("auto", "epoch")]
     chex.assert_trees_all_equal(runs[0].train_state.params, runs[1].train_state.params)
@@ -111,7 +105,7 @@ def test_auto_mode_scans_arrays_and_matches_explicit_epoch_mode():
 # --------------------------------------------------------------------------- predict / evaluate
 
 def test_predict_pads_the_last_batch_and_returns_every_row():
-    x, _ = _blobs(1001)
+    x, _ = blobs(1001)
     net = fnn.serial(fnn.Dense(8), fnn.BatchNorm(), fnn.Relu, fnn.Dropout(0.5), fnn.Dense(3))
     _, params, state = net.init(jax.random.key(0), (-1, 6))
     out = predict(net, params, state, x, batch_size=128)
@@ -120,7 +114,7 @@ def test_predict_pads_the_last_batch_and_returns_every_row():
 
 
 def test_evaluate_with_a_network_gives_exact_means():
-    x, y = _blobs(103)
+    x, y = blobs(103)
     net = _mlp()
     _, params, state = net.init(jax.random.key(0), (-1, 6))
     result = evaluate(net, params, state, {"x": x, "y": y}, softmax_cross_entropy,
@@ -132,7 +126,7 @@ def test_evaluate_with_a_network_gives_exact_means():
 
 
 def test_predict_and_evaluate_take_iterators_and_loaders():
-    x, y = _blobs(90)
+    x, y = blobs(90)
     net = _mlp()
     _, params, state = net.init(jax.random.key(0), (-1, 6))
     streamed = predict(net, params, state, (x[i:i + 40] for i in range(0, 90, 40)))
@@ -147,7 +141,7 @@ def test_predict_and_evaluate_take_iterators_and_loaders():
 # --------------------------------------------------------------------------- losses as written
 
 def test_a_scalar_loss_as_users_write_it_trains_like_the_per_example_one():
-    x, y = _blobs(200)
+    x, y = blobs(200)
     t = np.eye(3, dtype=np.float32)[y]
 
     def my_mse(outputs, targets):
@@ -163,7 +157,7 @@ def test_a_scalar_loss_as_users_write_it_trains_like_the_per_example_one():
 
 
 def test_a_loss_that_is_not_a_mean_over_examples_is_refused():
-    x, y = _blobs(64)
+    x, y = blobs(64)
 
     def summed(outputs, targets):
         return jnp.sum((outputs - targets) ** 2)
@@ -174,7 +168,7 @@ def test_a_loss_that_is_not_a_mean_over_examples_is_refused():
 
 
 def test_shape_mismatch_names_the_loss_and_both_shapes_before_compiling():
-    x, y = _blobs(64)
+    x, y = blobs(64)
     with pytest.raises(LossContractError) as e:
         fit(_mlp(), mse, optax.sgd(0.1), {"x": x, "y": y}, epochs=1, log=None)
     message = str(e.value)
@@ -205,7 +199,7 @@ def _finetune_net():
 
 
 def test_frozen_block_keeps_params_and_batch_norm_statistics_bit_for_bit():
-    x, y = _blobs(200)
+    x, y = blobs(200)
     net = _finetune_net()
     _, params, state = net.init(jax.random.key(1), (-1, 6))
     # pretend pretraining moved the running statistics away from their init
@@ -321,7 +315,7 @@ def test_the_course_keras_example_config_reaches_85_percent(tmp_path):
 
 
 def test_batch_larger_than_the_data_trains_on_all_of_it_with_a_notice():
-    x, y = _blobs(20)
+    x, y = blobs(20)
     lines = []
     result = fit(_mlp(), softmax_cross_entropy, optax.sgd(0.1), {"x": x, "y": y}, epochs=2,
                  batch_size=128, log=lines.append)

@@ -14,13 +14,7 @@ from fnn.losses import mse, softmax_cross_entropy
 from fnn.train import (EarlyStopping, TrainingDiverged, correct, evaluate, fit, init_train_state,
                        make_eval_step, make_train_epoch, make_train_step, train_step_fn)
 from fnn.train import checkpoint as ckpt
-
-
-def _blobs(n=240, d=6, classes=3, seed=0):
-    rng = np.random.default_rng(seed)
-    x = rng.normal(size=(n, d)).astype(np.float32)
-    y = np.argmax(x @ rng.normal(size=(d, classes)), -1).astype(np.int32)
-    return x, y
+from blobs import blobs
 
 
 def _net():
@@ -29,7 +23,7 @@ def _net():
 
 def test_train_step_matches_hand_written_sgd_update():
     net = fnn.serial(fnn.Dense(4), fnn.Tanh, fnn.Dense(2))
-    x, y = _blobs(8, 3, 2)
+    x, y = blobs(8, 3, 2)
     _, ts = init_train_state(net, optax.sgd(0.1), (-1, 3), jax.random.key(0))
     expected_grads = jax.grad(lambda p: softmax_cross_entropy(net.apply(p, {}, x)[0], y))(ts.params)
     expected = jax.tree_util.tree_map(lambda p, g: p - 0.1 * g, ts.params, expected_grads)
@@ -43,7 +37,7 @@ def test_train_step_matches_hand_written_sgd_update():
 
 def test_masked_batch_gives_the_gradient_of_the_real_examples():
     net = fnn.serial(fnn.Dense(4), fnn.Tanh, fnn.Dense(3))
-    x, y = _blobs(10, 5)
+    x, y = blobs(10, 5)
     _, ts = init_train_state(net, optax.sgd(1.0), (-1, 5), jax.random.key(1))
     fn = train_step_fn(net, softmax_cross_entropy, optax.sgd(1.0))
     real, _ = fn(ts, {"x": x[:6], "y": y[:6]})
@@ -55,7 +49,7 @@ def test_masked_batch_gives_the_gradient_of_the_real_examples():
 
 def test_regularizer_and_constraint_are_applied():
     net = fnn.Dense(3)
-    x, y = _blobs(16, 4)
+    x, y = blobs(16, 4)
     _, ts = init_train_state(net, optax.sgd(0.5), (-1, 4), jax.random.key(0))
     step = make_train_step(net, softmax_cross_entropy, optax.sgd(0.5),
                            regularizer=lambda p: 0.1 * fnn.regularizers.l2(p),
@@ -68,7 +62,7 @@ def test_regularizer_and_constraint_are_applied():
 
 
 def test_epoch_mode_equals_step_mode():
-    x, y = _blobs()
+    x, y = blobs()
     train = {"x": x[:200], "y": y[:200]}
     results = [fit(_net(), softmax_cross_entropy, optax.adam(1e-2), train, epochs=2, batch_size=32,
                    metrics={"accuracy": correct}, mode=mode, log=None) for mode in ("epoch", "step")]
@@ -78,7 +72,7 @@ def test_epoch_mode_equals_step_mode():
 
 
 def test_scanned_epoch_compiles_once_per_shape():
-    x, y = _blobs(96, 6)
+    x, y = blobs(96, 6)
     net = _net()
     _, ts = init_train_state(net, optax.sgd(0.1), (-1, 6), jax.random.key(0))
     epoch = make_train_epoch(train_step_fn(net, softmax_cross_entropy, optax.sgd(0.1)), 96, 32)
@@ -91,7 +85,7 @@ def test_scanned_epoch_compiles_once_per_shape():
 
 
 def test_evaluate_counts_every_example_exactly_with_one_compilation():
-    x, y = _blobs(103, 6)
+    x, y = blobs(103, 6)
     net = fnn.serial(fnn.Dense(8), fnn.Relu, fnn.Dense(3))
     _, params, state = net.init(jax.random.key(0), (-1, 6))
     step = make_eval_step(net, softmax_cross_entropy, metrics={"accuracy": correct})
@@ -145,7 +139,7 @@ def test_atomic_write_keeps_the_old_file_when_writing_fails(tmp_path, monkeypatc
 
 
 def test_resume_gives_the_same_params_bit_for_bit(tmp_path):
-    x, y = _blobs()
+    x, y = blobs()
     train, val = {"x": x[:200], "y": y[:200]}, {"x": x[200:], "y": y[200:]}
     kw = dict(batch_size=32, metrics={"accuracy": correct}, log=None, seed=3)
     full = fit(_net(), softmax_cross_entropy, optax.adam(1e-2), train, val, epochs=4,
@@ -165,7 +159,7 @@ def test_resume_gives_the_same_params_bit_for_bit(tmp_path):
 
 
 def test_nan_loss_stops_with_step_and_keeps_last_good_checkpoint(tmp_path):
-    x, y = _blobs(64, 6)
+    x, y = blobs(64, 6)
     train = {"x": x, "y": y.astype(np.float32)[:, None]}
     net = fnn.serial(fnn.Dense(4), fnn.Dense(1))
     x_bad = train["x"].copy()
@@ -180,7 +174,7 @@ def test_nan_loss_stops_with_step_and_keeps_last_good_checkpoint(tmp_path):
 
 
 def test_early_stopping_restores_best(tmp_path):
-    x, y = _blobs()
+    x, y = blobs()
     train, val = {"x": x[:200], "y": y[:200]}, {"x": x[200:], "y": y[200:]}
     es = EarlyStopping(monitor="val_loss", patience=2, min_delta=10.0)  # nothing beats epoch 1
     result = fit(_net(), softmax_cross_entropy, optax.adam(1e-2), train, val, epochs=10,
@@ -191,7 +185,7 @@ def test_early_stopping_restores_best(tmp_path):
 
 
 def test_frozen_layers_do_not_move():
-    x, y = _blobs(64, 6)
+    x, y = blobs(64, 6)
     net = fnn.serial(fnn.Dense(8), fnn.Relu, fnn.Dense(3))
     opt = fnn.optim.make_optimizer({"name": "adam", "learning_rate": 1e-2, "freeze": ["dense_0"]})
     _, ts = init_train_state(net, opt, (-1, 6), jax.random.key(0))
