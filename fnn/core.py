@@ -60,6 +60,7 @@ __all__ = [
     "BuildRecord",
     "layer_type",
     "registered_layers",
+    "build_layer",
     "kind_modules",
     "as_layer",
     "map_layers",
@@ -186,7 +187,7 @@ class Layer(_LayerFns):
         if self.record is None:
             raise TypeError("a hand-made Layer(init, apply) has no build record to replace "
                             "arguments in; register its constructor with @fnn.layer_type")
-        kind = _kind(self.record.kind)
+        kind = _KINDS[self.record.kind]
         unknown = set(changes) - set(kind.signature.parameters) - {"name"}
         if unknown:
             raise TypeError(f"{self.kind}: unknown argument(s) {', '.join(sorted(unknown))}; "
@@ -232,28 +233,26 @@ class _Kind(NamedTuple):
 
     def build_from(self, args: Mapping[str, Any], name: str | None) -> Layer:
         """Call the constructor with arguments given by parameter name (``*layers`` included)."""
-        positional: list[Any] = []
-        keywords: dict[str, Any] = {}
-        for pname, p in self.signature.parameters.items():
-            if pname not in args:
-                continue
-            if p.kind is p.VAR_POSITIONAL:
-                positional.extend(args[pname])
-            elif p.kind is p.POSITIONAL_ONLY:
-                positional.append(args[pname])
-            elif p.kind is p.VAR_KEYWORD:
-                keywords.update(args[pname])
-            else:
-                keywords[pname] = args[pname]
-        return self.build(*positional, name=name, **keywords)
+        return _call(self.build, self.signature, args, name=name)
 
 
 _KINDS: dict[str, _Kind] = {}
 _CONSTRUCTORS: "weakref.WeakSet[Callable[..., Layer]]" = weakref.WeakSet()
 
 
-def _kind(kind: str) -> _Kind:
-    return _KINDS[kind]
+def build_layer(kind: str, arguments: Mapping[str, Any], name: str | None = None) -> Layer:
+    """A layer of the registered ``kind`` from its constructor's arguments given by parameter
+    name (``*layers`` as a sequence): the inverse of ``layer.record`` (used by ``from_spec``).
+
+    Example:
+        >>> build_layer("serial", {"layers": [fnn.Dense(3), fnn.Relu()]}, name="block")
+        serial(
+          Dense(3),
+          Relu(),
+          name='block',
+        )
+    """
+    return _KINDS[kind].build_from(arguments, name)
 
 
 def registered_layers() -> dict[str, Callable[..., Layer]]:
@@ -339,7 +338,7 @@ def layer_type(kind: str, *, sublayers: str | Sequence[str] = ()
                     arguments[arg] = as_layer(arguments[arg], f"{kind}: {arg}")
             record = BuildRecord(kind, types.MappingProxyType(arguments), name)
             try:
-                made = constructor(*_positional(sig, arguments), **_keywords(sig, arguments))
+                made = _call(constructor, sig, arguments)
             except LayerError as e:  # e.g. duplicate child names: say which kind of layer
                 if e.kind is None:
                     raise LayerError(e.detail, kind=kind, path=e.path) from None
@@ -361,28 +360,11 @@ def layer_type(kind: str, *, sublayers: str | Sequence[str] = ()
     return decorate
 
 
-def _positional(sig: inspect.Signature, arguments: Mapping[str, Any]) -> list[Any]:
-    out: list[Any] = []
-    for pname, p in sig.parameters.items():
-        if pname in arguments and p.kind is p.POSITIONAL_ONLY:
-            out.append(arguments[pname])
-        elif pname in arguments and p.kind is p.VAR_POSITIONAL:
-            out.extend(arguments[pname])
-        elif p.kind is p.VAR_POSITIONAL or p.kind is p.KEYWORD_ONLY:
-            break
-    return out
-
-
-def _keywords(sig: inspect.Signature, arguments: Mapping[str, Any]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for pname, p in sig.parameters.items():
-        if pname not in arguments or p.kind in (p.POSITIONAL_ONLY, p.VAR_POSITIONAL):
-            continue
-        if p.kind is p.VAR_KEYWORD:
-            out.update(arguments[pname])
-        else:
-            out[pname] = arguments[pname]
-    return out
+def _call(fn: Callable, sig: inspect.Signature, arguments: Mapping[str, Any], **extra: Any) -> Any:
+    """``fn`` called with ``arguments`` given by parameter name in ``sig`` (in any order), each
+    passed positionally or by keyword as ``sig`` requires, plus the keywords ``extra``."""
+    bound = inspect.BoundArguments(sig, dict(arguments))
+    return fn(*bound.args, **bound.kwargs, **extra)
 
 
 def as_layer(value: Any, what: str = "layer") -> Layer:

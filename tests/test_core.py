@@ -356,3 +356,19 @@ def test_check_shape():
         check_shape((-1, 2.5))
     with pytest.raises(LayerError, match=r"rank >= 3.*\(-1, 2\)"):
         check_shape((-1, 2), min_rank=3)
+
+
+def test_a_kind_with_an_argument_before_star_layers_builds_replaces_and_round_trips(
+        private_registry):
+    @layer_type("WidthThenLayers", sublayers="layers")
+    def block(width: int, *layers: Layer) -> Layer:
+        return fnn.serial(fnn.Dense(width), *layers)
+
+    made = block(4, fnn.Relu, fnn.LeakyRelu)
+    assert made.spec == {"WidthThenLayers": {"width": 4, "layers": ["Relu", "LeakyRelu"]}}
+    assert made.replace(width=3).spec["WidthThenLayers"]["width"] == 3
+    swapped = core.map_layers(
+        lambda l: l.replace(alpha=0.2) if l.kind == "LeakyRelu" else l, made)
+    assert swapped.spec["WidthThenLayers"]["layers"][1] == {"LeakyRelu": {"alpha": 0.2}}
+    assert fnn.from_spec(made.spec).spec == made.spec
+    assert fnn.from_spec(made.spec).init(jax.random.key(0), (-1, 2))[0] == (-1, 4)

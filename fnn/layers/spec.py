@@ -23,7 +23,7 @@ import difflib
 import inspect
 from typing import Any, Callable
 
-from fnn.core import (Layer, SpecError, as_layer, registered_layers,
+from fnn.core import (Layer, SpecError, as_layer, build_layer, registered_layers,
                       sublayer_arguments)
 
 __all__ = ["from_spec", "SpecError", "keyword_arguments"]
@@ -107,8 +107,7 @@ def from_spec(spec: Any, path: str = "model", modules: dict[str, str] | None = N
     takes_layers = sublayer_arguments(kind)
     positional = [p for p in params.values()
                   if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD, p.VAR_POSITIONAL)]
-    call_args: list[Any] = []
-    call_kwargs: dict[str, Any] = {}
+    arguments: dict[str, Any] = {}  # by parameter name; ``*layers`` as a list
     if args is None:
         pass
     elif isinstance(args, dict):
@@ -118,22 +117,24 @@ def from_spec(spec: Any, path: str = "model", modules: dict[str, str] | None = N
                 hint = f"; did you mean {close[0]!r}?" if close else ""
                 raise SpecError(f"{here}.{key}", f"unknown argument{hint} "
                                 f"({kind} takes: {', '.join(params)})")
-            p = params[key]
-            converted = _convert(value, p, key in takes_layers, f"{here}.{key}", modules)
-            if p.kind is p.VAR_POSITIONAL:
-                call_args.extend(converted if isinstance(converted, list) else [converted])
-            else:
-                call_kwargs[key] = converted
+            arguments[key] = _convert(value, params[key], key in takes_layers, f"{here}.{key}",
+                                      modules)
     elif isinstance(args, list) and positional and positional[0].kind is inspect.Parameter.VAR_POSITIONAL:
-        call_args.extend(_convert(args, positional[0], positional[0].name in takes_layers, here,
-                                  modules))
+        arguments[positional[0].name] = _convert(args, positional[0],
+                                                 positional[0].name in takes_layers, here, modules)
     elif positional:
-        call_args.append(_convert(args, positional[0], positional[0].name in takes_layers,
-                                  f"{here}.{positional[0].name}", modules))
+        arguments[positional[0].name] = _convert(args, positional[0],
+                                                 positional[0].name in takes_layers,
+                                                 f"{here}.{positional[0].name}", modules)
     else:
         raise SpecError(here, f"takes keyword arguments only ({', '.join(params)}), got {args!r}")
+    for p in positional:  # one value given for *layers is a list of one
+        if p.kind is p.VAR_POSITIONAL and p.name in arguments \
+                and not isinstance(arguments[p.name], list):
+            arguments[p.name] = [arguments[p.name]]
+    name = arguments.pop("name", None)
     try:
-        return constructor(*call_args, **call_kwargs)
+        return build_layer(kind, arguments, name)
     except SpecError:
         raise
     except (TypeError, ValueError) as e:
