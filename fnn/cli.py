@@ -194,7 +194,7 @@ def _check(cfg, command: str) -> None:
 
     inspect_only = command in ("validate", "summary")
     try:
-        data = load_data(cfg, download=not inspect_only)
+        data = load_data(cfg, download=False) if inspect_only else load_data(cfg)
     except DatasetNotFoundError:
         if not inspect_only:
             raise
