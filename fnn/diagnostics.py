@@ -2,7 +2,7 @@
 norms, update-to-weight ratios and activation statistics.
 
 :func:`gradient_flow` is the notebook entry point; :class:`Diagnostics` is what a training loop
-calls on diagnostic steps (it appends to ``diagnostics.jsonl`` and redraws ``gradflow.png``).
+calls on diagnostic steps (it rewrites ``diagnostics.jsonl`` atomically and redraws ``gradflow.png``).
 Both run one extra compiled forward and backward pass on the given batch, separate from the
 train step, so a step without diagnostics runs exactly the code it ran before.
 
@@ -59,6 +59,7 @@ import numpy as np
 from jax import lax
 
 from fnn.core import Layer, apply_child, child_keys, default_key, split_rng
+from fnn.files import atomic_write
 from fnn.regularizers import is_weight
 
 __all__ = ["gradient_flow", "make_gradient_flow", "GradientFlow", "LayerFlow", "Diagnostics",
@@ -376,8 +377,12 @@ class Diagnostics:
 
     The loop calls :meth:`due` with the step count and, when it says so, :meth:`record` with the
     train state and a training batch; ``record`` computes the diagnostics of that state (the
-    update ratio from the optimizer's actual next update), appends one line to
-    ``run_dir/diagnostics.jsonl`` and redraws ``run_dir/gradflow.png``.
+    update ratio from the optimizer's actual next update), adds one line to
+    ``run_dir/diagnostics.jsonl`` and redraws ``run_dir/gradflow.png``. The file is rewritten
+    whole and atomically (:func:`fnn.files.atomic_write`), so a killed run leaves the old file
+    or the new one. A resumed run passes ``start_step``: the records of steps up to it are
+    read back from the file and kept, later ones (logged after the checkpoint it resumes from)
+    are dropped, so no step appears twice.
 
     Example:
         >>> import os, tempfile
@@ -400,13 +405,15 @@ class Diagnostics:
     """
 
     def __init__(self, net: Layer, loss: Callable[..., jax.Array], optimizer: Any, *,
-                 every: int, run_dir: str | os.PathLike | None):
+                 every: int, run_dir: str | os.PathLike | None, start_step: int = 0):
         if isinstance(every, bool) or not isinstance(every, int) or every < 1:
             raise ValueError(f"training.diagnostics.every must be a positive int, got {every!r}")
         self.every = every
         self.run_dir = Path(run_dir) if run_dir is not None else None
         self.flow = make_gradient_flow(net, loss, train=False, optimizer=optimizer)
-        self.records: list[dict[str, Any]] = []
+        self.records: list[dict[str, Any]] = (
+            _earlier_records(self.run_dir / "diagnostics.jsonl", start_step)
+            if self.run_dir is not None and start_step > 0 else [])
 
     def due(self, step: int, steps_done: int = 1) -> bool:
         """True when a multiple of ``every`` lies in the ``steps_done`` steps that ended at ``step``
@@ -428,8 +435,25 @@ class Diagnostics:
         record["grad_norm_by_depth"] = [_num(v) for v in flow.profile("grad_norm")]
         self.records.append(record)
         if self.run_dir is not None:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            with open(self.run_dir / "diagnostics.jsonl", "a") as f:
-                f.write(json.dumps(record) + "\n")
+            text = "".join(json.dumps(r, allow_nan=False) + "\n" for r in self.records)
+            atomic_write(self.run_dir / "diagnostics.jsonl", text.encode())
             plot_gradient_flow(self.records, self.run_dir / "gradflow.png")
         return record
+
+
+def _earlier_records(path: Path, start_step: int) -> list[dict[str, Any]]:
+    """The records of ``path`` (a ``diagnostics.jsonl``) with ``step <= start_step``; none when
+    the file is missing. A line that is not a JSON record raises ``ValueError`` naming the file
+    and line: fnn writes the file whole, so a bad line means it was edited or damaged."""
+    if not path.exists():
+        return []
+    kept = []
+    for number, line in enumerate(path.read_text().splitlines(), 1):
+        try:
+            record = json.loads(line)
+            step = int(record["step"])
+        except (ValueError, TypeError, KeyError) as e:
+            raise ValueError(f"{path}: line {number}: not a diagnostics record ({e})") from None
+        if step <= start_step:
+            kept.append(record)
+    return kept

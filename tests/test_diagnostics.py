@@ -150,6 +150,29 @@ def test_fit_writes_diagnostics_every_n_steps(tmp_path):
         assert (out / "gradflow.png").exists()
 
 
+def test_resumed_run_keeps_earlier_records_once(tmp_path):
+    rng = np.random.default_rng(0)
+    data = {"x": rng.normal(size=(64, 6)).astype(np.float32), "y": rng.integers(0, 3, 64)}
+    net = fnn.serial(fnn.Dense(8), fnn.repeat(fnn.serial(fnn.Dense(8), fnn.Tanh), 3), fnn.Dense(3))
+    run = dict(batch_size=16, mode="step", run_dir=tmp_path, log=None, diagnostics=3)
+    fnn.train.fit(net, LOSS, optax.sgd(0.1), data, epochs=2, **run)       # checkpoint at step 8
+    path = tmp_path / "diagnostics.jsonl"
+    first = path.read_text().splitlines()
+    assert [json.loads(line)["step"] for line in first] == [3, 6]
+    # a record logged after the checkpoint by a run that was then killed
+    path.write_text("\n".join(first + [json.dumps({"step": 9, "stale": True})]) + "\n")
+    fnn.train.fit(net, LOSS, optax.sgd(0.1), data, epochs=3, resume=True, **run)
+    lines = path.read_text().splitlines()
+    assert lines[:2] == first                                             # kept byte for byte
+    records = [json.loads(line) for line in lines]
+    assert [r["step"] for r in records] == [3, 6, 9, 12]
+    assert "stale" not in records[2]
+    assert not list(tmp_path.glob(".diagnostics.jsonl.*"))                # no temporary left
+    path.write_text(lines[0] + "\n{not json\n")
+    with pytest.raises(ValueError, match=r"diagnostics\.jsonl: line 2: not a diagnostics record"):
+        fnn.train.fit(net, LOSS, optax.sgd(0.1), data, epochs=4, resume=True, **run)
+
+
 def test_config_checks_diagnostics_every():
     from fnn.config import ConfigError, parse_config
     base = {"model": [{"Dense": 3}], "data": {"name": "xor"}}

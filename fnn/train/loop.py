@@ -226,7 +226,8 @@ def fit(net: Layer, loss: Callable[..., jax.Array], optimizer: optax.GradientTra
                             axis_name=dp.axis_name)
     eval_step = dp.compile_eval(eval_step_fn(train_net, loss, metrics=metrics,
                                              axis_name=dp.axis_name))
-    diag = _diagnostics(diagnostics, dp, net, loss, optimizer, folder, first)
+    diag = _diagnostics(diagnostics, dp, net, loss, optimizer, folder, first,
+                       start_step=int(train_state.step))
     run_epoch = _epoch_runner(dp, step_fn, train, mode, batch_size,
                               jax.random.fold_in(seed_key, 1), start_epoch, progress, epochs, diag)
     train_state = dp.replicate(train_state)
@@ -340,14 +341,16 @@ def _matching_opt_state(ts: TrainState, optimizer: optax.GradientTransformation)
 
 
 def _diagnostics(every: int | None, dp: DataParallel, net: Layer, loss: Callable,
-                 optimizer: optax.GradientTransformation, folder: RunFolder, batch: dict):
+                 optimizer: optax.GradientTransformation, folder: RunFolder, batch: dict,
+                 start_step: int) -> Callable | None:
     """``record(train_state, step, epoch, steps_in_epoch=None)``: gradient-flow diagnostics
-    when due (process 0 only), or ``None`` without ``diagnostics``."""
+    when due (process 0 only), or ``None`` without ``diagnostics``. ``start_step``: the step
+    a resumed run starts from (its earlier records are kept)."""
     if every is None or not dp.is_main:
         return None
     from fnn.diagnostics import Diagnostics
     diag = Diagnostics(net, loss, optimizer, every=every,
-                       run_dir=folder.path if folder.writes else None)
+                       run_dir=folder.path if folder.writes else None, start_step=start_step)
 
     def record(ts, step, epoch, steps_in_epoch=None):
         due = diag.due(step) if steps_in_epoch is None else diag.due(step, steps_in_epoch)
