@@ -125,6 +125,28 @@ def test_evaluate_with_a_network_gives_exact_means():
     assert result["accuracy"] == pytest.approx(np.mean(logits.argmax(-1) == y), abs=1e-7)
 
 
+_backend_compiles = []
+jax.monitoring.register_event_duration_secs_listener(
+    lambda name, secs, **kw: _backend_compiles.append(name)
+    if name == "/jax/core/compile/backend_compile_duration" else None)
+
+
+def test_predict_and_evaluate_compile_once_for_repeated_calls():
+    x, y = blobs(103)
+    net = _mlp()
+    _, params, state = net.init(jax.random.key(0), (-1, 6))
+    data, metrics = {"x": x, "y": y}, {"accuracy": correct}
+    first = evaluate(net, params, state, data, softmax_cross_entropy, metrics, batch_size=25)
+    predict(net, params, state, x, batch_size=25)
+    params2 = jax.tree_util.tree_map(lambda a: a * 0.5, params)      # new weights, same network
+    before = len(_backend_compiles)
+    for p in (params, params2, params):
+        again = evaluate(net, p, state, data, softmax_cross_entropy, dict(metrics), batch_size=25)
+        predict(net, p, state, x, batch_size=25)
+    assert len(_backend_compiles) == before                            # nothing compiled again
+    assert again == first
+
+
 def test_predict_and_evaluate_take_iterators_and_loaders():
     x, y = blobs(90)
     net = _mlp()

@@ -2,7 +2,9 @@
 
 Both run the network in inference mode (dropout off, batch norm on its running statistics),
 compile once for a fixed batch size, pad the last partial batch (padding is masked out or cut
-off), and prefetch batches to the device while the previous one runs.
+off), and prefetch batches to the device while the previous one runs. Calling either again with
+the same network (and, for ``evaluate``, the same loss and metric functions) reuses the compiled
+function: new weights do not compile again.
 
 Example:
     >>> net = fnn.serial(fnn.Dense(8), fnn.Relu, fnn.Dense(3))
@@ -39,6 +41,21 @@ __all__ = ["predict", "evaluate"]
 @functools.lru_cache(maxsize=16)
 def _compiled_apply(net: Layer) -> Callable:
     return jax.jit(lambda params, state, x: net.apply(params, state, x, train=False)[0])
+
+
+@functools.lru_cache(maxsize=16)
+def _cached_eval_step(net: Layer, loss: Callable, metrics: tuple | None) -> Callable:
+    return make_eval_step(net, loss, metrics=None if metrics is None else dict(metrics))
+
+
+def _eval_step(net: Layer, loss: Callable, metrics: Mapping[str, Callable] | None) -> Callable:
+    """The jitted eval step of ``net``, the same one for the same network, loss and metrics, so
+    that evaluating again (each epoch of a notebook loop) does not compile again."""
+    key = None if metrics is None else tuple(sorted(metrics.items()))
+    try:
+        return _cached_eval_step(net, loss, key)
+    except TypeError:  # an unhashable loss or metric: a fresh step
+        return make_eval_step(net, loss, metrics=metrics)
 
 
 def predict(net: Layer, params: Any, state: Any, x: Any, *, batch_size: int = 1024) -> Any:
@@ -120,7 +137,7 @@ def evaluate(model: Layer | Callable, params: Any, state: Any, data: Any,
     if isinstance(model, Layer):
         if loss is None:
             raise ValueError("evaluate: give the loss to evaluate the network with")
-        step = make_eval_step(model, loss, metrics=metrics)
+        step = _eval_step(model, loss, metrics)
     else:
         if loss is not None or metrics is not None:
             raise ValueError("evaluate: an eval step has its loss and metrics already; give the "

@@ -77,9 +77,10 @@ class Tracker:
     """The best value of a monitored metric so far, its epoch, and epochs without improvement.
 
     Args:
-        monitor: the record key to follow; ``None``: ``val_accuracy`` or ``val_loss``, whichever
-            the first record has (no stopping then: only the best epoch is tracked).
-        early_stopping: an :class:`EarlyStopping` (its monitor, mode and patience are used).
+        early_stopping: an :class:`EarlyStopping`, whose monitor, mode and patience are used;
+            ``None``: follow ``val_accuracy`` or ``val_loss``, whichever the first record has,
+            and never stop (only the best epoch is tracked). Without validation there is no
+            best epoch.
     """
 
     def __init__(self, early_stopping: EarlyStopping | None = None):
