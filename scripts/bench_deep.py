@@ -7,13 +7,16 @@ init, and an Adam train step on a batch of 64 MNIST-shaped inputs:
 * build: constructing the layer (Python); init: ``net.init`` (all params, eager);
 * trace / compile: ``jit(step).lower`` and ``.compile()``; HLO: size of the lowered text;
 * step: median wall time of a compiled step (after one warm-up), 5 repeats;
-* peak RSS of the process so far (``resource.getrusage``), which is cumulative over depths.
+* peak RSS of the process so far (``resource.getrusage``), which is cumulative over depths;
+* ``--grad-norms``: the norm of the loss gradient with respect to the first conv kernel (the
+  input end of the network) at initialisation, on the same batch, for the critical
+  (delta-orthogonal) network and for its Glorot-uniform twin (``critical / glorot``).
 
 ``--unrolled`` also measures the same network built with ``serial`` (no scan) for comparison.
 Timings on a shared 2-core CPU are noisy; repeat and take medians.
 
 Usage:
-    python scripts/bench_deep.py --depths 50 200 1000 --unrolled
+    python scripts/bench_deep.py --depths 50 200 1000 --unrolled --grad-norms
     python scripts/bench_deep.py --depths 10000
 """
 
@@ -51,7 +54,19 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def measure(name, build, batch, repeats=5, verbose=False):
+def first_conv_grad_norm(net, batch) -> float:
+    """Norm of the loss gradient with respect to the first conv kernel of ``net`` at init."""
+    _, params, state = net.init(jax.random.key(0), (-1, 28, 28, 1))
+
+    def loss(p):
+        out, _ = net.apply(p, state, batch["x"], train=True)
+        return fnn.losses.softmax_cross_entropy(out, batch["y"]).mean()
+
+    grads = jax.jit(jax.grad(loss))(params)
+    return float(jnp.linalg.norm(grads["conv2d_0"]["w"]))
+
+
+def measure(name, build, batch, repeats=5, verbose=False, extra=""):
     say = (lambda *a: print(f"  {name}:", *a, file=sys.stderr, flush=True)) if verbose else \
         (lambda *a: None)
     t0 = time.perf_counter()
@@ -81,7 +96,8 @@ def measure(name, build, batch, repeats=5, verbose=False):
         jax.block_until_ready(ts)
         times.append(time.perf_counter() - s)
     row = (f"| {name} | {t1 - t0:.2f} s | {t2 - t1:.2f} s | {t3 - t2:.2f} + {t4 - t3:.2f} s | "
-           f"{hlo_mb:.2f} MB | {1000 * statistics.median(times):.0f} ms | {peak_rss_mb():.0f} MB |")
+           f"{hlo_mb:.2f} MB | {1000 * statistics.median(times):.0f} ms | {peak_rss_mb():.0f} MB |"
+           + (f" {extra} |" if extra else ""))
     print(row, flush=True)
     assert np.isfinite(float(m["loss"]))
 
@@ -94,6 +110,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--remat", action="store_true", help="repeat(..., remat=True)")
     parser.add_argument("--verbose", action="store_true", help="each phase as it ends (stderr)")
+    parser.add_argument("--grad-norms", action="store_true",
+                        help="first conv's gradient norm at init, critical / Glorot")
     args = parser.parse_args()
     rng = np.random.default_rng(0)
     batch = {"x": jnp.asarray(rng.normal(size=(args.batch, 28, 28, 1)), jnp.float32),
@@ -101,13 +119,20 @@ def main() -> None:
     gain = round(fnn.meanfield.critical_point("tanh", 1e-4).gain, 4)
     w = fnn.initializers.delta_orthogonal(gain=gain)
     print(f"jax {jax.__version__}, {jax.devices()[0].platform}, batch {args.batch}")
-    print("| network | build | init | trace + compile | HLO | step | peak RSS |")
-    print("|---|---|---|---|---|---|---|")
+    grad_column = " first conv grad norm at init, critical / Glorot |" if args.grad_norms else ""
+    print("| network | build | init | trace + compile | HLO | step | peak RSS |" + grad_column)
+    print("|---|---|---|---|---|---|---|" + ("---|" if args.grad_norms else ""))
     for depth in args.depths:
         remat = ", remat" if args.remat else ""
+        norms = ""
+        if args.grad_norms:
+            critical = first_conv_grad_norm(vanilla_tanh_cnn(depth, w), batch)
+            glorot = first_conv_grad_norm(
+                vanilla_tanh_cnn(depth, fnn.initializers.glorot_uniform), batch)
+            norms = f"{critical:.2g} / {glorot:.2g}"
         measure(f"repeat{remat}, depth {depth}",
                 lambda: vanilla_tanh_cnn(depth, w, remat=args.remat), batch, args.repeats,
-                args.verbose)
+                args.verbose, norms)
         if args.unrolled:
             measure(f"serial, depth {depth}", lambda: unrolled_tanh_cnn(depth, w), batch,
                     args.repeats, args.verbose)
