@@ -32,10 +32,16 @@ orthogonal(gain=1.0)                    gain * a (semi-)orthogonal matrix (Saxe 
                                         kernels are flattened to ``(prod(window) * in, out)``
 delta_orthogonal(gain=1.0)              gain * orthogonal ``(in, out)`` at the centre tap of a conv
                                         kernel, zeros elsewhere (Xiao et al. 2018); needs in <= out
+critical(activation, sigma_b2,          weights at the mean-field critical point (edge of chaos) of
+                                        ``activation`` for biases of variance ``sigma_b2``:
+  kernel="delta_orthogonal")            ``kernel`` (delta_orthogonal, orthogonal or normal) with
+                                        sigma_w^2 = the critical value (fnn.meanfield.critical_point)
 ======================================  ==============================================================
 
-For a tanh network the critical gain comes from :func:`fnn.meanfield.critical_point`:
-``delta_orthogonal(gain=sqrt(sigma_w2))``.
+``critical`` is the critical point by name, so a config (and a saved network) says what it
+means rather than a number: ``{critical: {activation: tanh, sigma_b2: 1.0e-4}}`` is
+``delta_orthogonal(gain=sqrt(critical_point("tanh", 1e-4).sigma_w2))``. The biases are set
+apart: ``b_init: {normal: {stddev: sqrt(sigma_b2)}}``.
 
 Example:
     >>> w = fnn.initializers.get("he_normal")(jax.random.key(0), (784, 800))
@@ -50,6 +56,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
 import inspect
 import math
 from typing import Any, Callable, Mapping
@@ -58,6 +65,7 @@ import jax
 import jax.numpy as jnp
 from jax.nn import initializers as jinit
 
+from fnn import meanfield
 from fnn.core import lookup
 
 InitFn = Callable[..., jax.Array]
@@ -65,7 +73,7 @@ InitFn = Callable[..., jax.Array]
 __all__ = ["Initializer", "get", "names", "zeros", "ones", "constant", "normal", "uniform",
            "glorot_uniform", "glorot_normal", "xavier_uniform", "xavier_normal", "he_uniform",
            "he_normal", "kaiming_uniform", "kaiming_normal", "lecun_uniform", "lecun_normal",
-           "variance_scaling", "orthogonal", "delta_orthogonal"]
+           "variance_scaling", "orthogonal", "delta_orthogonal", "critical"]
 
 
 # --------------------------------------------------------------------------- the samplers
@@ -95,7 +103,20 @@ _SAMPLERS: dict[str, Callable[..., jax.Array]] = {
     "orthogonal": lambda key, shape, dtype, gain=1.0: jinit.orthogonal(gain)(key, shape, dtype),
     "delta_orthogonal": lambda key, shape, dtype, gain=1.0:
         jinit.delta_orthogonal(gain)(key, shape, dtype),
+    "critical": lambda key, shape, dtype, activation, sigma_b2, kernel="delta_orthogonal":
+        _critical_sampler(activation, sigma_b2, kernel)(key, shape, dtype),
 }
+
+
+@functools.lru_cache(maxsize=64)
+def _critical_sampler(activation: str, sigma_b2: float, kernel: str) -> InitFn:
+    """The initializer ``critical(activation, sigma_b2, kernel)`` stands for (the critical point
+    is solved once per arguments)."""
+    sigma_w2 = meanfield.critical_point(activation, sigma_b2).sigma_w2
+    if kernel == "normal":
+        return jinit.variance_scaling(sigma_w2, "fan_in", "normal")
+    gain = math.sqrt(sigma_w2)
+    return jinit.orthogonal(gain) if kernel == "orthogonal" else jinit.delta_orthogonal(gain)
 
 
 # --------------------------------------------------------------------------- the record
@@ -223,6 +244,62 @@ def delta_orthogonal(gain: float = 1.0) -> Initializer:
     return _record(delta_orthogonal, gain=_number(gain, "delta_orthogonal: gain", positive=True))
 
 
+CRITICAL_KERNELS = ("delta_orthogonal", "orthogonal", "normal")
+
+
+def critical(activation: str, sigma_b2: float, kernel: str = "delta_orthogonal") -> Initializer:
+    """Weights at the mean-field critical point ("edge of chaos") of ``activation``.
+
+    ``sigma_w^2`` is where ``chi_1 = 1`` for biases of variance ``sigma_b2``
+    (:func:`fnn.meanfield.critical_point`); the weights are ``kernel``:
+
+    * ``"delta_orthogonal"``: :func:`delta_orthogonal` with ``gain = sqrt(sigma_w^2)`` (conv
+      kernels; Xiao et al. 2018);
+    * ``"orthogonal"``: :func:`orthogonal` with that gain (Dense kernels, strided convs);
+    * ``"normal"``: Gaussian of variance ``sigma_w^2 / fan_in`` (Schoenholz et al. 2017).
+
+    The record keeps the activation's name and ``sigma_b2``, not the number they give, so a
+    config and a saved network read as what they mean. Give the biases variance ``sigma_b2``
+    yourself (``b_init=normal(stddev=sqrt(sigma_b2))``); ``sigma_b2=0`` with ``b_init="zeros"``.
+
+    Args:
+        activation: a name known to :func:`fnn.meanfield.activation` (tanh, relu, hard_tanh,
+            erf, sigmoid, linear); a name, so that it can be saved.
+        sigma_b2: the bias variance, >= 0.
+        kernel: ``"delta_orthogonal"``, ``"orthogonal"`` or ``"normal"``.
+
+    Raises:
+        ValueError: an unknown activation or kernel, a bad ``sigma_b2``, or an activation
+            without a critical point there (checked here, before any network is built).
+
+    Example:
+        >>> init = fnn.initializers.critical("tanh", sigma_b2=1e-4)
+        >>> init.spec
+        {'critical': {'activation': 'tanh', 'sigma_b2': 0.0001}}
+        >>> w = init(jax.random.key(0), (3, 3, 16, 16))       # centre tap: gain * orthogonal
+        >>> gain = fnn.meanfield.critical_point("tanh", 1e-4).gain
+        >>> bool(jnp.allclose(w[1, 1] @ w[1, 1].T, gain ** 2 * jnp.eye(16), atol=1e-5))
+        True
+        >>> fnn.initializers.critical("relu", 0.0, kernel="normal").spec   # He et al. 2015
+        {'critical': {'activation': 'relu', 'sigma_b2': 0.0, 'kernel': 'normal'}}
+    """
+    if activation not in meanfield.activation_names():
+        raise ValueError(f"critical: activation must be one of "
+                         f"{', '.join(meanfield.activation_names())} (a name, so that it can be "
+                         f"saved), got {activation!r}")
+    sigma_b2 = _number(sigma_b2, "critical: sigma_b2")
+    if sigma_b2 < 0:
+        raise ValueError(f"critical: sigma_b2 must be >= 0, got {sigma_b2!r}")
+    if kernel not in CRITICAL_KERNELS:
+        raise ValueError(f"critical: kernel must be one of {', '.join(CRITICAL_KERNELS)}, "
+                         f"got {kernel!r}")
+    try:
+        _critical_sampler(activation, sigma_b2, kernel)
+    except ValueError as e:
+        raise ValueError(f"critical: {e}") from None
+    return _record(critical, activation=activation, sigma_b2=sigma_b2, kernel=kernel)
+
+
 # --------------------------------------------------------------------------- ready-made (no arguments)
 
 zeros = Initializer("zeros")
@@ -249,15 +326,20 @@ _READY: dict[str, Initializer] = {
 _FACTORIES: dict[str, Callable[..., Initializer]] = {
     "constant": constant, "normal": normal, "uniform": uniform,
     "variance_scaling": variance_scaling, "orthogonal": orthogonal,
-    "delta_orthogonal": delta_orthogonal,
+    "delta_orthogonal": delta_orthogonal, "critical": critical,
 }
-# name -> the initializer with default arguments (``constant`` has none: it needs a value)
+# names that need arguments: ``constant`` a value, ``critical`` an activation and sigma_b2
+_NEED_ARGUMENTS = {"constant": "a value: constant(0.1), or just 0.1",
+                   "critical": "an activation and sigma_b2: critical('tanh', 1e-4), or "
+                               "{critical: {activation: tanh, sigma_b2: 1.0e-4}}"}
+# name -> the initializer with default arguments
 _BY_NAME: dict[str, Initializer] = {
-    **_READY, **{name: f() for name, f in _FACTORIES.items() if name != "constant"}}
+    **_READY, **{name: f() for name, f in _FACTORIES.items() if name not in _NEED_ARGUMENTS}}
 
 
 def names() -> list[str]:
-    """All initializer names accepted by :func:`get` on their own (``constant`` needs a value)."""
+    """All initializer names accepted by :func:`get` on their own (``constant`` and ``critical``
+    need arguments)."""
     return sorted(_BY_NAME)
 
 
@@ -277,6 +359,10 @@ def _with_arguments(name: str, args: Any) -> Initializer:
             hint = f"; did you mean {close[0]!r}?" if close else ""
             raise ValueError(f"initializer {name!r}: unknown argument {arg!r}{hint} "
                              f"(takes: {', '.join(params)})")
+    missing = [p for p, v in params.items() if v.default is inspect.Parameter.empty and p not in args]
+    if missing:
+        raise ValueError(f"initializer {name!r}: missing argument {', '.join(map(repr, missing))} "
+                         f"(takes: {', '.join(params)})")
     return factory(**args)
 
 
@@ -296,8 +382,9 @@ def get(init: str | Mapping[str, Any] | InitFn | float | int) -> InitFn:
     """
     if isinstance(init, Initializer):
         return init
-    if init is constant:
-        raise ValueError("the constant initializer needs a value: constant(0.1), or just 0.1")
+    for name, what in _NEED_ARGUMENTS.items():
+        if init is _FACTORIES[name] or (isinstance(init, str) and init.lower() == name):
+            raise ValueError(f"the {name} initializer needs {what}")
     if any(init is f for f in _FACTORIES.values()):
         return init()
     if callable(init):

@@ -96,6 +96,11 @@ _KNOWN: dict[str, Activation] = {
 }
 
 
+def activation_names() -> list[str]:
+    """The activations known by name: ``['erf', 'hard_tanh', 'linear', 'relu', 'sigmoid', 'tanh']``."""
+    return sorted(_KNOWN)
+
+
 def activation(act: str | Activation | ArrayFn) -> Activation:
     """An :class:`Activation` from a name (tanh, relu, hard_tanh, erf, sigmoid, linear), itself,
     or any elementwise function of a numpy array (derivative by central differences, no kinks)."""

@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import fnn
 from fnn import initializers
 
 KEY = jax.random.key(0)
@@ -268,3 +269,46 @@ def test_layers_take_initializers_with_arguments():
     _, params, _ = dense.init(KEY, (-1, 4))
     np.testing.assert_allclose(np.asarray(params["w"]).T @ np.asarray(params["w"]), 4 * np.eye(4),
                                atol=1e-5)
+
+
+def test_critical_is_the_mean_field_critical_point_by_name():
+    """critical(activation, sigma_b2, kernel) draws what the explicit initializer with the
+    critical sigma_w^2 draws, and saves as names, not numbers."""
+    key = jax.random.key(3)
+    cp = fnn.meanfield.critical_point("tanh", 0.05)
+    assert abs(cp.sigma_w2 - 1.76) < 0.01                       # Schoenholz et al. 2017, Fig. 1
+    for kernel, explicit, shape in (
+            ("delta_orthogonal", initializers.delta_orthogonal(gain=cp.gain), (3, 3, 16, 16)),
+            ("orthogonal", initializers.orthogonal(gain=cp.gain), (3, 3, 16, 32)),
+            ("normal", initializers.variance_scaling(cp.sigma_w2, distribution="normal"),
+             (64, 32))):
+        init = initializers.critical("tanh", 0.05, kernel=kernel)
+        np.testing.assert_allclose(init(key, shape), explicit(key, shape), rtol=1e-6, atol=1e-7)
+        assert initializers.get(init.spec) == init
+    spec = initializers.critical("tanh", 0.05).spec
+    assert spec == {"critical": {"activation": "tanh", "sigma_b2": 0.05}}
+    # relu at any bias variance: He's sigma_w^2 = 2, a variance of 2 / fan_in
+    w = initializers.critical("relu", 0.0, kernel="normal")(key, (4000, 200))
+    assert abs(float(jnp.var(w)) * 4000 - 2.0) < 0.02
+    # mistakes, one line each
+    for bad, message in (
+            ("critical", "critical initializer needs an activation and sigma_b2"),
+            ({"critical": {"activation": "tanh"}}, "missing argument 'sigma_b2'"),
+            ({"critical": {"activation": "swish", "sigma_b2": 0.0}}, "activation must be one of"),
+            ({"critical": {"activation": "tanh", "sigma_b2": -1.0}}, "sigma_b2 must be >= 0"),
+            ({"critical": {"activation": "tanh", "sigma_b2": 0.0, "kernel": "delta"}},
+             "kernel must be one of delta_orthogonal, orthogonal, normal")):
+        with pytest.raises(ValueError, match=message):
+            initializers.get(bad)
+
+
+def test_a_network_with_critical_init_saves_and_loads_its_architecture(tmp_path):
+    w = initializers.critical("tanh", 1e-4)
+    net = fnn.serial(fnn.Conv2D(8, 3, w_init=w, b_init=initializers.normal(0.01)), fnn.Tanh)
+    _, params, state = net.init(jax.random.key(0), (-1, 7, 7, 8))
+    fnn.save(tmp_path / "net.safetensors", net, params, state)
+    loaded, params2, _ = fnn.load(tmp_path / "net.safetensors")
+    assert loaded.spec == net.spec
+    conv = loaded.spec["serial"]["layers"][0]["Conv2D"]
+    assert conv["w_init"] == {"critical": {"activation": "tanh", "sigma_b2": 0.0001}}
+    np.testing.assert_array_equal(params2["conv2d_0"]["w"], params["conv2d_0"]["w"])
