@@ -79,10 +79,9 @@ def predict(net: Layer, params: Any, state: Any, x: Any, *, batch_size: int = 10
     """
     apply = _compiled_apply(net)
     if _is_arrays(x):
-        n = num_rows(x, "predict: x")
-        size = max(1, min(batch_size, n))
-        batches: Iterable[Any] = (pad_batch({"x": jax.tree_util.tree_map(
-            lambda a: np.asarray(a[i:i + size]), x)}, size) for i in range(0, n, size))
+        source = ArraySource({"x": x}, "predict: x")
+        batches: Iterable[Any] = source.padded_batches(max(1, min(batch_size,
+                                                                  source.num_examples)))
     else:  # an iterator (or Loader) of input batches, or of {"x": ...} batches
         batches = ({"x": b, "mask": np.ones(num_rows(b, "predict: a batch"), np.float32)}
                    for b in (item["x"] if isinstance(item, Mapping) else item for item in x))
