@@ -27,7 +27,7 @@ Example:
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -48,6 +48,21 @@ def _divide(numerator: jax.Array, denominator: jax.Array) -> jax.Array:
 def _step(count: jax.Array, like: jax.Array) -> jax.Array:
     """The step number ``t`` as a scalar of ``like``'s dtype (float64 under x64 params)."""
     return count.astype(like.dtype)
+
+
+def _zero_moments(params: optax.Params) -> dict[str, Any]:
+    """Adam's starting state fields: ``count`` 0 and both moments zero, shaped like ``params``."""
+    return {"count": jnp.zeros([], jnp.int32), "mu": optax.tree.zeros_like(params),
+            "nu": optax.tree.zeros_like(params)}
+
+
+def _next_moments(updates: optax.Updates, state: Any, b1: float,
+                  b2: float) -> tuple[jax.Array, optax.Updates, optax.Updates]:
+    """Adam's bookkeeping for one step from ``state.count/mu/nu``: the new ``(count, mu, nu)``,
+    ``mu = b1 mu + (1-b1) g`` and ``nu = b2 nu + (1-b2) g^2``."""
+    return (optax.safe_increment(state.count),
+            optax.tree.update_moment(updates, state.mu, b1, 1),
+            optax.tree.update_moment_per_elem_norm(updates, state.nu, b2, 2))
 
 
 # --------------------------------------------------------------------------- AdaGrad
@@ -151,15 +166,11 @@ def scale_by_adam_variant(b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8,
 
     def init_fn(params):
         return ScaleByAdamVariantState(
-            count=jnp.zeros([], jnp.int32), mu=optax.tree.zeros_like(params),
-            nu=optax.tree.zeros_like(params),
-            nu_max=optax.tree.zeros_like(params) if amsgrad else None)
+            **_zero_moments(params), nu_max=optax.tree.zeros_like(params) if amsgrad else None)
 
     def update_fn(updates, state, params=None):
         del params
-        mu = optax.tree.update_moment(updates, state.mu, b1, 1)
-        nu = optax.tree.update_moment_per_elem_norm(updates, state.nu, b2, 2)
-        count = optax.safe_increment(state.count)
+        count, mu, nu = _next_moments(updates, state, b1, b2)
 
         def corrections(like):
             t = _step(count, like)
@@ -234,9 +245,7 @@ def scale_by_nadam(b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8,
         (2,)
     """
     def init_fn(params):
-        return ScaleByNadamState(count=jnp.zeros([], jnp.int32),
-                                 mu=optax.tree.zeros_like(params),
-                                 nu=optax.tree.zeros_like(params),
+        return ScaleByNadamState(**_zero_moments(params),
                                  mu_product=jnp.ones([], jnp.result_type(float)))
 
     def schedule(t):
@@ -244,9 +253,7 @@ def scale_by_nadam(b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8,
 
     def update_fn(updates, state, params=None):
         del params
-        mu = optax.tree.update_moment(updates, state.mu, b1, 1)
-        nu = optax.tree.update_moment_per_elem_norm(updates, state.nu, b2, 2)
-        count = optax.safe_increment(state.count)
+        count, mu, nu = _next_moments(updates, state, b1, b2)
         t = _step(count, state.mu_product)
         mu_product = state.mu_product * schedule(t)
 
@@ -285,9 +292,7 @@ def scale_by_adamax(b1: float = 0.9, b2: float = 0.999,
         True
     """
     def init_fn(params):
-        return optax.ScaleByAdamState(count=jnp.zeros([], jnp.int32),
-                                      mu=optax.tree.zeros_like(params),
-                                      nu=optax.tree.zeros_like(params))
+        return optax.ScaleByAdamState(**_zero_moments(params))
 
     def update_fn(updates, state, params=None):
         del params
@@ -373,15 +378,11 @@ def scale_by_adabound(final_lr: float = 0.1, gamma: float = 1e-3, b1: float = 0.
 
     def init_fn(params):
         return ScaleByAdaBoundState(
-            count=jnp.zeros([], jnp.int32), mu=optax.tree.zeros_like(params),
-            nu=optax.tree.zeros_like(params),
-            nu_max=optax.tree.zeros_like(params) if amsbound else None)
+            **_zero_moments(params), nu_max=optax.tree.zeros_like(params) if amsbound else None)
 
     def update_fn(updates, state, params=None):
         del params
-        mu = optax.tree.update_moment(updates, state.mu, b1, 1)
-        nu = optax.tree.update_moment_per_elem_norm(updates, state.nu, b2, 2)
-        count = optax.safe_increment(state.count)
+        count, mu, nu = _next_moments(updates, state, b1, b2)
         nu_max = jax.tree.map(jnp.maximum, state.nu_max, nu) if amsbound else None
 
         def direction(g, m, v):
