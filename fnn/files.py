@@ -111,7 +111,7 @@ def clean_temporary_files(folder: str | os.PathLike) -> list[Path]:
     """Remove the temporary files that writes killed midway left in ``folder``; returns them.
 
     Only fnn's own temporary names are touched: ``.<name>.<8 chars>.tmp`` (from
-    :func:`atomic_write`) and ``.<name>.<8 chars>.part[.gz]`` (IDX files, downloads). Not
+    :func:`atomic_write`) and ``.<name>.<8 chars>.part[.gz]`` (downloads). Not
     recursive; a missing folder is fine. Call it when a run folder or checkpoint folder is
     opened, before anything else writes there.
 

@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from fnn.data.checks import DataError
-from fnn.files import temporary_file
+from fnn.files import atomic_write
 
 __all__ = ["IdxFormatError", "read_idx", "read_raw", "parse_idx", "write_idx"]
 
@@ -164,12 +164,5 @@ def write_idx(path: str | os.PathLike, array: np.ndarray) -> Path:
                + np.ascontiguousarray(array, dtype=_DTYPES[code]).tobytes())
     if path.name.endswith(".gz"):
         payload = gzip.compress(payload, mtime=0)
-    fd, tmp = temporary_file(path.parent, path.name, ".part")  # permissions follow the umask
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(payload)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, payload)  # permissions follow the umask; no partial file on failure
     return path
