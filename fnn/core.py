@@ -672,6 +672,44 @@ def tree_size(tree: Any) -> int:
                    for leaf in jax.tree_util.tree_leaves(tree)))
 
 
+def key_name(entry: Any) -> str:
+    """The text of one pytree path entry (a dict key, attribute name or sequence index)."""
+    for attr in ("key", "name", "idx"):
+        if hasattr(entry, attr):
+            return str(getattr(entry, attr))
+    return str(entry)
+
+
+def under_layer(name_parts: Sequence[str], layer_keys: Sequence[str]) -> bool:
+    """Whether a layer name's parts (``("block", "dense_0")`` for ``"block/dense_0"``) are
+    consecutive keys of ``layer_keys``, a leaf's path without its own name.
+
+    Example:
+        >>> under_layer(("block", "dense_0"), ("encoder", "block", "dense_0"))
+        True
+        >>> under_layer(("dense_0",), ("dense_1",))
+        False
+    """
+    keys, parts, n = tuple(layer_keys), tuple(name_parts), len(name_parts)
+    return any(keys[i:i + n] == parts for i in range(len(keys) - n + 1))
+
+
+def no_layer_error(where: str, name: str, layer_keys: Sequence[str],
+                   container: str = "params") -> ValueError:
+    """The one-line error for a layer name that matches nothing, with the closest keys.
+
+    Example:
+        >>> print(no_layer_error("freeze", "dense_9", ["dense_0", "dense_1"]))
+        freeze: no layer 'dense_9' in params; did you mean dense_1, dense_0?
+    """
+    parts = [p for p in str(name).split("/") if p]
+    keys = sorted(set(layer_keys))
+    close = difflib.get_close_matches(parts[-1] if parts else "", keys, n=3)
+    hint = (f"; did you mean {', '.join(close)}?" if close
+            else f"; layer keys: {', '.join(keys) or '(none)'}")
+    return ValueError(f"{where}: no layer {name!r} in {container}{hint}")
+
+
 def check_shape(shape: Any, *, min_rank: int = 1, what: str = "input") -> Shape:
     """Validate an ``init`` input shape: a tuple of ints of rank ``>= min_rank``."""
     if not isinstance(shape, (tuple, list)) or not all(isinstance(d, (int, np.integer)) for d in shape):

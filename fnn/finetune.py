@@ -40,7 +40,6 @@ Example:
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import os
 from typing import Any
 
@@ -48,7 +47,7 @@ import jax
 import numpy as np
 import optax
 
-from fnn.core import (Layer, default_key, init_child, layer_type, recording,
+from fnn.core import (Layer, default_key, init_child, layer_type, no_layer_error, recording,
                       sublayer_arguments)
 
 __all__ = ["transfer", "TransferReport", "load_pretrained", "freeze", "unfreeze", "Frozen",
@@ -276,11 +275,8 @@ def freeze(net: Layer, *names: str, input_shape: Any = None) -> Layer:
         hits = [(path, layer) for path, layer in rows
                 if path[1:][-len(parts):] == parts and len(path) > len(parts)]
         if not hits:
-            keys = sorted({p for path, _ in rows for p in path[1:]})
-            close = difflib.get_close_matches(parts[-1] if parts else "", keys, n=3)
-            hint = f"; did you mean {', '.join(close)}?" if close else \
-                f"; layer keys: {', '.join(keys) or '(none)'}"
-            raise ValueError(f"freeze: no layer {name!r} in the network{hint}")
+            raise no_layer_error("freeze", name, [p for path, _ in rows for p in path[1:]],
+                                 container="the network")
         targets.extend(hits)
     return _rewrite(net, rows, {path: (lambda layer, key: Frozen(layer, name=key))
                                 for path, _ in targets})

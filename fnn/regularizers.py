@@ -37,14 +37,13 @@ Example:
 
 from __future__ import annotations
 
-import difflib
 from typing import Any, Callable, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from fnn.core import lookup
+from fnn.core import key_name, lookup, no_layer_error, under_layer
 
 __all__ = ["is_weight", "weights_only", "all_params", "layers", "l1", "l2", "elastic_net",
            "max_norm", "get", "names"]
@@ -84,8 +83,7 @@ class _Layers:
         self.only_weights = only_weights
 
     def matches(self, name_parts: Path, path: Path) -> bool:
-        keys, n = path[:-1], len(name_parts)  # layer keys exclude the leaf's own name
-        return any(keys[i:i + n] == name_parts for i in range(len(keys) - n + 1))
+        return under_layer(name_parts, path[:-1])  # layer keys exclude the leaf's own name
 
     def __call__(self, path: Path, leaf: Any = None) -> bool:
         if self.only_weights and not is_weight(path, leaf):
@@ -129,27 +127,16 @@ def _predicate(select: Select, where: str) -> Predicate:
                     f"name or a list of names, got {select!r}")
 
 
-def _key_name(entry: Any) -> str:
-    for attr in ("key", "name", "idx"):
-        if hasattr(entry, attr):
-            return str(getattr(entry, attr))
-    return str(entry)
-
-
 def _path(keypath: Sequence[Any]) -> Path:
-    return tuple(_key_name(k) for k in keypath)
+    return tuple(key_name(k) for k in keypath)
 
 
 def _check_names_found(pred: Predicate, paths: list[Path], where: str) -> None:
     if not isinstance(pred, _Layers):
         return
-    layer_keys = sorted({k for p in paths for k in p[:-1]})
     for name, parts in zip(pred.names, pred.parts):
         if not any(pred.matches(parts, p) for p in paths):
-            close = difflib.get_close_matches(parts[-1], layer_keys, n=3)
-            hint = f"; did you mean {', '.join(close)}?" if close else \
-                f"; layer keys: {', '.join(layer_keys) or '(none)'}"
-            raise ValueError(f"{where}: no layer {name!r} in params{hint}")
+            raise no_layer_error(where, name, [k for p in paths for k in p[:-1]])
 
 
 def _selected(params: Any, select: Select, where: str) -> list[tuple[Path, jax.Array]]:

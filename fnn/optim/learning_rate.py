@@ -17,7 +17,7 @@ import jax
 import numpy as np
 import optax
 
-from fnn.optim.masks import key_name
+from fnn.core import key_name
 
 __all__ = ["learning_rate_of", "current_learning_rate"]
 

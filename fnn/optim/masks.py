@@ -13,21 +13,14 @@ Example:
 
 from __future__ import annotations
 
-import difflib
 from typing import Any, Sequence
 
 import jax
 import optax
 
-__all__ = ["key_name", "weights_only", "frozen_labels", "freeze_list"]
+from fnn.core import key_name, no_layer_error, under_layer
 
-
-def key_name(entry: Any) -> str:
-    """The text of one pytree path entry (a dict key, attribute name or sequence index)."""
-    for attr in ("key", "name", "idx"):
-        if hasattr(entry, attr):
-            return str(getattr(entry, attr))
-    return str(entry)
+__all__ = ["weights_only", "frozen_labels", "freeze_list"]
 
 
 def weights_only(params: optax.Params) -> Any:
@@ -58,20 +51,12 @@ def frozen_labels(params: optax.Params, freeze: Sequence[tuple[str, ...]], where
     Raises:
         ValueError: ``"<where>: no layer 'x' in params; did you mean ...?"``.
     """
-    def matches(parts: tuple[str, ...], keys: tuple[str, ...]) -> bool:
-        n = len(parts)
-        return any(keys[i:i + n] == parts for i in range(len(keys) - n + 1))
-
     leaves, treedef = jax.tree_util.tree_flatten_with_path(params)
     layer_paths = [tuple(key_name(k) for k in kp[:-1]) for kp, _ in leaves]
     for parts in freeze:
-        if not any(matches(parts, keys) for keys in layer_paths):
-            layer_keys = sorted({k for keys in layer_paths for k in keys})
-            close = difflib.get_close_matches(parts[-1], layer_keys, n=3)
-            hint = f"; did you mean {', '.join(close)}?" if close else \
-                f"; layer keys: {', '.join(layer_keys) or '(none)'}"
-            raise ValueError(f"{where}: no layer {'/'.join(parts)!r} in params{hint}")
-    labels = ["frozen" if any(matches(p, keys) for p in freeze) else "trainable"
+        if not any(under_layer(parts, keys) for keys in layer_paths):
+            raise no_layer_error(where, "/".join(parts), [k for keys in layer_paths for k in keys])
+    labels = ["frozen" if any(under_layer(p, keys) for p in freeze) else "trainable"
               for keys in layer_paths]
     return jax.tree_util.tree_unflatten(treedef, labels)
 
