@@ -22,23 +22,30 @@ import copy
 import dataclasses
 import difflib
 import math
+import os
 import re
+import stat
 from pathlib import Path
 from typing import Any, Sequence
 
 import yaml
 
 __all__ = ["ConfigError", "load_config", "parse_config", "apply_overrides", "validate",
-           "SCHEMA", "dump_config"]
+           "SCHEMA", "dump_config", "parse_yaml", "read_yaml_file",
+           "MAX_CONFIG_BYTES", "MAX_YAML_VALUES"]
 
 
 class ConfigError(ValueError):
     """A bad config; the message starts with the key path of the bad entry."""
 
-    def __init__(self, path: str, detail: str):
+    def __init__(self, path: str, detail: str, *, file: str | None = None,
+                 line: int | None = None):
         self.path = path
         self.detail = detail
-        super().__init__(f"{path}: {detail}" if path else detail)
+        self.file = file  # the file (and line) the entry was read from, where known
+        self.line = line
+        place = f"{file}:{line}" if file and line else file
+        super().__init__(": ".join(part for part in (place, path, detail) if part))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -161,12 +168,142 @@ def _construct_number(loader: yaml.SafeLoader, node: yaml.Node) -> Any:
 _Loader.add_constructor("tag:yaml.org,2002:float", _construct_number)
 
 
-def parse_yaml(text: str, source: str = "<config>") -> Any:
-    """Parse YAML text with numbers like ``1e-3`` read as floats."""
+MAX_CONFIG_BYTES = 1 << 20
+"""Largest config file (and command-line override) read, in bytes: a config is a page of YAML;
+anything near a megabyte is a wrong file, and reading it whole would be the first step of
+running out of memory."""
+
+MAX_YAML_VALUES = 100_000
+"""Most values (mappings, lists and scalars) a YAML document may hold once its aliases are
+expanded. An alias names a value written elsewhere, and aliases of aliases grow the document
+exponentially (a "billion laughs" bomb: nine lines expand to 10**9 values); every check after
+parsing walks the expanded document, so it is counted and refused here, before any is built."""
+
+
+def _document_node(text: str, source: str) -> yaml.Node | None:
+    """The composed YAML node graph of ``text`` (nothing constructed yet)."""
+    loader = _Loader(text)
     try:
-        return yaml.load(text, Loader=_Loader)
+        return loader.get_single_node()
+    finally:
+        loader.dispose()
+
+
+def _check_node_graph(node: yaml.Node, source: str, lines: bool = True) -> None:
+    """Refuse duplicate mapping keys (at any depth) and documents whose aliases expand to more
+    than :data:`MAX_YAML_VALUES` values (or into themselves), naming ``source`` and the line."""
+    sizes: dict[int, int] = {}
+    open_nodes: set[int] = set()
+
+    def line(n: yaml.Node) -> int | None:  # 1-based; none for a one-line text (an override)
+        return n.start_mark.line + 1 if lines else None
+
+    def size(n: yaml.Node, path: str) -> int:
+        if id(n) in sizes:
+            return sizes[id(n)]
+        if id(n) in open_nodes:
+            raise ConfigError(path, "an alias refers to the value that contains it (a "
+                                    "recursive alias)", file=source, line=line(n))
+        open_nodes.add(id(n))
+        total = 1
+        if isinstance(n, yaml.MappingNode):
+            first: dict[str, yaml.Node] = {}
+            for key, value in n.value:
+                name = key.value if isinstance(key, yaml.ScalarNode) else None
+                if name is not None and name != "<<":
+                    if name in first:
+                        shown = f"{path}.{name}" if path else name
+                        first_at = f" (first at line {line(first[name])})" if lines else ""
+                        raise ConfigError("", f"duplicate key {shown!r}{first_at}",
+                                          file=source, line=line(key))
+                    first[name] = key
+                here = f"{path}.{name}" if path and name else (name or path)
+                total += size(key, path) + size(value, here)
+        elif isinstance(n, yaml.SequenceNode):
+            for i, item in enumerate(n.value):
+                total += size(item, f"{path}[{i}]")
+        open_nodes.discard(id(n))
+        if total > MAX_YAML_VALUES:
+            raise ConfigError("", f"the YAML expands to more than {MAX_YAML_VALUES:,} "
+                                  f"values (aliases of aliases: an alias bomb?); fnn.config."
+                                  f"MAX_YAML_VALUES is the limit", file=source,
+                              line=line(n))
+        sizes[id(n)] = total
+        return total
+
+    size(node, "")
+
+
+def parse_yaml(text: str, source: str = "<config>") -> Any:
+    """Parse YAML text with numbers like ``1e-3`` read as floats.
+
+    Refused, naming ``source`` (and the line): text over :data:`MAX_CONFIG_BYTES`, invalid
+    YAML, a key given twice in one mapping, and aliases expanding past :data:`MAX_YAML_VALUES`.
+
+    Example:
+        >>> parse_yaml("training: {epochs: 3, lr: 1e-3}")
+        {'training': {'epochs': 3, 'lr': 0.001}}
+        >>> parse_yaml("a: 1\\nb: 2\\na: 3", "config.yaml")
+        Traceback (most recent call last):
+        fnn.config.ConfigError: config.yaml:3: duplicate key 'a' (first at line 1)
+    """
+    try:
+        size = len(text.encode("utf-8"))
+    except UnicodeEncodeError:  # undecodable bytes of a command-line argument
+        raise ConfigError("", "not UTF-8 text", file=source) from None
+    if size > MAX_CONFIG_BYTES:
+        raise ConfigError("", f"{size:,} bytes of YAML, more than a config holds "
+                              f"(fnn.config.MAX_CONFIG_BYTES = {MAX_CONFIG_BYTES:,})", file=source)
+    try:
+        node = _document_node(text, source)
+        if node is None:
+            return None
+        _check_node_graph(node, source, lines="\n" in text.strip())
+        loader = _Loader("")
+        try:
+            return loader.construct_document(node)
+        finally:
+            loader.dispose()
+    except RecursionError:
+        raise ConfigError("", "nested too deeply to read", file=source) from None
     except yaml.YAMLError as e:
-        raise ConfigError("", f"{source} is not valid YAML: {e}") from None
+        mark = getattr(e, "problem_mark", None)
+        line = mark.line + 1 if mark is not None and "\n" in text.strip() else None
+        raise ConfigError("", f"not valid YAML: {' '.join(str(e).split())}",
+                          file=source, line=line) from None
+
+
+def read_yaml_file(path: str | os.PathLike) -> Any:
+    """The YAML document in the file ``path``: checked to be a regular file of at most
+    :data:`MAX_CONFIG_BYTES`, UTF-8 text, then read by :func:`parse_yaml`.
+
+    Raises:
+        ConfigError: one line naming the file (and the line, for bad YAML).
+    """
+    path = Path(path)
+    try:
+        info = path.stat()
+    except OSError:
+        raise ConfigError("", f"config file not found: {path}") from None
+    if not stat.S_ISREG(info.st_mode):
+        raise ConfigError("", "not a regular file (a config is a YAML file)",
+                          file=str(path))
+    if info.st_size > MAX_CONFIG_BYTES:
+        raise ConfigError("", f"{info.st_size:,} bytes, more than a config holds "
+                              f"(fnn.config.MAX_CONFIG_BYTES = {MAX_CONFIG_BYTES:,}); is it the "
+                              f"right file?", file=str(path))
+    with open(path, "rb") as f:
+        data = f.read(MAX_CONFIG_BYTES + 1)
+    try:
+        if b"\0" in data:
+            raise UnicodeDecodeError("utf-8", data, data.index(b"\0"), data.index(b"\0") + 1,
+                                     "NUL byte")
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data[:e.start].count(b"\n") + 1
+        raise ConfigError("", f"not a text file (byte {e.start} is not UTF-8 "
+                              f"text); a config is a YAML file", file=str(path), line=line) from None
+    return parse_yaml(text, str(path))
 
 
 def _hint(key: str, options: Sequence[str]) -> str:
@@ -372,10 +509,7 @@ def parse_config(raw: Any, overrides: Sequence[str] = ()) -> dict[str, Any]:
 
 def load_config(path: str | Path, overrides: Sequence[str] = ()) -> dict[str, Any]:
     """Read, override and validate a YAML config file."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError("", f"config file not found: {path}")
-    return parse_config(parse_yaml(path.read_text(), str(path)) or {}, overrides)
+    return parse_config(read_yaml_file(path) or {}, overrides)
 
 
 def dump_config(cfg: dict[str, Any]) -> str:

@@ -159,7 +159,7 @@ def _holds_run(run_dir: Path) -> list[str]:
 def _stored_config(run_dir: Path, latest: Path) -> tuple[dict[str, Any] | None, str]:
     """The config of the run in the folder, and where it was read: the latest checkpoint's own
     copy (the state it holds belongs to that config), else ``config.yaml``; ``None`` if neither."""
-    from fnn.config import ConfigError, parse_config, parse_yaml
+    from fnn.config import ConfigError, parse_config, read_yaml_file
     from fnn.train import checkpoint as ckpt
 
     raw, source = None, ""
@@ -167,7 +167,7 @@ def _stored_config(run_dir: Path, latest: Path) -> tuple[dict[str, Any] | None, 
         raw, source = ckpt.read_metadata(latest).get("config"), f"{CHECKPOINTS}/{latest.name}"
     if raw is None and (run_dir / "config.yaml").is_file():
         path = run_dir / "config.yaml"
-        raw, source = parse_yaml(path.read_text(), str(path)), "config.yaml"
+        raw, source = read_yaml_file(path), "config.yaml"
     if not isinstance(raw, dict):
         return None, source
     try:
