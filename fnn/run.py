@@ -38,6 +38,7 @@ import optax
 from fnn import losses, regularizers
 from fnn.config import ConfigError, dump_config, load_config
 from fnn.core import Layer
+from fnn.data.checks import MAX_DATA_FILE_BYTES, MAX_TEXT_DATA_BYTES, data_file_problem
 from fnn.layers.precision import with_model_dtype
 from fnn.layers.spec import from_spec
 from fnn.train.parallel import DataParallel, initialize
@@ -247,8 +248,12 @@ def _synthetic(name: str, opts: dict[str, Any], cfg: dict[str, Any]):
 def _need_path(d: dict[str, Any]) -> str:
     if not d["path"]:
         raise ConfigError("data.path", f"the {d['name']} dataset needs a file path")
-    if not Path(d["path"]).exists():
+    limit = MAX_TEXT_DATA_BYTES if d["name"] == "csv" else MAX_DATA_FILE_BYTES
+    problem = data_file_problem(d["path"], limit)
+    if problem == "file not found":
         raise ConfigError("data.path", f"file not found: {d['path']}")
+    if problem:
+        raise ConfigError("data.path", f"{d['path']}: {problem}")
     return d["path"]
 
 

@@ -25,7 +25,7 @@ from typing import Sequence
 
 import numpy as np
 
-from fnn.data.checks import DataError, check_finite
+from fnn.data.checks import DataError, check_data_file, check_finite
 
 __all__ = ["load_arrays", "MMAP_THRESHOLD_BYTES"]
 
@@ -70,7 +70,7 @@ def load_arrays(path: str | os.PathLike, keys: Sequence[str] | None = None, *,
         Traceback (most recent call last):
         fnn.data.checks.DataError: ...train.npz: no array named 'images'; it has ['x', 'y'] (pass keys=[...])
     """
-    path = Path(path)
+    path = check_data_file(path)
     suffix = path.suffix.lower()
     if isinstance(keys, str):
         keys = (keys,)

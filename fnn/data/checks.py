@@ -5,6 +5,9 @@
 * ``check_finite(x, where)``: NaN or infinite features are refused before anything trains.
 * ``check_labels(y, num_classes, where)``: integer class ids outside ``[0, num_classes)`` are
   refused (a softmax over 3 classes cannot learn label 5; the loss would quietly skip it).
+* ``check_data_file(path)``: a data file must be a regular file (not a directory, a device such
+  as ``/dev/zero`` or a FIFO, which would be read forever) of at most ``MAX_DATA_FILE_BYTES``;
+  checked before a byte is read (``data_file_problem`` gives the reason as text).
 
 Example:
     >>> x_train, y_train = np.ones((4, 3), np.float32), np.array([0, 9, 3, 3])
@@ -18,13 +21,17 @@ Example:
 
 from __future__ import annotations
 
+import os
+import stat
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from fnn.arguments import positive_int
 
-__all__ = ["DataError", "check_finite", "check_labels"]
+__all__ = ["DataError", "check_finite", "check_labels", "check_data_file", "data_file_problem",
+           "MAX_DATA_FILE_BYTES", "MAX_TEXT_DATA_BYTES"]
 
 _CHUNK_BYTES = 64 * 2**20
 
@@ -32,6 +39,53 @@ _CHUNK_BYTES = 64 * 2**20
 class DataError(ValueError):
     """A data file or array that cannot be used as it is; the message names the file (or
     split) and, where it applies, the line, row and column."""
+
+
+MAX_DATA_FILE_BYTES = 64 * 2**30
+"""Largest data file read (``.npz``, ``.npy``, IDX), in bytes: far past any data set that fits
+a machine's memory (a large ``.npy`` is memory-mapped, not read), and small enough that a wrong
+file (a disk image, a sparse file) is refused before it fills the memory."""
+
+MAX_TEXT_DATA_BYTES = 2 * 2**30
+"""Largest CSV file read, in bytes: a CSV is parsed into Python lists, several times its size."""
+
+_FILE_TYPES = ((stat.S_ISDIR, "a directory"), (stat.S_ISCHR, "a character device"),
+               (stat.S_ISBLK, "a block device"), (stat.S_ISFIFO, "a FIFO (named pipe)"),
+               (stat.S_ISSOCK, "a socket"))
+
+
+def data_file_problem(path: str | os.PathLike, limit: int = MAX_DATA_FILE_BYTES) -> str | None:
+    """Why ``path`` cannot be read as a data file, or ``None``: it must exist and be a regular
+    file (links followed) of at most ``limit`` bytes. Nothing is read or opened.
+
+    Example:
+        >>> data_file_problem("/dev/zero")
+        'not a regular file but a character device; give the path of a data file'
+        >>> data_file_problem("/no/such/file.npz")
+        'file not found'
+    """
+    try:
+        info = os.stat(path)
+    except FileNotFoundError:
+        return "file not found"
+    except OSError as e:
+        return f"cannot be read ({e.strerror})"
+    if not stat.S_ISREG(info.st_mode):
+        kind = next((name for test, name in _FILE_TYPES if test(info.st_mode)), "a special file")
+        return f"not a regular file but {kind}; give the path of a data file"
+    if info.st_size > limit:
+        return (f"{info.st_size:,} bytes, more than the {limit:,} bytes fnn reads from a file "
+                f"of this kind; is it the right file?")
+    return None
+
+
+def check_data_file(path: str | os.PathLike, limit: int = MAX_DATA_FILE_BYTES) -> Path:
+    """``path`` as a ``Path`` if :func:`data_file_problem` finds nothing, else a ``DataError``
+    naming the file and the reason."""
+    problem = data_file_problem(path, limit)
+    if problem:
+        raise DataError(f"{path}: {problem}")
+    return Path(path)
 
 
 def _chunks(x: np.ndarray):

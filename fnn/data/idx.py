@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fnn.data.checks import DataError
+from fnn.data.checks import DataError, check_data_file
 from fnn.files import atomic_write
 
 __all__ = ["IdxFormatError", "read_idx", "read_raw", "parse_idx", "write_idx"]
@@ -91,7 +91,7 @@ def read_raw(path: str | os.PathLike) -> bytes:
         >>> list(raw[:4]), parse_idx(raw).shape              # magic: uint8 (0x08), 1 dim
         ([0, 0, 8, 1], (3,))
     """
-    path = Path(path)
+    path = check_data_file(path)
     try:
         if path.name.endswith(".gz"):
             with gzip.open(path, "rb") as f:

@@ -31,7 +31,7 @@ from typing import Any, NamedTuple, Sequence
 
 import numpy as np
 
-from fnn.data.checks import DataError
+from fnn.data.checks import MAX_TEXT_DATA_BYTES, DataError, check_data_file
 
 __all__ = ["load_csv", "Table", "Standardizer"]
 
@@ -121,7 +121,7 @@ def load_csv(path: str | os.PathLike, *, label_column: int | str,
         >>> t.y, t.classes, t.feature_names                           # t.y int32, t.classes
         (array([0, 1], dtype=int32), ('setosa', 'versicolor'), ('col0', 'col1'))
     """
-    path = Path(path)
+    path = check_data_file(path, MAX_TEXT_DATA_BYTES)
     try:
         with open(path, newline="", encoding="utf-8") as f:
             reader = csv.reader(f, delimiter=delimiter)
