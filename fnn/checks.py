@@ -1,7 +1,7 @@
 """Checks a config run makes before anything compiles: options against the functions they go
 to, layer names against the built network, shapes under ``jax.eval_shape``, and memory.
 
-Every failure is a :class:`~fnn.config.ConfigError` naming the key path (and a fix where one
+Every failure is a :class:`~fnn.errors.ConfigError` naming the key path (and a fix where one
 helps); nothing here compiles, allocates the parameters, or writes a file. Called by
 ``fnn validate``, ``fnn train`` and model selection after the data is loaded::
 
@@ -30,8 +30,9 @@ from typing import Any, Callable, Mapping
 import jax
 import numpy as np
 
-from fnn.config import ConfigError
 from fnn.core import LayerError
+from fnn.data.checks import data_file_problem
+from fnn.errors import ConfigError
 from fnn.train.contract import LossContractError, check_loss
 
 __all__ = ["check_data_options", "check_loss_options", "check_run", "RunCheck",
@@ -105,10 +106,7 @@ def check_data_options(cfg: Mapping[str, Any]) -> None:
     _check_against(fn, d["options"], "data.options", f"{d['name']} loader", reserved, extra)
     if d["augment"]:
         from fnn.data.augment import make_augment
-        try:
-            make_augment(d["augment"])
-        except ValueError as e:
-            raise ConfigError("data.augment", str(e).removeprefix("augment config: ")) from None
+        make_augment(d["augment"], where="data.augment")
 
 
 def check_loss_options(cfg: Mapping[str, Any]) -> None:
@@ -167,8 +165,11 @@ def _check_pretrained(path: str | None, params: Any) -> None:
         return
     from fnn.train import checkpoint as ckpt
 
-    if not os.path.isfile(path):
+    problem = data_file_problem(path)
+    if problem == "file not found":
         raise ConfigError("training.pretrained", f"file not found: {path}")
+    if problem:
+        raise ConfigError("training.pretrained", f"{path}: {problem}")
     ckpt.read_metadata(path)
     arrays = ckpt.load_tree(path)
     shared = {k: v for k, v in arrays.items() if k.startswith("params/")}
@@ -323,12 +324,7 @@ def check_run(cfg: Mapping[str, Any], exp: Any, data: Mapping[str, Mapping[str, 
         ts = jax.eval_shape(init)
     except LayerError as e:
         raise ConfigError("model", f"{e} (the data has {_data_note(train)})") from None
-    except ValueError as e:  # the optimizer's freeze names, checked against the params
-        text = str(e)
-        if text.startswith("optimizer"):
-            path, _, detail = text.partition(": ")
-            raise ConfigError(path, detail) from None
-        raise
+    # a ConfigError (the optimizer's freeze names, checked against the params) carries its key
     _check_pretrained(cfg["training"]["pretrained"], ts.params)
     _check_layer_names(cfg["optimizer"].get("freeze"), ts.params, "optimizer.freeze")
     _check_layer_names(cfg["regularizers"]["layers"], ts.params, "regularizers.layers")

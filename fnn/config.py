@@ -30,22 +30,12 @@ from typing import Any, Sequence
 
 import yaml
 
+from fnn.checks import check_data_options, check_loss_options
+from fnn.errors import ConfigError
+
 __all__ = ["ConfigError", "load_config", "parse_config", "apply_overrides", "validate",
            "SCHEMA", "dump_config", "parse_yaml", "read_yaml_file",
            "MAX_CONFIG_BYTES", "MAX_YAML_VALUES"]
-
-
-class ConfigError(ValueError):
-    """A bad config; the message starts with the key path of the bad entry."""
-
-    def __init__(self, path: str, detail: str, *, file: str | None = None,
-                 line: int | None = None):
-        self.path = path
-        self.detail = detail
-        self.file = file  # the file (and line) the entry was read from, where known
-        self.line = line
-        place = f"{file}:{line}" if file and line else file
-        super().__init__(": ".join(part for part in (place, path, detail) if part))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -245,7 +235,7 @@ def parse_yaml(text: str, source: str = "<config>") -> Any:
         {'training': {'epochs': 3, 'lr': 0.001}}
         >>> parse_yaml("a: 1\\nb: 2\\na: 3", "config.yaml")
         Traceback (most recent call last):
-        fnn.config.ConfigError: config.yaml:3: duplicate key 'a' (first at line 1)
+        fnn.errors.ConfigError: config.yaml:3: duplicate key 'a' (first at line 1)
     """
     try:
         size = len(text.encode("utf-8"))
@@ -444,11 +434,10 @@ def _check_components(cfg: dict[str, Any]) -> None:
 
     try:
         make_optimizer(cfg["optimizer"])
+    except ConfigError:  # carries its key path (optimizer.name, optimizer.schedule.decay...)
+        raise
     except ValueError as e:
-        msg = str(e)
-        raise ConfigError("" if msg.startswith("optimizer") else "optimizer", msg) from None
-    from fnn.checks import check_data_options, check_loss_options
-
+        raise ConfigError("optimizer", str(e)) from None
     check_loss_options(cfg)
     check_data_options(cfg)
 

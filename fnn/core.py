@@ -47,6 +47,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from fnn.arguments import ArgumentError
+from fnn.errors import ConfigError
+
 Shape = tuple[int, ...]
 Params = Any  # a pytree of nested dicts of arrays
 State = Any
@@ -325,11 +328,12 @@ def layer_type(kind: str, *, sublayers: str | Sequence[str] = ()
         @functools.wraps(constructor)
         def build(*args: Any, name: str | None = None, **kwargs: Any) -> Layer:
             if name is not None and (not isinstance(name, str) or not name or "/" in name):
-                raise ValueError(f"{kind}: name must be a non-empty string without '/', got {name!r}")
+                raise ArgumentError(kind, f"name must be a non-empty string without '/', "
+                                          f"got {name!r}")
             try:
                 bound = sig.bind(*args, **kwargs)
             except TypeError as e:
-                raise TypeError(f"{kind}: {e}") from None
+                raise ArgumentError(kind, str(e)) from None
             arguments = dict(bound.arguments)
             for arg in sublayers:
                 if arg in arguments and sig.parameters[arg].kind is inspect.Parameter.VAR_POSITIONAL:
@@ -695,8 +699,9 @@ def under_layer(name_parts: Sequence[str], layer_keys: Sequence[str]) -> bool:
 
 
 def no_layer_error(where: str, name: str, layer_keys: Sequence[str],
-                   container: str = "params") -> ValueError:
-    """The one-line error for a layer name that matches nothing, with the closest keys.
+                   container: str = "params") -> ConfigError:
+    """The one-line error for a layer name that matches nothing, with the closest keys; a
+    :class:`~fnn.errors.ConfigError` (a ``ValueError``) whose ``path`` is ``where``.
 
     Example:
         >>> print(no_layer_error("freeze", "dense_9", ["dense_0", "dense_1"]))
@@ -707,7 +712,7 @@ def no_layer_error(where: str, name: str, layer_keys: Sequence[str],
     close = difflib.get_close_matches(parts[-1] if parts else "", keys, n=3)
     hint = (f"; did you mean {', '.join(close)}?" if close
             else f"; layer keys: {', '.join(keys) or '(none)'}")
-    return ValueError(f"{where}: no layer {name!r} in {container}{hint}")
+    return ConfigError(where, f"no layer {name!r} in {container}{hint}")
 
 
 def check_shape(shape: Any, *, min_rank: int = 1, what: str = "input") -> Shape:

@@ -288,11 +288,6 @@ def check_shapes(cfg: dict[str, Any], data: dict[str, dict[str, np.ndarray]] | N
         raise ConfigError("loss.name", str(e)) from None
 
 
-def _config_error(e: ValueError) -> ConfigError:
-    path, sep, detail = str(e).partition(": ")
-    return ConfigError(path, detail) if sep and " " not in path else ConfigError("", str(e))
-
-
 def data_parallel(cfg: dict[str, Any]) -> DataParallel:
     """The :class:`~fnn.train.parallel.DataParallel` of a config's ``parallel`` section.
 
@@ -315,10 +310,10 @@ def data_parallel(cfg: dict[str, Any]) -> DataParallel:
                                                          "parallel.mode pmap or mesh")
         dp = DataParallel(p["mode"], p["devices"])
         dp.check_batch_size(cfg["training"]["batch_size"], "training.batch_size")
-    except ConfigError:
+    except ConfigError:  # carries its key path (parallel.devices, training.batch_size...)
         raise
     except ValueError as e:
-        raise _config_error(e) from None
+        raise ConfigError("parallel", str(e)) from None
     return dp
 
 

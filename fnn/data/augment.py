@@ -37,6 +37,8 @@ import jax
 import jax.numpy as jnp
 from jax.scipy.ndimage import map_coordinates
 
+from fnn.errors import ConfigError
+
 __all__ = ["shift", "rotate", "zoom", "random_shift", "random_rotation", "random_zoom",
            "random_flip_lr", "random_affine", "make_augment", "AUGMENT_KEYS"]
 
@@ -64,14 +66,23 @@ def _per_example(value: Any, n: int, where: str, what: str) -> jax.Array:
     return value
 
 
-def _check_number(where: str, what: str, value: Any, low: float, high: float | None = None,
-                  *, integer: bool = False) -> None:
+def _number_problem(what: str, value: Any, low: float, high: float | None = None,
+                    *, integer: bool = False) -> str | None:
+    """Why ``value`` is not a number (an int if ``integer``) in ``[low, high)``; ``None`` if it is."""
     ok_type = isinstance(value, numbers.Integral if integer else numbers.Real)
     if not ok_type or isinstance(value, bool) or not value >= low or (
             high is not None and not value < high):
         kind = "an int" if integer else "a number"
         bound = f">= {low}" + (f" and < {high}" if high is not None else "")
-        raise ValueError(f"{where}: {what} must be {kind} {bound}, got {value!r}")
+        return f"{what} must be {kind} {bound}, got {value!r}"
+    return None
+
+
+def _check_number(where: str, what: str, value: Any, low: float, high: float | None = None,
+                  *, integer: bool = False) -> None:
+    problem = _number_problem(what, value, low, high, integer=integer)
+    if problem:
+        raise ValueError(f"{where}: {problem}")
 
 
 # --------------------------------------------------------------------------- deterministic
@@ -311,7 +322,8 @@ AUGMENT_KEYS = {
 }
 
 
-def make_augment(config: dict[str, Any] | None) -> Callable[[jax.Array, jax.Array], jax.Array]:
+def make_augment(config: dict[str, Any] | None, where: str = "augment config"
+                 ) -> Callable[[jax.Array, jax.Array], jax.Array]:
     """An augmentation function ``augment(rng, images) -> images`` from a config dict.
 
     Keys (all optional; missing or 0/false means off): ``"shift"`` (int pixels),
@@ -319,8 +331,11 @@ def make_augment(config: dict[str, Any] | None) -> Callable[[jax.Array, jax.Arra
     The flip comes first, then rotation, zoom and shift in one resampling. An empty config
     gives the identity.
 
+    ``where`` names the config in errors (``fnn.checks`` passes ``"data.augment"``).
+
     Raises:
-        ValueError: an unknown key (named, with the known ones) or a bad value.
+        ConfigError: (a ``ValueError``) an unknown key (named, with the known ones) or a bad
+            value; its ``path`` is ``where``.
 
     Example:
         >>> x = np.ones((4, 28, 28), np.float32)
@@ -331,27 +346,29 @@ def make_augment(config: dict[str, Any] | None) -> Callable[[jax.Array, jax.Arra
         True
         >>> make_augment({"shfit": 2})
         Traceback (most recent call last):
-        ValueError: augment config: unknown key 'shfit'; known keys are ['flip_lr', 'rotation', 'shift', 'zoom']
+        fnn.errors.ConfigError: augment config: unknown key 'shfit'; known keys are ['flip_lr', 'rotation', 'shift', 'zoom']
     """
     config = dict(config or {})
     for key in config:
         if key not in AUGMENT_KEYS:
-            raise ValueError(f"augment config: unknown key {key!r}; known keys are "
-                             f"{sorted(AUGMENT_KEYS)}")
+            raise ConfigError(where, f"unknown key {key!r}; known keys are "
+                                     f"{sorted(AUGMENT_KEYS)}")
     max_shift = config.get("shift", 0) or 0
     max_degrees = config.get("rotation", 0) or 0
     max_zoom = config.get("zoom", 0) or 0
     flip = config.get("flip_lr", False)
-    _check_number("augment config", "'shift'", max_shift, 0, integer=True)
-    _check_number("augment config", "'rotation'", max_degrees, 0)
-    _check_number("augment config", "'zoom'", max_zoom, 0, 1)
+    for what, value, high in (("'shift'", max_shift, None), ("'rotation'", max_degrees, None),
+                              ("'zoom'", max_zoom, 1)):
+        problem = _number_problem(what, value, 0, high, integer=what == "'shift'")
+        if problem:
+            raise ConfigError(where, problem)
     if isinstance(flip, bool):
         flip_prob = 0.5 if flip else 0.0
     elif isinstance(flip, numbers.Real) and 0 <= flip <= 1:
         flip_prob = float(flip)
     else:
-        raise ValueError(f"augment config: 'flip_lr' must be true, false or a probability in "
-                         f"[0, 1], got {flip!r}")
+        raise ConfigError(where, f"'flip_lr' must be true, false or a probability in [0, 1], "
+                                 f"got {flip!r}")
 
     def augment(rng: jax.Array, images: jax.Array) -> jax.Array:
         images = _images(images, "augment")

@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 
 from fnn import activations as act
-from fnn.arguments import flag, integer, number
+from fnn.arguments import ArgumentError, flag, integer, number
 from fnn.core import Layer, LayerError, check_shape, layer_type, require_rng
 
 __all__ = ["Sigmoid", "Tanh", "Relu", "LeakyRelu", "PRelu", "RRelu", "Elu", "Selu", "Gelu",
@@ -135,7 +135,7 @@ def RRelu(lower: float = 1.0 / 8.0, upper: float = 1.0 / 3.0) -> Layer:
     """
     lower, upper = number("RRelu", "lower", lower), number("RRelu", "upper", upper)
     if not 0.0 <= lower <= upper:
-        raise ValueError(f"RRelu: need 0 <= lower <= upper, got lower={lower}, upper={upper}")
+        raise ArgumentError("RRelu", f"need 0 <= lower <= upper, got lower={lower}, upper={upper}")
 
     def init(rng, input_shape):
         return input_shape, {}, {}
@@ -174,7 +174,7 @@ def Activation(activation: str) -> Layer:
     try:
         fn = act.get(activation)
     except ValueError as e:
-        raise ValueError(f"Activation: {e}") from None
+        raise ArgumentError("Activation", str(e)) from None
     return _elementwise(fn)
 
 

@@ -13,6 +13,7 @@ from typing import Any
 import jax.numpy as jnp
 
 from fnn.core import Layer, LayerError, apply_child, init_child, layer_type, split_rng
+from fnn.arguments import ArgumentError
 from fnn.layers.sequences import is_shape, split_input, split_input_shape
 
 __all__ = ["Bidirectional"]
@@ -51,18 +52,18 @@ def Bidirectional(layer: Layer, *, merge: str = "concat") -> Layer:
         (-1, 20, 16)
     """
     if merge not in ("concat", "sum"):
-        raise ValueError(f"Bidirectional: merge must be 'concat' or 'sum', got {merge!r}")
+        raise ArgumentError("Bidirectional", f"merge must be 'concat' or 'sum', got {merge!r}")
     args = layer.record.args if layer.record else {}
     if args.get("reverse"):
-        raise ValueError("Bidirectional: give the forward layer (reverse=False); "
-                         "the backward copy is made here")
+        raise ArgumentError("Bidirectional", "give the forward layer (reverse=False); "
+                                             "the backward copy is made here")
     if args.get("return_carry"):
-        raise ValueError("Bidirectional: the wrapped layer must not use return_carry")
+        raise ArgumentError("Bidirectional", "the wrapped layer must not use return_carry")
     try:
         backward = layer.replace(reverse=True)
     except TypeError:
-        raise ValueError(f"Bidirectional: needs a recurrent layer with a reverse option (RNN, "
-                         f"SimpleRNN, LSTM, GRU), got {layer.kind}") from None
+        raise ArgumentError("Bidirectional", f"needs a recurrent layer with a reverse option (RNN, "
+                                             f"SimpleRNN, LSTM, GRU), got {layer.kind}") from None
 
     def _inputs(x, mask, carry, what):
         if carry is None:

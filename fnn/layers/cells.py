@@ -28,7 +28,7 @@ from fnn import initializers
 # Imported from the module itself: ``fnn.activations`` is shadowed by ``fnn.layers.activations``
 # once ``fnn`` star-imports ``fnn.layers``.
 from fnn.activations import get as get_activation
-from fnn.arguments import flag, number, positive_int
+from fnn.arguments import ArgumentError, flag, number, positive_int
 from fnn.core import (BuildRecord, LayerError, SpecError, check_shape, non_default_arguments,
                       record_spec)
 
@@ -127,7 +127,7 @@ def _initializers(who: str, w_x_init: Any, w_h_init: Any, b_init: Any) -> tuple[
         try:
             out.append(initializers.get(value))
         except (ValueError, TypeError) as e:
-            raise ValueError(f"{who}: {arg}: {e}") from None
+            raise ArgumentError(who, f"{arg}: {e}") from None
     return tuple(out)
 
 
@@ -201,7 +201,7 @@ def SimpleRNNCell(units: int, activation: str | Callable = "tanh", *,
     try:
         fn = get_activation(activation)
     except ValueError as e:
-        raise ValueError(f"{who}: activation: {e}") from None
+        raise ArgumentError(who, f"activation: {e}") from None
     inits = _initializers(who, w_x_init, w_h_init, b_init)
 
     def init(rng, input_shape):
@@ -369,5 +369,5 @@ def cell_from_spec(spec: Any) -> Cell:
     try:
         inspect.signature(CELL_KINDS[kind]).bind(**args)
     except TypeError as e:
-        raise TypeError(f"{kind}: {e}") from None
+        raise ArgumentError(kind, str(e)) from None
     return CELL_KINDS[kind](**args)

@@ -29,6 +29,7 @@ import jax.numpy as jnp
 
 from fnn import initializers
 from fnn.core import Layer, LayerError, check_shape, layer_type
+from fnn.arguments import ArgumentError
 from fnn.layers import conv_ops
 
 __all__ = ["Conv1D", "Conv2D"]
@@ -57,8 +58,8 @@ def as_tuple(value: int | Sequence[int], n: int, what: str, kind: str) -> tuple[
         value = (value,) * n
     if (not isinstance(value, (tuple, list)) or len(value) != n
             or not all(_is_int(v) and v >= 1 for v in value)):
-        raise ValueError(f"{kind}: {what} must be a positive int or {n} positive ints, "
-                         f"got {value!r}")
+        raise ArgumentError(kind, f"{what} must be a positive int or {n} positive ints, "
+                                  f"got {value!r}")
     return tuple(value)
 
 
@@ -76,8 +77,8 @@ def resolve_padding(padding: Any, n: int, kind: str) -> Padding:
     if isinstance(padding, str):
         if padding.upper() in ("SAME", "VALID"):
             return padding.upper()
-        raise ValueError(f"{kind}: padding must be 'SAME', 'VALID' or explicit ints, "
-                         f"got {padding!r}")
+        raise ArgumentError(kind, f"padding must be 'SAME', 'VALID' or explicit ints, "
+                                  f"got {padding!r}")
 
     def pair(p: Any) -> tuple[int, int] | None:
         if _is_int(p):
@@ -95,8 +96,8 @@ def resolve_padding(padding: Any, n: int, kind: str) -> Padding:
         if n == 1 and len(padding) == 2 and all(_is_int(v) for v in padding):
             pads = [(padding[0], padding[1])]  # Conv1D(padding=(lo, hi))
     if pads is None or any(p is None or min(p) < 0 for p in pads):
-        raise ValueError(f"{kind}: padding must be 'SAME', 'VALID', a non-negative int or "
-                         f"{n} entries of ints / (lo, hi) pairs, got {padding!r}")
+        raise ArgumentError(kind, f"padding must be 'SAME', 'VALID', a non-negative int or "
+                                  f"{n} entries of ints / (lo, hi) pairs, got {padding!r}")
     return tuple(pads)  # type: ignore[arg-type]
 
 
@@ -158,11 +159,11 @@ def spatial_output(spatial: Sequence[int], window: Sequence[int], strides: Seque
 def _conv(ndim: int, kind: str, features: int, kernel_size: Any, strides: Any, padding: Any,
           dilation: Any, groups: int, use_bias: bool, w_init: Any, b_init: Any) -> Layer:
     if not _is_int(features) or features < 1:
-        raise ValueError(f"{kind}: features must be a positive int, got {features!r}")
+        raise ArgumentError(kind, f"features must be a positive int, got {features!r}")
     if not _is_int(groups) or groups < 1:
-        raise ValueError(f"{kind}: groups must be a positive int, got {groups!r}")
+        raise ArgumentError(kind, f"groups must be a positive int, got {groups!r}")
     if features % groups:
-        raise ValueError(f"{kind}: groups={groups} must divide features={features}")
+        raise ArgumentError(kind, f"groups={groups} must divide features={features}")
     window = as_tuple(kernel_size, ndim, "kernel_size", kind)
     stride = as_tuple(strides, ndim, "strides", kind)
     dil = as_tuple(dilation, ndim, "dilation", kind)

@@ -25,6 +25,7 @@ from typing import Sequence
 import jax
 import jax.numpy as jnp
 
+from fnn.arguments import ArgumentError
 from fnn.core import Layer, LayerError, check_shape, layer_type, require_rng
 
 __all__ = ["Dropout"]
@@ -35,7 +36,7 @@ def _check_noise_shape(noise_shape: Sequence[int | None] | None) -> tuple[int, .
     if noise_shape is None:
         return None
     if not isinstance(noise_shape, (tuple, list)) or not noise_shape:
-        raise ValueError(f"Dropout: noise_shape must be a non-empty tuple, got {noise_shape!r}")
+        raise ArgumentError("Dropout", f"noise_shape must be a non-empty tuple, got {noise_shape!r}")
     out = []
     for d in noise_shape:
         if d is None:
@@ -43,8 +44,8 @@ def _check_noise_shape(noise_shape: Sequence[int | None] | None) -> tuple[int, .
         elif isinstance(d, int) and not isinstance(d, bool) and (d == -1 or d >= 1):
             out.append(int(d))
         else:
-            raise ValueError(f"Dropout: noise_shape entries must be -1, None or a positive int "
-                             f"(1 shares the mask along that axis), got {noise_shape!r}")
+            raise ArgumentError("Dropout", f"noise_shape entries must be -1, None or a positive int "
+                                           f"(1 shares the mask along that axis), got {noise_shape!r}")
     return tuple(out)
 
 
@@ -95,7 +96,7 @@ def Dropout(rate: float, *, noise_shape: Sequence[int | None] | None = None) -> 
         [0.0, 2.0]
     """
     if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not 0.0 <= rate < 1.0:
-        raise ValueError(f"Dropout: rate must be a number in [0, 1), got {rate!r}")
+        raise ArgumentError("Dropout", f"rate must be a number in [0, 1), got {rate!r}")
     rate = float(rate)
     noise = _check_noise_shape(noise_shape)
     keep = 1.0 - rate

@@ -30,7 +30,7 @@ import jax
 import jax.numpy as jnp
 
 from fnn import initializers
-from fnn.arguments import flag
+from fnn.arguments import ArgumentError, flag
 from fnn.core import Layer, LayerError, check_shape, layer_type
 
 __all__ = ["BatchNorm", "LayerNorm"]
@@ -54,8 +54,8 @@ def _check_axes(axis: int | Sequence[int]) -> tuple[int, ...]:
     axes = (axis,) if isinstance(axis, int) and not isinstance(axis, bool) else axis
     if (not isinstance(axes, (tuple, list)) or not axes
             or not all(isinstance(a, int) and not isinstance(a, bool) for a in axes)):
-        raise ValueError(f"BatchNorm: axis must be an int or a non-empty tuple of ints, "
-                         f"got {axis!r}")
+        raise ArgumentError("BatchNorm", f"axis must be an int or a non-empty tuple of ints, "
+                                         f"got {axis!r}")
     return tuple(axes)
 
 
@@ -128,9 +128,9 @@ def BatchNorm(axis: int | Sequence[int] = -1, *, momentum: float = 0.99, epsilon
     """
     axes = _check_axes(axis)
     if not _is_number(momentum) or not 0.0 <= momentum <= 1.0:
-        raise ValueError(f"BatchNorm: momentum must be a number in [0, 1], got {momentum!r}")
+        raise ArgumentError("BatchNorm", f"momentum must be a number in [0, 1], got {momentum!r}")
     if not _is_number(epsilon) or not epsilon > 0.0:
-        raise ValueError(f"BatchNorm: epsilon must be a positive number, got {epsilon!r}")
+        raise ArgumentError("BatchNorm", f"epsilon must be a positive number, got {epsilon!r}")
     flag("BatchNorm", "unbiased_running_var", unbiased_running_var)
     scale_initializer = initializers.get(scale_init)
     offset_initializer = initializers.get(offset_init)
@@ -221,7 +221,7 @@ def LayerNorm(*, epsilon: float = 1e-5, use_scale: bool = True, use_offset: bool
         (0.0, 1.0)
     """
     if not _is_number(epsilon) or not epsilon > 0.0:
-        raise ValueError(f"LayerNorm: epsilon must be a positive number, got {epsilon!r}")
+        raise ArgumentError("LayerNorm", f"epsilon must be a positive number, got {epsilon!r}")
 
     def init(rng, input_shape):
         shape = check_shape(input_shape, min_rank=2)

@@ -28,7 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from fnn.arguments import flag
+from fnn.arguments import ArgumentError, flag
 from fnn.core import Layer, LayerError, check_shape, layer_type
 from fnn.layers.conv import as_tuple, axis_pads, resolve_padding, spatial_output
 
@@ -81,8 +81,8 @@ def _pool(ndim: int, kind: str, reduce: str, window: Any, strides: Any, padding:
     stride = win if strides is None else as_tuple(strides, ndim, "strides", kind)
     pad = resolve_padding(padding, ndim, kind)
     if not isinstance(pad, str) and any(max(p) >= k for p, k in zip(pad, win)):
-        raise ValueError(f"{kind}: explicit padding {pad} must be smaller than the window {win} "
-                         "(a window of padding only has nothing to pool)")
+        raise ArgumentError(kind, f"explicit padding {pad} must be smaller than the window {win} "
+                                  "(a window of padding only has nothing to pool)")
     ones = (1,) * ndim
     layout = f"(batch, {_AXES[ndim]}, channels)"
 

@@ -26,7 +26,7 @@ from typing import Any, Callable
 import jax
 import jax.numpy as jnp
 
-from fnn.arguments import positive_int
+from fnn.arguments import ArgumentError, positive_int
 from fnn.core import Layer, LayerError, check_shape, layer_type
 from fnn.layers.cells import Cell, GRUCell, LSTMCell, SimpleRNNCell, cell_from_spec
 from fnn.layers.sequences import (check_mask_shape, dims_fit, is_shape, mask_array, split_input,
@@ -112,7 +112,7 @@ def _recurrent_layer(who: str, cell: Cell, return_sequences: bool, reverse: bool
     for arg, value in (("return_sequences", return_sequences), ("reverse", reverse),
                        ("return_carry", return_carry)):
         if not isinstance(value, bool):
-            raise ValueError(f"{who}: {arg} must be True or False, got {value!r}")
+            raise ArgumentError(who, f"{arg} must be True or False, got {value!r}")
     positive_int(who, "unroll", unroll)
 
     def init(rng, input_shape):
@@ -188,7 +188,7 @@ def RNN(cell: Cell | dict | str, *, return_sequences: bool = True, reverse: bool
     try:
         cell = cell_from_spec(cell)
     except (ValueError, TypeError) as e:
-        raise ValueError(f"RNN: {e}") from None
+        raise ArgumentError("RNN", str(e)) from None
     return _recurrent_layer("RNN", cell, return_sequences, reverse, return_carry, unroll)
 
 

@@ -33,6 +33,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from fnn.arguments import ArgumentError
 from fnn.core import Layer, LayerError, apply_child, default_key, init_child, layer_type
 
 __all__ = ["repeat", "copy_key"]
@@ -49,7 +50,7 @@ def copy_key(layer: Layer, times: int) -> str:
 
 def _check_int(value: Any, what: str, minimum: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"Repeat: {what} must be an int >= {minimum}, got {value!r}")
+        raise ArgumentError("Repeat", f"{what} must be an int >= {minimum}, got {value!r}")
     return value
 
 
@@ -86,11 +87,12 @@ def repeat(layer: Layer, times: int, *, unroll: int = 1, remat: bool = False) ->
           - Repeat: {times: 1000, layer: [{Conv2D: {features: 16, kernel_size: 3}}, Tanh]}
     """
     if not isinstance(layer, Layer):
-        raise TypeError(f"Repeat: layer must be a fnn Layer, got {type(layer).__name__}: {layer!r}")
+        raise ArgumentError("Repeat", f"layer must be a fnn Layer, got "
+                                      f"{type(layer).__name__}: {layer!r}")
     times = _check_int(times, "times", 1)
     unroll = _check_int(unroll, "unroll", 1)
     if not isinstance(remat, bool):
-        raise ValueError(f"Repeat: remat must be true or false, got {remat!r}")
+        raise ArgumentError("Repeat", f"remat must be true or false, got {remat!r}")
     key = copy_key(layer, times)
 
     def init(rng, input_shape):

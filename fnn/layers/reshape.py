@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 from typing import Sequence
 
+from fnn.arguments import ArgumentError
 from fnn.core import Layer, LayerError, check_shape, layer_type
 
 __all__ = ["Flatten", "Reshape"]
@@ -86,8 +87,8 @@ def Reshape(shape: int | Sequence[int]) -> Layer:
             or not all(isinstance(d, int) and not isinstance(d, bool) and (d >= 1 or d == -1)
                        for d in target)
             or list(target).count(-1) > 1):
-        raise ValueError(f"Reshape: shape must be positive ints with at most one -1 "
-                         f"(batch excluded), got {shape!r}")
+        raise ArgumentError("Reshape", f"shape must be positive ints with at most one -1 "
+                                       f"(batch excluded), got {shape!r}")
     target = tuple(target)
 
     def init(rng, input_shape):

@@ -23,6 +23,7 @@ import difflib
 import inspect
 from typing import Any, Callable
 
+from fnn.arguments import ArgumentError
 from fnn.core import (Layer, SpecError, as_layer, build_layer, registered_layers,
                       sublayer_arguments)
 
@@ -137,7 +138,7 @@ def from_spec(spec: Any, path: str = "model", modules: dict[str, str] | None = N
         return build_layer(kind, arguments, name)
     except SpecError:
         raise
+    except ArgumentError as e:  # the place is ``here``, which names the kind already
+        raise SpecError(here, e.detail if e.who == kind else str(e)) from None
     except (TypeError, ValueError) as e:
-        message = str(e)
-        message = message[len(kind) + 2:] if message.startswith(f"{kind}: ") else message
-        raise SpecError(here, message) from None
+        raise SpecError(here, str(e)) from None

@@ -24,6 +24,7 @@ from typing import Any, Mapping
 
 import optax
 
+from fnn.errors import ConfigError
 from fnn.optim.checks import boolean, check_keys, choice, mapping, number
 from fnn.optim.masks import freeze_list, frozen_labels, weights_only
 from fnn.optim.rules import (ADAMW_WEIGHT_DECAY, CONVENTIONS, DECOUPLED_WEIGHT_DECAY,
@@ -54,20 +55,20 @@ def optimizer_names() -> list[str]:
 
 def _rule(name: Any, convention: Any, where: str) -> Rule:
     if not isinstance(name, str):
-        raise ValueError(f"{where}.name: expected an optimizer name, got {name!r} "
-                         f"(known: {', '.join(optimizer_names())})")
+        raise ConfigError(f"{where}.name", f"expected an optimizer name, got {name!r} "
+                                           f"(known: {', '.join(optimizer_names())})")
     rules = RULES.get(name.lower())
     if rules is None:
         close = difflib.get_close_matches(name.lower(), list(RULES), n=3)
         hint = f"; did you mean {', '.join(close)}?" if close else ""
-        raise ValueError(f"{where}.name: unknown optimizer {name!r}{hint} "
-                         f"(known: {', '.join(optimizer_names())})")
+        raise ConfigError(f"{where}.name", f"unknown optimizer {name!r}{hint} "
+                                           f"(known: {', '.join(optimizer_names())})")
     if convention not in CONVENTIONS:
         choice(convention, f"{where}.convention", CONVENTIONS)
     if convention not in rules:
-        raise ValueError(f"{where}.convention: {name.lower()} has no {convention!r} convention "
-                         f"(PyTorch, Keras and optax have no {name.lower()}); known: "
-                         f"{', '.join(rules)}")
+        raise ConfigError(f"{where}.convention",
+                          f"{name.lower()} has no {convention!r} convention (PyTorch, Keras and "
+                          f"optax have no {name.lower()}); known: {', '.join(rules)}")
     return rules[convention]
 
 
@@ -104,7 +105,7 @@ def make_optimizer(config: Mapping[str, Any], *, params: optax.Params | None = N
         needs ``params`` when weight decay is on.
 
     Raises:
-        ValueError: one line naming the key path, for an unknown optimizer or convention, an
+        ConfigError: (a ``ValueError``) one line naming the key path, for an unknown optimizer or convention, an
             unknown key (with the closest valid keys), a missing or ill-typed value, or a
             frozen layer not in params.
 
@@ -120,17 +121,17 @@ def make_optimizer(config: Mapping[str, Any], *, params: optax.Params | None = N
         {'dense_0': {'b': 0.0, 'w': 0.0}, 'dense_1': {'b': 0.1, 'w': 0.1}}
         >>> make_optimizer({"name": "adam", "learning_rat": 0.1})
         Traceback (most recent call last):
-        ValueError: optimizer.learning_rat: unknown key; did you mean learning_rate? ...
+        fnn.errors.ConfigError: optimizer.learning_rat: unknown key; did you mean learning_rate? ...
     """
     config = mapping(config, where)
     if "name" not in config:
-        raise ValueError(f"{where}.name: required (one of {', '.join(optimizer_names())})")
+        raise ConfigError(f"{where}.name", f"required (one of {', '.join(optimizer_names())})")
     convention = config.get("convention", "paper")
     rule = _rule(config["name"], convention, where)
     name = config["name"].lower()
     check_keys(config, (*COMMON_KEYS, *rule.defaults), where)
     if "learning_rate" not in config:
-        raise ValueError(f"{where}.learning_rate: required")
+        raise ConfigError(f"{where}.learning_rate", "required")
     lr = number(config["learning_rate"], f"{where}.learning_rate", low=0.0, low_open=True)
     schedule = make_schedule(lr, config.get("schedule"), where=f"{where}.schedule")
     hyper = {k: _hyper(k, config[k], default, f"{where}.{k}") if k in config else default
@@ -147,8 +148,8 @@ def make_optimizer(config: Mapping[str, Any], *, params: optax.Params | None = N
                           f"{where}.weight_decay", low=0.0)
     mask_kind = config.get("weight_decay_mask", DEFAULT_DECAY_MASK[convention])
     if mask_kind not in ("weights", "all"):
-        raise ValueError(f"{where}.weight_decay_mask: expected 'weights' or 'all', "
-                         f"got {mask_kind!r}")
+        raise ConfigError(f"{where}.weight_decay_mask", f"expected 'weights' or 'all', "
+                                                        f"got {mask_kind!r}")
     decay_mask = weights_only if mask_kind == "weights" else None
     decoupled = convention in DECOUPLED_WEIGHT_DECAY
     freeze = freeze_list(config.get("freeze"), f"{where}.freeze")
@@ -156,8 +157,10 @@ def make_optimizer(config: Mapping[str, Any], *, params: optax.Params | None = N
         frozen_labels(params, freeze, f"{where}.freeze")
     try:  # an impossible combination of keys is reported now, with the config path
         rule.build(lr, **_extra(name, lr, weight_decay, decay_mask), **hyper)
-    except ValueError as e:
-        raise ValueError(f"{where}: {e}") from None
+    except ConfigError:
+        raise
+    except ValueError as e:  # a rule's own check, which does not know the key path
+        raise ConfigError(where, str(e)) from None
 
     def build(learning_rate):
         chain = []

@@ -19,6 +19,7 @@ import jax
 import optax
 
 from fnn.core import key_name, no_layer_error, under_layer
+from fnn.errors import ConfigError
 
 __all__ = ["weights_only", "frozen_labels", "freeze_list"]
 
@@ -70,6 +71,6 @@ def freeze_list(value: Any, where: str) -> tuple[tuple[str, ...], ...]:
         value = [value]
     if not isinstance(value, (list, tuple)) or not all(
             isinstance(v, str) and v and all(v.split("/")) for v in value):
-        raise ValueError(f"{where}: expected a list of layer names such as ['dense_0', "
-                         f"'block/dense_1'], got {value!r}")
+        raise ConfigError(where, f"expected a list of layer names such as ['dense_0', "
+                                 f"'block/dense_1'], got {value!r}")
     return tuple(tuple(v.split("/")) for v in value)

@@ -17,6 +17,7 @@ from typing import Any, Mapping
 import jax.numpy as jnp
 import optax
 
+from fnn.errors import ConfigError
 from fnn.optim.checks import boolean, check_keys, integer, mapping, number
 
 __all__ = ["make_schedule", "schedule_names"]
@@ -53,22 +54,23 @@ def _step(lr: float, c: Mapping[str, Any], where: str) -> optax.Schedule:
     by_boundaries = "boundaries" in c or "scales" in c
     by_size = "step_size" in c or "gamma" in c
     if by_boundaries == by_size:
-        raise ValueError(f"{where}: a step schedule takes either boundaries and scales, or "
-                         f"step_size (and gamma), got keys {sorted(k for k in c if k != 'name')}")
+        keys = sorted(k for k in c if k != "name")
+        raise ConfigError(where, f"a step schedule takes either boundaries and scales, or "
+                                 f"step_size (and gamma), got keys {keys}")
     if by_size:
         if "step_size" not in c:
-            raise ValueError(f"{where}.step_size: required with gamma")
+            raise ConfigError(f"{where}.step_size", "required with gamma")
         step_size = integer(c["step_size"], f"{where}.step_size")
         gamma = number(c.get("gamma", 0.1), f"{where}.gamma", low=0.0)
         return optax.exponential_decay(lr, step_size, gamma, staircase=True)
     boundaries, scales = c.get("boundaries"), c.get("scales")
     if not isinstance(boundaries, (list, tuple)) or not isinstance(scales, (list, tuple)) \
             or len(boundaries) != len(scales) or not boundaries:
-        raise ValueError(f"{where}: boundaries and scales must be lists of the same non-zero "
-                         f"length, got boundaries={boundaries!r}, scales={scales!r}")
+        raise ConfigError(where, f"boundaries and scales must be lists of the same non-zero "
+                                 f"length, got boundaries={boundaries!r}, scales={scales!r}")
     bounds = [integer(b, f"{where}.boundaries[{i}]") for i, b in enumerate(boundaries)]
     if any(a >= b for a, b in zip(bounds, bounds[1:])):
-        raise ValueError(f"{where}.boundaries: must be increasing, got {bounds}")
+        raise ConfigError(f"{where}.boundaries", f"must be increasing, got {bounds}")
     factors = [number(s, f"{where}.scales[{i}]", low=0.0) for i, s in enumerate(scales)]
     return optax.piecewise_constant_schedule(lr, dict(zip(bounds, factors)))
 
@@ -144,13 +146,13 @@ def make_schedule(learning_rate: float, config: Mapping[str, Any] | str | None =
     if name not in _SCHEDULES:
         close = difflib.get_close_matches(str(raw_name), schedule_names(), n=3)
         hint = f"; did you mean {', '.join(close)}?" if close else ""
-        raise ValueError(f"{where}.name: unknown schedule {raw_name!r}{hint} "
-                         f"(known: {', '.join(schedule_names())})")
+        raise ConfigError(f"{where}.name", f"unknown schedule {raw_name!r}{hint} "
+                                           f"(known: {', '.join(schedule_names())})")
     keys, required = _SCHEDULES[name]
     check_keys(config, ("name", "warmup_steps", "init_value", *keys), where)
     for key in required:
         if key not in config:
-            raise ValueError(f"{where}.{key}: required for the {name!r} schedule")
+            raise ConfigError(f"{where}.{key}", f"required for the {name!r} schedule")
     c = config
 
     def steps(key: str, default: int = 1) -> int:
@@ -178,7 +180,7 @@ def make_schedule(learning_rate: float, config: Mapping[str, Any] | str | None =
     warmup = integer(c.get("warmup_steps", 0), f"{where}.warmup_steps", low=0)
     if not warmup:
         if "init_value" in c:
-            raise ValueError(f"{where}.init_value: the warmup start value needs warmup_steps")
+            raise ConfigError(f"{where}.init_value", "the warmup start value needs warmup_steps")
         return _in_default_float(main)
     init_value = number(c.get("init_value", 0.0), f"{where}.init_value", low=0.0)
     return _in_default_float(optax.join_schedules(

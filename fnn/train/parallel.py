@@ -67,6 +67,7 @@ from jax import lax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from fnn.core import Layer, map_layers
+from fnn.errors import ConfigError
 
 __all__ = ["DataParallel", "as_data_parallel", "initialize", "synchronize",
            "wait_for_results", "with_batch_norm_axis", "MODES", "PMAP_AXIS", "MESH_AXIS"]
@@ -125,11 +126,11 @@ def initialize(coordinator_address: str | None = None, num_processes: int | None
         (False, False)
         >>> initialize("10.0.0.1:1234", num_processes=2)
         Traceback (most recent call last):
-        ValueError: parallel.process_id: not set (nor JAX_PROCESS_ID); several processes need
+        fnn.errors.ConfigError: parallel.process_id: not set (nor JAX_PROCESS_ID); several processes need
         coordinator_address, num_processes and process_id
         >>> initialize("10.0.0.1:1234", num_processes=2, process_id=2)
         Traceback (most recent call last):
-        ValueError: parallel.process_id: must be an int in [0, 2), got 2
+        fnn.errors.ConfigError: parallel.process_id: must be an int in [0, 2), got 2
     """
     if jax.distributed.is_initialized():
         return True
@@ -142,8 +143,8 @@ def initialize(coordinator_address: str | None = None, num_processes: int | None
                 try:
                     value = int(value)
                 except ValueError:
-                    raise ValueError(f"parallel.{key}: {var} must be an int, got "
-                                     f"{value!r}") from None
+                    raise ConfigError(f"parallel.{key}", f"{var} must be an int, got "
+                                                         f"{value!r}") from None
             given[key] = value
     if all(v is None for v in given.values()):
         if _cluster_processes() <= 1:
@@ -154,13 +155,14 @@ def initialize(coordinator_address: str | None = None, num_processes: int | None
         return False
     missing = [k for k, v in given.items() if v is None]
     if missing and _cluster_processes() <= 1:
-        raise ValueError(f"parallel.{missing[0]}: not set (nor {_ENV[missing[0]]}); several "
-                         "processes need coordinator_address, num_processes and process_id")
+        raise ConfigError(f"parallel.{missing[0]}",
+                          f"not set (nor {_ENV[missing[0]]}); several processes need "
+                          "coordinator_address, num_processes and process_id")
     n, i = given["num_processes"], given["process_id"]
     if n is not None and (not isinstance(n, int) or n < 1):
-        raise ValueError(f"parallel.num_processes: must be an int >= 1, got {n!r}")
+        raise ConfigError("parallel.num_processes", f"must be an int >= 1, got {n!r}")
     if i is not None and n is not None and not (isinstance(i, int) and 0 <= i < n):
-        raise ValueError(f"parallel.process_id: must be an int in [0, {n}), got {i!r}")
+        raise ConfigError("parallel.process_id", f"must be an int in [0, {n}), got {i!r}")
     _start({k: v for k, v in given.items() if v is not None})
     return True
 
@@ -205,18 +207,19 @@ def _local_devices(devices: int | Sequence[Any] | None, mode: str) -> list[Any]:
         return local if mode != "none" else [local[0]]
     if isinstance(devices, (int, np.integer)) and not isinstance(devices, bool):
         if not 1 <= devices <= len(local):
-            raise ValueError(f"parallel.devices: {devices} devices asked for, this process has "
-                             f"{len(local)} ({local[0].platform}); use 1 to {len(local)}")
+            raise ConfigError("parallel.devices",
+                              f"{devices} devices asked for, this process has {len(local)} "
+                              f"({local[0].platform}); use 1 to {len(local)}")
         if mode == "none" and devices != 1:
-            raise ValueError(f"parallel.devices: {devices} devices need parallel.mode pmap or "
-                             "mesh (mode none runs on one device)")
+            raise ConfigError("parallel.devices", f"{devices} devices need parallel.mode pmap or "
+                                                  "mesh (mode none runs on one device)")
         return local[:int(devices)]
     chosen = list(devices)
     if not chosen or any(d not in local for d in chosen) or len(set(chosen)) != len(chosen):
-        raise ValueError(f"parallel.devices: expected distinct local devices of this process "
-                         f"({local}), got {chosen}")
+        raise ConfigError("parallel.devices", f"expected distinct local devices of this process "
+                                              f"({local}), got {chosen}")
     if mode == "none" and len(chosen) != 1:
-        raise ValueError("parallel.devices: several devices need parallel.mode pmap or mesh")
+        raise ConfigError("parallel.devices", "several devices need parallel.mode pmap or mesh")
     return chosen
 
 
@@ -252,25 +255,25 @@ class DataParallel:
         ('data',)
         >>> DataParallel("data")
         Traceback (most recent call last):
-        ValueError: parallel.mode: must be one of none, pmap, mesh, got 'data'
+        fnn.errors.ConfigError: parallel.mode: must be one of none, pmap, mesh, got 'data'
     """
 
     def __init__(self, mode: str | None = "none", devices: int | Sequence[Any] | None = None):
         mode = "none" if mode is None else mode
         if mode not in MODES:
-            raise ValueError(f"parallel.mode: must be one of {', '.join(MODES)}, got {mode!r}")
+            raise ConfigError("parallel.mode", f"must be one of {', '.join(MODES)}, got {mode!r}")
         self.mode = mode
         self.process_index = jax.process_index()
         self.process_count = jax.process_count()
         if mode == "none" and self.process_count > 1:
-            raise ValueError(f"parallel.mode: {self.process_count} processes are running; "
-                             "choose pmap or mesh (mode none trains on one device)")
+            raise ConfigError("parallel.mode", f"{self.process_count} processes are running; choose "
+                                               "pmap or mesh (mode none trains on one device)")
         self.local_devices = tuple(_local_devices(devices, mode))
         per_process = len(self.local_devices)
         if self.process_count > 1:
             if not (devices is None or isinstance(devices, (int, np.integer))):
-                raise ValueError("parallel.devices: with several processes give a count of "
-                                 "devices per process, not a list")
+                raise ConfigError("parallel.devices", "with several processes give a count of "
+                                                      "devices per process, not a list")
             self.devices = tuple(d for p in range(self.process_count)
                                  for d in jax.local_devices(process_index=p)[:per_process])
         else:
@@ -312,8 +315,8 @@ class DataParallel:
             hint = f"{lower} or {upper}" if lower else f"{upper}"
             where = (f"{n} devices ({self.process_count} processes x {n // self.process_count})"
                      if self.process_count > 1 else f"{n} devices")
-            raise ValueError(f"{key}: {batch_size} does not split evenly over {where} in "
-                             f"{self.mode} mode; use a multiple of {n}, e.g. {hint}")
+            raise ConfigError(key, f"{batch_size} does not split evenly over {where} in "
+                                   f"{self.mode} mode; use a multiple of {n}, e.g. {hint}")
         return batch_size // self.process_count
 
     def round_batch_size(self, batch_size: int) -> int:
