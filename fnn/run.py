@@ -461,8 +461,9 @@ def evaluate_run(run_dir: str | os.PathLike, *, checkpoint: str = "best", data=N
         raise FileNotFoundError(f"{run_dir} is not a run folder (no config.yaml)")
     try:
         cfg = load_config(cfg_path)
-    except ConfigError as e:
-        raise ConfigError(f"{cfg_path}: {e.path}" if e.path else str(cfg_path), e.detail) from None
+    except ConfigError as e:  # the run's own config: name its file
+        raise ConfigError(e.path, e.detail, file=e.file or str(cfg_path), line=e.line) from None
+    rundir.check_checkpoint_files(run_dir)
     exp = experiment or build(cfg)
     data = data or load_data(cfg)
     if "test" not in data:

@@ -58,7 +58,8 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 __all__ = ["RunFolderError", "RunFolderPlan", "check_run_folder", "open_run_folder",
-           "config_changes", "FREE_TO_CHANGE", "RUN_FILES", "stale_temporary_files"]
+           "config_changes", "FREE_TO_CHANGE", "RUN_FILES", "stale_temporary_files",
+           "check_checkpoint_files"]
 
 RUN_FILES = ("config.yaml", "summary.txt", "metrics.jsonl", "test.json", "curves.png")
 CHECKPOINTS = "checkpoints"
@@ -200,6 +201,7 @@ def check_run_folder(run_dir: str | os.PathLike, cfg: Mapping[str, Any], *,
         raise RunFolderError(f"{run_dir}: --resume continues the run in the folder, "
                              "--overwrite replaces it; give one of them")
     _check_writable(run_dir, 3 * checkpoint_bytes)  # latest, best, one being written
+    check_checkpoint_files(run_dir)
     held = _holds_run(run_dir) if run_dir.is_dir() else []
     latest = run_dir / CHECKPOINTS / "latest.safetensors"
     plan = RunFolderPlan(run_dir, resume and latest.is_file(), overwrite and bool(held))
@@ -224,6 +226,27 @@ def check_run_folder(run_dir: str | os.PathLike, cfg: Mapping[str, Any], *,
     if plan.resume:
         _check_checkpoint(plan, latest, changes, train_state)
     return plan
+
+
+CHECKPOINT_FILES = ("latest.safetensors", "best.safetensors")
+
+
+def check_checkpoint_files(run_dir: str | os.PathLike) -> None:
+    """Refuse a run folder whose ``checkpoints/latest.safetensors`` or ``best.safetensors`` is
+    there but is not a regular file (a directory, a FIFO, a dangling link): nothing fnn wrote,
+    and nothing it can read, replace or remove. Reads and writes nothing.
+
+    Raises:
+        RunFolderError: naming the file and what to do.
+    """
+    from fnn.data.checks import file_kind
+
+    for name in CHECKPOINT_FILES:
+        path = Path(run_dir) / CHECKPOINTS / name
+        kind = file_kind(path)
+        if kind not in ("a regular file", "nothing"):
+            raise RunFolderError(f"{path}: {kind}, not a checkpoint file; move it away (fnn "
+                                 "keeps the run's checkpoints under this name)")
 
 
 def _check_checkpoint(plan: RunFolderPlan, latest: Path, changes: list, train_state: Any) -> None:

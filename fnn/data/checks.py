@@ -31,6 +31,7 @@ import numpy as np
 from fnn.arguments import positive_int
 
 __all__ = ["DataError", "check_finite", "check_labels", "check_data_file", "data_file_problem",
+           "file_kind",
            "MAX_DATA_FILE_BYTES", "MAX_TEXT_DATA_BYTES"]
 
 _CHUNK_BYTES = 64 * 2**20
@@ -54,13 +55,30 @@ _FILE_TYPES = ((stat.S_ISDIR, "a directory"), (stat.S_ISCHR, "a character device
                (stat.S_ISSOCK, "a socket"))
 
 
+def file_kind(path: str | os.PathLike) -> str:
+    """What is at ``path``, links followed: ``"a regular file"``, ``"a directory"``, ``"a
+    character device"``, ``"a FIFO (named pipe)"``..., ``"a link to nothing"`` or ``"nothing"``.
+
+    Example:
+        >>> file_kind("/dev/null"), file_kind("/"), file_kind("/no/such/file")
+        ('a character device', 'a directory', 'nothing')
+    """
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return "a link to nothing" if os.path.islink(path) else "nothing"
+    if stat.S_ISREG(mode):
+        return "a regular file"
+    return next((name for test, name in _FILE_TYPES if test(mode)), "a special file")
+
+
 def data_file_problem(path: str | os.PathLike, limit: int = MAX_DATA_FILE_BYTES) -> str | None:
     """Why ``path`` cannot be read as a data file, or ``None``: it must exist and be a regular
     file (links followed) of at most ``limit`` bytes. Nothing is read or opened.
 
     Example:
         >>> data_file_problem("/dev/zero")
-        'not a regular file but a character device; give the path of a data file'
+        'not a regular file but a character device'
         >>> data_file_problem("/no/such/file.npz")
         'file not found'
     """
@@ -71,8 +89,7 @@ def data_file_problem(path: str | os.PathLike, limit: int = MAX_DATA_FILE_BYTES)
     except OSError as e:
         return f"cannot be read ({e.strerror})"
     if not stat.S_ISREG(info.st_mode):
-        kind = next((name for test, name in _FILE_TYPES if test(info.st_mode)), "a special file")
-        return f"not a regular file but {kind}; give the path of a data file"
+        return f"not a regular file but {file_kind(path)}"
     if info.st_size > limit:
         return (f"{info.st_size:,} bytes, more than the {limit:,} bytes fnn reads from a file "
                 f"of this kind; is it the right file?")

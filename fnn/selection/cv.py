@@ -16,7 +16,8 @@ from fnn.selection.errors import SelectionError
 from fnn.selection.ranking import check_metric, default_metric, kept_record, val_metrics
 from fnn.selection.report import format_cv_table, write_cv
 from fnn.selection.results import CVResult, FoldResult
-from fnn.selection.training import Log, fresh_dir, prefixed_log, train_model
+from fnn.selection.training import (Log, check_fresh_dir, check_trial, fresh_dir, prefixed_log,
+                                    train_model)
 
 __all__ = ["cross_validate"]
 
@@ -68,7 +69,7 @@ def cross_validate(cfg: dict[str, Any], folds: int = 5, *, out: str | os.PathLik
     check_metric(metric)
     if isinstance(folds, bool) or not isinstance(folds, (int, np.integer)) or folds < 2:
         raise SelectionError(f"--folds: must be an int >= 2, got {folds!r}")
-    out_dir = fresh_dir(out or cfg["output"]["dir"] or Path("runs") / f"{cfg['name']}-cv")
+    out_dir = check_fresh_dir(out or cfg["output"]["dir"] or Path("runs") / f"{cfg['name']}-cv")
     base = copy.deepcopy(cfg)
     base["data"]["validation"] = 0
     base["data"]["standardize"] = False  # fitted per fold below, on the fold's training part
@@ -81,6 +82,10 @@ def cross_validate(cfg: dict[str, Any], folds: int = 5, *, out: str | os.PathLik
     strata = _stratify_labels(y) if cfg["data"]["stratify"] else None
     assignment = kfold(n, int(folds), seed=cfg["seed"] if seed is None else seed,
                        stratify_labels=strata)
+    train_idx, val_idx = assignment[0]  # every fold's run has the same shapes: check one
+    check_trial(cfg, {"train": {"x": x[train_idx], "y": y[train_idx]},
+                      "val": {"x": x[val_idx], "y": y[val_idx]}}, metric)
+    out_dir = fresh_dir(out_dir)  # only now, with every check passed
     if log:
         log(f"cross-validation: {folds} folds of {n} examples -> {out_dir}")
     results: list[FoldResult] = []
@@ -99,7 +104,7 @@ def cross_validate(cfg: dict[str, Any], folds: int = 5, *, out: str | os.PathLik
         results.append(FoldResult(i, train_idx, val_idx, int(record["epoch"]),
                                   val_metrics(record), out_dir / f"fold_{i}"))
         metric = metric or default_metric(record)
-        if metric not in record:  # found out after the first fold, not the last
+        if metric not in record:  # check_trial refused this before any folder; a guard
             raise SelectionError(f"--metric: {metric!r} is not logged; choose one of "
                                  f"{sorted(val_metrics(record))}")
     names = [k for k in results[0].metrics if all(k in f.metrics for f in results)]

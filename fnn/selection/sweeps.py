@@ -18,7 +18,8 @@ from fnn.selection.report import (format_sweep_table, format_value, plot_sweep, 
                                   write_sweep_json)
 from fnn.selection.results import SweepResult, Trial
 from fnn.selection.spaces import check_key
-from fnn.selection.training import Log, fresh_dir, prefixed_log, train_model
+from fnn.selection.training import (Log, check_fresh_dir, check_trial, fresh_dir, prefixed_log,
+                                    train_model)
 from fnn.train import loop
 
 __all__ = ["sweep"]
@@ -47,6 +48,20 @@ def _trial_configs(cfg: dict[str, Any], settings: Sequence[Mapping[str, Any]]
 def _data_key(cfg: dict[str, Any]) -> str:
     return json.dumps({"data": cfg["data"], "seed": cfg["seed"], "loss": cfg["loss"]["name"]},
                       sort_keys=True, default=str)
+
+
+def _trial_data(cfg: dict[str, Any], cache: dict[str, Any], has_test: bool
+                ) -> tuple[dict[str, dict[str, np.ndarray]], bool]:
+    """A trial's train and validation data, from ``cache`` (the last data set loaded, replaced
+    when ``cfg`` needs another), and whether any data set loaded so far has a test split."""
+    key = _data_key(cfg)
+    if key not in cache:
+        loaded = fnn_run.load_data(cfg)
+        has_test = has_test or "test" in loaded
+        # keep train and validation only: the test set stays out of every trial
+        cache.clear()
+        cache[key] = {k: loaded[k] for k in ("train", "val") if k in loaded}
+    return cache[key], has_test
 
 
 def sweep(cfg: dict[str, Any], settings: Sequence[Mapping[str, Any]], *,
@@ -101,22 +116,23 @@ def sweep(cfg: dict[str, Any], settings: Sequence[Mapping[str, Any]], *,
         raise ConfigError("data.validation", "a sweep chooses by validation metrics; set it to a "
                                              "fraction or count > 0")
     configs = _trial_configs(cfg, settings)
-    out_dir = fresh_dir(out or cfg["output"]["dir"] or Path("runs") / f"{cfg['name']}-sweep")
+    out_dir = check_fresh_dir(out or cfg["output"]["dir"] or Path("runs") / f"{cfg['name']}-sweep")
+    cache: dict[str, dict[str, dict[str, np.ndarray]]] = {}  # the last data set loaded
+    has_test = False
+    for i, (setting, trial_cfg) in enumerate(zip(settings, configs)):  # all checks first
+        data, has_test = _trial_data(trial_cfg, cache, has_test)
+        try:
+            check_trial(trial_cfg, data, metric)
+        except ConfigError as e:
+            raise ConfigError(e.path, f"{e.detail} (in sweep trial {i}: {dict(setting)})") from None
+    out_dir = fresh_dir(out_dir)  # only now, with every trial checked
     width = max(2, len(str(len(configs) - 1)))
     keys = list(dict.fromkeys(k for s in settings for k in s))
     trials = [Trial(i, dict(s), out_dir / f"trial_{i:0{width}d}") for i, s in enumerate(settings)]
     if log:
         log(f"sweep: {len(trials)} trials -> {out_dir}")
-    cache: dict[str, dict[str, dict[str, np.ndarray]]] = {}  # the last data set loaded
-    has_test = False
     for trial, trial_cfg in zip(trials, configs):
-        key = _data_key(trial_cfg)
-        if key not in cache:
-            loaded = fnn_run.load_data(trial_cfg)
-            has_test = has_test or "test" in loaded
-            # keep train and validation only: the test set stays out of every trial
-            cache = {key: {k: loaded[k] for k in ("train", "val") if k in loaded}}
-        data = cache[key]
+        data, has_test = _trial_data(trial_cfg, cache, has_test)
         if log:
             shown = ", ".join(f"{k}={format_value(v)}" for k, v in trial.setting.items())
             log(f"trial {trial.index + 1}/{len(trials)}: {shown or '(base config)'}")

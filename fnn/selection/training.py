@@ -10,11 +10,25 @@ from typing import Any, Callable
 import numpy as np
 
 from fnn import run as fnn_run
+from fnn.checks import check_run, monitored_keys
+from fnn.selection.errors import SelectionError
 from fnn.train import loop
 
-__all__ = ["Log", "fresh_dir", "prefixed_log", "train_model"]
+__all__ = ["Log", "check_fresh_dir", "fresh_dir", "prefixed_log", "train_model", "check_trial",
+           "logged_val_metrics"]
 
 Log = Callable[[str], None] | None
+
+
+def check_fresh_dir(path: str | os.PathLike) -> Path:
+    """``path`` as a ``Path`` if it can become a new output folder (absent, or an empty folder);
+    a ``FileExistsError`` otherwise. Writes nothing: call it before any other check, and
+    :func:`fresh_dir` once every check has passed."""
+    path = Path(path)
+    if path.exists() and (not path.is_dir() or any(path.iterdir())):
+        raise FileExistsError(f"{path} already exists and is not empty; pass --out with a new "
+                              "folder")
+    return path
 
 
 def fresh_dir(path: str | os.PathLike) -> Path:
@@ -28,10 +42,7 @@ def fresh_dir(path: str | os.PathLike) -> Path:
         Traceback (most recent call last):
         FileExistsError: .../sweep already exists and is not empty; pass --out with a new folder
     """
-    path = Path(path)
-    if path.exists() and (not path.is_dir() or any(path.iterdir())):
-        raise FileExistsError(f"{path} already exists and is not empty; pass --out with a new "
-                              "folder")
+    path = check_fresh_dir(path)
     path.mkdir(parents=True, exist_ok=True)
     return path
 
@@ -58,3 +69,36 @@ def train_model(cfg: dict[str, Any], train: dict[str, np.ndarray],
     :func:`fnn.selection.sweep` show it at work).
     """
     return fnn_run.train_model(cfg, train, val, run_dir, log=log)
+
+
+def logged_val_metrics(cfg: dict[str, Any]) -> list[str]:
+    """The validation keys (``val_loss``, ``val_accuracy``...) a run of ``cfg`` logs each epoch:
+    what ``--metric`` may name. Builds the experiment; compiles nothing.
+
+    Example:
+        >>> import pathlib
+        >>> xor = pathlib.Path(fnn.__file__).parents[1] / "configs" / "xor.yaml"
+        >>> logged_val_metrics(fnn.config.load_config(xor))
+        ['val_loss', 'val_accuracy']
+    """
+    exp = fnn_run.build(cfg)
+    keys = monitored_keys(exp.metrics, exp.regularizer is not None, validation=True)
+    return [k for k in keys if k.startswith("val_")]
+
+
+def check_trial(cfg: dict[str, Any], data: dict[str, dict[str, np.ndarray]],
+                metric: str | None) -> None:
+    """Every check a training run of ``cfg`` on ``data`` (``{"train": ..., "val": ...}``) makes
+    before it compiles or writes (:func:`fnn.checks.check_run`), and that ``metric`` (a
+    ``val_*`` key, or ``None`` for the default) is logged by it; model selection calls it for
+    each run before it creates its output folder.
+
+    Raises:
+        ConfigError: naming the key (from ``check_run``).
+        SelectionError: ``--metric`` names a key the run does not log.
+    """
+    check_run(cfg, fnn_run.build(cfg), data)
+    logged = logged_val_metrics(cfg)
+    if metric is not None and metric not in logged:
+        raise SelectionError(f"--metric: {metric!r} is not logged; choose one of "
+                             f"{sorted(logged)}")
