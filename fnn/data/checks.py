@@ -31,8 +31,7 @@ import numpy as np
 from fnn.arguments import positive_int
 
 __all__ = ["DataError", "check_finite", "check_labels", "check_data_file", "data_file_problem",
-           "file_kind",
-           "MAX_DATA_FILE_BYTES", "MAX_TEXT_DATA_BYTES"]
+           "file_kind", "MAX_DATA_FILE_BYTES", "MAX_TEXT_DATA_BYTES"]
 
 _CHUNK_BYTES = 64 * 2**20
 
