@@ -179,7 +179,7 @@ def _document_node(text: str, source: str) -> yaml.Node | None:
         loader.dispose()
 
 
-def _check_node_graph(node: yaml.Node, source: str, lines: bool = True) -> None:
+def _check_node_graph(node: yaml.Node, source: str, lines: bool = True, root: str = "") -> None:
     """Refuse duplicate mapping keys (at any depth) and documents whose aliases expand to more
     than :data:`MAX_YAML_VALUES` values (or into themselves), naming ``source`` and the line."""
     sizes: dict[int, int] = {}
@@ -221,11 +221,12 @@ def _check_node_graph(node: yaml.Node, source: str, lines: bool = True) -> None:
         sizes[id(n)] = total
         return total
 
-    size(node, "")
+    size(node, root)
 
 
-def parse_yaml(text: str, source: str = "<config>") -> Any:
-    """Parse YAML text with numbers like ``1e-3`` read as floats.
+def parse_yaml(text: str, source: str = "<config>", root: str = "") -> Any:
+    """Parse YAML text with numbers like ``1e-3`` read as floats; ``root`` is the key path of
+    the text's value in the config (an override's key), for messages.
 
     Refused, naming ``source`` (and the line): text over :data:`MAX_CONFIG_BYTES`, invalid
     YAML, a key given twice in one mapping, and aliases expanding past :data:`MAX_YAML_VALUES`.
@@ -248,7 +249,7 @@ def parse_yaml(text: str, source: str = "<config>") -> Any:
         node = _document_node(text, source)
         if node is None:
             return None
-        _check_node_graph(node, source, lines="\n" in text.strip())
+        _check_node_graph(node, source, lines="\n" in text.strip(), root=root)
         loader = _Loader("")
         try:
             return loader.construct_document(node)
@@ -284,15 +285,14 @@ def read_yaml_file(path: str | os.PathLike) -> Any:
                               f"right file?", file=str(path))
     with open(path, "rb") as f:
         data = f.read(MAX_CONFIG_BYTES + 1)
+    bad = data.find(b"\0")  # valid UTF-8, but no text holds it
     try:
-        if b"\0" in data:
-            raise UnicodeDecodeError("utf-8", data, data.index(b"\0"), data.index(b"\0") + 1,
-                                     "NUL byte")
         text = data.decode("utf-8")
     except UnicodeDecodeError as e:
-        line = data[:e.start].count(b"\n") + 1
-        raise ConfigError("", f"not a text file (byte {e.start} is not UTF-8 "
-                              f"text); a config is a YAML file", file=str(path), line=line) from None
+        bad = e.start if bad < 0 else min(bad, e.start)
+    if bad >= 0:
+        raise ConfigError("", f"not a text file (byte {bad} is not UTF-8 text); a config is a "
+                              "YAML file", file=str(path), line=data[:bad].count(b"\n") + 1)
     return parse_yaml(text, str(path))
 
 
@@ -481,7 +481,8 @@ def apply_overrides(raw: dict[str, Any], overrides: Sequence[str]) -> dict[str, 
         if "=" not in item:
             raise ConfigError(item, "an override is KEY.PATH=VALUE, e.g. training.epochs=5")
         key, text = item.split("=", 1)
-        _set_path(cfg, key.strip(), parse_yaml(text, f"override {key}") if text else None)
+        key = key.strip()
+        _set_path(cfg, key, parse_yaml(text, f"override {key}", key) if text else None)
     return cfg
 
 
