@@ -10,11 +10,10 @@ import ast
 import pickle
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 import fnn
-from fnn import cli
+from cli_lines import error_line
 from fnn.arguments import ArgumentError
 from fnn.config import ConfigError, load_config, parse_config
 from fnn.layers.spec import SpecError, from_spec
@@ -23,16 +22,6 @@ from fnn.optim import make_optimizer
 ROOT = Path(__file__).resolve().parent.parent
 XOR = str(ROOT / "configs" / "xor.yaml")
 CSV_CONFIG = str(ROOT / "configs" / "csv_example.yaml")
-
-
-def _error_line(capsys, argv: list[str]) -> str:
-    code = cli.main(argv)
-    err = capsys.readouterr().err
-    assert code == 2, err
-    assert "Traceback" not in err, err
-    lines = err.strip().splitlines()
-    assert len(lines) == 1, err
-    return lines[0]
 
 
 # --------------------------------------------------------------------------- the error types
@@ -97,7 +86,7 @@ def test_optimizer_errors_in_a_config_keep_their_key_path():
 
 
 def test_freeze_of_a_missing_layer_is_named_at_its_key(capsys):
-    line = _error_line(capsys, ["validate", XOR, "optimizer.freeze=[dense_9]"])
+    line = error_line(capsys, ["validate", XOR, "optimizer.freeze=[dense_9]"])
     assert line.startswith("fnn validate: error: optimizer.freeze: no layer 'dense_9' in params; "
                            "did you mean"), line
 
@@ -170,7 +159,7 @@ def test_augment_errors_carry_the_config_key(capsys, tmp_path):
         make_augment({"shift": -1}, where="data.augment")
     assert (err.value.path, err.value.detail) == ("data.augment",
                                                   "'shift' must be an int >= 0, got -1")
-    line = _error_line(capsys, ["validate", CSV_CONFIG, "data.augment={zoom: 1.5}"])
+    line = error_line(capsys, ["validate", CSV_CONFIG, "data.augment={zoom: 1.5}"])
     assert line == "fnn validate: error: data.augment: 'zoom' must be a number >= 0 and < 1, got 1.5"
 
 
@@ -185,7 +174,7 @@ def test_parallel_errors_carry_the_config_key():
 
 
 def test_parallel_errors_from_a_config(capsys):
-    line = _error_line(capsys, ["train", XOR, "parallel.devices=99", "--out", "/nonexistent/x"])
+    line = error_line(capsys, ["train", XOR, "parallel.devices=99", "--out", "/nonexistent/x"])
     assert line.startswith("fnn train: error: parallel.devices: 99 devices asked for"), line
 
 
@@ -216,14 +205,14 @@ def test_the_error_module_imports_nothing_of_fnn():
 
 def test_cv_with_more_folds_than_examples_creates_no_folder(capsys, tmp_path):
     out = tmp_path / "cv"
-    line = _error_line(capsys, ["cv", XOR, "--folds", "10000", "--out", str(out)])
+    line = error_line(capsys, ["cv", XOR, "--folds", "10000", "--out", str(out)])
     assert line == "fnn cv: error: --folds: 10000 folds need at least 10000 examples, the data has 4"
     assert not out.exists()
 
 
 def test_cv_with_a_metric_that_is_not_logged_creates_no_folder(capsys, tmp_path):
     out = tmp_path / "cv"
-    line = _error_line(capsys, ["cv", XOR, "--folds", "2", "--metric", "val_acc",
+    line = error_line(capsys, ["cv", XOR, "--folds", "2", "--metric", "val_acc",
                                 "--out", str(out)])
     assert line == ("fnn cv: error: --metric: 'val_acc' is not logged; choose one of "
                     "['val_accuracy', 'val_loss']")
@@ -234,7 +223,7 @@ def test_cv_into_a_folder_that_is_not_empty_is_refused_first(capsys, tmp_path):
     out = tmp_path / "cv"
     out.mkdir()
     (out / "notes.txt").write_text("mine")
-    line = _error_line(capsys, ["cv", XOR, "--folds", "10000", "--out", str(out)])
+    line = error_line(capsys, ["cv", XOR, "--folds", "10000", "--out", str(out)])
     assert line == (f"fnn cv: error: {out} already exists and is not empty; pass --out with a "
                     "new folder")
     assert [p.name for p in out.iterdir()] == ["notes.txt"]
@@ -242,7 +231,7 @@ def test_cv_into_a_folder_that_is_not_empty_is_refused_first(capsys, tmp_path):
 
 def test_sweep_with_a_trial_that_cannot_train_creates_no_folder(capsys, tmp_path):
     out = tmp_path / "sweep"
-    line = _error_line(capsys, ["sweep", XOR, "data.validation=1", "--grid",
+    line = error_line(capsys, ["sweep", XOR, "data.validation=1", "--grid",
                                 "loss.name=mse,softmax_cross_entropy", "--out", str(out)])
     assert line.startswith("fnn sweep: error: metrics.accuracy: "), line
     assert line.endswith("(in sweep trial 1: {'loss.name': 'softmax_cross_entropy'})"), line
@@ -251,7 +240,7 @@ def test_sweep_with_a_trial_that_cannot_train_creates_no_folder(capsys, tmp_path
 
 def test_sweep_with_a_metric_that_is_not_logged_creates_no_folder(capsys, tmp_path):
     out = tmp_path / "sweep"
-    line = _error_line(capsys, ["sweep", XOR, "data.validation=1", "--grid",
+    line = error_line(capsys, ["sweep", XOR, "data.validation=1", "--grid",
                                 "optimizer.learning_rate=0.1,0.2", "--metric", "val_f1",
                                 "--out", str(out)])
     assert line == ("fnn sweep: error: --metric: 'val_f1' is not logged; choose one of "
@@ -277,7 +266,7 @@ def _listing(folder: Path) -> list[tuple[str, bool]]:
 def test_latest_checkpoint_that_is_a_directory_is_refused_first(capsys, tmp_path, mode):
     run, target = _run_folder_with(tmp_path, "latest.safetensors", Path.mkdir)
     before = _listing(run)
-    line = _error_line(capsys, ["train", XOR, "--out", str(run), *mode])
+    line = error_line(capsys, ["train", XOR, "--out", str(run), *mode])
     assert line == (f"fnn train: error: {target}: a directory, not a checkpoint file; move it "
                     "away (fnn keeps the run's checkpoints under this name)")
     assert _listing(run) == before
@@ -287,7 +276,7 @@ def test_eval_refuses_a_best_checkpoint_that_is_a_fifo(capsys, tmp_path):
     import os
     run, target = _run_folder_with(tmp_path, "best.safetensors", os.mkfifo)
     before = _listing(run)
-    line = _error_line(capsys, ["eval", str(run)])
+    line = error_line(capsys, ["eval", str(run)])
     assert line == (f"fnn eval: error: {target}: a FIFO (named pipe), not a checkpoint file; "
                     "move it away (fnn keeps the run's checkpoints under this name)")
     assert _listing(run) == before
@@ -297,7 +286,7 @@ def test_eval_names_the_run_config_file(capsys, tmp_path):
     run = tmp_path / "run"
     run.mkdir()
     (run / "config.yaml").write_text(Path(XOR).read_text() + "seed: 3\n")
-    line = _error_line(capsys, ["eval", str(run)])
+    line = error_line(capsys, ["eval", str(run)])
     n = len(Path(XOR).read_text().splitlines()) + 1
     assert line == (f"fnn eval: error: {run / 'config.yaml'}:{n}: duplicate key 'seed' "
                     "(first at line 4)")

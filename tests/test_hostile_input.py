@@ -15,24 +15,14 @@ import numpy as np
 import pytest
 
 import fnn
-from fnn import cli
-from fnn.config import MAX_CONFIG_BYTES, MAX_YAML_VALUES, ConfigError, load_config, parse_yaml
+from cli_lines import error_line
+from fnn.config import (MAX_CONFIG_BYTES, MAX_YAML_VALUES, ConfigError, load_config,
+                        parse_yaml)
 from fnn.data.checks import MAX_DATA_FILE_BYTES, MAX_TEXT_DATA_BYTES, DataError
 
 ROOT = Path(__file__).resolve().parent.parent
 XOR = str(ROOT / "configs" / "xor.yaml")
 CSV_CONFIG = str(ROOT / "configs" / "csv_example.yaml")
-
-
-def _error_line(capsys, argv: list[str]) -> str:
-    """Run ``fnn ARGV`` in this process; it must exit 2 with one line and no traceback."""
-    code = cli.main(argv)
-    err = capsys.readouterr().err
-    assert code == 2, err
-    assert "Traceback" not in err, err
-    lines = err.strip().splitlines()
-    assert len(lines) == 1, err
-    return lines[0]
 
 
 def _config(tmp_path: Path, text: str | bytes, name: str = "run.yaml") -> Path:
@@ -58,13 +48,13 @@ data: {name: xor}
 
 def test_duplicate_top_level_section_names_both_lines(capsys, tmp_path):
     path = _config(tmp_path, GOOD + "optimizer:\n  name: adam\n")   # line 7 repeats line 2
-    line = _error_line(capsys, ["validate", str(path)])
+    line = error_line(capsys, ["validate", str(path)])
     assert line == f"fnn validate: error: {path}:7: duplicate key 'optimizer' (first at line 2)"
 
 
 def test_duplicate_nested_key_names_its_key_path(capsys, tmp_path):
     path = _config(tmp_path, GOOD + "training:\n  epochs: 3\n  batch_size: 4\n  epochs: 5\n")
-    line = _error_line(capsys, ["train", str(path), "--out", str(tmp_path / "run")])
+    line = error_line(capsys, ["train", str(path), "--out", str(tmp_path / "run")])
     assert line == (f"fnn train: error: {path}:10: duplicate key 'training.epochs' "
                     "(first at line 8)")
     assert not (tmp_path / "run").exists()
@@ -88,7 +78,7 @@ def test_yaml_merge_keys_still_override_what_they_merge():
 
 
 def test_duplicate_key_in_a_command_line_override(capsys):
-    line = _error_line(capsys, ["validate", XOR, "training={epochs: 2, epochs: 3}"])
+    line = error_line(capsys, ["validate", XOR, "training={epochs: 2, epochs: 3}"])
     assert line == "fnn validate: error: override training: duplicate key 'training.epochs'"
 
 
@@ -96,7 +86,7 @@ def test_duplicate_key_in_a_command_line_override(capsys):
 
 def test_binary_config_is_one_line_not_a_unicode_traceback(capsys, tmp_path):
     path = _config(tmp_path, b"model: [\xff\xfe\x00\x01]\n")
-    line = _error_line(capsys, ["validate", str(path)])
+    line = error_line(capsys, ["validate", str(path)])
     assert line == (f"fnn validate: error: {path}:1: not a text file (byte 8 is not UTF-8 "
                     "text); a config is a YAML file")
 
@@ -108,10 +98,10 @@ def test_nul_bytes_in_valid_utf8_are_refused_with_their_line(tmp_path):
 
 
 def test_config_that_is_a_directory_or_a_device(capsys, tmp_path):
-    line = _error_line(capsys, ["validate", str(tmp_path)])
+    line = error_line(capsys, ["validate", str(tmp_path)])
     assert line == (f"fnn validate: error: {tmp_path}: not a regular file (a config is a "
                     "YAML file)")
-    line = _error_line(capsys, ["validate", "/dev/zero"])
+    line = error_line(capsys, ["validate", "/dev/zero"])
     assert line == "fnn validate: error: /dev/zero: not a regular file (a config is a YAML file)"
 
 
@@ -121,14 +111,14 @@ def test_config_over_the_size_limit_is_refused_before_it_is_read(capsys, tmp_pat
     path = tmp_path / "huge.yaml"
     with open(path, "wb") as f:
         f.truncate(MAX_CONFIG_BYTES + 1)   # sparse: nothing to read if the limit holds
-    line = _error_line(capsys, ["validate", str(path)])
+    line = error_line(capsys, ["validate", str(path)])
     assert line == (f"fnn validate: error: {path}: {MAX_CONFIG_BYTES + 1:,} bytes, more than a "
                     f"config holds (fnn.config.MAX_CONFIG_BYTES = {MAX_CONFIG_BYTES:,}); is it "
                     "the right file?")
 
 
 def test_override_over_the_size_limit(capsys):
-    line = _error_line(capsys, ["validate", XOR, "name=" + "x" * (MAX_CONFIG_BYTES + 1)])
+    line = error_line(capsys, ["validate", XOR, "name=" + "x" * (MAX_CONFIG_BYTES + 1)])
     assert line == (f"fnn validate: error: override name: {MAX_CONFIG_BYTES + 1:,} bytes of "
                     f"YAML, more than a config holds (fnn.config.MAX_CONFIG_BYTES = "
                     f"{MAX_CONFIG_BYTES:,})")
@@ -142,7 +132,7 @@ BILLION_LAUGHS = "".join(
 def test_alias_bomb_is_refused_naming_the_file_and_line(capsys, tmp_path):
     # 9 lines expanding to 9**9 (387 million) strings: refused while counting, nothing built
     path = _config(tmp_path, BILLION_LAUGHS, "bomb.yaml")
-    line = _error_line(capsys, ["validate", str(path)])
+    line = error_line(capsys, ["validate", str(path)])
     assert line == (f"fnn validate: error: {path}:6: the YAML expands to more than "
                     f"{MAX_YAML_VALUES:,} values (aliases of aliases: an alias bomb?); "
                     "fnn.config.MAX_YAML_VALUES is the limit")
@@ -152,7 +142,7 @@ def test_alias_bomb_in_an_override(capsys):
     bomb = "[" + ", ".join(["&a [1, 1, 1, 1, 1, 1, 1, 1, 1, 1]"]
                            + [f"&{b} [{', '.join(['*' + a] * 10)}]"
                               for a, b in zip("abcde", "bcdef")]) + "]"
-    line = _error_line(capsys, ["validate", XOR, f"data.options={bomb}"])
+    line = error_line(capsys, ["validate", XOR, f"data.options={bomb}"])
     assert line.startswith("fnn validate: error: override data.options: the YAML expands to "
                            f"more than {MAX_YAML_VALUES:,} values")
 
@@ -189,7 +179,7 @@ def _data_args(name: str, path: str) -> list[str]:
 
 
 def test_data_path_to_a_device_is_refused_before_reading(capsys, tmp_path):
-    line = _error_line(capsys, ["train", XOR, *_data_args("arrays", "/dev/zero"),
+    line = error_line(capsys, ["train", XOR, *_data_args("arrays", "/dev/zero"),
                                 "--out", str(tmp_path / "run")])
     assert line == ("fnn train: error: data.path: /dev/zero: not a regular file but a "
                     "character device")
@@ -199,7 +189,7 @@ def test_data_path_to_a_device_is_refused_before_reading(capsys, tmp_path):
 def test_data_path_to_a_fifo_is_refused_without_blocking(capsys, tmp_path):
     fifo = tmp_path / "train.npz"
     os.mkfifo(fifo)   # opening it for reading would wait for a writer forever
-    line = _error_line(capsys, ["validate", XOR, *_data_args("arrays", str(fifo))])
+    line = error_line(capsys, ["validate", XOR, *_data_args("arrays", str(fifo))])
     assert line == (f"fnn validate: error: data.path: {fifo}: not a regular file but a FIFO "
                     "(named pipe)")
 
@@ -207,7 +197,7 @@ def test_data_path_to_a_fifo_is_refused_without_blocking(capsys, tmp_path):
 def test_data_path_to_a_directory(capsys, tmp_path):
     folder = tmp_path / "table.csv"
     folder.mkdir()
-    line = _error_line(capsys, ["validate", CSV_CONFIG, *_data_args("csv", str(folder))])
+    line = error_line(capsys, ["validate", CSV_CONFIG, *_data_args("csv", str(folder))])
     assert line == f"fnn validate: error: data.path: {folder}: not a regular file but a directory"
 
 
@@ -215,7 +205,7 @@ def test_data_file_over_the_size_limit_is_refused_before_reading(capsys, tmp_pat
     path = tmp_path / "big.csv"
     with open(path, "wb") as f:
         f.truncate(MAX_TEXT_DATA_BYTES + 1)   # sparse: reading it would take 2 GiB of zeros
-    line = _error_line(capsys, ["validate", CSV_CONFIG, *_data_args("csv", str(path))])
+    line = error_line(capsys, ["validate", CSV_CONFIG, *_data_args("csv", str(path))])
     assert line == (f"fnn validate: error: data.path: {path}: {MAX_TEXT_DATA_BYTES + 1:,} bytes, "
                     f"more than the {MAX_TEXT_DATA_BYTES:,} bytes fnn reads from a file of this "
                     "kind; is it the right file?")
@@ -242,7 +232,7 @@ def test_array_file_size_limit_is_checked_on_the_file(tmp_path):
 
 
 def test_pretrained_checkpoint_that_is_a_device(capsys):
-    line = _error_line(capsys, ["validate", XOR, "training.pretrained=/dev/zero"])
+    line = error_line(capsys, ["validate", XOR, "training.pretrained=/dev/zero"])
     assert line == ("fnn validate: error: training.pretrained: /dev/zero: not a regular file "
                     "but a character device")
 
