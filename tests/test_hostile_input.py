@@ -152,6 +152,18 @@ def test_aliases_within_the_limit_still_work():
     assert parse_yaml(text)["again"] == [8, 8]
 
 
+def test_nesting_past_the_recursion_limit_is_one_line(capsys, tmp_path):
+    path = _config(tmp_path, "model: " + "[" * 5000 + "]" * 5000 + "\n", "deep.yaml")
+    line = error_line(capsys, ["validate", str(path)])
+    assert line == f"fnn validate: error: {path}: nested too deeply to read"
+
+
+def test_override_that_is_not_utf8(capsys):
+    # bytes that are not UTF-8 reach sys.argv as lone surrogates (surrogateescape)
+    line = error_line(capsys, ["validate", XOR, "name=ab\udcffc"])
+    assert line == "fnn validate: error: override name: not UTF-8 text"
+
+
 def test_recursive_alias_is_refused(tmp_path):
     path = _config(tmp_path, "seed: 0\nmodel: &m [{Dense: 2}, *m]\n")
     with pytest.raises(ConfigError) as err:
