@@ -30,7 +30,7 @@ from typing import Any, Callable, Mapping
 import jax
 import numpy as np
 
-from fnn.core import LayerError
+from fnn.core import LayerError, LayerNameError
 from fnn.data.checks import data_file_problem
 from fnn.errors import ConfigError
 from fnn.train.contract import LossContractError, check_loss
@@ -305,6 +305,7 @@ def check_run(cfg: Mapping[str, Any], exp: Any, data: Mapping[str, Mapping[str, 
     Raises:
         ConfigError: naming the key (``model``, ``loss``, ``optimizer.freeze``...) and the fix.
     """
+    from fnn.finetune import with_frozen_mask
     from fnn.train.state import init_train_state
     from fnn.train.step import train_step_fn
 
@@ -315,8 +316,10 @@ def check_run(cfg: Mapping[str, Any], exp: Any, data: Mapping[str, Mapping[str, 
     input_shape = (-1, *x.shape[1:])
     found: dict[str, Any] = {}
 
+    optimizer = with_frozen_mask(exp.net, exp.optimizer)  # as fit makes it: frozen layers
+                                                           # get no optimizer state
     def init():
-        out_shape, ts = init_train_state(exp.net, exp.optimizer, input_shape, jax.random.key(0))
+        out_shape, ts = init_train_state(exp.net, optimizer, input_shape, jax.random.key(0))
         found["output_shape"] = out_shape
         return ts
 
@@ -324,7 +327,8 @@ def check_run(cfg: Mapping[str, Any], exp: Any, data: Mapping[str, Mapping[str, 
         ts = jax.eval_shape(init)
     except LayerError as e:
         raise ConfigError("model", f"{e} (the data has {_data_note(train)})") from None
-    # a ConfigError (the optimizer's freeze names, checked against the params) carries its key
+    except LayerNameError as e:  # the optimizer's freeze names, checked against the params
+        raise ConfigError(e.where, e.detail) from None
     _check_pretrained(cfg["training"]["pretrained"], ts.params)
     _check_layer_names(cfg["optimizer"].get("freeze"), ts.params, "optimizer.freeze")
     _check_layer_names(cfg["regularizers"]["layers"], ts.params, "regularizers.layers")
@@ -346,7 +350,7 @@ def check_run(cfg: Mapping[str, Any], exp: Any, data: Mapping[str, Mapping[str, 
             raise ConfigError(f"metrics.{name}", f"{e} (network outputs {outputs.shape}, "
                                                  f"targets {by.shape})") from None
     _check_labels(cfg, outputs, data)
-    step = train_step_fn(exp.net, exp.loss, exp.optimizer, regularizer=exp.regularizer,
+    step = train_step_fn(exp.net, exp.loss, optimizer, regularizer=exp.regularizer,
                          constraint=exp.constraint, metrics=exp.metrics, augment=exp.augment)
     try:
         jax.eval_shape(step, ts, {"x": bx, "y": by})

@@ -93,7 +93,7 @@ def test_freeze_of_a_missing_layer_is_named_at_its_key(capsys):
 
 def test_no_layer_error_carries_the_place():
     e = fnn.core.no_layer_error("optimizer.freeze", "dense_9", ["dense_0", "dense_1"])
-    assert isinstance(e, ConfigError) and e.path == "optimizer.freeze"
+    assert isinstance(e, fnn.core.LayerNameError) and e.where == "optimizer.freeze"
     assert e.detail.startswith("no layer 'dense_9' in params")
 
 
