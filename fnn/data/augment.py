@@ -68,7 +68,8 @@ def _per_example(value: Any, n: int, where: str, what: str) -> jax.Array:
 
 def _number_problem(what: str, value: Any, low: float, high: float | None = None,
                     *, integer: bool = False) -> str | None:
-    """Why ``value`` is not a number (an int if ``integer``) in ``[low, high)``; ``None`` if it is."""
+    """Why ``value`` is not a number (an int if ``integer``) in ``[low, high)``; ``None`` if
+    it is."""
     ok_type = isinstance(value, numbers.Integral if integer else numbers.Real)
     if not ok_type or isinstance(value, bool) or not value >= low or (
             high is not None and not value < high):

@@ -36,7 +36,8 @@ def _check_noise_shape(noise_shape: Sequence[int | None] | None) -> tuple[int, .
     if noise_shape is None:
         return None
     if not isinstance(noise_shape, (tuple, list)) or not noise_shape:
-        raise ArgumentError("Dropout", f"noise_shape must be a non-empty tuple, got {noise_shape!r}")
+        raise ArgumentError("Dropout", f"noise_shape must be a non-empty tuple, "
+                                       f"got {noise_shape!r}")
     out = []
     for d in noise_shape:
         if d is None:
@@ -44,8 +45,9 @@ def _check_noise_shape(noise_shape: Sequence[int | None] | None) -> tuple[int, .
         elif isinstance(d, int) and not isinstance(d, bool) and (d == -1 or d >= 1):
             out.append(int(d))
         else:
-            raise ArgumentError("Dropout", f"noise_shape entries must be -1, None or a positive int "
-                                           f"(1 shares the mask along that axis), got {noise_shape!r}")
+            raise ArgumentError("Dropout", f"noise_shape entries must be -1, None or a positive "
+                                           f"int (1 shares the mask along that axis), "
+                                           f"got {noise_shape!r}")
     return tuple(out)
 
 

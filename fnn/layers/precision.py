@@ -49,10 +49,12 @@ def _dtype(value: Any, what: str) -> Any:
     if value is None:
         return None
     if not isinstance(value, str):
-        raise ArgumentError("DtypePolicy", f"{what} must be a dtype name, one of {', '.join(DTYPES)}, "
-                                           f"got {value!r}; give it by name, e.g. {what}='bfloat16'")
+        raise ArgumentError("DtypePolicy", f"{what} must be a dtype name, one of "
+                                           f"{', '.join(DTYPES)}, got {value!r}; give it by "
+                                           f"name, e.g. {what}='bfloat16'")
     if value not in DTYPES:
-        raise ArgumentError("DtypePolicy", f"{what} must be one of {', '.join(DTYPES)}, got {value!r}")
+        raise ArgumentError("DtypePolicy", f"{what} must be one of {', '.join(DTYPES)}, "
+                                           f"got {value!r}")
     return jnp.dtype(value)
 
 
@@ -130,8 +132,9 @@ def DtypePolicy(layer: Layer, *, params: str | None = None, compute: str | None 
         output_dtype = None
     state_dtype = None if param_dtype is None else jnp.promote_types(param_dtype, jnp.float32)
     if _nested_policy(layer):
-        raise ArgumentError("DtypePolicy", "the wrapped network contains another DtypePolicy; wrap "
-                                           "either the whole network or some of its layers, not both")
+        raise ArgumentError("DtypePolicy", "the wrapped network contains another DtypePolicy; "
+                                           "wrap either the whole network or some of its "
+                                           "layers, not both")
 
     def init(rng, input_shape):
         if param_dtype is not None:

@@ -105,9 +105,9 @@ def make_optimizer(config: Mapping[str, Any], *, params: optax.Params | None = N
         needs ``params`` when weight decay is on.
 
     Raises:
-        ConfigError: (a ``ValueError``) one line naming the key path, for an unknown optimizer or convention, an
-            unknown key (with the closest valid keys), a missing or ill-typed value, or a
-            frozen layer not in params.
+        ConfigError: (a ``ValueError``) one line naming the key path, for an unknown optimizer
+            or convention, an unknown key (with the closest valid keys), a missing or
+            ill-typed value, or a frozen layer not in params.
 
     Example:
         >>> opt = make_optimizer({"name": "momentum", "learning_rate": 0.1, "momentum": 0.9,
