@@ -148,6 +148,11 @@ def test_conv_transpose_same_is_the_input_gradient_of_a_same_conv(kernel, stride
         lax_version = jax.lax.conv_transpose(jnp.asarray(x), jnp.asarray(w), (stride, stride),
                                              "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"),
                                              transpose_kernel=False)
+        # transpose_kernel=True takes the forward convolution's kernel: fnn's w, in/out swapped
+        lax_transposed = jax.lax.conv_transpose(
+            jnp.asarray(x), jnp.asarray(np.swapaxes(w, -1, -2)), (stride, stride), "SAME",
+            dimension_numbers=("NHWC", "HWIO", "NHWC"), transpose_kernel=True)
+    np.testing.assert_allclose(np.asarray(y), np.asarray(lax_transposed), **TOL)
     assert y.shape == (2, n * stride, n * stride, cout)
     np.testing.assert_allclose(np.asarray(y), np.asarray(expected), **TOL)
     # lax.conv_transpose(transpose_kernel=False) correlates with w as given: fnn's w flipped
