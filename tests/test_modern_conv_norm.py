@@ -338,3 +338,48 @@ def test_a_network_with_a_bad_group_count_names_the_layer_at_init():
     with pytest.raises(LayerError) as info:
         net.init(jax.random.key(0), (-1, 28, 28, 1))
     assert "group_norm" in str(info.value) and "groups=4 must divide the 6 channels" in str(info.value)
+
+
+def test_conv_transpose_lo_hi_pairs_crop_the_full_output():
+    """``padding=((lo, hi), ...)`` crops the two ends of the full (PyTorch ``padding=0``)
+    output separately; ``output_padding`` gives back elements at the high end."""
+    weight, x = normal(25, (2, 3, 3, 2)), normal(26, (1, 4, 5, 2))
+    full = F.conv_transpose2d(torch.tensor(channels_first(x)), torch.tensor(weight),
+                              stride=(2, 3)).numpy()
+    layer = fnn.ConvTranspose2D(3, (3, 2), strides=(2, 3), padding=((1, 0), (0, 2)),
+                                output_padding=(0, 1), use_bias=False)
+    with jax.enable_x64(True):
+        y, _ = layer.apply({"w": jnp.asarray(from_torch_conv_transpose(weight))}, {},
+                           jnp.asarray(x))
+    np.testing.assert_allclose(np.asarray(y), channels_last(full)[:, 1:, :-1], **TOL)
+
+
+# --------------------------------------------------------------------------- in a config
+
+NEW_KINDS_MODEL = [{"Conv2D": {"features": 8, "kernel_size": 3, "strides": 2}},
+                   {"GroupNorm": 4}, "Relu",
+                   {"ConvTranspose2D": {"features": 4, "kernel_size": 3, "strides": 2,
+                                        "padding": 1, "output_padding": 1}},
+                   "InstanceNorm", {"MaxPool2D": 2}, {"Upsample2D": {"method": "bilinear"}},
+                   {"Reshape": [28, 28, 4, 1]},
+                   {"Conv3D": {"features": 2, "kernel_size": [3, 3, 2]}},
+                   {"AvgPool3D": [2, 2, 1]}, {"MaxPool3D": [1, 1, 2]}, "Flatten", "RMSNorm",
+                   {"Dense": 10}]
+
+
+def test_a_config_with_the_new_kinds_validates_and_a_mistake_is_one_line(tmp_path, capsys):
+    import yaml
+    from fnn import cli
+
+    config = tmp_path / "new.yaml"
+    config.write_text(yaml.safe_dump({"model": NEW_KINDS_MODEL,
+                                      "data": {"name": "mnist", "channels": True}}))
+    assert cli.main(["summary", str(config)]) == 0
+    assert "conv_transpose2d_0" in capsys.readouterr().out
+    assert cli.main(["validate", str(config), "model.1.GroupNorm.groups=3"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("fnn validate: error: ") and "groups=3 must divide the 8 channels" in err
+    assert cli.main(["validate", str(config), "model.8.Conv3D.padding=VALID",
+                     "model.8.Conv3D.kernel_size=[3, 3, 5]"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "does not fit spatial axis 2 of size 4" in err and "conv3d" in err.lower()
