@@ -12,8 +12,14 @@ Examples::
     fnn cv configs/csv_example.yaml --folds 5          # k-fold cross-validation, mean ± std
     fnn sweep configs/mnist_mlp.yaml training.epochs=5 --grid optimizer.learning_rate=1e-4,1e-3
     fnn sweep configs/mnist_mlp.yaml --random 8 --loguniform optimizer.learning_rate=1e-4,1e-2
+    fnn validate my.yaml --import mylayers            # layer kinds registered in mylayers.py
 
 Overrides (KEY.PATH=VALUE) go right after the config file, before any --option.
+
+``--import MODULE`` (repeatable, every command) imports a module of your own before the config
+is read, so that the layer kinds it registers (``@fnn.layer_type``) can be used; the config key
+``imports: [MODULE, ...]`` does the same from the config. The current directory is on the
+module path, as for ``python -m``.
 
 A mistake in the config, the data files, a checkpoint or the run folder ends in one line
 ``fnn <command>: error: <where>: <what>`` with exit status 2, before anything compiles and
@@ -61,6 +67,10 @@ def _parser() -> argparse.ArgumentParser:
     v.add_argument("config")
     v.add_argument("overrides", nargs="*")
     _add_selection_parsers(sub)
+    for command in sub.choices.values():
+        command.add_argument("--import", dest="imports", action="append", default=[],
+                             metavar="MODULE", help="import MODULE first (layer kinds of your "
+                                                    "own); repeat for several")
     return p
 
 
@@ -154,8 +164,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _run(args) -> int:
-    from fnn.config import load_config
+    from fnn.config import import_modules, load_config
 
+    if os.getcwd() not in sys.path and "" not in sys.path:  # as `python -m fnn.cli` has it
+        sys.path.insert(0, os.getcwd())
+    import_modules(args.imports, lambda i: f"--import {args.imports[i]}")
     if args.command == "eval":
         from fnn.run import evaluate_run
         evaluate_run(args.run_dir, checkpoint=args.checkpoint)

@@ -175,3 +175,16 @@ def test_config_freeze_inside_a_repeat_with_adamw_and_l2_and_resume(tmp_path):
     params, _ = fnn.load_weights(run / "checkpoints" / "latest.safetensors")
     chex.assert_trees_all_equal(params["repeat_0"]["dense_0"], first)
     assert fnn.summary(net, (-1, 2)).frozen_params == 2 * (8 * 8 + 8)
+
+
+@pytest.mark.parametrize("command", ["validate", "train"])
+def test_an_unknown_layer_in_training_freeze_is_one_line_before_anything(capsys, tmp_path, command):
+    from fnn.cli import main
+    from tests.test_engine import REPO
+    out = tmp_path / "run"
+    args = [command, str(REPO / "configs" / "xor.yaml"), "training.freeze=[dense_9]"]
+    assert main(args + (["--out", str(out)] if command == "train" else [])) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"fnn {command}: error: training.freeze: no layer 'dense_9' in the network; "
+                   f"did you mean dense_1, dense_0?"]
+    assert not out.exists()
