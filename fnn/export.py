@@ -1,0 +1,238 @@
+"""Export a trained network for serving: StableHLO through ``jax.export``, run without fnn's layers.
+
+:func:`export` traces ``net.apply(params, state, x, train=False)`` (dropout off, batch norm on
+its running statistics) with the weights baked in as constants and a symbolic batch dimension,
+checks the result against :func:`fnn.train.predict` on a batch of 1 and of an odd size, and
+writes it atomically. :func:`load_exported` reads it back and runs it with nothing but JAX: the
+network's Python code, its config and fnn's layers are not needed.
+
+The file (``fnn-export-1``) is: the line ``FNNEXPORT``, an 8-byte little-endian length, a JSON
+header (format, fnn and jax versions, input and output signatures, the batch, the platform, the
+payload's length and sha256), then the payload, ``jax.export.Exported.serialize()`` (which
+needs the ``flatbuffers`` package). Another program reads it with ``jax.export.deserialize``
+on the bytes after the header.
+
+Example:
+    >>> import pathlib, tempfile
+    >>> net = fnn.serial(fnn.Dense(8), fnn.Relu, fnn.Dropout(0.5), fnn.Dense(3))
+    >>> _, params, state = net.init(jax.random.key(0), (-1, 4))
+    >>> path = pathlib.Path(tempfile.mkdtemp()) / "model.stablehlo"
+    >>> _ = fnn.export(net, params, state, (-1, 4), path=path)
+    >>> model = fnn.load_exported(path)
+    >>> model.signature["input"]
+    {'shape': ['batch', 4], 'dtype': 'float32'}
+    >>> model(np.ones((5, 4), np.float32)).shape
+    (5, 3)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import json
+import os
+import struct
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.export
+import jax.numpy as jnp
+import numpy as np
+
+from fnn.core import Layer
+from fnn.files import atomic_write
+
+__all__ = ["export", "load_exported", "ExportedModel", "ExportError", "FORMAT"]
+
+FORMAT = "fnn-export-1"
+_MAGIC = b"FNNEXPORT\n"
+_TOLERANCE = 1e-5  # float32 agreement of the exported function with predict
+_ODD_BATCH = 7
+
+
+class ExportError(ValueError):
+    """An export that cannot be made or verified, or an exported file that cannot be read;
+    the message is one line naming the file, the input or the output that is wrong."""
+
+
+def fnn_version() -> str:
+    """fnn's version: the installed package's metadata, else ``fnn.__version__``."""
+    try:
+        return importlib.metadata.version("fnn")
+    except importlib.metadata.PackageNotFoundError:
+        import fnn
+
+        return fnn.__version__
+
+
+class ExportedModel:
+    """An exported network: call it on a batch (``model(x)``) to get the network's outputs.
+
+    Attributes:
+        exported: the ``jax.export.Exported`` (``.mlir_module()`` is the StableHLO text).
+        signature: the header: ``input`` (``{"shape": ["batch", ...], "dtype": ...}``),
+            ``outputs`` (one such entry per output array), ``fnn_version``, ``jax_version``,
+            ``batch`` (``"dynamic"`` or a number) and ``platforms``.
+    """
+
+    def __init__(self, exported: jax.export.Exported, signature: dict[str, Any]) -> None:
+        self.exported = exported
+        self.signature = signature
+
+    def __call__(self, x: Any) -> Any:
+        """The outputs for inputs ``x`` of shape ``(batch, ...)`` (host numpy arrays)."""
+        out = self.exported.call(jnp.asarray(x, self.signature["input"]["dtype"]))
+        return jax.tree.map(np.asarray, out)
+
+    def serialize(self) -> bytes:
+        """The file's bytes: ``FNNEXPORT``, the header's length and JSON, the payload."""
+        payload = bytes(self.exported.serialize())
+        header = {**self.signature, "payload_bytes": len(payload),
+                  "payload_sha256": hashlib.sha256(payload).hexdigest()}
+        text = json.dumps(header, sort_keys=True).encode()
+        return _MAGIC + struct.pack("<Q", len(text)) + text + payload
+
+    def __repr__(self) -> str:
+        s = self.signature
+        return f"ExportedModel(input={s['input']}, outputs={s['outputs']}, fnn {s['fnn_version']})"
+
+
+def _shape_text(shape: Any) -> list[Any]:
+    return [d if isinstance(d, int) else str(d) for d in shape]
+
+
+def _input_spec(input_shape: Any, batch: Any, dtype: Any) -> tuple[Any, list[Any]]:
+    """The ``ShapeDtypeStruct`` to trace with, and the input shape as written in the header."""
+    if not (isinstance(input_shape, (tuple, list)) and input_shape
+            and all(isinstance(d, int) for d in input_shape)):
+        raise ExportError(f"export: input_shape must be one shape (-1, ...) with the batch first, "
+                          f"got {input_shape!r}")
+    if input_shape[0] != -1 or any(d < 1 for d in input_shape[1:]):
+        raise ExportError(f"export: input_shape must be (-1, ...) with -1 for the batch and known "
+                          f"sizes after it, got {tuple(input_shape)}")
+    if batch == "dynamic":
+        first = jax.export.symbolic_shape("batch")[0]
+    elif isinstance(batch, int) and not isinstance(batch, bool) and batch >= 1:
+        first = batch
+    else:
+        raise ExportError(f"export: batch must be 'dynamic' or a positive int, got {batch!r}")
+    shape = (first, *input_shape[1:])
+    return jax.ShapeDtypeStruct(shape, dtype), _shape_text(shape)
+
+
+def _example(shape: tuple[int, ...], dtype: Any, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    if jnp.issubdtype(dtype, jnp.integer):  # ids (Embedding): small valid ones
+        return rng.integers(0, 2, size=shape).astype(dtype)
+    return rng.normal(size=shape).astype(dtype)
+
+
+def _verify(model: ExportedModel, net: Layer, params: Any, state: Any, sizes: list[int]) -> None:
+    """The exported function equals ``predict`` on batches of ``sizes``, or an ``ExportError``."""
+    from fnn.train.predict import predict
+
+    spec = model.signature["input"]
+    for n in sizes:
+        x = _example((n, *spec["shape"][1:]), np.dtype(spec["dtype"]), seed=n)
+        want = jax.tree.leaves(predict(net, params, state, x, batch_size=n))
+        got = jax.tree.leaves(model(x))
+        for i, (g, w) in enumerate(zip(got, want)):
+            if g.shape != w.shape:
+                raise ExportError(f"export: at batch {n}, output {i} has shape {g.shape} in the "
+                                  f"export and {w.shape} from predict")
+            diff = np.abs(g.astype(np.float64) - w.astype(np.float64))
+            bound = _TOLERANCE * (1.0 + np.abs(w.astype(np.float64)))
+            if not np.all(diff <= bound):  # NaN differences fail too
+                raise ExportError(f"export: at batch {n}, output {i} differs from predict by "
+                                  f"{np.nanmax(diff):.3g} (allowed {_TOLERANCE:g} relative); "
+                                  f"the export was not written")
+
+
+def export(net: Layer, params: Any, state: Any, input_shape: tuple[int, ...],
+           format: str = "stablehlo", *, batch: int | str = "dynamic", dtype: Any = "float32",
+           path: str | os.PathLike | None = None) -> ExportedModel:
+    """Export ``net`` in inference mode with its weights, verified, optionally written to ``path``.
+
+    Args:
+        net, params, state: the trained network (``state``: batch-norm statistics, may be ``{}``).
+        input_shape: ``(-1, ...)``: ``-1`` is the batch, the rest fixed, e.g. ``(-1, 784)``.
+        format: ``"stablehlo"`` (``"onnx"`` needs the ``fnn[onnx]`` extra).
+        batch: ``"dynamic"`` (any batch size, a symbolic dimension) or a fixed size ``N``.
+        dtype: the input's dtype (``"int32"`` for token ids).
+        path: where to write the file (atomically); ``None`` writes nothing.
+
+    Returns:
+        The :class:`ExportedModel`, already checked: it equals ``predict`` to 1e-5 on a batch
+        of 1 and of 7 (``batch="dynamic"``) or on a batch of ``N``.
+
+    Raises:
+        ExportError: a bad argument, or an export that differs from ``predict`` (naming the
+            batch size and the output), before anything is written.
+    """
+    if format == "onnx":
+        raise ExportError("export: format 'onnx' is not available in this fnn: export to "
+                          "'stablehlo' (ONNX conversion needs jax2onnx and onnxruntime, "
+                          "pip install 'fnn[onnx]')")
+    if format != "stablehlo":
+        raise ExportError(f"export: format must be 'stablehlo' or 'onnx', got {format!r}")
+    try:
+        dtype = np.dtype(dtype)
+    except TypeError:
+        raise ExportError(f"export: dtype: not a dtype: {dtype!r}") from None
+    spec, shape_text = _input_spec(input_shape, batch, dtype)
+
+    def serve(x):
+        return net.apply(params, state, x, train=False)[0]
+
+    exported = jax.export.export(jax.jit(serve))(spec)
+    signature = {
+        "format": FORMAT, "fnn_version": fnn_version(), "jax_version": jax.__version__,
+        "batch": batch, "platforms": list(exported.platforms),
+        "input": {"shape": shape_text, "dtype": dtype.name},
+        "outputs": [{"shape": _shape_text(a.shape), "dtype": np.dtype(a.dtype).name}
+                    for a in exported.out_avals],
+    }
+    # Verify what will be written: the serialized bytes, read back.
+    model = _read(ExportedModel(exported, signature).serialize(), "the export")
+    _verify(model, net, params, state, [1, _ODD_BATCH] if batch == "dynamic" else [batch])
+    if path is not None:
+        atomic_write(path, model.serialize())
+    return model
+
+
+def _read(data: bytes, where: Any) -> ExportedModel:
+    if not data.startswith(_MAGIC) or len(data) < len(_MAGIC) + 8:
+        raise ExportError(f"{where}: not an fnn export (it does not start with FNNEXPORT)")
+    at = len(_MAGIC)
+    (size,) = struct.unpack("<Q", data[at:at + 8])
+    try:
+        header = json.loads(data[at + 8:at + 8 + size])
+    except ValueError:
+        raise ExportError(f"{where}: the header is damaged (not JSON)") from None
+    if not isinstance(header, dict) or header.get("format") != FORMAT:
+        raise ExportError(f"{where}: format {header.get('format') if isinstance(header, dict) else None!r}"
+                          f" is not {FORMAT!r}")
+    payload = data[at + 8 + size:]
+    if (len(payload) != header.get("payload_bytes")
+            or hashlib.sha256(payload).hexdigest() != header.get("payload_sha256")):
+        raise ExportError(f"{where}: the payload is damaged (its length or sha256 differs from "
+                          f"the header's)")
+    try:
+        exported = jax.export.deserialize(bytearray(payload))
+    except Exception as e:  # noqa: BLE001 - a version of jax that cannot read it
+        raise ExportError(f"{where}: jax {jax.__version__} cannot read this export (made with jax "
+                          f"{header.get('jax_version')}): {' '.join(str(e).split())}") from None
+    signature = {k: v for k, v in header.items() if k not in ("payload_bytes", "payload_sha256")}
+    return ExportedModel(exported, signature)
+
+
+def load_exported(path: str | os.PathLike) -> ExportedModel:
+    """Read an export written by :func:`export` (checking its header and payload checksum).
+
+    Raises:
+        ExportError: not an fnn export, damaged, or unreadable by this jax; names the file.
+        FileNotFoundError: no such file.
+    """
+    path = Path(path)
+    return _read(path.read_bytes(), path)
