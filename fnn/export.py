@@ -43,7 +43,7 @@ import numpy as np
 from fnn.core import Layer
 from fnn.files import atomic_write
 
-__all__ = ["export", "load_exported", "ExportedModel", "ExportError", "FORMAT"]
+__all__ = ["export", "export_checkpoint", "load_exported", "ExportedModel", "OnnxModel", "ExportError", "FORMAT"]
 
 FORMAT = "fnn-export-1"
 _MAGIC = b"FNNEXPORT\n"
@@ -157,24 +157,21 @@ def export(net: Layer, params: Any, state: Any, input_shape: tuple[int, ...],
     Args:
         net, params, state: the trained network (``state``: batch-norm statistics, may be ``{}``).
         input_shape: ``(-1, ...)``: ``-1`` is the batch, the rest fixed, e.g. ``(-1, 784)``.
-        format: ``"stablehlo"`` (``"onnx"`` needs the ``fnn[onnx]`` extra).
+        format: ``"stablehlo"``, or ``"onnx"`` (needs the ``fnn[onnx]`` extra: ``jax2onnx``
+            converts, ``onnxruntime`` checks; the file is the ``ModelProto``'s bytes).
         batch: ``"dynamic"`` (any batch size, a symbolic dimension) or a fixed size ``N``.
         dtype: the input's dtype (``"int32"`` for token ids).
         path: where to write the file (atomically); ``None`` writes nothing.
 
     Returns:
-        The :class:`ExportedModel`, already checked: it equals ``predict`` to 1e-5 on a batch
-        of 1 and of 7 (``batch="dynamic"``) or on a batch of ``N``.
+        The :class:`ExportedModel` (ONNX: :class:`OnnxModel`), already checked: it equals
+        ``predict`` to 1e-5 on a batch of 1 and of 7 (``batch="dynamic"``) or of ``N``.
 
     Raises:
         ExportError: a bad argument, or an export that differs from ``predict`` (naming the
             batch size and the output), before anything is written.
     """
-    if format == "onnx":
-        raise ExportError("export: format 'onnx' is not available in this fnn: export to "
-                          "'stablehlo' (ONNX conversion needs jax2onnx and onnxruntime, "
-                          "pip install 'fnn[onnx]')")
-    if format != "stablehlo":
+    if format not in ("stablehlo", "onnx"):
         raise ExportError(f"export: format must be 'stablehlo' or 'onnx', got {format!r}")
     try:
         dtype = np.dtype(dtype)
@@ -185,20 +182,114 @@ def export(net: Layer, params: Any, state: Any, input_shape: tuple[int, ...],
     def serve(x):
         return net.apply(params, state, x, train=False)[0]
 
-    exported = jax.export.export(jax.jit(serve))(spec)
-    signature = {
-        "format": FORMAT, "fnn_version": fnn_version(), "jax_version": jax.__version__,
-        "batch": batch, "platforms": list(exported.platforms),
-        "input": {"shape": shape_text, "dtype": dtype.name},
-        "outputs": [{"shape": _shape_text(a.shape), "dtype": np.dtype(a.dtype).name}
-                    for a in exported.out_avals],
-    }
-    # Verify what will be written: the serialized bytes, read back.
-    model = _read(ExportedModel(exported, signature).serialize(), "the export")
+    signature = {"format": FORMAT, "fnn_version": fnn_version(), "jax_version": jax.__version__,
+                 "batch": batch, "input": {"shape": shape_text, "dtype": dtype.name}}
+    if format == "onnx":
+        model: Any = _onnx(serve, spec, signature)
+    else:
+        exported = jax.export.export(jax.jit(serve))(spec)
+        signature.update(platforms=list(exported.platforms), outputs=_outputs(exported.out_avals))
+        # Verify what will be written: the serialized bytes, read back.
+        model = _read(ExportedModel(exported, signature).serialize(), "the export")
     _verify(model, net, params, state, [1, _ODD_BATCH] if batch == "dynamic" else [batch])
     if path is not None:
         atomic_write(path, model.serialize())
     return model
+
+
+def _outputs(avals: Any) -> list[dict[str, Any]]:
+    return [{"shape": _shape_text(a.shape), "dtype": np.dtype(a.dtype).name} for a in avals]
+
+
+class OnnxModel:
+    """An ONNX export: ``proto`` (the ``onnx.ModelProto``), run with ``onnxruntime`` by calling it.
+
+    The signature and fnn's version are in the model's ``metadata_props`` (key ``"fnn"``, JSON).
+    """
+
+    def __init__(self, proto: Any, signature: dict[str, Any]) -> None:
+        import onnxruntime
+
+        self.proto = proto
+        self.signature = signature
+        self._session = onnxruntime.InferenceSession(proto.SerializeToString(),
+                                                     providers=["CPUExecutionProvider"])
+
+    def __call__(self, x: Any) -> Any:
+        name = self._session.get_inputs()[0].name
+        outs = self._session.run(None, {name: np.asarray(x, self.signature["input"]["dtype"])})
+        return outs[0] if len(outs) == 1 else outs
+
+    def serialize(self) -> bytes:
+        return self.proto.SerializeToString()
+
+
+def _onnx(serve: Any, spec: Any, signature: dict[str, Any]) -> OnnxModel:
+    """Convert with ``jax2onnx``; a kind it cannot convert is refused naming the JAX operation."""
+    try:
+        import jax2onnx
+        import onnxruntime  # noqa: F401 - checked here so that a missing one is one line
+    except ImportError as e:
+        raise ExportError(f"export: format 'onnx' needs jax2onnx and onnxruntime ({e.name} is "
+                          f"missing): pip install 'fnn[onnx]'") from None
+    shape = ["batch" if not isinstance(d, int) else d for d in spec.shape]
+    try:
+        proto = jax2onnx.to_onnx(serve, [jax.ShapeDtypeStruct(
+            jax.export.symbolic_shape(",".join(map(str, shape))), spec.dtype)],
+            model_name="fnn", input_names=["x"])
+    except Exception as e:  # noqa: BLE001 - jax2onnx raises many types for unsupported operations
+        raise ExportError(f"export: jax2onnx cannot convert this network to ONNX "
+                          f"({type(e).__name__}: {' '.join(str(e).split())[:300]}); export it "
+                          f"as 'stablehlo'") from None
+    signature = {**signature, "outputs": [
+        {"shape": [d.dim_param or d.dim_value for d in o.type.tensor_type.shape.dim]}
+        for o in proto.graph.output]}
+    entry = proto.metadata_props.add()
+    entry.key, entry.value = "fnn", json.dumps(signature, sort_keys=True)
+    return OnnxModel(proto, signature)
+
+
+def export_checkpoint(source: str | os.PathLike, *, format: str = "stablehlo",
+                      batch: int | str = "dynamic", dtype: Any = "float32",
+                      checkpoint: str = "best", out: str | os.PathLike | None = None) -> Path:
+    """Export a run folder's ``best`` (or ``latest``) checkpoint, or a checkpoint file saved
+    with its architecture and input shape (``fnn.save(..., input_shape=...)``); what
+    ``fnn export`` runs. Returns the file written (default: ``model.<format>`` in the run
+    folder, or the checkpoint's name with the format's suffix).
+
+    Raises:
+        ExportError: ``batch`` is not ``dynamic`` or a number, the checkpoint has no
+            architecture or no input shape, or the export fails its check.
+        FileNotFoundError: no such run folder or checkpoint.
+    """
+    from fnn.train.checkpoint import load, read_metadata
+
+    source = Path(source)
+    if isinstance(batch, str) and batch != "dynamic":
+        if not batch.isdigit() or int(batch) < 1:
+            raise ExportError(f"--batch: must be 'dynamic' or a positive integer, got {batch!r}")
+        batch = int(batch)
+    suffix = ".onnx" if format == "onnx" else ".stablehlo"
+    if source.is_dir():
+        path = source / "checkpoints" / f"{checkpoint}.safetensors"
+        if not path.exists():
+            path = source / "checkpoints" / "latest.safetensors"
+        if not path.exists():
+            raise FileNotFoundError(f"{source}: no checkpoints/{checkpoint}.safetensors or "
+                                    f"checkpoints/latest.safetensors (is it a run folder?)")
+        default_out = source / f"model{suffix}"
+    elif source.is_file():
+        path, default_out = source, source.with_suffix(suffix)
+    else:
+        raise FileNotFoundError(f"{source}: no such run folder or checkpoint")
+    input_shape = read_metadata(path).get("input_shape")
+    if input_shape is None:
+        raise ExportError(f"{path}: no input shape stored with the weights; save it with "
+                          f"fnn.save(path, net, params, state, input_shape=(-1, ...))")
+    net, params, state = load(path)
+    out = Path(out) if out is not None else default_out
+    export(net, params, state, tuple(input_shape), format, batch=batch, dtype=dtype, path=out)
+    return out
 
 
 def _read(data: bytes, where: Any) -> ExportedModel:
