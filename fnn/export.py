@@ -19,8 +19,8 @@ Example:
     >>> path = pathlib.Path(tempfile.mkdtemp()) / "model.stablehlo"
     >>> _ = fnn.export(net, params, state, (-1, 4), path=path)
     >>> model = fnn.load_exported(path)
-    >>> model.signature["input"]
-    {'shape': ['batch', 4], 'dtype': 'float32'}
+    >>> model.signature["input"]["shape"]
+    ['batch', 4]
     >>> model(np.ones((5, 4), np.float32)).shape
     (5, 3)
 """
