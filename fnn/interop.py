@@ -79,6 +79,8 @@ __all__ = ["from_torch", "from_keras", "to_torch_state_dict", "InteropReport", "
 # fnn kinds with weights that the converters know; RNN maps through its cell's kind.
 _RECURRENT = {"LSTM": 4, "GRU": 3, "SimpleRNN": 1}
 _CELL_KINDS = {"LSTMCell": "LSTM", "GRUCell": "GRU", "SimpleRNNCell": "SimpleRNN"}
+_MAPPED = ("Dense", "Conv1D", "Conv2D", "BatchNorm", "LayerNorm", "Embedding", "LSTM", "GRU",
+           "SimpleRNN")
 
 
 class InteropError(ValueError):
@@ -246,9 +248,7 @@ def _torch_to_fnn(unit: _Unit, name: str, src: dict[str, np.ndarray]) -> tuple[d
         else:
             params["b"] = b_ih + b_hh
         return params, {}
-    raise InteropError(f"{unit.where} has no PyTorch counterpart that fnn can map "
-                       f"(it maps Dense, Conv1D, Conv2D, BatchNorm, LayerNorm, Embedding, LSTM, "
-                       f"GRU, SimpleRNN)")
+    raise AssertionError(f"no PyTorch conversion for {unit.kind}")  # _match checked the kinds
 
 
 def _fnn_to_torch(unit: _Unit, params: dict, state: dict) -> dict[str, np.ndarray]:
@@ -275,8 +275,7 @@ def _fnn_to_torch(unit: _Unit, params: dict, state: dict) -> dict[str, np.ndarra
                 "bias_hh": bias_hh}
     else:
         raise InteropError(f"{unit.where} has no PyTorch counterpart that fnn can map "
-                           f"(it maps Dense, Conv1D, Conv2D, BatchNorm, LayerNorm, Embedding, "
-                           f"LSTM, GRU, SimpleRNN)")
+                           f"(it maps {', '.join(_MAPPED)})")
     if "b" in p:
         out["bias"] = p["b"]
     return out
@@ -336,10 +335,15 @@ def _read_torch_file(path: Path) -> Mapping[str, Any]:
 
 
 def _match(net: Layer, input_shape: Any, rng: jax.Array | None, sources: list, convert: Callable,
-           source_units: Callable[[list[_Unit]], list]) -> tuple[Any, Any, InteropReport]:
+           source_units: Callable[[list[_Unit]], list], source_name: str
+           ) -> tuple[Any, Any, InteropReport]:
     """Put the converted source weights into fresh params/state; ``sources`` pairs with the units."""
     rng = jax.random.key(0) if rng is None else rng
     units, params, state = _units(net, input_shape, rng)
+    for unit in units:
+        if unit.kind not in _MAPPED:
+            raise InteropError(f"{unit.where} has no {source_name} counterpart that fnn can map "
+                               f"(it maps {', '.join(_MAPPED)})")
     pairs = source_units(units)
     copied, new, did_not_fit = [], [], []
     params, state = jax.tree.map(lambda a: a, params), jax.tree.map(lambda a: a, state)
@@ -396,7 +400,7 @@ def from_torch(net: Layer, state_dict: Mapping[str, Any] | str | os.PathLike, in
     def convert(unit, name, arrays):
         return _torch_to_fnn(unit, name, arrays)
 
-    return _match(net, input_shape, rng, sources, convert, pair)
+    return _match(net, input_shape, rng, sources, convert, pair, "PyTorch")
 
 
 def to_torch_state_dict(net: Layer, params: Any, state: Any, input_shape: Any) -> dict[str, Any]:
@@ -512,7 +516,7 @@ def _keras_to_fnn(unit: _Unit, name: str, vars_: list[np.ndarray]) -> tuple[dict
         return {"w_x": zrh(kernel), "w_h": zrh(recurrent),
                 "b": b_in + np.concatenate([b_rec[:2 * u], np.zeros(u, b_rec.dtype)]),
                 "b_hn": b_rec[2 * u:]}, {}
-    raise InteropError(f"{unit.where} has no Keras counterpart that fnn can map")
+    raise AssertionError(f"no Keras conversion for {unit.kind}")  # _match checked the kinds
 
 
 def from_keras(net: Layer, path: str | os.PathLike, input_shape: Any, *,
@@ -538,9 +542,7 @@ def from_keras(net: Layer, path: str | os.PathLike, input_shape: Any, *,
         counts: dict[str, int] = {}
         out = []
         for unit in units:
-            base = _KERAS_NAMES.get(unit.kind)
-            if base is None:
-                raise InteropError(f"{unit.where} has no Keras counterpart that fnn can map")
+            base = _KERAS_NAMES[unit.kind]
             if len(unit.path) >= 2 and unit.path[-1] in ("forward", "backward"):
                 base, half = "bidirectional", f"/{unit.path[-1]}_layer"
             else:
@@ -551,5 +553,5 @@ def from_keras(net: Layer, path: str | os.PathLike, input_shape: Any, *,
             out.append((key, found[key]) if key in found else None)
         return out
 
-    return _match(net, input_shape, rng, sources, _keras_to_fnn, pair)
+    return _match(net, input_shape, rng, sources, _keras_to_fnn, pair, "Keras")
 
