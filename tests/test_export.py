@@ -212,3 +212,22 @@ def test_onnx_export_runs_in_onnxruntime(tmp_path):
     np.testing.assert_allclose(y, fnn.train.predict(net, params, state, x), rtol=1e-5, atol=1e-5)
     meta = {p.key: p.value for p in __import__("onnx").load(str(tmp_path / "m.onnx")).metadata_props}
     assert json.loads(meta["fnn"])["fnn_version"] == fnn.__version__
+
+
+def test_onnx_without_its_extra_is_one_line_naming_the_install(monkeypatch):
+    monkeypatch.setitem(sys.modules, "jax2onnx", None)  # as if it were not installed
+    net = fnn.Dense(2)
+    _, params, state = net.init(jax.random.key(0), (-1, 3))
+    with pytest.raises(ExportError, match=r"needs jax2onnx and onnxruntime \(jax2onnx is missing\): "
+                                          r"pip install 'fnn\[onnx\]'"):
+        fnn.export(net, params, state, (-1, 3), format="onnx")
+
+
+def test_onnx_refuses_the_kinds_that_do_not_convert_by_name():
+    pytest.importorskip("jax2onnx", reason="ONNX export needs the fnn[onnx] extra (jax2onnx)")
+    pytest.importorskip("onnxruntime", reason="ONNX export is checked with onnxruntime")
+    net = fnn.serial(fnn.Dense(3), fnn.Bidirectional(fnn.GRU(2)))
+    _, params, state = net.init(jax.random.key(0), (-1, 4, 3))
+    with pytest.raises(ExportError, match=r"Bidirectional layer 'bidirectional_0' cannot be "
+                                          r"exported to ONNX: .*reverse scan.*'stablehlo'"):
+        fnn.export(net, params, state, (-1, 4, 3), format="onnx")
