@@ -157,8 +157,13 @@ def _units(net: Layer, input_shape: Any, rng: jax.Array) -> tuple[list[_Unit], d
     rows = [r for r in rec.rows if r is not None] or [((), net, None, params, state)]
     units, previous = [], []
     for path, layer, out_shape, p, s in rows:
-        if layer.children:
-            continue
+        if layer.children and any(r[0][:len(path)] == path and len(r[0]) > len(path) for r in rows):
+            continue  # a combinator: its children are rows of their own
+        while layer.children:  # a wrapper that keeps its child's params in place (Frozen)
+            if len(layer.children) != 1:
+                raise InteropError(f"{layer.kind} layer '{'/'.join(path)}': cannot see which of "
+                                   f"its sub-layers holds which weights")
+            layer = layer.children[0]
         flattened = None
         if layer.kind == "Dense" and len(previous) >= 2 and previous[-1][1].kind == "Flatten":
             before = previous[-2][2]

@@ -152,6 +152,16 @@ def test_the_report_names_what_did_not_fit_what_is_new_and_what_is_unused():
                                                                       "params/dense_3/b")
 
 
+def test_frozen_layers_and_dtype_policies_take_their_weights():
+    model = _pairs()[0][1]
+    net = fnn.serial(fnn.Dense(8), fnn.Relu, fnn.Dense(3))
+    want, _, _ = from_torch(net, model.state_dict(), (-1, 6))
+    for wrapped in (fnn.freeze(net, "dense_0"), fnn.DtypePolicy(net, compute="float32")):
+        got, _, report = from_torch(wrapped, model.state_dict(), (-1, 6))
+        assert len(report.copied) == 4 and not report.did_not_fit, str(report)
+        assert all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(want), jax.tree.leaves(got)))
+
+
 def test_a_layer_that_cannot_match_is_one_line_naming_both(tmp_path):
     model = torch.nn.Sequential(torch.nn.Conv2d(2, 4, 3))
     net = fnn.serial(fnn.Flatten(), fnn.Dense(4))
