@@ -20,4 +20,4 @@ from fnn.finetune import Frozen, freeze, transfer, unfreeze  # noqa: E402
 from fnn.export import export, load_exported  # noqa: E402
 from fnn import interop  # noqa: E402
 
-__version__ = "0.1.0"
+from fnn.version import __version__  # noqa: E402

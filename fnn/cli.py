@@ -2,6 +2,7 @@
 
 Examples::
 
+    fnn --version                                       # the fnn version, e.g. "fnn 0.1.0"
     fnn train configs/mnist_mlp.yaml
     fnn train configs/mnist_mlp.yaml optimizer.learning_rate=3e-4 training.epochs=5 --out runs/lr3e-4
     fnn train configs/mnist_mlp.yaml --resume          # continue a stopped run
@@ -43,6 +44,9 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="fnn", description="Train and inspect fnn networks from config files.",
         epilog="--debug (anywhere) or FNN_DEBUG=1: show the traceback of an error")
+    from fnn.version import version
+
+    p.add_argument("--version", action="version", version=f"fnn {version()}")
     sub = p.add_subparsers(dest="command", required=True)
     t = sub.add_parser("train", help="train the run a config describes")
     t.add_argument("config", help="a YAML config file")

@@ -57,8 +57,8 @@ from fnn.core import Layer
 from fnn.data.pipeline import prefetch_to_device
 from fnn.optim import learning_rate_of
 from fnn.train.contract import check_mean_over_examples, check_shapes
-from fnn.train.data import (ArraySource, IterableSource, batch_source, fits_on_device, num_rows,
-                            pad_batch)
+from fnn.train.data import (ArraySource, IterableSource, batch_source, check_batch_size,
+                            fits_on_device, is_one_shot, num_rows, pad_batch)
 from fnn.train.parallel import DataParallel, as_data_parallel, synchronize
 from fnn.train.predict import evaluate
 from fnn.train.run_folder import RunFolder
@@ -133,7 +133,7 @@ def fit(net: Layer, loss: Callable[..., jax.Array], optimizer: optax.GradientTra
         epochs, batch_size, seed: the schedule; the seed fixes init, shuffling and dropout.
             ``batch_size`` (default 32) is for arrays; a Loader or iterable brings its own.
         steps_per_epoch: batches per epoch read from an iterable that runs across epochs
-            (required for a generator when ``epochs > 1``).
+            (required for a generator when ``epochs > 1``: refused when ``fit`` is called).
         regularizer, constraint, metrics, augment: as in :func:`fnn.train.make_train_step`.
         mode: ``"auto"``, ``"epoch"`` (scanned epochs, arrays on the device) or ``"step"``.
         early_stopping: an :class:`EarlyStopping`, or ``None`` to train all epochs.
@@ -144,10 +144,13 @@ def fit(net: Layer, loss: Callable[..., jax.Array], optimizer: optax.GradientTra
         divergence_factor: stop when a step's loss exceeds this many times the first epoch's
             mean loss (at least 1e-3), from the second epoch on; ``None``: only NaN/Inf stop.
         metadata: JSON-able data saved in every checkpoint (e.g. the run's config).
-        train_state: start from this state instead of a fresh init.
+        train_state: start from this state instead of a fresh init (copied: its arrays stay
+            usable after ``fit``).
         init: pretrained weights to start from: a ``(params, state)`` pair or a checkpoint path;
             every param whose path and shape match is copied (:func:`fnn.transfer`).
         callbacks: called as ``cb(record, train_state)`` after each epoch; a truthy return stops.
+            The train state is a copy a callback may keep (the training steps donate their
+            own buffers, which would leave a kept reference deleted).
         progress: a tqdm bar over the steps of each epoch (step mode) or over epochs.
         log: where notices and one-line epoch summaries go (``None``: silent).
         parallel, devices: ``None``/``"none"`` (one device), ``"pmap"`` or ``"mesh"`` over
@@ -187,6 +190,7 @@ def fit(net: Layer, loss: Callable[..., jax.Array], optimizer: optax.GradientTra
     if (x is None) == (train_data is None):
         raise ValueError("fit: give the training data as train_data or as x= and y=, once")
     train_data = {"x": x, "y": y} if train_data is None else train_data
+    _check_passes(train_data, val_data, epochs, steps_per_epoch, eval_batch_size)
     dp = as_data_parallel(parallel, devices)
     log, progress = (log, progress) if dp.is_main else (None, False)
     train = batch_source(train_data, steps_per_epoch, "train_data")
@@ -201,6 +205,7 @@ def fit(net: Layer, loss: Callable[..., jax.Array], optimizer: optax.GradientTra
     check_shapes(net, loss, first["x"], first["y"], metrics=metrics)
     optimizer = with_frozen_mask(net, optimizer)     # frozen layers: no update, no state
     constraint = keep_frozen(net, constraint)         # ... and no max-norm projection
+    given_state = train_state
     train_state = _initial_state(net, optimizer, train.input_shape, seed_key, train_state, init,
                                  log)
     check_mean_over_examples(loss, lambda: net.apply(train_state.params, train_state.model_state,
@@ -231,6 +236,8 @@ def fit(net: Layer, loss: Callable[..., jax.Array], optimizer: optax.GradientTra
                        start_step=int(train_state.step))
     run_epoch = _epoch_runner(dp, step_fn, train, mode, batch_size,
                               jax.random.fold_in(seed_key, 1), start_epoch, progress, epochs, diag)
+    if given_state is not None:  # the steps donate their input: keep the caller's arrays
+        train_state = _copy(train_state)
     train_state = dp.replicate(train_state)
     bar = _epoch_bar(progress and mode == "epoch", start_epoch, epochs)
     stopped_early = False
@@ -258,7 +265,8 @@ def fit(net: Layer, loss: Callable[..., jax.Array], optimizer: optax.GradientTra
             log(_format_record(record, epochs))
         if bar is not None:
             bar.update(1)
-        stop = any(bool(cb(record, dp.unreplicate(train_state))) for cb in callbacks)
+        # a copy: the next step donates train_state's buffers, and a callback may keep it
+        stop = any(bool(cb(record, _copy(dp.unreplicate(train_state)))) for cb in callbacks)
         if tracker.should_stop:
             stopped_early = True
             if log:
@@ -275,6 +283,30 @@ def fit(net: Layer, loss: Callable[..., jax.Array], optimizer: optax.GradientTra
 
 
 # --------------------------------------------------------------------------- fit's parts
+
+def _check_passes(train_data: Any, val_data: Any, epochs: Any, steps_per_epoch: int | None,
+                  eval_batch_size: Any) -> None:
+    """Refuse, before anything compiles or is written, what would fail (or hang) later: a
+    generator read for more than one epoch without ``steps_per_epoch`` (a second pass over it
+    is empty; an endless one never ends epoch 1), a one-shot ``val_data`` for several epochs."""
+    if isinstance(epochs, bool) or not isinstance(epochs, (int, np.integer)) or epochs < 1:
+        raise ValueError(f"fit: epochs must be an int >= 1, got {epochs!r}")
+    check_batch_size(eval_batch_size, "fit: eval_batch_size")
+    if epochs > 1 and steps_per_epoch is None and is_one_shot(train_data):
+        raise ValueError(f"fit: train_data is a generator (a one-shot iterator) and epochs is "
+                         f"{epochs}: pass steps_per_epoch=N to read N batches per epoch from it "
+                         "(required for one that never ends), or give a list or a "
+                         "fnn.data.Loader")
+    if epochs > 1 and is_one_shot(val_data):
+        raise ValueError(f"fit: val_data is a generator (a one-shot iterator), read once per "
+                         f"epoch for {epochs} epochs: give a list, a dict of arrays or a "
+                         "fnn.data.Loader")
+
+
+def _copy(tree: Any) -> Any:
+    """A copy of every array of ``tree`` (its own buffers, which no step donates)."""
+    return jax.tree_util.tree_map(lambda a: a.copy() if isinstance(a, jax.Array) else a, tree)
+
 
 def _batch_size(train: ArraySource | IterableSource, batch_size: int | None, dp: DataParallel,
                 log: Callable[[str], None] | None) -> int | None:
