@@ -259,7 +259,6 @@ def _remove_stale_lock(path: Path, holder: LockHolder) -> None:
         aside.unlink(missing_ok=True)
 
 
-
 @dataclasses.dataclass
 class RunFolderPlan:
     """What :func:`check_run_folder` decided."""
@@ -268,7 +267,6 @@ class RunFolderPlan:
     resume: bool  # a checkpoint is there to resume from
     overwrite: bool  # remove the old run's files first
     reset_optimizer: bool = False  # resume the params, start the optimizer state afresh
-    stale_lock: LockHolder | None = None  # the lock of a run that died, to take over
     changes: list[str] = dataclasses.field(default_factory=list)  # allowed config changes
     notes: list[str] = dataclasses.field(default_factory=list)  # to tell the user
 
@@ -393,12 +391,11 @@ def check_run_folder(run_dir: str | os.PathLike, cfg: Mapping[str, Any], *,
                              "--overwrite replaces it; give one of them")
     _check_writable(run_dir, 3 * checkpoint_bytes)  # latest, best, one being written
     holder = lock_holder(run_dir) if run_dir.is_dir() else None
-    if holder is not None and not holder.is_stale():
+    if holder is not None and not holder.is_stale():  # a stale one is taken over when opened
         raise _held_error(run_dir, holder)
     held = _holds_run(run_dir) if run_dir.is_dir() else []
     latest = run_dir / CHECKPOINTS / "latest.safetensors"
-    plan = RunFolderPlan(run_dir, resume and latest.is_file(), overwrite and bool(held),
-                         stale_lock=holder)
+    plan = RunFolderPlan(run_dir, resume and latest.is_file(), overwrite and bool(held))
     if held and not resume and not overwrite:
         raise RunFolderError(f"{run_dir}: already holds a run ({', '.join(held)}); pass --resume "
                              "to continue it, --overwrite to replace it, or --out for a new "
