@@ -173,7 +173,10 @@ def test_an_unreadable_lock_file_is_refused_in_one_line(tmp_path, capsys):
 
 
 def test_of_several_processes_taking_a_lock_at_once_one_gets_it(tmp_path):
-    probe = ("import sys, fnn.rundir as r\n"
+    probe = ("import importlib.util, sys\n"  # rundir alone: no JAX to import, a quick start
+             f"spec = importlib.util.spec_from_file_location('rundir', {str(rundir.__file__)!r})\n"
+             "r = sys.modules['rundir'] = importlib.util.module_from_spec(spec)\n"
+             "spec.loader.exec_module(r)\n"
              "try:\n    r.take_lock(sys.argv[1]); print('got', flush=True)\n"
              "except r.RunFolderError as e:\n    print('refused', flush=True)\n"
              "sys.stdin.read()\n")  # alive (holding) until the test has every answer
@@ -248,18 +251,14 @@ def test_overwrite_is_refused_when_the_config_reads_from_inside_the_folder(run, 
     assert _snapshot(run) == before
 
 
-def test_overwrite_is_refused_when_the_data_file_is_inside_the_folder(tmp_path, capsys):
-    out = tmp_path / "csv_run"
-    out.mkdir()
-    (out / "blobs.csv").write_bytes((ROOT / "configs" / "data" / "blobs.csv").read_bytes())
-    args = ["train", "configs/csv_example.yaml", f"data.path={out / 'blobs.csv'}",
-            "training.epochs=1", "--out", str(out)]
-    assert cli.main(args) == 0  # a run may read its data from its own folder
-    capsys.readouterr()
-    before = _snapshot(out)
-    assert cli.main(args + ["--overwrite"]) == 2
-    _one_line(capsys.readouterr().err, f"data.path ({out / 'blobs.csv'}) is inside the folder")
-    assert _snapshot(out) == before
+def test_overwrite_is_refused_when_the_data_file_is_inside_the_folder(run, capsys):
+    data = run / "blobs.csv"
+    data.write_bytes((ROOT / "configs" / "data" / "blobs.csv").read_bytes())
+    before = _snapshot(run)
+    assert cli.main(["train", "configs/csv_example.yaml", f"data.path={data}", "--out", str(run),
+                     "--overwrite"]) == 2
+    _one_line(capsys.readouterr().err, f"data.path ({data}) is inside the folder")
+    assert _snapshot(run) == before
 
 
 # --------------------------------------------------------------------------- run names
