@@ -295,8 +295,8 @@ def _check_name(name: str) -> None:
     """``name`` is one folder name: the run folder ``runs/<name>`` stays inside ``runs/``."""
     if not name.strip() or name in (".", "..") or any(c in name for c in "/\\\0"):
         raise ConfigError("name", f"{name!r} is not a folder name (the run folder is "
-                                  "runs/<name>): use letters, digits, '-', '_' or '.', no "
-                                  "path separators; choose the folder with --out or output.dir")
+                                  "runs/<name>): give one name without '/', '\\' or '..'; "
+                                  "choose the folder itself with --out or output.dir")
 
 
 def _check_finite(path: str, value: Any) -> None:

@@ -82,7 +82,7 @@ __all__ = ["RunFolderError", "RunFolderPlan", "check_run_folder", "open_run_fold
 RUN_FILES = ("config.yaml", "summary.txt", "metrics.jsonl", "test.json", "curves.png",
              "diagnostics.jsonl", "gradflow.png")
 CHECKPOINTS = "checkpoints"
-LOCK = ".fnn-lock"  # {"pid", "host", "since"} of the run using the folder
+LOCK = ".fnn-lock"  # {"pid", "host", "since", "ticks"} of the run using the folder
 OLD_RUN = ".fnn-old-"  # + time: where --overwrite keeps the old run until the new one started
 # config keys that name files a run reads: --overwrite refuses when one lies inside the folder
 READ_PATHS = ("training.pretrained", "data.path", "data.dir")
@@ -100,28 +100,39 @@ class LockHolder:
     pid: int
     host: str
     since: str
+    ticks: int | None = None  # the process's start (Linux: /proc/<pid>/stat), against pid reuse
 
     def __str__(self) -> str:
         return f"pid {self.pid} on {self.host} since {self.since}"
 
     def is_stale(self) -> bool:
-        """The holder ran on this host and its process is gone. A lock of another host is
-        never stale: its process cannot be seen from here."""
-        return self.host == socket.gethostname() and not _process_alive(self.pid)
+        """The holder ran on this host and its process is gone (or its pid now belongs to a
+        process started later). A lock of another host is never stale: its process cannot be
+        seen from here."""
+        if self.host != socket.gethostname():
+            return False
+        try:
+            os.kill(self.pid, 0)
+        except ProcessLookupError:
+            return True
+        except PermissionError:  # another user's process
+            pass
+        stat = _proc_stat(self.pid)  # (state, start ticks), None where there is no /proc
+        if stat is None:
+            return False
+        state, ticks = stat
+        return state == "Z" or (self.ticks is not None and ticks != self.ticks)  # Z: killed
 
 
-def _process_alive(pid: int) -> bool:
+def _proc_stat(pid: int) -> tuple[str, int] | None:
+    """A process's state letter and start time in clock ticks after boot (Linux's
+    ``/proc/<pid>/stat``, fields 3 and 22); ``None`` where it cannot be read."""
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's process
-        return True
-    try:  # a killed process nobody has reaped yet is a zombie: it runs nothing any more
         with open(f"/proc/{pid}/stat") as f:
-            return f.read().rpartition(")")[2].split()[0] != "Z"
-    except (OSError, IndexError):
-        return True
+            fields = f.read().rpartition(")")[2].split()  # the name may hold spaces and ')'
+        return fields[0], int(fields[19])
+    except (OSError, IndexError, ValueError):
+        return None
 
 
 def _now() -> str:
@@ -132,11 +143,12 @@ def _parse_lock(text: str) -> LockHolder | None:
     """The holder a lock file's text names; ``None`` unless it is a lock fnn wrote."""
     try:
         found = json.loads(text)
-        holder = LockHolder(found["pid"], found["host"], found["since"])
-    except (ValueError, TypeError, KeyError):
+        holder = LockHolder(found["pid"], found["host"], found["since"], found.get("ticks"))
+    except (ValueError, TypeError, KeyError, AttributeError):
         return None
     valid = (type(holder.pid) is int and holder.pid > 0 and isinstance(holder.host, str)
-             and isinstance(holder.since, str))
+             and isinstance(holder.since, str)
+             and (holder.ticks is None or type(holder.ticks) is int))
     return holder if valid else None
 
 
@@ -167,10 +179,10 @@ def lock_holder(run_dir: str | os.PathLike) -> LockHolder | None:
 
 
 def _held_error(run_dir: Path, holder: LockHolder) -> RunFolderError:
-    where = "" if holder.host == socket.gethostname() else (
+    ended = "" if holder.host == socket.gethostname() else (
         f"; if that run has ended, remove {Path(run_dir) / LOCK}")
-    return RunFolderError(f"{run_dir}: another run is using this folder ({holder}){where}; wait "
-                          "for it to end, or choose another folder with --out")
+    return RunFolderError(f"{run_dir}: another run is using this folder ({holder}); wait for it "
+                          f"to end, or choose another folder with --out{ended}")
 
 
 class RunLock:
@@ -221,7 +233,8 @@ def take_lock(run_dir: str | os.PathLike) -> tuple[RunLock, LockHolder | None]:
     run_dir.mkdir(parents=True, exist_ok=True)
     path, taken_over = run_dir / LOCK, None
     for _ in range(3):
-        mine = LockHolder(os.getpid(), socket.gethostname(), _now())
+        stat = _proc_stat(os.getpid())
+        mine = LockHolder(os.getpid(), socket.gethostname(), _now(), stat and stat[1])
         try:
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # umask applies
         except FileExistsError:

@@ -163,6 +163,24 @@ def test_a_lock_of_another_host_is_refused_naming_it_and_how_to_clear_it(tmp_pat
     assert [p.name for p in out.iterdir()] == [rundir.LOCK]
 
 
+def test_a_lock_whose_pid_now_belongs_to_a_later_process_is_stale(tmp_path, capsys):
+    """After a reboot or a long time, the dead run's pid may be some other process's."""
+    out = tmp_path / "run"
+    out.mkdir()
+    with open(f"/proc/{os.getpid()}/stat") as f:
+        ticks = int(f.read().rpartition(")")[2].split()[19])  # this process's start
+    lock = {"pid": os.getpid(), "host": socket.gethostname(), "since": "2026-01-01 00:00:00 UTC",
+            "ticks": ticks - 1}  # written by a process that started earlier under this pid
+    (out / rundir.LOCK).write_text(json.dumps(lock))
+    code, stdout, err = _train(capsys, out)
+    assert code == 0, err
+    assert f"took over the lock of a run that is gone (pid {os.getpid()} on" in stdout
+    (out / rundir.LOCK).write_text(json.dumps({**lock, "ticks": ticks}))  # this very process
+    code, _, err = _train(capsys, out, "training.epochs=3", "--resume")
+    assert code == 2
+    _one_line(err, f"another run is using this folder (pid {os.getpid()} on")
+
+
 def test_an_unreadable_lock_file_is_refused_in_one_line(tmp_path, capsys):
     out = tmp_path / "run"
     out.mkdir()
