@@ -32,8 +32,10 @@ before the run folder is touched; ``--debug`` or ``FNN_DEBUG=1`` shows the trace
 from __future__ import annotations
 
 import argparse
+import contextlib
 import errno
 import os
+import signal
 import sys
 from typing import Sequence
 
@@ -206,8 +208,9 @@ def _run(args) -> int:
     cfg = load_config(args.config, overrides)
     if args.command == "train":
         from fnn.run import train
-        train(cfg, args.out, resume=args.resume, overwrite=args.overwrite,
-              allow_change=args.allow_change)
+        with _terminate_as_exit():
+            train(cfg, args.out, resume=args.resume, overwrite=args.overwrite,
+                  allow_change=args.allow_change)
         return 0
     # validate, summary, cv, sweep: every check a training run makes first (model selection
     # leaves the test set alone until it has chosen)
@@ -220,6 +223,25 @@ def _run(args) -> int:
     else:
         return _selection(args, cfg)
     return 0
+
+
+@contextlib.contextmanager
+def _terminate_as_exit():
+    """SIGTERM (``kill``, a scheduler's preemption) ends the run as Ctrl-C does: the run
+    folder's lock is released and an unfinished --overwrite puts the old run back; exit
+    status 143 (128 + SIGTERM). Only the main thread may set a handler; elsewhere nothing."""
+    def terminate(signum, frame):
+        raise SystemExit(128 + signum)
+
+    try:
+        previous = signal.signal(signal.SIGTERM, terminate)
+    except ValueError:  # not the main thread
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _check(cfg, command: str) -> None:

@@ -126,6 +126,34 @@ def test_a_second_train_on_a_running_folder_is_refused_then_the_killed_runs_lock
     assert len((out / "metrics.jsonl").read_text().splitlines()) == 2  # the new run's epochs
 
 
+def test_a_terminated_run_releases_its_lock(tmp_path, capsys, monkeypatch):
+    """``kill`` (SIGTERM, as schedulers preempt) ends fnn train as Ctrl-C does: the lock goes,
+    so the requeued run, maybe on another host, can --resume."""
+    import fnn.run
+    out = tmp_path / "run"
+    real_fit = fnn.run.fit
+
+    def kill_me(record, train_state):
+        os.kill(os.getpid(), signal.SIGTERM)  # during epoch 1's callbacks
+        time.sleep(5)  # the handler raises before this ends
+
+    monkeypatch.setattr(fnn.run, "fit", lambda *a, **kw: real_fit(
+        *a, **{**kw, "callbacks": [kill_me, *kw.get("callbacks", ())]}))
+    def not_handled(signum, frame):  # were fnn's handler missing, fail here, not kill pytest
+        raise AssertionError("fnn train did not handle SIGTERM")
+
+    previous = signal.signal(signal.SIGTERM, not_handled)
+    try:
+        with pytest.raises(SystemExit) as e:
+            _train(capsys, out)
+        assert signal.getsignal(signal.SIGTERM) is not_handled  # the CLI's handler is gone
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert e.value.code == 128 + signal.SIGTERM
+    assert not (out / rundir.LOCK).exists()
+    assert (out / "checkpoints" / "latest.safetensors").is_file()  # --resume continues it
+
+
 def test_the_lock_is_held_while_the_run_trains_and_released_after_an_error(tmp_path, capsys,
                                                                            monkeypatch):
     out = tmp_path / "run"
