@@ -230,11 +230,13 @@ def fit(net: Layer, loss: Callable[..., jax.Array], optimizer: optax.GradientTra
                        start_step=int(train_state.step))
     run_epoch = _epoch_runner(dp, step_fn, train, mode, batch_size,
                               jax.random.fold_in(seed_key, 1), start_epoch, progress, epochs, diag)
-    train_state = dp.replicate(train_state)
+    train_state = dp.place(train_state)
+    if log and dp.num_devices > 1:  # measured from the live arrays
+        log(f"params and optimizer state: {dp.memory((train_state.params, train_state.opt_state))}")
     bar = _epoch_bar(progress and mode == "epoch", start_epoch, epochs)
     stopped_early = False
     for epoch in range(start_epoch, epochs):
-        start, first_step = time.perf_counter(), int(dp.unreplicate(train_state.step))
+        start, first_step = time.perf_counter(), int(dp.gather(train_state.step))
         train_state, stacked, examples = run_epoch(train_state, epoch)
         seconds = time.perf_counter() - start
         _check_finite(np.asarray(stacked["loss"]), first_step, epoch, folder, history,
@@ -250,14 +252,15 @@ def fit(net: Layer, loss: Callable[..., jax.Array], optimizer: optax.GradientTra
         record.update(seconds=round(seconds, 4), examples_per_sec=round(examples / seconds, 1))
         history.append(record)
         improved = tracker.update(record, epoch + 1)
-        if folder.writes:  # one unreplicated copy: the same file whatever the devices
+        whole = dp.gather(train_state)  # every process (a collective under fsdp)
+        if folder.writes:  # one whole copy: the same file whatever the devices
             folder.save_epoch(history, {"epoch": epoch, **tracker.state_dict()}, improved,
-                              dp.unreplicate(train_state), net, metadata)
+                              whole, net, metadata)
         if log:
             log(_format_record(record, epochs))
         if bar is not None:
             bar.update(1)
-        stop = any(bool(cb(record, dp.unreplicate(train_state))) for cb in callbacks)
+        stop = any(bool(cb(record, whole)) for cb in callbacks)
         if tracker.should_stop:
             stopped_early = True
             if log:
@@ -268,7 +271,7 @@ def fit(net: Layer, loss: Callable[..., jax.Array], optimizer: optax.GradientTra
     if bar is not None:
         bar.close()
 
-    train_state = _restored_best(dp.unreplicate(train_state), early_stopping, tracker, folder,
+    train_state = _restored_best(dp.gather(train_state), early_stopping, tracker, folder,
                                  len(history))
     return FitResult(train_state, history, tracker.best_epoch, stopped_early)
 
@@ -355,7 +358,7 @@ def _diagnostics(every: int | None, dp: DataParallel, net: Layer, loss: Callable
     def record(ts, step, epoch, steps_in_epoch=None):
         due = diag.due(step) if steps_in_epoch is None else diag.due(step, steps_in_epoch)
         if due:
-            diag.record(dp.unreplicate(ts), batch, step=step, epoch=epoch + 1)
+            diag.record(dp.gather(ts), batch, step=step, epoch=epoch + 1)
 
     return record
 
@@ -370,7 +373,7 @@ def _epoch_runner(dp: DataParallel, step_fn: Callable, train: ArraySource | Iter
         steps = train.num_examples // batch_size
 
         def run_scanned(ts, epoch):
-            first_step = int(dp.unreplicate(ts.step)) if diag is not None else 0
+            first_step = int(dp.gather(ts.step)) if diag is not None else 0
             ts, stacked = run(ts, device_data, jax.random.fold_in(data_key, epoch))
             if diag is not None:
                 diag(ts, first_step + steps, epoch, steps)
@@ -398,7 +401,7 @@ def _epoch_runner(dp: DataParallel, step_fn: Callable, train: ArraySource | Iter
             from tqdm.auto import tqdm
             batches = tqdm(batches, desc=f"epoch {epoch + 1}/{epochs}", leave=False, unit="step")
         collected = []
-        first_step = int(dp.unreplicate(ts.step)) if diag is not None else 0
+        first_step = int(dp.gather(ts.step)) if diag is not None else 0
         for batch in batches:
             ts, m = run(ts, batch)
             collected.append(m)
@@ -459,7 +462,7 @@ def _check_finite(losses: np.ndarray, first_step: int, epoch: int, folder: RunFo
 def _learning_rate(dp: DataParallel, opt_state: Any) -> float | None:
     lr = learning_rate_of(opt_state)
     # Shortest decimal that round-trips in the state's dtype: 0.1, not 0.10000000149011612.
-    return None if lr is None else float(str(np.asarray(dp.unreplicate(lr))))
+    return None if lr is None else float(str(np.asarray(dp.gather(lr))))
 
 
 def _epoch_bar(show: bool, start: int, epochs: int):
