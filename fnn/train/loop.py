@@ -20,7 +20,7 @@ the monitored metric improves (:class:`~fnn.train.tracker.Tracker`); ``resume=Tr
 continues from ``latest`` and ends with the same params, bit for bit, as a run that was never
 stopped.
 
-``parallel="pmap"`` or ``"mesh"`` (with ``devices``) runs the same step data-parallel; the
+``parallel="pmap"``, ``"mesh"`` or ``"fsdp"`` (with ``devices``) runs the same step data-parallel; the
 loop does not branch on the mode: :class:`~fnn.train.parallel.DataParallel` compiles, places
 and gathers for every mode alike (``"none"`` is one device). See ``docs/DISTRIBUTED.md``.
 
@@ -150,8 +150,8 @@ def fit(net: Layer, loss: Callable[..., jax.Array], optimizer: optax.GradientTra
         callbacks: called as ``cb(record, train_state)`` after each epoch; a truthy return stops.
         progress: a tqdm bar over the steps of each epoch (step mode) or over epochs.
         log: where notices and one-line epoch summaries go (``None``: silent).
-        parallel, devices: ``None``/``"none"`` (one device), ``"pmap"`` or ``"mesh"`` over
-            ``devices`` (see :mod:`fnn.train.parallel`), or a ``DataParallel``. ``batch_size``
+        parallel, devices: ``None``/``"none"`` (one device), ``"pmap"``, ``"mesh"`` or
+            ``"fsdp"`` over ``devices`` (see :mod:`fnn.train.parallel`), or a ``DataParallel``. ``batch_size``
             is the global batch and must divide by the number of devices; a batch of an
             iterable that does not is padded with masked rows (exact for losses and metrics;
             batch-norm statistics see the padding). Only process 0
