@@ -10,6 +10,8 @@ from the one-device ``none`` run. The devices are simulated by setting
     FNN_DATA_DIR=/work/shared/data/mnist python scripts/device_agreement.py \\
         --devices 1,2,8 --steps 20 configs/mnist_cnn.yaml configs/mnist_mlp_augment.yaml
 
+A config may carry its own overrides after a colon, e.g.
+``configs/mnist_cnn.yaml:model.0.Conv2D.use_bias=false,model.4.Conv2D.use_bias=false``.
 ``--data random`` replaces the training images by seeded random ones of the same shape (for
 tests and machines without MNIST); ``--examples`` keeps the first N training examples.
 """
@@ -25,7 +27,8 @@ from pathlib import Path
 
 def _args(argv: list[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("configs", nargs="+", help="config files")
+    p.add_argument("configs", nargs="*",
+                   help="config files, each optionally with overrides: PATH:KEY=VALUE,KEY=VALUE")
     p.add_argument("--devices", default="1,2,8", help="device counts, comma-separated")
     p.add_argument("--modes", default="none,mesh,pmap,fsdp", help="modes, comma-separated")
     p.add_argument("--steps", type=int, default=100)
@@ -34,6 +37,8 @@ def _args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--data", choices=("config", "random"), default="config")
     p.add_argument("--json", type=Path, default=None, help="write the losses here")
     p.add_argument("--markdown", action="store_true", help="print a markdown table")
+    p.add_argument("--table", type=Path, default=None,
+                   help="only print the table of an earlier --json file")
     return p.parse_args(argv)
 
 
@@ -76,6 +81,10 @@ def _train_data(cfg: dict, how: str, examples: int | None) -> dict:
 
 def main(argv: list[str]) -> None:
     args = _args(argv)
+    if args.table:
+        report = json.loads(args.table.read_text())
+        print(_table(report, len(next(iter(next(iter(report.values())).values())))))
+        return
     counts = [int(d) for d in args.devices.split(",")]
     os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
                                f" --xla_force_host_platform_device_count={max(counts)}")
@@ -83,9 +92,10 @@ def main(argv: list[str]) -> None:
     from fnn.train.parallel import DataParallel
 
     report: dict[str, dict[str, list[float]]] = {}
-    for path in args.configs:
+    for spec in args.configs:
+        path, _, own = spec.partition(":")
         overrides = ([f"training.batch_size={args.batch_size}"] if args.batch_size else [])
-        cfg = load_config(path, overrides)
+        cfg = load_config(path, overrides + [o for o in own.split(",") if o])
         train = _train_data(cfg, args.data, args.examples)
         runs: dict[str, list[float]] = {}
         for n in counts:
@@ -93,9 +103,9 @@ def main(argv: list[str]) -> None:
                 if mode == "none" and n != 1:
                     continue
                 runs[f"{n} {mode}"] = _losses(cfg, train, DataParallel(mode, n), args.steps)
-                print(f"{path}: {n} devices {mode}: last loss {runs[f'{n} {mode}'][-1]:.6f}",
+                print(f"{spec}: {n} devices {mode}: last loss {runs[f'{n} {mode}'][-1]:.6f}",
                       file=sys.stderr, flush=True)
-        report[path] = runs
+        report[spec] = runs
     if args.json:
         args.json.write_text(json.dumps(report))
     if args.markdown:
@@ -103,16 +113,22 @@ def main(argv: list[str]) -> None:
 
 
 def _table(report: dict[str, dict[str, list[float]]], steps: int) -> str:
+    """Relative difference of the loss from one device (mode none) at a few steps."""
     import numpy as np
 
-    lines = [f"| config | devices | mode | loss at step {steps} | largest relative difference "
-             "from 1 device `none`, over the steps |", "|---|---|---|---|---|"]
-    for path, runs in report.items():
+    at = sorted({1, 2, 5, 10, 20, 50, 100, steps} & set(range(1, steps + 1)))
+    lines = ["| config | devices | mode | " + " | ".join(f"step {k}" for k in at) + " |",
+             "|---|---|---|" + "---|" * len(at)]
+    for spec, runs in report.items():
+        path, _, own = spec.partition(":")
+        label = Path(path).name + (" (no conv biases)" if "use_bias=false" in own else
+                                   f" ({own})" if own else "")
         one = np.array(runs["1 none"])
         for name, losses in runs.items():
             n, mode = name.split()
-            rel = np.max(np.abs(np.array(losses) - one) / np.abs(one))
-            lines.append(f"| {Path(path).name} | {n} | {mode} | {losses[-1]:.6f} | {rel:.1e} |")
+            rel = np.abs(np.array(losses) - one) / np.abs(one)
+            lines.append(f"| {label} | {n} | {mode} | "
+                         + " | ".join(f"{rel[k - 1]:.1e}" for k in at) + " |")
     return "\n".join(lines)
 
 
