@@ -178,7 +178,8 @@ def test_two_fsdp_processes_killed_and_resumed_from_the_cli_end_like_one(tmp_pat
             p.send_signal(signal.SIGKILL)
     first = [p.communicate()[0] for p in procs]
     killed_at = _epochs_done(out)
-    assert 2 <= killed_at < CNN_EPOCHS, f"not killed mid-run ({killed_at} epochs):\n{first[0][-3000:]}"
+    assert 2 <= killed_at < CNN_EPOCHS, (f"not killed mid-run ({killed_at} epochs):\n"
+                                         f"{first[0][-3000:]}")
 
     procs = _launch(config, out, _free_port(), resume=True)
     outputs = [p.communicate(timeout=900)[0] for p in procs]

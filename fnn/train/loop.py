@@ -20,9 +20,10 @@ the monitored metric improves (:class:`~fnn.train.tracker.Tracker`); ``resume=Tr
 continues from ``latest`` and ends with the same params, bit for bit, as a run that was never
 stopped.
 
-``parallel="pmap"``, ``"mesh"`` or ``"fsdp"`` (with ``devices``) runs the same step data-parallel; the
-loop does not branch on the mode: :class:`~fnn.train.parallel.DataParallel` compiles, places
-and gathers for every mode alike (``"none"`` is one device). See ``docs/DISTRIBUTED.md``.
+``parallel="pmap"``, ``"mesh"`` or ``"fsdp"`` (with ``devices``) runs the same step
+data-parallel; the loop does not branch on the mode: :class:`~fnn.train.parallel.DataParallel`
+(one object per mode) compiles, places and gathers for every mode alike (``"none"`` is one
+device). See ``docs/DISTRIBUTED.md``.
 
 Example:
     >>> rng = np.random.default_rng(0)
@@ -151,12 +152,11 @@ def fit(net: Layer, loss: Callable[..., jax.Array], optimizer: optax.GradientTra
         progress: a tqdm bar over the steps of each epoch (step mode) or over epochs.
         log: where notices and one-line epoch summaries go (``None``: silent).
         parallel, devices: ``None``/``"none"`` (one device), ``"pmap"``, ``"mesh"`` or
-            ``"fsdp"`` over ``devices`` (see :mod:`fnn.train.parallel`), or a ``DataParallel``. ``batch_size``
-            is the global batch and must divide by the number of devices; a batch of an
-            iterable that does not is padded with masked rows (exact for losses and metrics;
-            batch-norm statistics see the padding). Only process 0
-            writes ``run_dir`` and logs; ``callbacks`` run on every process and must decide
-            alike.
+            ``"fsdp"`` over ``devices`` (see :mod:`fnn.train.parallel`), or a ``DataParallel``.
+            ``batch_size`` is the global batch and must divide by the number of devices; a
+            batch of an iterable that does not is padded with masked rows (exact for losses and
+            metrics; batch-norm statistics see the padding). Only process 0 writes ``run_dir``
+            and logs; ``callbacks`` run on every process and must decide alike.
         diagnostics: every this many steps, log gradient-flow diagnostics of the first
             training batch to ``run_dir/diagnostics.jsonl`` and ``gradflow.png``
             (:class:`fnn.diagnostics.Diagnostics`; in ``"epoch"`` mode at the end of the epochs
