@@ -62,7 +62,7 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--allow-change", action="append", default=[], metavar="KEY",
                    help="with --resume: accept a config that differs from the run's in KEY "
                         "(or keys under it, e.g. optimizer); repeat for several")
-    t.add_argument("--parallel", choices=("none", "pmap", "mesh"),
+    t.add_argument("--parallel", choices=("none", "pmap", "mesh", "fsdp"),
                    help="data parallelism over local devices (same as parallel.mode=...)")
     t.add_argument("--coordinator-address", help="host:port of process 0 (several processes)")
     t.add_argument("--num-processes", type=int, help="number of processes in the run")

@@ -129,7 +129,7 @@ _SECTIONS: dict[str, Any] = {
         },
     },
     "parallel": {
-        "mode": Field((str,), "none", choices=("none", "pmap", "mesh")),
+        "mode": Field((str,), "none", choices=("none", "pmap", "mesh", "fsdp")),
         "devices": Field((int, type(None)), None, doc="local devices to use (default: all)"),
         "coordinator_address": Field((str, type(None)), None),
         "num_processes": Field((int, type(None)), None),

@@ -5,7 +5,7 @@ The run folder holds ``config.yaml`` (the resolved config), ``summary.txt``,
 ``checkpoints/best.safetensors``, ``test.json`` (test metrics of the best checkpoint) and
 ``curves.png`` (loss and accuracy per epoch, train vs validation).
 
-The config's ``parallel`` section picks the data parallelism (``mode: none | pmap | mesh``,
+The config's ``parallel`` section picks the data parallelism (``mode: none | pmap | mesh | fsdp``,
 ``devices``) and, for several processes, starts ``jax.distributed`` from
 ``coordinator_address``/``num_processes``/``process_id`` (or the ``JAX_COORDINATOR_ADDRESS``,
 ``JAX_NUM_PROCESSES``, ``JAX_PROCESS_ID`` variables, or a SLURM/Open MPI launch); see
@@ -313,7 +313,7 @@ def data_parallel(cfg: dict[str, Any]) -> DataParallel:
             for key in distributed:
                 if p[key] is not None and (key != "num_processes" or p[key] != 1):
                     raise ConfigError(f"parallel.{key}", "several processes need "
-                                                         "parallel.mode pmap or mesh")
+                                                         "parallel.mode pmap, mesh or fsdp")
         dp = DataParallel(p["mode"], p["devices"])
         dp.check_batch_size(cfg["training"]["batch_size"], "training.batch_size")
     except ConfigError:

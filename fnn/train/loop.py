@@ -20,9 +20,10 @@ the monitored metric improves (:class:`~fnn.train.tracker.Tracker`); ``resume=Tr
 continues from ``latest`` and ends with the same params, bit for bit, as a run that was never
 stopped.
 
-``parallel="pmap"`` or ``"mesh"`` (with ``devices``) runs the same step data-parallel; the
-loop does not branch on the mode: :class:`~fnn.train.parallel.DataParallel` compiles, places
-and gathers for every mode alike (``"none"`` is one device). See ``docs/DISTRIBUTED.md``.
+``parallel="pmap"``, ``"mesh"`` or ``"fsdp"`` (with ``devices``) runs the same step
+data-parallel; the loop does not branch on the mode: :class:`~fnn.train.parallel.DataParallel`
+(one object per mode) compiles, places and gathers for every mode alike (``"none"`` is one
+device). See ``docs/DISTRIBUTED.md``.
 
 Example:
     >>> rng = np.random.default_rng(0)
@@ -153,13 +154,12 @@ def fit(net: Layer, loss: Callable[..., jax.Array], optimizer: optax.GradientTra
             own buffers, which would leave a kept reference deleted).
         progress: a tqdm bar over the steps of each epoch (step mode) or over epochs.
         log: where notices and one-line epoch summaries go (``None``: silent).
-        parallel, devices: ``None``/``"none"`` (one device), ``"pmap"`` or ``"mesh"`` over
-            ``devices`` (see :mod:`fnn.train.parallel`), or a ``DataParallel``. ``batch_size``
-            is the global batch and must divide by the number of devices; a batch of an
-            iterable that does not is padded with masked rows (exact for losses and metrics;
-            batch-norm statistics see the padding). Only process 0
-            writes ``run_dir`` and logs; ``callbacks`` run on every process and must decide
-            alike.
+        parallel, devices: ``None``/``"none"`` (one device), ``"pmap"``, ``"mesh"`` or
+            ``"fsdp"`` over ``devices`` (see :mod:`fnn.train.parallel`), or a ``DataParallel``.
+            ``batch_size`` is the global batch and must divide by the number of devices; a
+            batch of an iterable that does not is padded with masked rows (exact for losses and
+            metrics; batch-norm statistics see the padding). Only process 0 writes ``run_dir``
+            and logs; ``callbacks`` run on every process and must decide alike.
         diagnostics: every this many steps, log gradient-flow diagnostics of the first
             training batch to ``run_dir/diagnostics.jsonl`` and ``gradflow.png``
             (:class:`fnn.diagnostics.Diagnostics`; in ``"epoch"`` mode at the end of the epochs
@@ -238,11 +238,13 @@ def fit(net: Layer, loss: Callable[..., jax.Array], optimizer: optax.GradientTra
                               jax.random.fold_in(seed_key, 1), start_epoch, progress, epochs, diag)
     if given_state is not None:  # the steps donate their input: keep the caller's arrays
         train_state = _copy(train_state)
-    train_state = dp.replicate(train_state)
+    train_state = dp.place(train_state)
+    if log and dp.num_devices > 1:  # measured from the live arrays
+        log(f"params and optimizer state: {dp.memory((train_state.params, train_state.opt_state))}")
     bar = _epoch_bar(progress and mode == "epoch", start_epoch, epochs)
     stopped_early = False
     for epoch in range(start_epoch, epochs):
-        start, first_step = time.perf_counter(), int(dp.unreplicate(train_state.step))
+        start, first_step = time.perf_counter(), int(dp.gather(train_state.step))
         train_state, stacked, examples = run_epoch(train_state, epoch)
         seconds = time.perf_counter() - start
         _check_finite(np.asarray(stacked["loss"]), first_step, epoch, folder, history,
@@ -258,15 +260,16 @@ def fit(net: Layer, loss: Callable[..., jax.Array], optimizer: optax.GradientTra
         record.update(seconds=round(seconds, 4), examples_per_sec=round(examples / seconds, 1))
         history.append(record)
         improved = tracker.update(record, epoch + 1)
-        if folder.writes:  # one unreplicated copy: the same file whatever the devices
+        whole = dp.gather(train_state)  # every process (a collective under fsdp)
+        if folder.writes:  # one whole copy: the same file whatever the devices
             folder.save_epoch(history, {"epoch": epoch, **tracker.state_dict()}, improved,
-                              dp.unreplicate(train_state), net, metadata)
+                              whole, net, metadata)
         if log:
             log(_format_record(record, epochs))
         if bar is not None:
             bar.update(1)
         # a copy: the next step donates train_state's buffers, and a callback may keep it
-        stop = any(bool(cb(record, _copy(dp.unreplicate(train_state)))) for cb in callbacks)
+        stop = any(bool(cb(record, _copy(whole))) for cb in callbacks)
         if tracker.should_stop:
             stopped_early = True
             if log:
@@ -277,7 +280,7 @@ def fit(net: Layer, loss: Callable[..., jax.Array], optimizer: optax.GradientTra
     if bar is not None:
         bar.close()
 
-    train_state = _restored_best(dp.unreplicate(train_state), early_stopping, tracker, folder,
+    train_state = _restored_best(dp.gather(train_state), early_stopping, tracker, folder,
                                  len(history))
     return FitResult(train_state, history, tracker.best_epoch, stopped_early)
 
@@ -388,7 +391,7 @@ def _diagnostics(every: int | None, dp: DataParallel, net: Layer, loss: Callable
     def record(ts, step, epoch, steps_in_epoch=None):
         due = diag.due(step) if steps_in_epoch is None else diag.due(step, steps_in_epoch)
         if due:
-            diag.record(dp.unreplicate(ts), batch, step=step, epoch=epoch + 1)
+            diag.record(dp.gather(ts), batch, step=step, epoch=epoch + 1)
 
     return record
 
@@ -403,7 +406,7 @@ def _epoch_runner(dp: DataParallel, step_fn: Callable, train: ArraySource | Iter
         steps = train.num_examples // batch_size
 
         def run_scanned(ts, epoch):
-            first_step = int(dp.unreplicate(ts.step)) if diag is not None else 0
+            first_step = int(dp.gather(ts.step)) if diag is not None else 0
             ts, stacked = run(ts, device_data, jax.random.fold_in(data_key, epoch))
             if diag is not None:
                 diag(ts, first_step + steps, epoch, steps)
@@ -431,7 +434,7 @@ def _epoch_runner(dp: DataParallel, step_fn: Callable, train: ArraySource | Iter
             from tqdm.auto import tqdm
             batches = tqdm(batches, desc=f"epoch {epoch + 1}/{epochs}", leave=False, unit="step")
         collected = []
-        first_step = int(dp.unreplicate(ts.step)) if diag is not None else 0
+        first_step = int(dp.gather(ts.step)) if diag is not None else 0
         for batch in batches:
             ts, m = run(ts, batch)
             collected.append(m)
@@ -492,7 +495,7 @@ def _check_finite(losses: np.ndarray, first_step: int, epoch: int, folder: RunFo
 def _learning_rate(dp: DataParallel, opt_state: Any) -> float | None:
     lr = learning_rate_of(opt_state)
     # Shortest decimal that round-trips in the state's dtype: 0.1, not 0.10000000149011612.
-    return None if lr is None else float(str(np.asarray(dp.unreplicate(lr))))
+    return None if lr is None else float(str(np.asarray(dp.gather(lr))))
 
 
 def _epoch_bar(show: bool, start: int, epochs: int):
