@@ -1,7 +1,8 @@
-"""The ``fnn`` command: ``fnn train|eval|summary|validate|cv|sweep``.
+"""The ``fnn`` command: ``fnn train|eval|summary|validate|cv|sweep|export``.
 
 Examples::
 
+    fnn --version                                       # the fnn version, e.g. "fnn 0.1.0"
     fnn train configs/mnist_mlp.yaml
     fnn train configs/mnist_mlp.yaml optimizer.learning_rate=3e-4 training.epochs=5 --out runs/lr3e-4
     fnn train configs/mnist_mlp.yaml --resume          # continue a stopped run
@@ -13,6 +14,8 @@ Examples::
     fnn sweep configs/mnist_mlp.yaml training.epochs=5 --grid optimizer.learning_rate=1e-4,1e-3
     fnn sweep configs/mnist_mlp.yaml --random 8 --loguniform optimizer.learning_rate=1e-4,1e-2
     fnn validate my.yaml --import mylayers            # layer kinds registered in mylayers.py
+    fnn export runs/lr3e-4                              # runs/lr3e-4/model.stablehlo
+    fnn export runs/lr3e-4 --format onnx --batch 1 --out model.onnx
 
 Overrides (KEY.PATH=VALUE) go right after the config file, before any --option.
 
@@ -24,13 +27,17 @@ module path, as for ``python -m``.
 A mistake in the config, the data files, a checkpoint or the run folder ends in one line
 ``fnn <command>: error: <where>: <what>`` with exit status 2, before anything compiles and
 before the run folder is touched; ``--debug`` or ``FNN_DEBUG=1`` shows the traceback.
+``fnn train`` holds its folder's lock while it runs; Ctrl-C or SIGTERM (``kill``, a scheduler's
+preemption) release it (exit status 130 or 143).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import errno
 import os
+import signal
 import sys
 from typing import Sequence
 
@@ -41,6 +48,9 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="fnn", description="Train and inspect fnn networks from config files.",
         epilog="--debug (anywhere) or FNN_DEBUG=1: show the traceback of an error")
+    from fnn.version import version
+
+    p.add_argument("--version", action="version", version=f"fnn {version()}")
     sub = p.add_subparsers(dest="command", required=True)
     t = sub.add_parser("train", help="train the run a config describes")
     t.add_argument("config", help="a YAML config file")
@@ -52,7 +62,7 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--allow-change", action="append", default=[], metavar="KEY",
                    help="with --resume: accept a config that differs from the run's in KEY "
                         "(or keys under it, e.g. optimizer); repeat for several")
-    t.add_argument("--parallel", choices=("none", "pmap", "mesh"),
+    t.add_argument("--parallel", choices=("none", "pmap", "mesh", "fsdp"),
                    help="data parallelism over local devices (same as parallel.mode=...)")
     t.add_argument("--coordinator-address", help="host:port of process 0 (several processes)")
     t.add_argument("--num-processes", type=int, help="number of processes in the run")
@@ -66,6 +76,17 @@ def _parser() -> argparse.ArgumentParser:
     v = sub.add_parser("validate", help="check a config and print it resolved")
     v.add_argument("config")
     v.add_argument("overrides", nargs="*")
+    x = sub.add_parser("export", help="export a run's best checkpoint (or a checkpoint file) "
+                                      "for serving, verified against predict")
+    x.add_argument("source", help="a run folder or a .safetensors checkpoint saved with its "
+                                  "architecture (fnn.save, a training run)")
+    x.add_argument("--format", default="stablehlo", choices=("stablehlo", "onnx"))
+    x.add_argument("--batch", default="dynamic", help="'dynamic' (default) or a fixed batch size")
+    x.add_argument("--dtype", default="float32", help="the input's dtype (int32 for token ids)")
+    x.add_argument("--checkpoint", default="best", choices=("best", "latest"),
+                   help="which checkpoint of a run folder")
+    x.add_argument("--out", help="the file to write (default: model.stablehlo / model.onnx in "
+                                 "the run folder, or next to the checkpoint)")
     _add_selection_parsers(sub)
     for command in sub.choices.values():
         command.add_argument("--import", dest="imports", action="append", default=[],
@@ -122,10 +143,11 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from fnn.files import WriteError
     from fnn.train.checkpoint import CheckpointError
     from fnn.train.loop import TrainingDiverged
+    from fnn.export import ExportError
 
     return (ConfigError, DataError, DatasetNotFoundError, CheckpointError, TrainingDiverged,
             RunFolderError, SelectionError, LayerError, WriteError, FileNotFoundError,
-            FileExistsError)
+            FileExistsError, ExportError)
 
 
 def _message(e: BaseException) -> str:
@@ -173,6 +195,12 @@ def _run(args) -> int:
         from fnn.run import evaluate_run
         evaluate_run(args.run_dir, checkpoint=args.checkpoint)
         return 0
+    if args.command == "export":
+        from fnn.export import export_checkpoint
+        out = export_checkpoint(args.source, format=args.format, batch=args.batch,
+                                dtype=args.dtype, checkpoint=args.checkpoint, out=args.out)
+        print(f"exported {out} (verified against predict)")
+        return 0
     overrides = list(args.overrides)
     for flag, key in (("parallel", "mode"), ("coordinator_address", "coordinator_address"),
                       ("num_processes", "num_processes"), ("process_id", "process_id")):
@@ -182,8 +210,9 @@ def _run(args) -> int:
     cfg = load_config(args.config, overrides)
     if args.command == "train":
         from fnn.run import train
-        train(cfg, args.out, resume=args.resume, overwrite=args.overwrite,
-              allow_change=args.allow_change)
+        with _terminate_as_exit():
+            train(cfg, args.out, resume=args.resume, overwrite=args.overwrite,
+                  allow_change=args.allow_change)
         return 0
     # validate, summary, cv, sweep: every check a training run makes first (model selection
     # leaves the test set alone until it has chosen)
@@ -196,6 +225,25 @@ def _run(args) -> int:
     else:
         return _selection(args, cfg)
     return 0
+
+
+@contextlib.contextmanager
+def _terminate_as_exit():
+    """SIGTERM (``kill``, a scheduler's preemption) ends the run as Ctrl-C does: the run
+    folder's lock is released and an unfinished --overwrite puts the old run back; exit
+    status 143 (128 + SIGTERM). Only the main thread may set a handler; elsewhere nothing."""
+    def terminate(signum, frame):
+        raise SystemExit(128 + signum)
+
+    try:
+        previous = signal.signal(signal.SIGTERM, terminate)
+    except ValueError:  # not the main thread
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _check(cfg, command: str) -> None:

@@ -126,7 +126,7 @@ _SECTIONS: dict[str, Any] = {
         },
     },
     "parallel": {
-        "mode": Field((str,), "none", choices=("none", "pmap", "mesh")),
+        "mode": Field((str,), "none", choices=("none", "pmap", "mesh", "fsdp")),
         "devices": Field((int, type(None)), None, doc="local devices to use (default: all)"),
         "coordinator_address": Field((str, type(None)), None),
         "num_processes": Field((int, type(None)), None),
@@ -360,6 +360,7 @@ def validate(raw: dict[str, Any]) -> dict[str, Any]:
     if cfg["model"] in ([], {}, ""):
         raise ConfigError("model", "empty: a network needs at least one layer, "
                                    "e.g. [{Dense: 10}]")
+    _check_name(cfg["name"])
     if not 0 <= cfg["seed"] <= MAX_SEED:
         raise ConfigError("seed", f"must be in [0, 2**32 - 1] = [0, {MAX_SEED}], "
                                   f"got {cfg['seed']}")
@@ -415,6 +416,14 @@ def import_modules(names: Sequence[Any], where: Any) -> None:
 
 MAX_SEED = 2**32 - 1  # numpy's generators and jax.random.key both take any seed in this range
 IMAGE_DATASETS = ("mnist", "fashion_mnist")
+
+
+def _check_name(name: str) -> None:
+    """``name`` is one folder name: the run folder ``runs/<name>`` stays inside ``runs/``."""
+    if not name.strip() or name in (".", "..") or any(c in name for c in "/\\\0"):
+        raise ConfigError("name", f"{name!r} is not a folder name (the run folder is "
+                                  "runs/<name>): give one name without '/', '\\' or '..'; "
+                                  "choose the folder itself with --out or output.dir")
 
 
 def _check_finite(path: str, value: Any) -> None:

@@ -76,6 +76,8 @@ __all__ = [
     "apply_child",
     "child_keys",
     "require_rng",
+    "split_keys",
+    "draw",
     "num_params",
     "tree_size",
     "snake_case",
@@ -837,10 +839,64 @@ def apply_child(key: str, layer: Layer, params: Params, state: State, x: Any, *,
 
 
 def split_rng(rng: jax.Array | None, n: int) -> list[jax.Array | None]:
-    """``n`` independent keys from ``rng``, or ``n`` ``None`` when ``rng`` is ``None``."""
+    """``n`` independent keys from ``rng``, or ``n`` ``None`` when ``rng`` is ``None``.
+
+    ``rng`` may be one key or one key per example (shape ``(batch,)``, see :func:`draw`);
+    each of the ``n`` results has ``rng``'s shape.
+    """
     if rng is None:
         return [None] * n
-    return list(jax.random.split(rng, n))
+    return list(split_keys(rng, n))
+
+
+def split_keys(rng: jax.Array, n: int) -> jax.Array:
+    """``n`` keys from ``rng`` stacked on a new leading axis: shape ``(n, *rng.shape)``.
+
+    For one key this is ``jax.random.split(rng, n)``; per-example keys (shape ``(batch,)``)
+    are split example by example, so example ``b`` of result ``i`` depends only on ``rng[b]``.
+
+    Example:
+        >>> keys = jax.random.split(jax.random.key(0), 5)          # one key per example
+        >>> split_keys(keys, 3).shape
+        (3, 5)
+        >>> bool((jax.random.key_data(split_keys(keys, 3)[:, 2])
+        ...       == jax.random.key_data(jax.random.split(keys[2], 3))).all())
+        True
+    """
+    if rng.ndim == 0:
+        return jax.random.split(rng, n)
+    return jax.vmap(lambda key: jax.random.split(key, n), out_axes=1)(rng)
+
+
+def draw(rng: jax.Array, sample: Callable[[jax.Array, tuple[int, ...]], jax.Array],
+         shape: tuple[int, ...]) -> jax.Array:
+    """Random values of ``shape`` from ``sample(key, shape)``, per example when ``rng`` is.
+
+    A layer's ``rng`` is one key (the values are ``sample(rng, shape)``) or one key per example
+    of the batch, shape ``(batch,)``: what the training step passes, folded from each
+    example's index in the global batch, so that an example's dropout mask does not depend on
+    how the batch is split over devices. Then example ``b`` gets ``sample(rng[b], shape[1:])``.
+    A leading axis that is a multiple of the batch (``batch * time`` rows) gives each key its
+    consecutive rows; a leading axis of 1 (a draw shared by the batch) uses the first key.
+
+    Example:
+        >>> keys = jax.random.split(jax.random.key(0), 4)          # 4 examples
+        >>> bits = draw(keys, lambda k, s: jax.random.bernoulli(k, 0.5, s), (4, 3))
+        >>> bits.shape
+        (4, 3)
+        >>> bool((bits[1] == jax.random.bernoulli(keys[1], 0.5, (3,))).all())
+        True
+    """
+    if rng.ndim == 0:
+        return sample(rng, tuple(shape))
+    k, n = rng.shape[0], shape[0]
+    if n == 1:
+        return sample(rng[0], tuple(shape))
+    if n % k:
+        raise LayerError(f"got {k} per-example keys for a batch of {n} rows; pass one key or "
+                         "one key per example")
+    rows = jax.vmap(lambda key: sample(key, (n // k, *shape[1:])))(rng)
+    return rows.reshape(tuple(shape))
 
 
 def require_rng(rng: jax.Array | None, why: str = "it is random in training") -> jax.Array:

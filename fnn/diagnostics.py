@@ -58,7 +58,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from fnn.core import Layer, apply_child, child_keys, default_key, split_rng
+from fnn.core import Layer, apply_child, child_keys, default_key, split_keys, split_rng
 from fnn.files import atomic_write
 from fnn.regularizers import is_weight
 
@@ -123,7 +123,7 @@ class _Walk:
             return x, stats
         if layer.kind == "Repeat":
             child, times = layer.children[0], _repeat_times(layer)
-            rngs = None if rng is None else jax.random.split(rng, times)
+            rngs = None if rng is None else split_keys(rng, times)
             first = self.counter if group is None else group
 
             def body(carry, per_copy):

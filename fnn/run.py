@@ -5,7 +5,7 @@ The run folder holds ``config.yaml`` (the resolved config), ``summary.txt``,
 ``checkpoints/best.safetensors``, ``test.json`` (test metrics of the best checkpoint) and
 ``curves.png`` (loss and accuracy per epoch, train vs validation).
 
-The config's ``parallel`` section picks the data parallelism (``mode: none | pmap | mesh``,
+The config's ``parallel`` section picks the data parallelism (``mode: none | pmap | mesh | fsdp``,
 ``devices``) and, for several processes, starts ``jax.distributed`` from
 ``coordinator_address``/``num_processes``/``process_id`` (or the ``JAX_COORDINATOR_ADDRESS``,
 ``JAX_NUM_PROCESSES``, ``JAX_PROCESS_ID`` variables, or a SLURM/Open MPI launch); see
@@ -313,7 +313,7 @@ def data_parallel(cfg: dict[str, Any]) -> DataParallel:
             for key in distributed:
                 if p[key] is not None and (key != "num_processes" or p[key] != 1):
                     raise ConfigError(f"parallel.{key}", "several processes need "
-                                                         "parallel.mode pmap or mesh")
+                                                         "parallel.mode pmap, mesh or fsdp")
         dp = DataParallel(p["mode"], p["devices"])
         dp.check_batch_size(cfg["training"]["batch_size"], "training.batch_size")
     except ConfigError:  # carries its key path (parallel.devices, training.batch_size...)
@@ -327,13 +327,15 @@ def train_model(cfg: dict[str, Any], train_data: dict[str, np.ndarray],
                 val_data: dict[str, np.ndarray] | None, run_dir: str | os.PathLike, *,
                 resume: bool = False, log: Callable[[str], None] | None = print,
                 parallel: Any = None, experiment: Experiment | None = None,
-                reset_optimizer: bool = False) -> FitResult:
+                reset_optimizer: bool = False,
+                callbacks: Sequence[Callable[[dict, Any], Any]] = ()) -> FitResult:
     """Train the model of ``cfg`` on ``train_data`` into ``run_dir``; the test set is not touched.
 
     Writes ``config.yaml``, ``summary.txt``, ``metrics.jsonl``, checkpoints and ``curves.png``
     (process 0 only). This is :func:`train` without the run-folder guard and the final test
     evaluation, which is what model selection (``fnn.selection``) needs. ``reset_optimizer``:
     on resume, restore params and progress but start the optimizer state afresh.
+    ``callbacks``: called after each epoch, as in :func:`fnn.train.fit`.
     """
     dp = parallel if parallel is not None else data_parallel(cfg)
     if not dp.is_main:
@@ -377,7 +379,7 @@ def train_model(cfg: dict[str, Any], train_data: dict[str, np.ndarray],
                  metadata={"config": cfg, "input_shape": list(input_shape)},
                  init=t["pretrained"],
                  eval_batch_size=t["eval_batch_size"], progress=cfg["output"]["progress"], log=log,
-                 parallel=dp, diagnostics=t["diagnostics"]["every"])
+                 parallel=dp, diagnostics=t["diagnostics"]["every"], callbacks=callbacks)
     if dp.is_main and cfg["output"]["plots"]:
         from fnn.plots import plot_curves
         plot_curves(result.history, run_dir / "curves.png", title=cfg["name"])
@@ -390,10 +392,13 @@ def train(cfg: dict[str, Any], out: str | os.PathLike | None = None, *, resume: 
     """Train the run a config describes, then report its test metrics; returns the run folder.
 
     Everything a user can get wrong is checked first, before anything compiles and before the
-    run folder is created or changed: the data (:func:`load_data`), the network, loss, metrics
-    and options against the data's shapes (:func:`fnn.checks.check_run`), and the folder
-    (:func:`fnn.rundir.check_run_folder`: writable, owned, not holding another run unless
-    ``resume`` or ``overwrite``, a resume's config changes only those in ``allow_change``).
+    run folder is created or changed: the data (:func:`load_data`), the network (with
+    ``training.freeze``), loss, metrics and options against the data's shapes
+    (:func:`fnn.checks.check_run`), and the folder (:func:`fnn.rundir.check_run_folder`:
+    writable, owned, not used by another run, not holding another run unless ``resume`` or
+    ``overwrite``, a resume's config changes only those in ``allow_change``). The run then holds the folder's lock until it ends; with
+    ``overwrite`` the old run is kept aside until the first epoch is saved, and put back if the
+    new run fails before that.
 
     Raises:
         ConfigError, RunFolderError: one line naming the key or the folder.
@@ -408,22 +413,37 @@ def train(cfg: dict[str, Any], out: str | os.PathLike | None = None, *, resume: 
     plan = rundir.check_run_folder(run_dir, cfg, resume=resume, overwrite=overwrite,
                                    allow_change=allow_change, train_state=check.train_state,
                                    checkpoint_bytes=check.checkpoint_bytes)
-    if dp.is_main:
-        stale = rundir.open_run_folder(plan)
-        if log and stale:
-            log(f"removed {len(stale)} temporary file(s) of an interrupted write: "
-                + ", ".join(p.name for p in stale))
-    if log and dp.is_main:
-        for note in plan.notes:
-            log(f"resume: {note}")
-        if plan.changes:
-            log("resume: config changes: " + ", ".join(plan.changes))
-    train_model(cfg, data["train"], data.get("val"), run_dir, resume=resume,
-                log=log if dp.is_main else None, parallel=dp, experiment=exp,
-                reset_optimizer=plan.reset_optimizer)
-    if dp.is_main and "test" in data:  # the test set is evaluated once, by process 0
-        evaluate_run(run_dir, data=data, experiment=exp, log=log)
+    if not dp.is_main:  # process 0 alone opens (locks) and writes the folder
+        train_model(cfg, data["train"], data.get("val"), run_dir, resume=resume, log=None,
+                    parallel=dp, experiment=exp, reset_optimizer=plan.reset_optimizer)
+        return run_dir
+    with rundir.open_run_folder(plan) as opened:
+        if log:
+            _log_opened(opened, plan, log)
+        started = [lambda record, train_state: opened.started()] if opened.old_run else []
+        train_model(cfg, data["train"], data.get("val"), run_dir, resume=resume, log=log,
+                    parallel=dp, experiment=exp, reset_optimizer=plan.reset_optimizer,
+                    callbacks=started)
+        if "test" in data:  # the test set is evaluated once, by process 0
+            evaluate_run(run_dir, data=data, experiment=exp, log=log)
     return run_dir
+
+
+def _log_opened(opened: Any, plan: Any, log: Callable[[str], None]) -> None:
+    """What opening the folder did, and what a resume changes."""
+    if opened.stale_lock is not None:
+        log(f"took over the lock of a run that is gone ({opened.stale_lock})")
+    if opened.removed_temporary:
+        log(f"removed {len(opened.removed_temporary)} temporary file(s) of an interrupted "
+            "write: " + ", ".join(p.name for p in opened.removed_temporary))
+    if opened.old_run is not None:
+        log(f"--overwrite: the old run is kept in {opened.old_run.name}/ until the first epoch "
+            "is saved" + (f"; kept (not written by fnn): {', '.join(opened.kept)}"
+                          if opened.kept else ""))
+    for note in plan.notes:
+        log(f"resume: {note}")
+    if plan.changes:
+        log("resume: config changes: " + ", ".join(plan.changes))
 
 
 def check_checkpoint_fits(cfg: dict[str, Any], exp: Experiment, path: str | os.PathLike,

@@ -13,8 +13,16 @@
   allowed change of optimizer resets the stored optimizer state, and says so; a network whose
   parameters no longer fit the checkpoint is refused naming the first layer that differs.
 
-Only then does :func:`open_run_folder` touch the folder: it removes what ``--overwrite``
-replaces and the temporary files of writes that were killed, and creates the folder.
+One run per folder: a run holds the folder's lock file ``.fnn-lock`` (its pid, host and start
+time, created exclusively) while it runs; another run on the folder is refused naming the
+holder, and the lock of a run that died (same host, process gone) is taken over, with a note.
+
+Only then does :func:`open_run_folder` touch the folder: it takes the lock, removes the
+temporary files of writes that were killed, and for ``--overwrite`` moves the old run's files
+(``RUN_FILES`` and the checkpoints: what fnn wrote; anything else stays and is listed) into
+``.fnn-old-<time>/``, removed once the new run has started cleanly (:meth:`OpenRun.started`,
+after its first epoch) and put back if it fails before. ``--overwrite`` is refused when the
+config reads a file inside the folder (``training.pretrained``, ``data.path``).
 
 Example:
     A finished two-epoch run of ``configs/xor.yaml`` (momentum) in a fresh folder:
@@ -44,30 +52,225 @@ Example:
     >>> plan.resume, plan.reset_optimizer, plan.notes
     (True, True, ["optimizer.name changed ('momentum' -> 'adam'): the stored optimizer state is
     reset (moments and schedule start again)"])
-    >>> open_run_folder(plan)            # now the folder may be touched; no stale files removed
-    []
+    >>> import os
+    >>> with open_run_folder(plan) as opened:  # now the folder may be touched; locked until the end
+    ...     lock_holder(run_dir).pid == os.getpid(), opened.removed_temporary
+    (True, [])
+    >>> lock_holder(run_dir) is None
+    True
 """
 
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import errno
+import json
 import os
 import pwd
+import shutil
+import socket
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 __all__ = ["RunFolderError", "RunFolderPlan", "check_run_folder", "open_run_folder",
-           "config_changes", "FREE_TO_CHANGE", "RUN_FILES", "stale_temporary_files",
+           "OpenRun", "LockHolder", "lock_holder", "take_lock", "RunLock", "config_changes",
+           "FREE_TO_CHANGE", "RUN_FILES", "LOCK", "stale_temporary_files",
            "check_checkpoint_files"]
 
-RUN_FILES = ("config.yaml", "summary.txt", "metrics.jsonl", "test.json", "curves.png")
+# Every file fnn writes in a run folder (run.py, run_folder.py, diagnostics.py, plots, fnn eval):
+# what --overwrite moves aside and removes; anything else in the folder is kept.
+RUN_FILES = ("config.yaml", "summary.txt", "metrics.jsonl", "test.json", "curves.png",
+             "diagnostics.jsonl", "gradflow.png")
 CHECKPOINTS = "checkpoints"
+LOCK = ".fnn-lock"  # {"pid", "host", "since", "ticks"} of the run using the folder
+OLD_RUN = ".fnn-old-"  # + time: where --overwrite keeps the old run until the new one started
+# config keys that name files a run reads: --overwrite refuses when one lies inside the folder
+READ_PATHS = ("training.pretrained", "data.path", "data.dir")
 FREE_TO_CHANGE = ("training.epochs", "training.eval_batch_size", "name", "output", "parallel")
 
 
 class RunFolderError(ValueError):
     """A run folder this run may not use; the message starts with the folder."""
+
+
+@dataclasses.dataclass(frozen=True)
+class LockHolder:
+    """The run that holds a folder's lock file: its process id, host and start time (UTC)."""
+
+    pid: int
+    host: str
+    since: str
+    ticks: int | None = None  # the process's start (Linux: /proc/<pid>/stat), against pid reuse
+
+    def __str__(self) -> str:
+        return f"pid {self.pid} on {self.host} since {self.since}"
+
+    def is_stale(self) -> bool:
+        """The holder ran on this host and its process is gone (or its pid now belongs to a
+        process started later). A lock of another host is never stale: its process cannot be
+        seen from here."""
+        if self.host != socket.gethostname():
+            return False
+        try:
+            os.kill(self.pid, 0)
+        except ProcessLookupError:
+            return True
+        except PermissionError:  # another user's process
+            pass
+        stat = _proc_stat(self.pid)  # (state, start ticks), None where there is no /proc
+        if stat is None:
+            return False
+        state, ticks = stat
+        return state == "Z" or (self.ticks is not None and ticks != self.ticks)  # Z: killed
+
+
+def _proc_stat(pid: int) -> tuple[str, int] | None:
+    """A process's state letter and start time in clock ticks after boot (Linux's
+    ``/proc/<pid>/stat``, fields 3 and 22); ``None`` where it cannot be read."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rpartition(")")[2].split()  # the name may hold spaces and ')'
+        return fields[0], int(fields[19])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def _now() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def _parse_lock(text: str) -> LockHolder | None:
+    """The holder a lock file's text names; ``None`` unless it is a lock fnn wrote."""
+    try:
+        found = json.loads(text)
+        holder = LockHolder(found["pid"], found["host"], found["since"], found.get("ticks"))
+    except (ValueError, TypeError, KeyError, AttributeError):
+        return None
+    valid = (type(holder.pid) is int and holder.pid > 0 and isinstance(holder.host, str)
+             and isinstance(holder.since, str)
+             and (holder.ticks is None or type(holder.ticks) is int))
+    return holder if valid else None
+
+
+def _lock_text(path: Path) -> str | None:
+    try:
+        return path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return None
+    except (OSError, UnicodeDecodeError):
+        return ""
+
+
+def lock_holder(run_dir: str | os.PathLike) -> LockHolder | None:
+    """Who holds ``run_dir``'s lock file (``.fnn-lock``), or ``None`` when there is none.
+
+    Raises:
+        RunFolderError: the lock file is not one fnn wrote (or is still being written).
+    """
+    path = Path(run_dir) / LOCK
+    text = _lock_text(path)
+    if text is None:
+        return None
+    holder = _parse_lock(text)
+    if holder is None:
+        raise RunFolderError(f"{run_dir}: its lock file {LOCK} is unreadable (a run may be "
+                             f"starting there); if no run uses the folder, remove {path}")
+    return holder
+
+
+def _held_error(run_dir: Path, holder: LockHolder) -> RunFolderError:
+    ended = "" if holder.host == socket.gethostname() else (
+        f"; if that run has ended, remove {Path(run_dir) / LOCK}")
+    return RunFolderError(f"{run_dir}: another run is using this folder ({holder}); wait for it "
+                          f"to end, or choose another folder with --out{ended}")
+
+
+class RunLock:
+    """This process's lock on a run folder; :meth:`release` (or leaving a ``with`` block)
+    removes the lock file if it is still this process's."""
+
+    def __init__(self, run_dir: Path, holder: LockHolder):
+        self.path, self.holder = Path(run_dir) / LOCK, holder
+
+    def release(self) -> None:
+        try:
+            if lock_holder(self.path.parent) == self.holder:
+                self.path.unlink()
+        except (RunFolderError, FileNotFoundError):
+            pass
+
+    def __enter__(self) -> RunLock:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.release()
+
+
+def take_lock(run_dir: str | os.PathLike) -> tuple[RunLock, LockHolder | None]:
+    """Take ``run_dir``'s lock (creating the folder): ``(lock, the stale holder taken over)``.
+
+    The lock file is created exclusively (``O_EXCL``), so of two runs starting at once one
+    gets it. A lock whose process is gone (same host) is stale and taken over.
+
+    Raises:
+        RunFolderError: another live run holds the folder (naming its pid, host and start).
+
+    Example:
+        >>> import tempfile
+        >>> folder = Path(tempfile.mkdtemp())
+        >>> lock, stale = take_lock(folder)
+        >>> lock_holder(folder).pid == os.getpid(), stale
+        (True, None)
+        >>> take_lock(folder)
+        Traceback (most recent call last):
+        fnn.rundir.RunFolderError: ...: another run is using this folder (pid ... on ... since
+        ...); wait for it to end, or choose another folder with --out
+        >>> lock.release()
+        >>> lock_holder(folder) is None
+        True
+    """
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    path, taken_over = run_dir / LOCK, None
+    for _ in range(3):
+        stat = _proc_stat(os.getpid())
+        mine = LockHolder(os.getpid(), socket.gethostname(), _now(), stat and stat[1])
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # umask applies
+        except FileExistsError:
+            holder = lock_holder(run_dir)
+            if holder is None:  # released meanwhile
+                continue
+            if not holder.is_stale():
+                raise _held_error(run_dir, holder) from None
+            _remove_stale_lock(path, holder)
+            taken_over = holder
+            continue
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(json.dumps(dataclasses.asdict(mine)) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        return RunLock(run_dir, mine), taken_over
+    raise RunFolderError(f"{run_dir}: could not take its lock file {LOCK}: other runs keep "
+                         "taking it; choose another folder with --out")
+
+
+def _remove_stale_lock(path: Path, holder: LockHolder) -> None:
+    """Remove a stale lock, unless another run took it over first (then leave that one)."""
+    aside = path.with_name(f"{LOCK}.stale-{os.getpid()}")
+    try:
+        os.rename(path, aside)  # of several runs taking it over, one moves it
+    except FileNotFoundError:
+        return
+    try:
+        if _parse_lock(_lock_text(aside) or "") != holder:  # a fresh lock: put it back
+            try:
+                os.link(aside, path)
+            except FileExistsError:
+                pass
+    finally:
+        aside.unlink(missing_ok=True)
 
 
 @dataclasses.dataclass
@@ -202,6 +405,9 @@ def check_run_folder(run_dir: str | os.PathLike, cfg: Mapping[str, Any], *,
                              "--overwrite replaces it; give one of them")
     _check_writable(run_dir, 3 * checkpoint_bytes)  # latest, best, one being written
     check_checkpoint_files(run_dir)
+    holder = lock_holder(run_dir) if run_dir.is_dir() else None
+    if holder is not None and not holder.is_stale():  # a stale one is taken over when opened
+        raise _held_error(run_dir, holder)
     held = _holds_run(run_dir) if run_dir.is_dir() else []
     latest = run_dir / CHECKPOINTS / "latest.safetensors"
     plan = RunFolderPlan(run_dir, resume and latest.is_file(), overwrite and bool(held))
@@ -209,6 +415,8 @@ def check_run_folder(run_dir: str | os.PathLike, cfg: Mapping[str, Any], *,
         raise RunFolderError(f"{run_dir}: already holds a run ({', '.join(held)}); pass --resume "
                              "to continue it, --overwrite to replace it, or --out for a new "
                              "folder")
+    if plan.overwrite:
+        _check_reads_outside(run_dir, cfg)
     stored, source = _stored_config(run_dir, latest) if resume else (None, "")
     if stored is None:
         return plan
@@ -247,6 +455,18 @@ def check_checkpoint_files(run_dir: str | os.PathLike) -> None:
         if kind not in ("a regular file", "nothing"):
             raise RunFolderError(f"{path}: {kind}, not a checkpoint file; move it away (fnn "
                                  "keeps the run's checkpoints under this name)")
+
+
+def _check_reads_outside(run_dir: Path, cfg: Mapping[str, Any]) -> None:
+    """--overwrite may not remove what the config reads (a pretrained checkpoint, data)."""
+    inside = run_dir.resolve()
+    for key in READ_PATHS:
+        section, _, name = key.partition(".")
+        value = cfg.get(section, {}).get(name)
+        if isinstance(value, str) and value and Path(value).resolve().is_relative_to(inside):
+            raise RunFolderError(f"{run_dir}: --overwrite would replace the run this config "
+                                 f"reads from: {key} ({value}) is inside the folder; copy it "
+                                 "elsewhere first, or choose another folder with --out")
 
 
 def _check_checkpoint(plan: RunFolderPlan, latest: Path, changes: list, train_state: Any) -> None:
@@ -296,19 +516,101 @@ def stale_temporary_files(run_dir: str | os.PathLike) -> list[Path]:
     return sorted(found)
 
 
-def open_run_folder(plan: RunFolderPlan) -> list[Path]:
-    """Prepare the folder a plan allows: remove the replaced run's files (``--overwrite``) and
-    stale temporary files, create the folder. Returns the removed temporary files."""
+@dataclasses.dataclass
+class OpenRun:
+    """A run folder this process has opened: its lock, and (``--overwrite``) the old run it
+    keeps aside until :meth:`started`. A ``with`` block's end removes the old run if the block
+    succeeded, restores it if the block failed before :meth:`started`, and releases the lock."""
+
+    path: Path
+    lock: RunLock
+    stale_lock: LockHolder | None = None  # the dead run's lock taken over
+    removed_temporary: list[Path] = dataclasses.field(default_factory=list)
+    old_run: Path | None = None  # where --overwrite moved the replaced run's files
+    kept: list[str] = dataclasses.field(default_factory=list)  # not fnn's: left in place
+
+    def started(self) -> None:
+        """The new run has started cleanly (its first epoch is saved): remove the old run."""
+        if self.old_run is not None:
+            shutil.rmtree(self.old_run)
+            self.old_run = None
+
+    def restore(self) -> None:
+        """Put the old run back (removing what the new run wrote), if it is still aside."""
+        if self.old_run is None:
+            return
+        old = {p.relative_to(self.old_run) for p in _fnn_files(self.old_run)}
+        for path in _fnn_files(self.path):
+            if path.relative_to(self.path) not in old:
+                path.unlink()
+        _move_run_files(self.old_run, self.path)  # over the new run's files of the same names
+        shutil.rmtree(self.old_run)
+        self.old_run = None
+
+    def __enter__(self) -> OpenRun:
+        return self
+
+    def __exit__(self, kind: Any, error: Any, tb: Any) -> None:
+        try:
+            self.restore() if kind is not None else self.started()
+        finally:
+            self.lock.release()
+
+
+def _fnn_files(folder: Path) -> list[Path]:
+    """The files fnn wrote in a run folder (``RUN_FILES`` and checkpoints)."""
+    found = [folder / name for name in RUN_FILES if (folder / name).is_file()]
+    ckpts = folder / CHECKPOINTS
+    if ckpts.is_dir():
+        found += sorted(p for p in ckpts.glob("*.safetensors") if p.is_file())
+    return found
+
+
+def _move_run_files(source: Path, target: Path) -> None:
+    for path in _fnn_files(source):
+        dest = target / path.relative_to(source)
+        dest.parent.mkdir(exist_ok=True)
+        os.replace(path, dest)
+
+
+def _not_fnn_files(folder: Path) -> list[str]:
+    """What else is in a run folder: names (``checkpoints/x`` inside checkpoints/)."""
+    ours = set(RUN_FILES) | {LOCK, CHECKPOINTS}
+    found = [p.name + ("/" if p.is_dir() else "") for p in sorted(folder.iterdir())
+             if p.name not in ours]
+    ckpts = folder / CHECKPOINTS
+    if ckpts.is_dir():
+        found += [f"{CHECKPOINTS}/{p.name}" for p in sorted(ckpts.iterdir())
+                  if not (p.suffix == ".safetensors" and p.is_file())]
+    return found
+
+
+def open_run_folder(plan: RunFolderPlan) -> OpenRun:
+    """Open the folder a plan allows: take its lock (a stale one is taken over), remove the
+    temporary files of writes that were killed, and (``--overwrite``) move the old run's files
+    into ``.fnn-old-<time>/`` inside the folder. Use it as a ``with`` block around the run.
+
+    Raises:
+        RunFolderError: another run took the folder's lock since the plan was made.
+    """
     run_dir = plan.path
-    if plan.overwrite:
-        for name in RUN_FILES:
-            (run_dir / name).unlink(missing_ok=True)
-        ckpts = run_dir / CHECKPOINTS
-        if ckpts.is_dir():
-            for p in ckpts.glob("*.safetensors"):
-                p.unlink()
-    stale = stale_temporary_files(run_dir)
-    for p in stale:
-        p.unlink(missing_ok=True)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    return stale
+    lock, stale_lock = take_lock(run_dir)
+    opened = OpenRun(run_dir, lock, stale_lock)
+    try:
+        opened.removed_temporary = stale_temporary_files(run_dir)
+        for p in opened.removed_temporary:
+            p.unlink(missing_ok=True)
+        if plan.overwrite and _fnn_files(run_dir):
+            stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%S.%fZ")
+            opened.old_run = run_dir / f"{OLD_RUN}{stamp}"
+            opened.old_run.mkdir()
+            _move_run_files(run_dir, opened.old_run)
+            opened.kept = [n for n in _not_fnn_files(run_dir) if n != opened.old_run.name + "/"]
+    except BaseException:
+        try:
+            if opened.old_run is not None:  # a move that failed halfway: put back what moved
+                opened.restore()
+        finally:
+            lock.release()
+        raise
+    return opened

@@ -4,6 +4,10 @@ The two processes are this file run as a script (``jax.distributed`` over 127.0.
 collectives by gloo); each calls :func:`fnn.train.parallel.initialize`, feeds only its half of every
 global batch, and saves its final params. The pytest process trains the same runs on one
 device and compares; only process 0 may write the run folder or log.
+
+The ``slow`` test runs the CLI: two processes of 4 simulated devices each train a CNN with
+batch norm and dropout in ``fsdp`` mode, are killed mid-run, resume from the checkpoint
+(gathered to process 0), and end with the params of one process on one device.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import chex
 import jax
 import numpy as np
 import optax
+import pytest
 
 import fnn
 from fnn.losses import softmax_cross_entropy
@@ -108,3 +113,83 @@ def test_two_processes_end_with_the_params_of_one(tmp_path):
         assert not (tmp_path / f"{name}_run_1").exists()
     assert "LOG epoch 13/13" in outputs[0] and "LOG epoch 5/5" in outputs[0]
     assert "LOG " not in outputs[1]
+
+
+# --------------------------------------------------------------------------- fsdp, killed, resumed
+
+CNN_EPOCHS = 6
+
+
+def _cnn_config(data_path: Path, mode: str) -> dict:
+    return {
+        "name": "cnn_fsdp", "seed": 0,
+        "model": [{"Conv2D": {"features": 4, "kernel_size": 3, "use_bias": False}}, "BatchNorm",
+                  "Relu", {"MaxPool2D": 2}, "Flatten", {"Dense": 32}, "Relu",
+                  {"Dropout": 0.3}, {"Dense": 10}],
+        "optimizer": {"name": "sgd", "learning_rate": 0.05},
+        "data": {"name": "arrays", "path": str(data_path), "validation": 32},
+        "training": {"epochs": CNN_EPOCHS, "batch_size": 16, "mode": "step"},
+        "parallel": {"mode": mode},
+        "output": {"plots": False, "progress": False},
+    }
+
+
+def _launch(config: Path, out: Path, port: int, resume: bool) -> list[subprocess.Popen]:
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    env.update(JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=4",
+               JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}", JAX_NUM_PROCESSES=str(PROCESSES))
+    return [subprocess.Popen([sys.executable, "-m", "fnn.cli", "train", str(config), "--out",
+                              str(out), *(["--resume"] if resume else [])],
+                             env={**env, "JAX_PROCESS_ID": str(i)}, stdout=subprocess.PIPE,
+                             stderr=subprocess.STDOUT, text=True,
+                             cwd=Path(__file__).resolve().parents[1])
+            for i in range(PROCESSES)]
+
+
+def _epochs_done(out: Path) -> int:
+    metrics = out / "metrics.jsonl"
+    return len(metrics.read_text().splitlines()) if metrics.exists() else 0
+
+
+@pytest.mark.slow
+def test_two_fsdp_processes_killed_and_resumed_from_the_cli_end_like_one(tmp_path):
+    import signal
+    import time
+
+    import yaml
+
+    from fnn.config import parse_config
+    from fnn.run import train as train_run
+
+    rng = np.random.default_rng(0)
+    data = tmp_path / "images.npz"
+    np.savez(data, x=rng.random((288, 8, 8, 1)).astype(np.float32),
+             y=rng.integers(0, 10, size=288).astype(np.int32))
+    config = tmp_path / "cnn_fsdp.yaml"
+    config.write_text(yaml.safe_dump(_cnn_config(data, "fsdp")))
+    out = tmp_path / "two"
+
+    procs = _launch(config, out, _free_port(), resume=False)  # 2 processes x 4 devices
+    deadline = time.monotonic() + 600
+    while _epochs_done(out) < 2 and time.monotonic() < deadline and procs[0].poll() is None:
+        time.sleep(0.05)
+    for p in procs:
+        if p.poll() is None:
+            p.send_signal(signal.SIGKILL)
+    first = [p.communicate()[0] for p in procs]
+    killed_at = _epochs_done(out)
+    assert 2 <= killed_at < CNN_EPOCHS, (f"not killed mid-run ({killed_at} epochs):\n"
+                                         f"{first[0][-3000:]}")
+
+    procs = _launch(config, out, _free_port(), resume=True)
+    outputs = [p.communicate(timeout=900)[0] for p in procs]
+    for i, (p, text) in enumerate(zip(procs, outputs)):
+        assert p.returncode == 0, f"process {i} failed:\n{text[-5000:]}"
+    assert "resumed from" in outputs[0] and "fsdp" in outputs[0]
+    assert _epochs_done(out) == CNN_EPOCHS
+
+    one = train_run(parse_config(_cnn_config(data, "none"), [f"output.dir={tmp_path / 'one'}"]),
+                    log=None)
+    got, got_state = fnn.load_weights(out / "checkpoints" / "latest.safetensors")
+    want, want_state = fnn.load_weights(Path(one) / "checkpoints" / "latest.safetensors")
+    chex.assert_trees_all_close((got, got_state), (want, want_state), rtol=1e-4, atol=1e-5)

@@ -2,7 +2,8 @@
 
 For each kind: ``init``'s output shape is the shape ``apply`` produces; ``jit`` equals eager;
 gradients (params and float inputs) match central finite differences in float64; the spec
-round-trips (``from_spec(layer.spec)`` has the same spec and the same outputs); ``repr`` and
+round-trips (``from_spec(layer.spec)`` has the same spec and the same outputs); it exports with
+``jax.export`` and a symbolic batch (as ``fnn.export`` does); ``repr`` and
 ``fnn.summary`` work; and the network saved with ``fnn.save`` loads in a fresh process with
 identical outputs. A new kind without an entry in ``CASES`` fails ``test_every_kind_has_a_case``.
 """
@@ -141,6 +142,19 @@ def test_init_shapes_equal_apply_shapes_and_jit_equals_eager(kind):
     _, s_eager = layer.apply(params, state, x, **_apply_kwargs(train))
     for a, b in zip(jax.tree.leaves((y, s_eager)), jax.tree.leaves((y_jit, s_jit))):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_exports_with_a_symbolic_batch(kind):
+    """``jax.export`` with one symbolic batch for every input (what ``fnn.export`` does), in
+    inference mode, run on a batch of 2, equals ``apply``."""
+    layer, shape, train, params, state, x = _built(kind)
+    (b,) = jax.export.symbolic_shape("b")
+    specs = jax.tree.map(lambda a: jax.ShapeDtypeStruct((b, *a.shape[1:]), a.dtype), x)
+    serve = jax.jit(lambda x: layer.apply(params, state, x)[0])
+    exported = jax.export.export(serve)(specs)
+    for a, c in zip(jax.tree.leaves(exported.call(x)), jax.tree.leaves(layer.apply(params, state, x)[0])):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(c), rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("kind", KINDS)

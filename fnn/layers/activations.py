@@ -23,7 +23,7 @@ import jax.numpy as jnp
 
 from fnn import activations as act
 from fnn.arguments import ArgumentError, flag, integer, number
-from fnn.core import Layer, LayerError, check_shape, layer_type, require_rng
+from fnn.core import Layer, LayerError, check_shape, draw, layer_type, require_rng
 
 __all__ = ["Sigmoid", "Tanh", "Relu", "LeakyRelu", "PRelu", "RRelu", "Elu", "Selu", "Gelu",
            "Swish", "Softplus", "Softmax", "LogSoftmax", "Activation"]
@@ -143,7 +143,8 @@ def RRelu(lower: float = 1.0 / 8.0, upper: float = 1.0 / 3.0) -> Layer:
     def apply(params, state, x, *, rng=None, train=False):
         if train:
             key = require_rng(rng, "its negative slope is random in training")
-            slope = jax.random.uniform(key, x.shape, x.dtype, lower, upper)
+            slope = draw(key, lambda k, shape: jax.random.uniform(k, shape, x.dtype, lower,
+                                                                  upper), x.shape)
         else:
             slope = (lower + upper) / 2.0
         return jnp.where(x >= 0, x, slope * x), state

@@ -26,7 +26,7 @@ import jax
 import jax.numpy as jnp
 
 from fnn.arguments import ArgumentError
-from fnn.core import Layer, LayerError, check_shape, layer_type, require_rng
+from fnn.core import Layer, LayerError, check_shape, draw, layer_type, require_rng
 
 __all__ = ["Dropout"]
 
@@ -79,7 +79,8 @@ def Dropout(rate: float, *, noise_shape: Sequence[int | None] | None = None) -> 
 
     Training (``train=True``): ``y = x * m / (1 - rate)`` with ``m ~ Bernoulli(1 - rate)``,
     so ``E[y] = x``; needs ``rng``. Test (``train=False``): ``y = x``. ``rate=0`` is always
-    the identity (and needs no ``rng``).
+    the identity (and needs no ``rng``). ``rng`` may be one key per example (what the training
+    step passes, see :func:`fnn.core.draw`): each example's mask then depends only on its key.
 
     Shapes: output shape = input shape. No params, no state.
 
@@ -113,7 +114,7 @@ def Dropout(rate: float, *, noise_shape: Sequence[int | None] | None = None) -> 
         if not train or rate == 0.0:
             return x, state
         key = require_rng(rng, "it drops random units in training")
-        mask = jax.random.bernoulli(key, keep, mask_shape)
+        mask = draw(key, lambda k, shape: jax.random.bernoulli(k, keep, shape), mask_shape)
         return jnp.where(mask, x / keep, 0), state  # python scalars keep x's dtype
 
     return Layer(init, apply)

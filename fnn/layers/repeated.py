@@ -34,7 +34,8 @@ import jax.numpy as jnp
 from jax import lax
 
 from fnn.arguments import ArgumentError
-from fnn.core import Layer, LayerError, apply_child, init_child, layer_type, transparent
+from fnn.core import (Layer, LayerError, apply_child, init_child, layer_type, split_keys,
+                      transparent)
 
 __all__ = ["repeat"]
 
@@ -101,7 +102,7 @@ def repeat(layer: Layer, times: int, *, unroll: int = 1, remat: bool = False) ->
         return found["out_shape"], params, state
 
     def apply(params, state, x, *, rng=None, train=False):
-        rngs = None if rng is None else jax.random.split(rng, times)
+        rngs = None if rng is None else split_keys(rng, times)
 
         def body(carry, per_copy):
             p, s, r = per_copy

@@ -2,7 +2,8 @@
 
 A checkpoint is one ``.safetensors`` file: every array of the saved pytrees under a readable
 key (``params/dense_0/w``, ``opt_state/1/0/mu/dense_0/w``, ``step``, ``rng``) and a JSON
-metadata block (format version, the run's config, the network's spec, training progress).
+metadata block (format version, the version of fnn that wrote it (:func:`written_by`), the
+run's config, the network's spec, training progress).
 Files are written to a temporary name in the same folder, flushed to disk, then renamed over
 the old file, so a kill mid-write leaves the previous checkpoint intact; temporary files left by
 a killed write are removed by :func:`clean_temporary_files` the next time the folder is opened.
@@ -56,14 +57,16 @@ import safetensors.numpy
 
 from fnn.core import Layer, SpecError, kind_modules
 from fnn.files import WriteError, atomic_write, clean_temporary_files  # re-exported
+from fnn.version import __version__
 
 __all__ = ["save_tree", "load_tree", "read_checkpoint", "read_metadata", "restore_like", "save", "load",
-           "save_weights", "load_weights", "CheckpointError", "UnverifiedCheckpointWarning",
+           "save_weights", "load_weights", "written_by", "CheckpointError", "UnverifiedCheckpointWarning",
            "WriteError", "atomic_write", "clean_temporary_files"]
 
 FORMAT = "fnn-checkpoint-1"
 CHECKSUMS_KEY = "checksums"
 HEADER_KEY = "header_sha256"
+VERSION_KEY = "fnn_version"
 
 
 class CheckpointError(ValueError):
@@ -132,7 +135,8 @@ def save_tree(path: str | os.PathLike, trees: dict[str, Any], metadata: dict[str
     # safetensors stores little-endian C-order bytes: hash exactly those
     tensors = {k: np.asarray(v, dtype=v.dtype.newbyteorder("<"), order="C")
                for k, v in tensors.items()}
-    meta = {"format": FORMAT, **{k: json.dumps(v) for k, v in (metadata or {}).items()}}
+    metadata = {**(metadata or {}), VERSION_KEY: __version__}  # the fnn that wrote the file
+    meta = {"format": FORMAT, **{k: json.dumps(v) for k, v in metadata.items()}}
     meta[CHECKSUMS_KEY] = json.dumps({k: _tensor_sha256(v) for k, v in sorted(tensors.items())})
     # the header digest is taken of the header safetensors writes (its dtype names, its shapes)
     draft = safetensors.numpy.save(tensors, metadata=meta)
@@ -249,6 +253,26 @@ def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
         header, _ = _read_header(path, f)
     _check_header(path, header)
     return _metadata(path, header)
+
+
+def written_by(path: str | os.PathLike) -> str | None:
+    """The version of fnn that wrote a checkpoint (``"0.1.0"``), or ``None`` for a file written
+    before fnn recorded it. Every checkpoint fnn writes (:func:`save`, :func:`save_weights`,
+    training runs) records it in its metadata as ``fnn_version``.
+
+    Raises:
+        CheckpointError: no such file, not a safetensors file, or a damaged header.
+
+    Example:
+        >>> import os, tempfile
+        >>> _, params, state = fnn.Dense(2).init(jax.random.key(0), (-1, 3))
+        >>> path = os.path.join(tempfile.mkdtemp(), "w.safetensors")
+        >>> fnn.save_weights(path, params, state)
+        >>> written_by(path) == fnn.__version__
+        True
+    """
+    found = read_metadata(path).get(VERSION_KEY)
+    return found if isinstance(found, str) else None
 
 
 def _metadata(path: Path, header: dict) -> dict[str, Any]:

@@ -41,7 +41,8 @@ import numpy as np
 from fnn.data.pipeline import Loader
 
 __all__ = ["ArraySource", "IterableSource", "batch_source", "as_batch", "input_shape_of",
-           "num_rows", "pad_batch", "take_rows", "fits_on_device"]
+           "num_rows", "pad_batch", "take_rows", "fits_on_device", "check_batch_size",
+           "is_one_shot"]
 
 Batch = dict[str, Any]
 _END = object()
@@ -60,6 +61,25 @@ def num_rows(tree: Any, what: str = "data") -> int:
         raise ValueError(f"{what}: every array needs one leading (example) length, got "
                          f"{listing}")
     return int(next(iter(lengths.values())))
+
+
+def check_batch_size(value: Any, where: str = "batch_size") -> int:
+    """``value`` as a batch size: an int >= 1 (not a bool, not a float).
+
+    Example:
+        >>> check_batch_size(0, "evaluate: batch_size")
+        Traceback (most recent call last):
+        ValueError: evaluate: batch_size must be an int >= 1, got 0
+    """
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ValueError(f"{where} must be an int >= 1, got {value!r}")
+    return int(value)
+
+
+def is_one_shot(data: Any) -> bool:
+    """Whether ``data`` is an iterator that a second pass cannot restart (a generator); a dict
+    of arrays, a list or a ``Loader`` can be read again."""
+    return isinstance(data, Iterator) and not isinstance(data, (Loader, Mapping))
 
 
 def input_shape_of(x: Any) -> Any:
@@ -136,6 +156,8 @@ class ArraySource:
     def __init__(self, arrays: Mapping[str, Any], where: str = "data"):
         self.arrays = as_batch(arrays, where)
         self.num_examples = num_rows(self.arrays, where)
+        if self.num_examples == 0:
+            raise ValueError(f"{where}: no examples (the arrays have 0 rows)")
         self.input_shape = input_shape_of(self.arrays["x"])
 
     def first(self) -> Batch:
@@ -170,7 +192,7 @@ class IterableSource:
         self.data = data
         self.where = where
         self.steps_per_epoch = steps_per_epoch
-        self.one_shot = iter(data) is data if not isinstance(data, Loader) else False
+        self.one_shot = is_one_shot(data)
         self._stream: Iterator[Any] | None = None
         self._peeked: list[Any] = []
         self._first: Batch | None = None

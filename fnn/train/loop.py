@@ -20,9 +20,10 @@ the monitored metric improves (:class:`~fnn.train.tracker.Tracker`); ``resume=Tr
 continues from ``latest`` and ends with the same params, bit for bit, as a run that was never
 stopped.
 
-``parallel="pmap"`` or ``"mesh"`` (with ``devices``) runs the same step data-parallel; the
-loop does not branch on the mode: :class:`~fnn.train.parallel.DataParallel` compiles, places
-and gathers for every mode alike (``"none"`` is one device). See ``docs/DISTRIBUTED.md``.
+``parallel="pmap"``, ``"mesh"`` or ``"fsdp"`` (with ``devices``) runs the same step
+data-parallel; the loop does not branch on the mode: :class:`~fnn.train.parallel.DataParallel`
+(one object per mode) compiles, places and gathers for every mode alike (``"none"`` is one
+device). See ``docs/DISTRIBUTED.md``.
 
 Example:
     >>> rng = np.random.default_rng(0)
@@ -57,8 +58,8 @@ from fnn.core import Layer
 from fnn.data.pipeline import prefetch_to_device
 from fnn.optim import learning_rate_of
 from fnn.train.contract import check_mean_over_examples, check_shapes
-from fnn.train.data import (ArraySource, IterableSource, batch_source, fits_on_device, num_rows,
-                            pad_batch)
+from fnn.train.data import (ArraySource, IterableSource, batch_source, check_batch_size,
+                            fits_on_device, is_one_shot, num_rows, pad_batch)
 from fnn.train.parallel import DataParallel, as_data_parallel, synchronize
 from fnn.train.predict import evaluate
 from fnn.train.run_folder import RunFolder
@@ -133,7 +134,7 @@ def fit(net: Layer, loss: Callable[..., jax.Array], optimizer: optax.GradientTra
         epochs, batch_size, seed: the schedule; the seed fixes init, shuffling and dropout.
             ``batch_size`` (default 32) is for arrays; a Loader or iterable brings its own.
         steps_per_epoch: batches per epoch read from an iterable that runs across epochs
-            (required for a generator when ``epochs > 1``).
+            (required for a generator when ``epochs > 1``: refused when ``fit`` is called).
         regularizer, constraint, metrics, augment: as in :func:`fnn.train.make_train_step`.
         mode: ``"auto"``, ``"epoch"`` (scanned epochs, arrays on the device) or ``"step"``.
         early_stopping: an :class:`EarlyStopping`, or ``None`` to train all epochs.
@@ -144,19 +145,21 @@ def fit(net: Layer, loss: Callable[..., jax.Array], optimizer: optax.GradientTra
         divergence_factor: stop when a step's loss exceeds this many times the first epoch's
             mean loss (at least 1e-3), from the second epoch on; ``None``: only NaN/Inf stop.
         metadata: JSON-able data saved in every checkpoint (e.g. the run's config).
-        train_state: start from this state instead of a fresh init.
+        train_state: start from this state instead of a fresh init (copied: its arrays stay
+            usable after ``fit``).
         init: pretrained weights to start from: a ``(params, state)`` pair or a checkpoint path;
             every param whose path and shape match is copied (:func:`fnn.transfer`).
         callbacks: called as ``cb(record, train_state)`` after each epoch; a truthy return stops.
+            The train state is a copy a callback may keep (the training steps donate their
+            own buffers, which would leave a kept reference deleted).
         progress: a tqdm bar over the steps of each epoch (step mode) or over epochs.
         log: where notices and one-line epoch summaries go (``None``: silent).
-        parallel, devices: ``None``/``"none"`` (one device), ``"pmap"`` or ``"mesh"`` over
-            ``devices`` (see :mod:`fnn.train.parallel`), or a ``DataParallel``. ``batch_size``
-            is the global batch and must divide by the number of devices; a batch of an
-            iterable that does not is padded with masked rows (exact for losses and metrics;
-            batch-norm statistics see the padding). Only process 0
-            writes ``run_dir`` and logs; ``callbacks`` run on every process and must decide
-            alike.
+        parallel, devices: ``None``/``"none"`` (one device), ``"pmap"``, ``"mesh"`` or
+            ``"fsdp"`` over ``devices`` (see :mod:`fnn.train.parallel`), or a ``DataParallel``.
+            ``batch_size`` is the global batch and must divide by the number of devices; a
+            batch of an iterable that does not is padded with masked rows (exact for losses and
+            metrics; batch-norm statistics see the padding). Only process 0 writes ``run_dir``
+            and logs; ``callbacks`` run on every process and must decide alike.
         diagnostics: every this many steps, log gradient-flow diagnostics of the first
             training batch to ``run_dir/diagnostics.jsonl`` and ``gradflow.png``
             (:class:`fnn.diagnostics.Diagnostics`; in ``"epoch"`` mode at the end of the epochs
@@ -187,6 +190,7 @@ def fit(net: Layer, loss: Callable[..., jax.Array], optimizer: optax.GradientTra
     if (x is None) == (train_data is None):
         raise ValueError("fit: give the training data as train_data or as x= and y=, once")
     train_data = {"x": x, "y": y} if train_data is None else train_data
+    _check_passes(train_data, val_data, epochs, steps_per_epoch, eval_batch_size)
     dp = as_data_parallel(parallel, devices)
     log, progress = (log, progress) if dp.is_main else (None, False)
     train = batch_source(train_data, steps_per_epoch, "train_data")
@@ -201,6 +205,7 @@ def fit(net: Layer, loss: Callable[..., jax.Array], optimizer: optax.GradientTra
     check_shapes(net, loss, first["x"], first["y"], metrics=metrics)
     optimizer = with_frozen_mask(net, optimizer)     # frozen layers: no update, no state
     constraint = keep_frozen(net, constraint)         # ... and no max-norm projection
+    given_state = train_state
     train_state = _initial_state(net, optimizer, train.input_shape, seed_key, train_state, init,
                                  log)
     check_mean_over_examples(loss, lambda: net.apply(train_state.params, train_state.model_state,
@@ -231,11 +236,15 @@ def fit(net: Layer, loss: Callable[..., jax.Array], optimizer: optax.GradientTra
                        start_step=int(train_state.step))
     run_epoch = _epoch_runner(dp, step_fn, train, mode, batch_size,
                               jax.random.fold_in(seed_key, 1), start_epoch, progress, epochs, diag)
-    train_state = dp.replicate(train_state)
+    if given_state is not None:  # the steps donate their input: keep the caller's arrays
+        train_state = _copy(train_state)
+    train_state = dp.place(train_state)
+    if log and dp.num_devices > 1:  # measured from the live arrays
+        log(f"params and optimizer state: {dp.memory((train_state.params, train_state.opt_state))}")
     bar = _epoch_bar(progress and mode == "epoch", start_epoch, epochs)
     stopped_early = False
     for epoch in range(start_epoch, epochs):
-        start, first_step = time.perf_counter(), int(dp.unreplicate(train_state.step))
+        start, first_step = time.perf_counter(), int(dp.gather(train_state.step))
         train_state, stacked, examples = run_epoch(train_state, epoch)
         seconds = time.perf_counter() - start
         _check_finite(np.asarray(stacked["loss"]), first_step, epoch, folder, history,
@@ -251,14 +260,16 @@ def fit(net: Layer, loss: Callable[..., jax.Array], optimizer: optax.GradientTra
         record.update(seconds=round(seconds, 4), examples_per_sec=round(examples / seconds, 1))
         history.append(record)
         improved = tracker.update(record, epoch + 1)
-        if folder.writes:  # one unreplicated copy: the same file whatever the devices
+        whole = dp.gather(train_state)  # every process (a collective under fsdp)
+        if folder.writes:  # one whole copy: the same file whatever the devices
             folder.save_epoch(history, {"epoch": epoch, **tracker.state_dict()}, improved,
-                              dp.unreplicate(train_state), net, metadata)
+                              whole, net, metadata)
         if log:
             log(_format_record(record, epochs))
         if bar is not None:
             bar.update(1)
-        stop = any(bool(cb(record, dp.unreplicate(train_state))) for cb in callbacks)
+        # a copy: the next step donates train_state's buffers, and a callback may keep it
+        stop = any(bool(cb(record, _copy(whole))) for cb in callbacks)
         if tracker.should_stop:
             stopped_early = True
             if log:
@@ -269,12 +280,36 @@ def fit(net: Layer, loss: Callable[..., jax.Array], optimizer: optax.GradientTra
     if bar is not None:
         bar.close()
 
-    train_state = _restored_best(dp.unreplicate(train_state), early_stopping, tracker, folder,
+    train_state = _restored_best(dp.gather(train_state), early_stopping, tracker, folder,
                                  len(history))
     return FitResult(train_state, history, tracker.best_epoch, stopped_early)
 
 
 # --------------------------------------------------------------------------- fit's parts
+
+def _check_passes(train_data: Any, val_data: Any, epochs: Any, steps_per_epoch: int | None,
+                  eval_batch_size: Any) -> None:
+    """Refuse, before anything compiles or is written, what would fail (or hang) later: a
+    generator read for more than one epoch without ``steps_per_epoch`` (a second pass over it
+    is empty; an endless one never ends epoch 1), a one-shot ``val_data`` for several epochs."""
+    if isinstance(epochs, bool) or not isinstance(epochs, (int, np.integer)) or epochs < 1:
+        raise ValueError(f"fit: epochs must be an int >= 1, got {epochs!r}")
+    check_batch_size(eval_batch_size, "fit: eval_batch_size")
+    if epochs > 1 and steps_per_epoch is None and is_one_shot(train_data):
+        raise ValueError(f"fit: train_data is a generator (a one-shot iterator) and epochs is "
+                         f"{epochs}: pass steps_per_epoch=N to read N batches per epoch from it "
+                         "(required for one that never ends), or give a list or a "
+                         "fnn.data.Loader")
+    if epochs > 1 and is_one_shot(val_data):
+        raise ValueError(f"fit: val_data is a generator (a one-shot iterator), read once per "
+                         f"epoch for {epochs} epochs: give a list, a dict of arrays or a "
+                         "fnn.data.Loader")
+
+
+def _copy(tree: Any) -> Any:
+    """A copy of every array of ``tree`` (its own buffers, which no step donates)."""
+    return jax.tree_util.tree_map(lambda a: a.copy() if isinstance(a, jax.Array) else a, tree)
+
 
 def _batch_size(train: ArraySource | IterableSource, batch_size: int | None, dp: DataParallel,
                 log: Callable[[str], None] | None) -> int | None:
@@ -356,7 +391,7 @@ def _diagnostics(every: int | None, dp: DataParallel, net: Layer, loss: Callable
     def record(ts, step, epoch, steps_in_epoch=None):
         due = diag.due(step) if steps_in_epoch is None else diag.due(step, steps_in_epoch)
         if due:
-            diag.record(dp.unreplicate(ts), batch, step=step, epoch=epoch + 1)
+            diag.record(dp.gather(ts), batch, step=step, epoch=epoch + 1)
 
     return record
 
@@ -371,7 +406,7 @@ def _epoch_runner(dp: DataParallel, step_fn: Callable, train: ArraySource | Iter
         steps = train.num_examples // batch_size
 
         def run_scanned(ts, epoch):
-            first_step = int(dp.unreplicate(ts.step)) if diag is not None else 0
+            first_step = int(dp.gather(ts.step)) if diag is not None else 0
             ts, stacked = run(ts, device_data, jax.random.fold_in(data_key, epoch))
             if diag is not None:
                 diag(ts, first_step + steps, epoch, steps)
@@ -399,7 +434,7 @@ def _epoch_runner(dp: DataParallel, step_fn: Callable, train: ArraySource | Iter
             from tqdm.auto import tqdm
             batches = tqdm(batches, desc=f"epoch {epoch + 1}/{epochs}", leave=False, unit="step")
         collected = []
-        first_step = int(dp.unreplicate(ts.step)) if diag is not None else 0
+        first_step = int(dp.gather(ts.step)) if diag is not None else 0
         for batch in batches:
             ts, m = run(ts, batch)
             collected.append(m)
@@ -460,7 +495,7 @@ def _check_finite(losses: np.ndarray, first_step: int, epoch: int, folder: RunFo
 def _learning_rate(dp: DataParallel, opt_state: Any) -> float | None:
     lr = learning_rate_of(opt_state)
     # Shortest decimal that round-trips in the state's dtype: 0.1, not 0.10000000149011612.
-    return None if lr is None else float(str(np.asarray(dp.unreplicate(lr))))
+    return None if lr is None else float(str(np.asarray(dp.gather(lr))))
 
 
 def _epoch_bar(show: bool, start: int, epochs: int):

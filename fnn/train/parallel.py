@@ -1,34 +1,39 @@
-"""Data parallelism: one training step spread over devices and processes.
+"""Data parallelism: one training step spread over devices and processes, one object per mode.
 
-Three modes run the same step function (:func:`fnn.train.train_step_fn`):
+Every mode is a small class behind one interface, :class:`DataParallel`: it places the train
+state (:meth:`~DataParallel.place`), splits a batch over the devices
+(:meth:`~DataParallel.put_batch`), compiles the step, the evaluation and a scanned epoch
+(:meth:`~DataParallel.compile_step`, ...), and gathers one whole copy of the state for a
+checkpoint (:meth:`~DataParallel.gather`). ``DataParallel(mode)`` returns the mode's object;
+the training loop calls the interface and never asks which mode it has.
 
-* ``"none"`` -- one device, ``jax.jit``.
-* ``"pmap"`` -- ``jax.pmap`` over the local devices with axis name ``"batch"``
-  (:data:`PMAP_AXIS`). The train state is replicated (stacked ``[devices, ...]``), each global
-  batch is split into ``[devices, batch / devices, ...]``, gradients, losses and metrics are
-  summed over exact global counts with ``lax.psum`` (so they equal the whole batch's means),
-  every device draws its own dropout mask (``fold_in(rng, axis_index)``), and every
-  ``BatchNorm`` of the network is rebuilt with ``axis_name="batch"`` so its batch statistics
-  are those of the whole global batch (synchronized batch norm).
-* ``"mesh"`` -- ``jax.jit`` over a ``jax.sharding.Mesh`` with one ``"data"`` axis
-  (:data:`MESH_AXIS`): the batch is sharded ``P("data")``, the train state replicated ``P()``,
-  and XLA inserts the collectives. The step sees the batch as one global array, so batch
-  norm computes global statistics by itself (``BatchNorm`` layers get ``axis_name=None``).
-  The recommended mode for new work.
+* ``"none"`` (:class:`OneDevice`) -- one device, ``jax.jit``.
+* ``"pmap"`` (:class:`PmapParallel`) -- ``jax.pmap`` over the local devices with axis name
+  ``"batch"`` (:data:`PMAP_AXIS`). The train state is stacked ``[devices, ...]``, each batch
+  is split into ``[devices, batch / devices, ...]``, gradients, losses and metrics are summed
+  over exact global counts with ``lax.psum``, and every ``BatchNorm`` of the network is rebuilt
+  with ``axis_name="batch"`` so its statistics are those of the global batch (``lax.pmean``).
+* ``"mesh"`` (:class:`MeshParallel`) -- ``jax.jit`` over a ``jax.sharding.Mesh`` with one
+  ``"data"`` axis (:data:`MESH_AXIS`): the batch is sharded ``P("data")``, the train state
+  replicated ``P()``, and XLA inserts the collectives. The step sees one global batch, so
+  batch norm computes global statistics by itself.
+* ``"fsdp"`` (:class:`FsdpParallel`) -- the mesh mode with the params and the optimizer state
+  sharded over the ``"data"`` axis too (:mod:`fnn.train.sharding`: the largest dimension that
+  divides, small leaves replicated); ``jax.jit`` in/out shardings make XLA all-gather the
+  kernels and reduce-scatter their gradients. Each device holds ``1 / N`` of the large leaves.
 
-Across several processes (hosts), call :func:`initialize` first; each process then feeds
-only its own slice of every global batch (:meth:`DataParallel.local_slice`), and the step
-averages over all devices of all processes.
+Randomness does not depend on the mode or the device count: the step draws every example's
+dropout mask and augmentation from a key folded from its index in the global batch
+(:mod:`fnn.train.keys`), so the same config gives the same losses on 1, 2 or 8 devices in
+every mode (``docs/DISTRIBUTED.md``, "Device-count invariance").
+
+Across several processes (hosts), call :func:`fnn.train.distributed.initialize` first; each
+process then feeds only its own slice of every global batch (:meth:`DataParallel.local_slice`).
 
 On CPU devices (``--xla_force_host_platform_device_count``) every compiled call returns only
 once its results are computed (:attr:`DataParallel.waits_for_each_call`): XLA's CPU client
 deadlocks when the host runs 32 steps with collectives ahead of the devices (see
 ``docs/DISTRIBUTED.md``, "Simulated CPU devices"); on GPUs and TPUs dispatch stays asynchronous.
-
-Results do not depend on the number of devices: with the same global batches (and dropout
-off under ``pmap``) a run on 8 devices ends with the params of a run on 1, to float
-rounding. Checkpoints hold one unreplicated copy of the state
-(:meth:`DataParallel.unreplicate`), so a run saved on 8 devices resumes on 1 and back.
 
 Example:
     Three steps of a small network with batch norm, data-parallel over all local devices
@@ -41,7 +46,7 @@ Example:
     >>> _, train_state = init_train_state(net, opt, (-1, 4), jax.random.key(0))
     >>> step = dp.compile_step(train_step_fn(net, fnn.losses.softmax_cross_entropy, opt,
     ...                                      axis_name=dp.axis_name))
-    >>> ts = dp.replicate(train_state)                # the step donates it: use ts from here on
+    >>> ts = dp.place(train_state)                    # the step donates it: use ts from here on
     >>> rng = np.random.default_rng(0)
     >>> batches = [{"x": rng.normal(size=(8, 4)).astype(np.float32),
     ...             "y": rng.integers(0, 3, size=8)} for _ in range(3)]
@@ -49,7 +54,7 @@ Example:
     ...     ts, metrics = step(ts, dp.put_batch(dp.local_part(host_batch)))
     >>> {name: value.shape for name, value in metrics.items()}   # whole-batch means
     {'loss': (), 'objective': ()}
-    >>> one = dp.unreplicate(ts)                      # one copy, for checkpoints
+    >>> one = dp.gather(ts)                           # one whole copy, for checkpoints
     >>> int(one.step), one.params["dense_0"]["w"].shape
     (3, (4, 16))
 """
@@ -57,7 +62,6 @@ Example:
 from __future__ import annotations
 
 import functools
-import os
 from typing import Any, Callable, Sequence
 
 import jax
@@ -68,113 +72,16 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from fnn.core import Layer, map_layers
 from fnn.errors import ConfigError
+from fnn.train.distributed import initialize, synchronize
+from fnn.train.sharding import bytes_per_device, tree_shardings
 
-__all__ = ["DataParallel", "as_data_parallel", "initialize", "synchronize",
-           "wait_for_results", "with_batch_norm_axis", "MODES", "PMAP_AXIS", "MESH_AXIS"]
+__all__ = ["DataParallel", "OneDevice", "PmapParallel", "MeshParallel", "FsdpParallel",
+           "as_data_parallel", "initialize", "synchronize", "wait_for_results",
+           "with_batch_norm_axis", "MODES", "PMAP_AXIS", "MESH_AXIS"]
 
-MODES = ("none", "pmap", "mesh")
+MODES = ("none", "pmap", "mesh", "fsdp")
 PMAP_AXIS = "batch"
 MESH_AXIS = "data"
-
-# --------------------------------------------------------------------------- processes
-
-_ENV = {"coordinator_address": "JAX_COORDINATOR_ADDRESS", "num_processes": "JAX_NUM_PROCESSES",
-        "process_id": "JAX_PROCESS_ID"}
-
-
-def _cluster_processes() -> int:
-    """Processes of a SLURM job step or an Open MPI launch (what JAX can detect by itself)."""
-    if all(k in os.environ for k in ("SLURM_JOB_ID", "SLURM_STEP_NODELIST", "SLURM_NTASKS",
-                                     "SLURM_PROCID", "SLURM_LOCALID")):
-        return int(os.environ["SLURM_NTASKS"])
-    if "OMPI_MCA_orte_hnp_uri" in os.environ and "OMPI_COMM_WORLD_SIZE" in os.environ:
-        return int(os.environ["OMPI_COMM_WORLD_SIZE"])
-    return 1
-
-
-def initialize(coordinator_address: str | None = None, num_processes: int | None = None,
-               process_id: int | None = None) -> bool:
-    """Start ``jax.distributed`` when this is one process of several; a no-op otherwise.
-
-    Each argument left ``None`` is read from the environment (``JAX_COORDINATOR_ADDRESS``,
-    ``JAX_NUM_PROCESSES``, ``JAX_PROCESS_ID``). When none is set anywhere, a SLURM job step
-    (``srun``) or an Open MPI launch with more than one task is detected by JAX itself. A
-    single process with nothing set starts nothing. Calling it again is harmless.
-
-    Must run before anything else touches JAX devices (``jax.devices()``, any computation).
-
-    Args:
-        coordinator_address: ``"host:port"`` of process 0 (the same on every process).
-        num_processes: the number of processes.
-        process_id: this process's index, ``0 <= process_id < num_processes``.
-
-    Returns:
-        ``True`` if ``jax.distributed`` is running (this call or an earlier one started it).
-
-    Raises:
-        ValueError: an incomplete or inconsistent setting (naming the missing one).
-        RuntimeError: JAX was already in use, too late to start ``jax.distributed``.
-
-    Example:
-        On host 0 of two, before anything else uses JAX,
-        ``initialize("10.0.0.1:1234", num_processes=2, process_id=0)`` starts
-        ``jax.distributed`` and returns ``True`` (host 1 passes ``process_id=1``). A single
-        process with nothing set starts nothing, and a bad setting is refused before any
-        connection is tried:
-
-        >>> initialize(), initialize(num_processes=1)
-        (False, False)
-        >>> initialize("10.0.0.1:1234", num_processes=2)
-        Traceback (most recent call last):
-        fnn.errors.ConfigError: parallel.process_id: not set (nor JAX_PROCESS_ID); several processes need
-        coordinator_address, num_processes and process_id
-        >>> initialize("10.0.0.1:1234", num_processes=2, process_id=2)
-        Traceback (most recent call last):
-        fnn.errors.ConfigError: parallel.process_id: must be an int in [0, 2), got 2
-    """
-    if jax.distributed.is_initialized():
-        return True
-    given = {"coordinator_address": coordinator_address, "num_processes": num_processes,
-             "process_id": process_id}
-    for key, var in _ENV.items():
-        if given[key] is None and os.environ.get(var):
-            value = os.environ[var]
-            if key != "coordinator_address":
-                try:
-                    value = int(value)
-                except ValueError:
-                    raise ConfigError(f"parallel.{key}", f"{var} must be an int, got "
-                                                         f"{value!r}") from None
-            given[key] = value
-    if all(v is None for v in given.values()):
-        if _cluster_processes() <= 1:
-            return False
-        _start({})  # SLURM / Open MPI: JAX detects all three
-        return True
-    if given["num_processes"] == 1 and given["coordinator_address"] is None:
-        return False
-    missing = [k for k, v in given.items() if v is None]
-    if missing and _cluster_processes() <= 1:
-        raise ConfigError(f"parallel.{missing[0]}",
-                          f"not set (nor {_ENV[missing[0]]}); several processes need "
-                          "coordinator_address, num_processes and process_id")
-    n, i = given["num_processes"], given["process_id"]
-    if n is not None and (not isinstance(n, int) or n < 1):
-        raise ConfigError("parallel.num_processes", f"must be an int >= 1, got {n!r}")
-    if i is not None and n is not None and not (isinstance(i, int) and 0 <= i < n):
-        raise ConfigError("parallel.process_id", f"must be an int in [0, {n}), got {i!r}")
-    _start({k: v for k, v in given.items() if v is not None})
-    return True
-
-
-def _start(kwargs: dict[str, Any]) -> None:
-    from jax._src import xla_bridge
-
-    if xla_bridge.backends_are_initialized():
-        raise RuntimeError("jax.distributed must start before JAX is used (devices listed, "
-                           "arrays created); call fnn.train.parallel.initialize() first thing")
-    jax.distributed.initialize(**kwargs)
-
 
 # --------------------------------------------------------------------------- networks
 
@@ -199,35 +106,37 @@ def with_batch_norm_axis(net: Layer, axis_name: str | None) -> Layer:
     return map_layers(swap, net)
 
 
-# --------------------------------------------------------------------------- data parallel
+# --------------------------------------------------------------------------- the interface
 
 def _local_devices(devices: int | Sequence[Any] | None, mode: str) -> list[Any]:
     local = jax.local_devices()
+    single = mode == "none"
     if devices is None:
-        return local if mode != "none" else [local[0]]
+        return [local[0]] if single else local
     if isinstance(devices, (int, np.integer)) and not isinstance(devices, bool):
         if not 1 <= devices <= len(local):
             raise ConfigError("parallel.devices",
                               f"{devices} devices asked for, this process has {len(local)} "
                               f"({local[0].platform}); use 1 to {len(local)}")
-        if mode == "none" and devices != 1:
-            raise ConfigError("parallel.devices", f"{devices} devices need parallel.mode pmap or "
-                                                  "mesh (mode none runs on one device)")
+        if single and devices != 1:
+            raise ConfigError("parallel.devices", f"{devices} devices need parallel.mode pmap, "
+                                                  "mesh or fsdp (mode none runs on one device)")
         return local[:int(devices)]
     chosen = list(devices)
     if not chosen or any(d not in local for d in chosen) or len(set(chosen)) != len(chosen):
-        raise ConfigError("parallel.devices", f"expected distinct local devices of this process "
+        raise ConfigError("parallel.devices", "expected distinct local devices of this process "
                                               f"({local}), got {chosen}")
-    if mode == "none" and len(chosen) != 1:
-        raise ConfigError("parallel.devices", "several devices need parallel.mode pmap or mesh")
+    if single and len(chosen) != 1:
+        raise ConfigError("parallel.devices", "several devices need parallel.mode pmap, mesh or "
+                                              "fsdp")
     return chosen
 
 
 class DataParallel:
-    """Where and how a training step runs: mode ``none``, ``pmap`` or ``mesh`` (see module doc).
+    """Where and how a training step runs; ``DataParallel(mode)`` is that mode's object.
 
     Args:
-        mode: ``"none"`` (or ``None``), ``"pmap"`` or ``"mesh"``.
+        mode: ``"none"`` (or ``None``), ``"pmap"``, ``"mesh"`` or ``"fsdp"`` (module doc).
         devices: the local devices to use: a count (the first ``devices`` of each process)
             or a list of this process's devices; ``None``: all (one for ``"none"``).
             Several processes need a count, the same on every process.
@@ -240,35 +149,43 @@ class DataParallel:
         process_index, process_count: this process and how many there are.
         axis_name: the axis name to give ``train_step_fn``/``eval_step_fn``: ``"batch"``
             under ``pmap``, else ``None``.
-        mesh: the ``Mesh`` of ``mesh`` mode (``None`` otherwise).
+        mesh: the ``Mesh`` of the ``mesh`` and ``fsdp`` modes (``None`` otherwise).
         waits_for_each_call: whether the compiled step, evaluation and epoch return only once
             their results are computed; ``True`` on several CPU devices (where XLA deadlocks
             when dispatch runs 32 steps ahead, see :func:`wait_for_results`), else ``False``.
 
     Example:
         >>> dp = DataParallel("pmap", devices=1)     # the first local device
-        >>> dp, dp.axis_name, dp.waits_for_each_call
-        (DataParallel(mode='pmap', devices=1), 'batch', False)
+        >>> dp, type(dp).__name__, dp.axis_name, dp.waits_for_each_call
+        (DataParallel(mode='pmap', devices=1), 'PmapParallel', 'batch', False)
         >>> dp.check_batch_size(128)       # the per-process part of a global batch
         128
         >>> DataParallel("mesh").mesh.axis_names
         ('data',)
         >>> DataParallel("data")
         Traceback (most recent call last):
-        fnn.errors.ConfigError: parallel.mode: must be one of none, pmap, mesh, got 'data'
+        fnn.errors.ConfigError: parallel.mode: must be one of none, pmap, mesh, fsdp, got 'data'
     """
 
-    def __init__(self, mode: str | None = "none", devices: int | Sequence[Any] | None = None):
-        mode = "none" if mode is None else mode
-        if mode not in MODES:
-            raise ConfigError("parallel.mode", f"must be one of {', '.join(MODES)}, got {mode!r}")
-        self.mode = mode
+    mode = ""
+    axis_name: str | None = None
+
+    def __new__(cls, mode: str | None = None, devices: int | Sequence[Any] | None = None):
+        if cls is DataParallel:  # the mode's class
+            mode = "none" if mode is None else mode
+            if mode not in _BY_MODE:
+                raise ConfigError("parallel.mode", f"must be one of {', '.join(MODES)}, "
+                                                   f"got {mode!r}")
+            cls = _BY_MODE[mode]
+        return super().__new__(cls)
+
+    def __init__(self, mode: str | None = None, devices: int | Sequence[Any] | None = None):
+        if mode not in (None, self.mode):
+            raise ConfigError("parallel.mode", f"{type(self).__name__} runs mode {self.mode!r}, "
+                                               f"got {mode!r}")
         self.process_index = jax.process_index()
         self.process_count = jax.process_count()
-        if mode == "none" and self.process_count > 1:
-            raise ConfigError("parallel.mode", f"{self.process_count} processes are running; choose "
-                                               "pmap or mesh (mode none trains on one device)")
-        self.local_devices = tuple(_local_devices(devices, mode))
+        self.local_devices = tuple(_local_devices(devices, self.mode))
         per_process = len(self.local_devices)
         if self.process_count > 1:
             if not (devices is None or isinstance(devices, (int, np.integer))):
@@ -279,18 +196,9 @@ class DataParallel:
         else:
             self.devices = self.local_devices
         self.num_devices = len(self.devices)
-        self.axis_name = PMAP_AXIS if mode == "pmap" else None
         self.waits_for_each_call = (len(self.local_devices) > 1
                                     and self.local_devices[0].platform == "cpu")
         self.mesh: Mesh | None = None
-        if mode == "pmap":
-            local_mesh = Mesh(np.array(self.local_devices), (PMAP_AXIS,))
-            self._stacked = NamedSharding(local_mesh, P(PMAP_AXIS))
-            self._local_replicated = NamedSharding(local_mesh, P())
-        elif mode == "mesh":
-            self.mesh = Mesh(np.array(self.devices), (MESH_AXIS,))
-            self._replicated = NamedSharding(self.mesh, P())
-            self._sharded = NamedSharding(self.mesh, P(MESH_AXIS))
 
     def __repr__(self) -> str:
         procs = f", processes={self.process_count}" if self.process_count > 1 else ""
@@ -301,7 +209,7 @@ class DataParallel:
         """Whether this is process 0 (the one that writes checkpoints, logs and plots)."""
         return self.process_index == 0
 
-    # ---------------------------------------------------------------- batches
+    # ---------------------------------------------------------------- batches (all modes)
 
     def check_batch_size(self, batch_size: int, key: str = "batch_size") -> int:
         """Check that a global batch splits evenly over the devices; returns this process's part.
@@ -337,106 +245,46 @@ class DataParallel:
         rows = self.local_slice(n)
         return jax.tree_util.tree_map(lambda a: a[rows], batch)
 
+    # ---------------------------------------------------------------- the mode's part
+
+    def prepare_net(self, net: Layer) -> Layer:
+        """The network to train in this mode (``BatchNorm`` axis names set, see
+        :func:`with_batch_norm_axis`)."""
+        return with_batch_norm_axis(net, self.axis_name)
+
     def put_batch(self, batch: Any) -> Any:
-        """Put this process's part of a global batch on its devices, split by the mode.
-
-        ``pmap``: each leaf ``(b, ...)`` becomes ``(devices, b / devices, ...)``, one slice per
-        device; ``mesh``: one global array sharded over ``"data"``; ``none``: the device.
-        """
-        if self.mode == "pmap":
-            d = len(self.local_devices)
-
-            def split(a):
-                a = np.asarray(a)
-                if a.shape[0] % d:
-                    raise ValueError(f"a batch of {a.shape[0]} rows does not split over {d} "
-                                     "devices")
-                return jax.device_put(a.reshape(d, a.shape[0] // d, *a.shape[1:]), self._stacked)
-
-            return jax.tree_util.tree_map(split, batch)
-        if self.mode == "mesh":
-            self.check_batch_size(len(jax.tree_util.tree_leaves(batch)[0]) * self.process_count,
-                                  "the batch size")
-            if self.process_count > 1:
-                return jax.tree_util.tree_map(
-                    lambda a: jax.make_array_from_process_local_data(self._sharded, np.asarray(a)),
-                    batch)
-            return jax.device_put(batch, self._sharded)
-        return jax.device_put(batch, self.local_devices[0])
+        """Put this process's part of a global batch on its devices, split for the mode."""
+        raise NotImplementedError
 
     def put_data(self, data: Any) -> Any:
-        """A whole data set on every device (epoch mode scans over it), replicated."""
-        if self.mode == "pmap":
-            return jax.device_put(data, self._local_replicated)
-        if self.mode == "mesh":
-            return self.replicate(data)
-        return jax.device_put(data, self.local_devices[0])
+        """A whole data set on every device (epoch mode scans over it)."""
+        raise NotImplementedError
 
-    # ---------------------------------------------------------------- state
+    def place(self, tree: Any) -> Any:
+        """The train state (or any tree) laid out on the devices as the compiled step takes it."""
+        raise NotImplementedError
 
-    def replicate(self, tree: Any) -> Any:
-        """A copy of ``tree`` on every device: stacked ``[devices, ...]`` under ``pmap``,
-        replicated ``P()`` under ``mesh``, on the one device under ``none``."""
-        if self.mode == "pmap":
-            d = len(self.local_devices)
-            return jax.tree_util.tree_map(
-                lambda a: jax.device_put(jnp.stack([jnp.asarray(a)] * d), self._stacked), tree)
-        if self.mode == "mesh":
-            if self.process_count > 1:
-                return jax.tree_util.tree_map(
-                    lambda a: jax.make_array_from_process_local_data(self._replicated, a), tree)
-            return jax.device_put(tree, self._replicated)
-        return jax.device_put(tree, self.local_devices[0])
+    def gather(self, tree: Any) -> Any:
+        """One whole copy of a placed ``tree`` on one local device: what a checkpoint saves.
 
-    def unreplicate(self, tree: Any) -> Any:
-        """One copy of a replicated ``tree`` on one local device: what a checkpoint saves.
-
-        The inverse of :meth:`replicate`; the result does not depend on the device count.
+        The inverse of :meth:`place`; the result does not depend on the mode or device count.
+        Every process must call it (under ``fsdp`` it is a collective).
         """
-        if self.mode == "none":
-            return tree
-
-        def first(a):
-            if not isinstance(a, jax.Array):
-                return a
-            shard = a.addressable_shards[0].data
-            return shard.reshape(shard.shape[1:]) if self.mode == "pmap" else shard
-
-        return jax.tree_util.tree_map(first, tree)
-
-    # ---------------------------------------------------------------- compiled functions
+        raise NotImplementedError
 
     def compile_step(self, step_fn: Callable, donate: bool = True) -> Callable:
         """Compile ``step_fn(train_state, batch) -> (train_state, metrics)`` for the mode.
 
         ``step_fn`` must be built with ``axis_name=self.axis_name``. Takes a state from
-        :meth:`replicate` and a batch from :meth:`put_batch`; the metrics come back as plain
+        :meth:`place` and a batch from :meth:`put_batch`; the metrics come back as plain
         (unreplicated) scalars.
         """
-        donate_argnums = (0,) if donate else ()
-        if self.mode == "pmap":
-            step = jax.pmap(step_fn, axis_name=PMAP_AXIS, out_axes=(0, None),
-                            donate_argnums=donate_argnums, devices=self.devices)
-        elif self.mode == "mesh":
-            rep = self._replicated
-            step = jax.jit(step_fn, in_shardings=(rep, self._sharded), out_shardings=(rep, rep),
-                           donate_argnums=donate_argnums)
-        else:
-            step = jax.jit(step_fn, donate_argnums=donate_argnums)
-        return self._paced(step)
+        raise NotImplementedError
 
     def compile_eval(self, eval_fn: Callable) -> Callable:
         """Compile ``eval_fn(params, model_state, batch) -> sums`` (from ``eval_step_fn`` with
         ``axis_name=self.axis_name``); the sums over the global batch come back unreplicated."""
-        if self.mode == "pmap":
-            evaluate = jax.pmap(eval_fn, axis_name=PMAP_AXIS, out_axes=None, devices=self.devices)
-        elif self.mode == "mesh":
-            rep = self._replicated
-            evaluate = jax.jit(eval_fn, in_shardings=(rep, rep, self._sharded),
-                               out_shardings=rep)
-        else:
-            evaluate = jax.jit(eval_fn)
-        return self._paced(evaluate)
+        raise NotImplementedError
 
     def compile_epoch(self, step_fn: Callable, num_examples: int, batch_size: int, *,
                       shuffle: bool = True, donate: bool = True) -> Callable:
@@ -444,43 +292,250 @@ class DataParallel:
 
         ``epoch(train_state, data, epoch_key) -> (train_state, metrics)`` with ``data`` from
         :meth:`put_data` (every device holds the training set) and metrics stacked over the
-        epoch's ``num_examples // batch_size`` steps. Every device takes its own rows of each
-        global batch: under ``pmap`` by its axis index, under ``mesh`` by a sharding
-        constraint on the gathered batch. The same batches, in the same order, as one device.
+        epoch's ``num_examples // batch_size`` steps: the same batches, in the same order, as
+        one device.
         """
-        from fnn.train.step import epoch_fn, make_train_epoch
+        raise NotImplementedError
 
-        if self.mode == "none":
-            return make_train_epoch(step_fn, num_examples, batch_size, shuffle=shuffle,
-                                    donate=donate)
-        self.check_batch_size(batch_size)
-        pmapped = self.mode == "pmap"
-        size = batch_size // self.num_devices if pmapped else batch_size
-        donate_argnums = (0,) if donate else ()
-        # pmap: each device takes its own rows by its axis index; mesh: the gathered global
-        # batch is constrained to the data sharding, so each device keeps its rows.
-        epoch = epoch_fn(step_fn, num_examples, batch_size, shuffle=shuffle, rows=size,
-                         first_row=(lambda: lax.axis_index(PMAP_AXIS) * size) if pmapped else None,
-                         constrain=None if pmapped else
-                         (lambda batch: lax.with_sharding_constraint(batch, self._sharded)))
+    def memory(self, tree: Any) -> str:
+        """One line: bytes of ``tree``'s live arrays per local device (max and total), read
+        from the arrays' shards (:func:`fnn.train.sharding.bytes_per_device`)."""
+        per = bytes_per_device(tree)
+        most = max(per.values(), default=0)
+        return (f"{most / 2**20:.2f} MiB per device (max over {len(per)}), "
+                f"{sum(per.values()) / 2**20:.2f} MiB on this process's devices")
 
-        if pmapped:
-            return self._paced(jax.pmap(epoch, axis_name=PMAP_AXIS, in_axes=(0, None, None),
-                                        out_axes=(0, None), donate_argnums=donate_argnums,
-                                        devices=self.devices))
-        rep = self._replicated
-        return self._paced(jax.jit(epoch, in_shardings=(rep, rep, rep),
-                                   out_shardings=(rep, rep), donate_argnums=donate_argnums))
+    # ---------------------------------------------------------------- the former names
+
+    def replicate(self, tree: Any) -> Any:
+        """The same as :meth:`place` (its name before the state could be sharded)."""
+        return self.place(tree)
+
+    def unreplicate(self, tree: Any) -> Any:
+        """The same as :meth:`gather` (its name before the state could be sharded)."""
+        return self.gather(tree)
 
     def _paced(self, compiled: Callable) -> Callable:
         return wait_for_results(compiled) if self.waits_for_each_call else compiled
 
+
+# --------------------------------------------------------------------------- the modes
+
+class OneDevice(DataParallel):
+    """Mode ``none``: ``jax.jit`` on one device; the network as given."""
+
+    mode = "none"
+
+    def __init__(self, mode: str | None = None, devices: int | Sequence[Any] | None = None):
+        super().__init__(mode, devices)
+        if self.process_count > 1:
+            raise ConfigError("parallel.mode", f"{self.process_count} processes are running; "
+                                               "choose pmap, mesh or fsdp (mode none trains on "
+                                               "one device)")
+
     def prepare_net(self, net: Layer) -> Layer:
-        """The network to train in this mode: ``BatchNorm`` axis names set (see
-        :func:`with_batch_norm_axis`); unchanged in mode ``none``."""
-        if self.mode == "none":
-            return net
-        return with_batch_norm_axis(net, self.axis_name)
+        return net
+
+    def put_batch(self, batch: Any) -> Any:
+        return jax.device_put(batch, self.local_devices[0])
+
+    put_data = place = put_batch
+
+    def gather(self, tree: Any) -> Any:
+        return tree
+
+    def compile_step(self, step_fn: Callable, donate: bool = True) -> Callable:
+        return jax.jit(step_fn, donate_argnums=(0,) if donate else ())
+
+    def compile_eval(self, eval_fn: Callable) -> Callable:
+        return jax.jit(eval_fn)
+
+    def compile_epoch(self, step_fn: Callable, num_examples: int, batch_size: int, *,
+                      shuffle: bool = True, donate: bool = True) -> Callable:
+        from fnn.train.step import make_train_epoch
+        return make_train_epoch(step_fn, num_examples, batch_size, shuffle=shuffle,
+                                donate=donate)
+
+
+class PmapParallel(DataParallel):
+    """Mode ``pmap``: ``jax.pmap`` over the local devices, the state stacked ``[devices, ...]``."""
+
+    mode = "pmap"
+    axis_name = PMAP_AXIS
+
+    def __init__(self, mode: str | None = None, devices: int | Sequence[Any] | None = None):
+        super().__init__(mode, devices)
+        local_mesh = Mesh(np.array(self.local_devices), (PMAP_AXIS,))
+        self._stacked = NamedSharding(local_mesh, P(PMAP_AXIS))
+        self._local_replicated = NamedSharding(local_mesh, P())
+
+    def put_batch(self, batch: Any) -> Any:
+        """Each leaf ``(b, ...)`` becomes ``(devices, b / devices, ...)``, a slice per device."""
+        d = len(self.local_devices)
+
+        def split(a):
+            a = np.asarray(a)
+            if a.shape[0] % d:
+                raise ValueError(f"a batch of {a.shape[0]} rows does not split over {d} devices")
+            return jax.device_put(a.reshape(d, a.shape[0] // d, *a.shape[1:]), self._stacked)
+
+        return jax.tree_util.tree_map(split, batch)
+
+    def put_data(self, data: Any) -> Any:
+        return jax.device_put(data, self._local_replicated)
+
+    def place(self, tree: Any) -> Any:
+        d = len(self.local_devices)
+        return jax.tree_util.tree_map(
+            lambda a: jax.device_put(jnp.stack([jnp.asarray(a)] * d), self._stacked), tree)
+
+    def gather(self, tree: Any) -> Any:
+        def first(a):
+            if not isinstance(a, jax.Array):
+                return a
+            shard = a.addressable_shards[0].data
+            return shard.reshape(shard.shape[1:])
+
+        return jax.tree_util.tree_map(first, tree)
+
+    def compile_step(self, step_fn: Callable, donate: bool = True) -> Callable:
+        return self._paced(jax.pmap(step_fn, axis_name=PMAP_AXIS, out_axes=(0, None),
+                                    donate_argnums=(0,) if donate else (), devices=self.devices))
+
+    def compile_eval(self, eval_fn: Callable) -> Callable:
+        return self._paced(jax.pmap(eval_fn, axis_name=PMAP_AXIS, out_axes=None,
+                                    devices=self.devices))
+
+    def compile_epoch(self, step_fn: Callable, num_examples: int, batch_size: int, *,
+                      shuffle: bool = True, donate: bool = True) -> Callable:
+        from fnn.train.step import epoch_fn
+
+        self.check_batch_size(batch_size)
+        size = batch_size // self.num_devices  # each device takes its rows by its axis index
+        epoch = epoch_fn(step_fn, num_examples, batch_size, shuffle=shuffle, rows=size,
+                         first_row=lambda: lax.axis_index(PMAP_AXIS) * size)
+        return self._paced(jax.pmap(epoch, axis_name=PMAP_AXIS, in_axes=(0, None, None),
+                                    out_axes=(0, None), donate_argnums=(0,) if donate else (),
+                                    devices=self.devices))
+
+
+class MeshParallel(DataParallel):
+    """Mode ``mesh``: ``jax.jit`` over a one-axis ``Mesh``; batch ``P("data")``, state ``P()``."""
+
+    mode = "mesh"
+
+    def __init__(self, mode: str | None = None, devices: int | Sequence[Any] | None = None):
+        super().__init__(mode, devices)
+        self.mesh = Mesh(np.array(self.devices), (MESH_AXIS,))
+        self._replicated = NamedSharding(self.mesh, P())
+        self._sharded = NamedSharding(self.mesh, P(MESH_AXIS))
+
+    def state_sharding(self, tree: Any) -> Any:
+        """The sharding of a placed state (a tree of them, or one for the whole tree)."""
+        return self._replicated
+
+    def put_batch(self, batch: Any) -> Any:
+        """One global array sharded over ``"data"`` (each process gives its rows)."""
+        self.check_batch_size(len(jax.tree_util.tree_leaves(batch)[0]) * self.process_count,
+                              "the batch size")
+        if self.process_count > 1:
+            return jax.tree_util.tree_map(
+                lambda a: jax.make_array_from_process_local_data(self._sharded, np.asarray(a)),
+                batch)
+        return jax.device_put(batch, self._sharded)
+
+    def put_data(self, data: Any) -> Any:
+        return self._put(data, self._replicated)
+
+    def place(self, tree: Any) -> Any:
+        return self._put(tree, self.state_sharding(tree))
+
+    def _put(self, tree: Any, sharding: Any) -> Any:
+        if self.process_count == 1:
+            return jax.device_put(tree, sharding)
+        shardings = (jax.tree_util.tree_map(lambda _: sharding, tree)
+                     if isinstance(sharding, NamedSharding) else sharding)
+
+        def put(a, s):
+            if s.is_fully_replicated:
+                return jax.make_array_from_process_local_data(s, a)
+            host = np.asarray(a)
+            return jax.make_array_from_callback(host.shape, s, lambda index: host[index])
+
+        return jax.tree_util.tree_map(put, tree, shardings)
+
+    def gather(self, tree: Any) -> Any:
+        return jax.tree_util.tree_map(
+            lambda a: a.addressable_shards[0].data if isinstance(a, jax.Array) else a, tree)
+
+    def _jit_per_state(self, fn: Callable, in_rest: tuple, out_rest: tuple,
+                       donate: bool) -> Callable:
+        """``fn(state, *rest)`` jitted with the state's shardings in and out (compiled once
+        for the first state's layout; the mesh mode's is ``P()`` whatever the tree)."""
+        compiled: dict[Any, Callable] = {}
+
+        def call(state, *rest):
+            layout = jax.tree_util.tree_structure(state)
+            if layout not in compiled:
+                s = self.state_sharding(state)
+                compiled[layout] = jax.jit(fn, in_shardings=(s, *in_rest),
+                                           out_shardings=(s, *out_rest),
+                                           donate_argnums=(0,) if donate else ())
+            return compiled[layout](state, *rest)
+
+        return self._paced(call)
+
+    def compile_step(self, step_fn: Callable, donate: bool = True) -> Callable:
+        return self._jit_per_state(step_fn, (self._sharded,), (self._replicated,), donate)
+
+    def compile_eval(self, eval_fn: Callable) -> Callable:
+        # params and model state keep the layout they were placed with
+        return self._paced(jax.jit(eval_fn, out_shardings=self._replicated))
+
+    def compile_epoch(self, step_fn: Callable, num_examples: int, batch_size: int, *,
+                      shuffle: bool = True, donate: bool = True) -> Callable:
+        from fnn.train.step import epoch_fn
+
+        self.check_batch_size(batch_size)
+        # the gathered global batch is constrained to the data sharding: each device its rows
+        epoch = epoch_fn(step_fn, num_examples, batch_size, shuffle=shuffle,
+                         constrain=lambda batch: lax.with_sharding_constraint(batch,
+                                                                              self._sharded))
+        rep = self._replicated
+        return self._jit_per_state(epoch, (rep, rep), (rep,), donate)
+
+
+class FsdpParallel(MeshParallel):
+    """Mode ``fsdp``: the mesh mode with params and optimizer state sharded over ``"data"``.
+
+    Each leaf of at least :data:`fnn.train.sharding.MIN_SHARDED_SIZE` elements is split along
+    its largest dimension that the device count divides (:func:`fnn.train.sharding.spec_for`);
+    the rest is replicated. Losses equal the mesh mode's to float rounding.
+
+    Example:
+        >>> dp = DataParallel("fsdp")
+        >>> n = dp.num_devices
+        >>> ts = dp.place({"w": jnp.ones((n * 256, 4)), "b": jnp.ones(4)})
+        >>> [s.data.shape for s in ts["w"].addressable_shards] == [(256, 4)] * n  # 1/N each
+        True
+        >>> [s.data.shape for s in ts["b"].addressable_shards] == [(4,)] * n      # small: all
+        True
+        >>> dp.gather(ts)["w"].shape == (n * 256, 4)          # one whole copy
+        True
+    """
+
+    mode = "fsdp"
+
+    def state_sharding(self, tree: Any) -> Any:
+        return tree_shardings(tree, self.mesh, MESH_AXIS)
+
+    def gather(self, tree: Any) -> Any:
+        whole = jax.jit(lambda t: t, out_shardings=self._replicated)(tree)
+        return super().gather(whole)
+
+
+_BY_MODE: dict[str, type] = {cls.mode: cls for cls in (OneDevice, PmapParallel, MeshParallel,
+                                                       FsdpParallel)}
 
 
 def wait_for_results(compiled: Callable) -> Callable:
@@ -522,8 +577,3 @@ def as_data_parallel(parallel: "str | DataParallel | None",
     return DataParallel(parallel, devices)
 
 
-def synchronize(name: str) -> None:
-    """Wait until every process reaches this point (no-op with one process)."""
-    if jax.process_count() > 1:
-        from jax.experimental import multihost_utils
-        multihost_utils.sync_global_devices(name)

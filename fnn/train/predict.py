@@ -31,7 +31,7 @@ import numpy as np
 
 from fnn.core import Layer
 from fnn.data.pipeline import prefetch_to_device
-from fnn.train.data import ArraySource, batch_source, num_rows, pad_batch
+from fnn.train.data import ArraySource, batch_source, check_batch_size, num_rows, pad_batch
 from fnn.train.parallel import DataParallel
 from fnn.train.step import make_eval_step
 
@@ -66,7 +66,8 @@ def predict(net: Layer, params: Any, state: Any, x: Any, *, batch_size: int = 10
         x: inputs: an array or any pytree of arrays with one leading length ``N`` (as the
             network takes them), or an iterator (a generator, a ``Loader``) of input batches
             (or of ``{"x": ...}`` batches).
-        batch_size: rows per compiled call; the last batch is padded and its padding cut off.
+        batch_size: rows per compiled call (an int >= 1); the last batch is padded and its
+            padding cut off.
 
     Returns:
         The outputs for exactly the ``N`` inputs, in order (the network's output pytree).
@@ -77,11 +78,11 @@ def predict(net: Layer, params: Any, state: Any, x: Any, *, batch_size: int = 10
         >>> predict(net, params, state, np.zeros((1001, 784)), batch_size=128).shape
         (1001, 10)
     """
+    batch_size = check_batch_size(batch_size, "predict: batch_size")
     apply = _compiled_apply(net)
     if _is_arrays(x):
         source = ArraySource({"x": x}, "predict: x")
-        batches: Iterable[Any] = source.padded_batches(max(1, min(batch_size,
-                                                                  source.num_examples)))
+        batches: Iterable[Any] = source.padded_batches(min(batch_size, source.num_examples))
     else:  # an iterator (or Loader) of input batches, or of {"x": ...} batches
         batches = ({"x": b, "mask": np.ones(num_rows(b, "predict: a batch"), np.float32)}
                    for b in (item["x"] if isinstance(item, Mapping) else item for item in x))
@@ -91,7 +92,7 @@ def predict(net: Layer, params: Any, state: Any, x: Any, *, batch_size: int = 10
         real = int(np.asarray(batch["mask"]).sum())
         chunks.append(jax.tree_util.tree_map(lambda a: a[:real], out))
     if not chunks:
-        raise ValueError("predict: no inputs given")
+        raise ValueError("predict: x gave no batches (an empty iterable)")
     return jax.tree_util.tree_map(lambda *parts: np.concatenate(parts), *chunks)
 
 
@@ -118,12 +119,17 @@ def evaluate(model: Layer | Callable, params: Any, state: Any, data: Any,
             iterable of batches.
         loss, metrics: a loss and named metrics, per-example or batch means
             (see :mod:`fnn.train.contract`).
-        batch_size: rows per compiled call for arrays (the last batch is padded and masked).
+        batch_size: rows per compiled call for arrays, an int >= 1 (the last batch is padded
+            and masked).
         parallel: run the eval step over the devices of this ``DataParallel``; batches are
             padded to a multiple of the device count and each process takes its rows.
 
     Returns:
         ``{"loss": ..., <metric>: ...}``: means over every example, each counted once.
+
+    Raises:
+        ValueError: no examples (0 rows, or an iterable without batches), or a batch size
+            that is not an int >= 1; one line, before anything compiles.
 
     Example:
         >>> net = fnn.Dense(2)
@@ -133,6 +139,7 @@ def evaluate(model: Layer | Callable, params: Any, state: Any, data: Any,
         >>> evaluate(net, params, state, {"x": x, "y": y}, fnn.losses.mse)
         {'loss': 1.0}
     """
+    batch_size = check_batch_size(batch_size, "evaluate: batch_size")
     if isinstance(model, Layer):
         if loss is None:
             raise ValueError("evaluate: give the loss to evaluate the network with")

@@ -36,6 +36,7 @@ from jax import lax
 from fnn.metrics import binary_correct, correct  # noqa: F401  (re-exported as fnn.train.correct)
 from fnn.core import Layer
 from fnn.train.contract import per_example
+from fnn.train.keys import augment_per_example, example_keys
 from fnn.train.state import TrainState
 
 __all__ = ["make_train_step", "make_eval_step", "make_train_epoch", "epoch_fn", "correct",
@@ -74,11 +75,13 @@ def train_step_fn(net: Layer, loss: Callable[..., jax.Array],
 
     def step(ts: TrainState, batch: Batch):
         rng, step_rng = jax.random.split(ts.rng)
-        if axis_name is not None:  # a distinct dropout mask on every device
-            step_rng = jax.random.fold_in(step_rng, lax.axis_index(axis_name))
+        # one key per example, by its index in the global batch: the same draws on any devices
+        rows = jax.tree_util.tree_leaves(batch["x"])[0].shape[0]
         if augment is not None:  # training batches only, on the device, inside the step
             step_rng, aug_rng = jax.random.split(step_rng)
-            batch = {**batch, "x": augment(aug_rng, batch["x"])}
+            batch = {**batch, "x": augment_per_example(
+                augment, example_keys(aug_rng, rows, axis_name), batch["x"])}
+        keys = example_keys(step_rng, rows, axis_name)
         mask = _mask(batch)
         count = mask.sum()
         devices = 1.0
@@ -88,7 +91,7 @@ def train_step_fn(net: Layer, loss: Callable[..., jax.Array],
         count = jnp.maximum(count, 1.0)
 
         def objective(params):
-            outputs, new_state = net.apply(params, ts.model_state, batch["x"], rng=step_rng,
+            outputs, new_state = net.apply(params, ts.model_state, batch["x"], rng=keys,
                                            train=True)
             values = _per_example(loss(outputs, batch["y"]), mask.shape[0], "the loss")
             data_loss = jnp.sum(values * mask) / count
@@ -137,7 +140,8 @@ def make_train_step(net: Layer, loss: Callable[..., jax.Array],
         regularizer: ``params -> scalar`` added to the objective (e.g. ``1e-4 * l2(params)``).
         constraint: ``params -> params`` applied after each update (e.g. max-norm).
         metrics: name -> per-example metric, averaged like the loss.
-        augment: ``(rng, x) -> x`` applied to the training inputs inside the step.
+        augment: ``(rng, x) -> x`` applied to the training inputs inside the step, to each
+            example alone with a key of its own (:func:`fnn.train.keys.augment_per_example`).
         donate: donate the input train state's buffers to the output (saves a copy per step;
             the state passed in must not be used again).
 
