@@ -82,8 +82,9 @@ NEVER_PREDICTED_SHARE = 0.05
 MIN_EPOCHS = 3
 
 
-class RunFolderMissing(FileNotFoundError):
-    """The run folder does not exist or holds no run (``fnn doctor``'s usage error)."""
+class RunFolderMissing(ValueError):
+    """The run folder does not exist, holds no run, or a file of it cannot be read (``fnn
+    doctor``'s usage error: one line naming the file)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -124,9 +125,9 @@ def _read_jsonl(path: Path) -> list[dict[str, Any]]:
         try:
             record = json.loads(line)
         except ValueError as e:
-            raise ValueError(f"{path}:{number}: not a JSON record ({e})") from None
+            raise RunFolderMissing(f"{path}:{number}: not a JSON record ({e})") from None
         if not isinstance(record, dict):
-            raise ValueError(f"{path}:{number}: not a JSON object")
+            raise RunFolderMissing(f"{path}:{number}: not a JSON object")
         records.append(record)
     return records
 
@@ -141,7 +142,7 @@ def _divergence(run: Path, history: list[dict]) -> list[Finding]:
             report = json.loads(path.read_text())
             fault = report.get("fault")
         except ValueError as e:
-            raise ValueError(f"{path}: not JSON ({e})") from None
+            raise RunFolderMissing(f"{path}: not JSON ({e})") from None
         if fault:
             f = Fault(**{**fault, "rows": tuple(fault["rows"])})
             out.append(Finding(
@@ -150,9 +151,13 @@ def _divergence(run: Path, history: list[dict]) -> list[Finding]:
                 f"step {report.get('step')} (epoch {report.get('epoch')}): {f.describe()}",
                 _fault_fix(f)))
         else:
-            out.append(Finding("non_finite", "error", "the loss became non-finite",
-                               f"step {report.get('step')}: {report.get('note', '')}",
-                               "optimizer.learning_rate lower; optimizer.clip_norm"))
+            note = report.get("note", "")
+            exploded = "exploded" in note
+            out.append(Finding("divergence" if exploded else "non_finite", "error",
+                               "training diverged: the loss exploded" if exploded else
+                               "the loss became non-finite (not localised)",
+                               f"step {report.get('step')} (epoch {report.get('epoch')}): {note}",
+                               "optimizer.learning_rate: 10x lower; optimizer.clip_norm"))
     elif any(r.get("train_loss") is None and "train_loss" in r for r in history):
         out.append(Finding("non_finite", "error", "the training loss was not finite",
                            "metrics.jsonl holds a null train_loss",
@@ -439,7 +444,7 @@ def examine(run_dir: str | Path, *, data: Mapping[str, Any] | None = None, net: 
                                 f"{diag_path.name} is missing",
                                 "training.diagnostics.every: 100 (fit(..., diagnostics=100))"))
     found = {f.code for f in findings}
-    if not any(f.code == "non_finite" for f in findings):
+    if not any(f.code in ("non_finite", "divergence") for f in findings):
         findings += _curves(history, found)
         if len(history) < MIN_EPOCHS:
             findings.append(Finding("short_run", "info", f"{len(history)} epoch(s): loss "

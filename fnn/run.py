@@ -335,6 +335,8 @@ def train_model(cfg: dict[str, Any], train_data: dict[str, np.ndarray],
     evaluation, which is what model selection (``fnn.selection``) needs. ``reset_optimizer``:
     on resume, restore params and progress but start the optimizer state afresh.
     """
+    from fnn.doctor import LiveHints
+
     dp = parallel if parallel is not None else data_parallel(cfg)
     if not dp.is_main:
         log = None
@@ -377,7 +379,8 @@ def train_model(cfg: dict[str, Any], train_data: dict[str, np.ndarray],
                  metadata={"config": cfg, "input_shape": list(input_shape)},
                  init=t["pretrained"],
                  eval_batch_size=t["eval_batch_size"], progress=cfg["output"]["progress"], log=log,
-                 parallel=dp, diagnostics=t["diagnostics"]["every"])
+                 parallel=dp, diagnostics=t["diagnostics"]["every"],
+                 callbacks=[LiveHints(exp.net, {"x": train_data["x"][:256]}, log)] if log else ())
     if dp.is_main and cfg["output"]["plots"]:
         from fnn.plots import plot_curves
         plot_curves(result.history, run_dir / "curves.png", title=cfg["name"])
