@@ -66,13 +66,20 @@ RISING_LOSS = 1.05
 # (smaller rises are the noise of a validation set of a few hundred examples).
 OVERFIT_RISE = 0.10
 # Batch-norm statistics lag when the loss in inference mode (running statistics) is this many
-# times the loss on the same batch in training mode (batch statistics).
-BN_LAG_FACTOR = 2.0
+# times the loss on the same examples in training mode (batch statistics): same weights, same
+# examples, so only the statistics differ (a settled net is within ~10% either way).
+BN_LAG_FACTOR = 1.5
 # One class in at least 99% of the predictions: the network predicts a constant.
 CONSTANT_SHARE = 0.99
 # Validation accuracy within 5 points of the best constant guess: the network learned nothing
 # that carries over (labels shuffled or misaligned, when the training accuracy rose).
 CHANCE_MARGIN = 0.05
+# Validation at chance but training accuracy 20 points above it: the training labels were
+# learned by heart, so they carry no rule that holds on other examples.
+MEMORISED_MARGIN = 0.20
+# Findings that explain a network predicting a constant or at chance by themselves.
+CAUSES = frozenset({"vanishing_gradients", "exploding_gradients", "dead_relu",
+                    "learning_rate_high", "learning_rate_low", "batch_norm_lag"})
 # The largest class at least 10 times the smallest: accuracy is then dominated by the big one.
 IMBALANCE_RATIO = 10.0
 # A class with at least 5% of the validation set that is never predicted is a real loss of
@@ -183,7 +190,8 @@ def _gradients(diag: list[dict]) -> list[Finding]:
     out = []
     last = diag[-1]
     depth = [v for v in last.get("grad_norm_by_depth", []) if v is not None]
-    if len(depth) >= 3 and all(v > 0 for v in depth):
+    fully_dead = any((_value(l.get("dead_fraction")) or 0) >= 1.0 for l in last.get("layers", []))
+    if len(depth) >= 3 and depth[-1] > 0 and not fully_dead:  # a dead layer's zeros are its own
         ratio = depth[0] / depth[-1]
         evidence = (f"gradient norm of the first weight layer {_g(depth[0])}, of the last "
                     f"{_g(depth[-1])} (ratio {_g(ratio)}, {len(depth)} weight layers) at step "
@@ -292,8 +300,8 @@ def _labels(y: np.ndarray) -> np.ndarray | None:
     return None
 
 
-def _data_checks(net, params, state, data: Mapping[str, Any], loss: Callable | None
-                 ) -> list[Finding]:
+def _data_checks(net, params, state, data: Mapping[str, Any], history: list[dict],
+                 found: set[str]) -> list[Finding]:
     out = []
     train, val = data.get("train"), data.get("val")
     if train is not None:
@@ -321,7 +329,10 @@ def _data_checks(net, params, state, data: Mapping[str, Any], loss: Callable | N
     top = np.bincount(pred, minlength=classes) / len(pred)
     accuracy = float(np.mean(pred == y))
     chance = float(shares.max())
-    if top.max() >= CONSTANT_SHARE:
+    train_accuracy = history[-1].get("train_accuracy") if history else None
+    if found & CAUSES:
+        pass  # a constant or chance prediction follows from the cause already found
+    elif top.max() >= CONSTANT_SHARE:
         out.append(Finding(
             "constant_prediction", "warning",
             f"the network predicts one class (class {int(np.argmax(top))}) for almost everything",
@@ -329,15 +340,17 @@ def _data_checks(net, params, state, data: Mapping[str, Any], loss: Callable | N
             f"accuracy {accuracy:.1%} = the majority class share {chance:.1%}",
             "check the labels (data), the loss (loss.name) and optimizer.learning_rate; "
             "with imbalanced classes use class weights"))
-    elif accuracy <= chance + CHANCE_MARGIN:
+    elif (accuracy <= chance + CHANCE_MARGIN and train_accuracy is not None
+          and train_accuracy > chance + MEMORISED_MARGIN):
         out.append(Finding(
             "labels_uninformative", "warning",
             "validation accuracy at chance: the labels do not follow from the inputs",
-            f"validation accuracy {accuracy:.1%}, majority class share {chance:.1%}",
+            f"validation accuracy {accuracy:.1%}, majority class share {chance:.1%}, "
+            f"training accuracy {train_accuracy:.1%} (memorised)",
             "check the data: labels shuffled or misaligned with the inputs (data.path, the "
             "label column)"))
     never = [c for c in range(classes) if shares[c] >= NEVER_PREDICTED_SHARE and top[c] == 0]
-    if never and top.max() < CONSTANT_SHARE:
+    if never and top.max() < CONSTANT_SHARE and not found & CAUSES:
         out.append(Finding("labels_never_predicted", "warning",
                            "some classes are never predicted",
                            "classes " + ", ".join(f"{c} ({shares[c]:.0%} of validation)"
@@ -452,9 +465,14 @@ def examine(run_dir: str | Path, *, data: Mapping[str, Any] | None = None, net: 
         parts = _checkpoint_parts(run, net, loss, data, findings)
         if parts is not None:
             net, params, state, loss, data = parts
-            if loss is not None and data.get("val") is not None and _has_kind(net, "BatchNorm"):
-                findings += _batch_norm_lag(net, params, state, data["val"], loss)
-            findings += _data_checks(net, params, state, data, loss)
+            if data.get("val") is not None and _has_kind(net, "BatchNorm"):
+                if loss is None:
+                    findings.append(Finding("no_loss", "info", "batch-norm statistics not "
+                                            "judged: no loss given", "examine(run, loss=...)"))
+                else:
+                    findings += _batch_norm_lag(net, params, state, data["val"], loss)
+            findings += _data_checks(net, params, state, data, history,
+                                     {f.code for f in findings})
     return sorted(findings, key=lambda f: SEVERITIES.index(f.severity))
 
 

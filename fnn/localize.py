@@ -59,7 +59,8 @@ class Fault:
         copy: the copy index inside ``fnn.repeat``, or ``None``.
         value: ``"nan"``, ``"inf"`` or ``"nan, inf"``: what was found.
         where: in the backward pass, which cotangent turned non-finite (``"input"`` or
-            ``"params"``); ``""`` forward.
+            ``"params"``); forward, ``"params"`` when the layer's params were already
+            non-finite (an earlier update), else ``""``.
     """
 
     layer: str
@@ -79,8 +80,10 @@ class Fault:
             place = f"in layer '{self.layer}'" + (f" ({self.kind})" if self.kind else "")
             if self.copy is not None:
                 place += f", copy {self.copy}"
-        if self.where:
+        if self.where and self.direction == "backward":
             place += f" (its {self.where} gradient)"
+        elif self.where:
+            place += " (its params were non-finite before the step)"
         return f"{what} {place}, batch rows {_ranges(self.rows)}"
 
     def record(self) -> dict[str, Any]:
@@ -161,6 +164,10 @@ class _Watch:
         if running:
             self.calls[path] = self.calls.get(path, 0) + 1
         concrete = running and _concrete((params, x))
+        if concrete and not self.backward and not layer.children and self.fault is None:
+            bad, _, value = _bad(params, None)  # made by an earlier step's update
+            if bad:
+                self.found(path, layer.kind, "forward", (), value, None, "params")
         try:
             if self.backward and running:
                 copy = self.copy_of(path)
