@@ -58,6 +58,10 @@ SATURATED_WARNING = 0.5
 LR_HIGH_RATIO = 0.3
 # A thousand times below 1e-3: the weights would take ~1e6 steps to change by their own size.
 LR_LOW_RATIO = 1e-6
+# The epoch-mean training loss of a healthy run falls nearly every epoch; rising by 10% from one
+# epoch to the next in a third of the epochs is a step size that overshoots (oscillation).
+OSCILLATION_RISE = 0.10
+OSCILLATION_SHARE = 1 / 3
 # Training loss that moves less than 1% from the first epoch to the last has not learned.
 FLAT_LOSS = 0.01
 # The final training loss above the first epoch's (by this factor): training went backwards.
@@ -246,7 +250,8 @@ def _gradients(diag: list[dict]) -> list[Finding]:
     return out
 
 
-def _curves(history: list[dict], found: set[str]) -> list[Finding]:
+def _curves(history: list[dict], found: set[str], cfg: Mapping[str, Any] | None = None
+            ) -> list[Finding]:
     out = []
     train = [r.get("train_loss") for r in history]
     if len(history) < MIN_EPOCHS or any(v is None for v in train):
@@ -257,6 +262,16 @@ def _curves(history: list[dict], found: set[str]) -> list[Finding]:
                            "the training loss rose: the learning rate is too high",
                            f"train loss {_g(first)} at epoch 1, {_g(last)} at epoch "
                            f"{len(history)}", "optimizer.learning_rate: 10x lower"))
+    rises = [b > a * (1 + OSCILLATION_RISE) for a, b in zip(train, train[1:])]
+    if (len(rises) >= 4 and sum(rises) >= OSCILLATION_SHARE * len(rises)
+            and not any(f.code == "learning_rate_high" for f in out) and "learning_rate_high"
+            not in found):
+        out.append(Finding("learning_rate_high", "warning",
+                           "the training loss oscillates: the learning rate is too high",
+                           f"train loss rose by over {OSCILLATION_RISE:.0%} in {sum(rises)} of "
+                           f"{len(rises)} epochs: " + ", ".join(_g(v) for v in train[-8:]),
+                           "optimizer.learning_rate: 10x lower, or a decaying "
+                           "optimizer.schedule"))
     flat = abs(first - last) <= FLAT_LOSS * abs(first)
     if flat and not found & {"learning_rate_low", "vanishing_gradients", "dead_relu"}:
         out.append(Finding("underfitting", "warning",
@@ -269,9 +284,13 @@ def _curves(history: list[dict], found: set[str]) -> list[Finding]:
     if all(v is not None for v in val):
         best = int(np.argmin(val))
         rise = val[-1] / val[best] - 1 if val[best] > 0 else 0.0
+        es = ((cfg or {}).get("training") or {}).get("early_stopping") or {}
+        handled = bool(es.get("enabled") and es.get("restore_best"))
         if best < len(val) - 1 and rise > OVERFIT_RISE and train[-1] < train[best]:
             out.append(Finding(
-                "overfitting", "warning",
+                "overfitting", "info" if handled else "warning",
+                ("(handled by training.early_stopping, which keeps the best epoch) "
+                 if handled else "") +
                 f"overfitting from epoch {best + 2}: validation loss rising while training "
                 f"loss falls",
                 f"validation loss lowest at epoch {best + 1} ({_g(val[best])}), {_g(val[-1])} at "
@@ -377,6 +396,17 @@ def _batch_norm_lag(net, params, state, val: Mapping[str, Any], loss: Callable) 
     return []
 
 
+def _run_config(run: Path) -> dict[str, Any] | None:
+    """The run's config as its checkpoint saved it (runs of ``fnn train``), or ``None``."""
+    from fnn.train import checkpoint as ckpt
+    for which in ("latest", "best"):
+        path = run / "checkpoints" / f"{which}.safetensors"
+        if path.exists():
+            config = ckpt.read_metadata(path).get("config")
+            return config if isinstance(config, dict) else None
+    return None
+
+
 def _has_kind(net, kind: str) -> bool:
     return net.kind == kind or any(_has_kind(c, kind) for c in net.children)
 
@@ -458,13 +488,17 @@ def examine(run_dir: str | Path, *, data: Mapping[str, Any] | None = None, net: 
                                 "training.diagnostics.every: 100 (fit(..., diagnostics=100))"))
     found = {f.code for f in findings}
     if not any(f.code in ("non_finite", "divergence") for f in findings):
-        findings += _curves(history, found)
+        findings += _curves(history, found, _run_config(run))
         if len(history) < MIN_EPOCHS:
             findings.append(Finding("short_run", "info", f"{len(history)} epoch(s): loss "
                                     f"curves not judged (needs {MIN_EPOCHS})", ""))
         parts = _checkpoint_parts(run, net, loss, data, findings)
         if parts is not None:
             net, params, state, loss, data = parts
+            if data.get("val") is None:
+                findings.append(Finding("no_validation", "info", "no validation data: "
+                                        "predictions and batch-norm statistics not judged",
+                                        "", "data.validation: 0.1"))
             if data.get("val") is not None and _has_kind(net, "BatchNorm"):
                 if loss is None:
                     findings.append(Finding("no_loss", "info", "batch-norm statistics not "
@@ -514,12 +548,14 @@ class LiveHints:
     """
 
     def __init__(self, net: Any, batch: Mapping[str, Any], log: Callable[[str], None] = print):
+        import jax
         import jax.numpy as jnp
         from fnn.diagnostics import make_gradient_flow
 
         self.net, self.log = net, log
         self.x = np.asarray(batch["x"])
         self.flow = make_gradient_flow(net, lambda out, t: jnp.zeros(()))  # activations only
+        self.predict = jax.jit(lambda params, state: net.apply(params, state, self.x)[0])
         self.said: set[str] = set()
 
     def __call__(self, record: Mapping[str, Any], train_state: Any) -> bool:
@@ -533,7 +569,7 @@ class LiveHints:
                 self.log(f"warning: every unit of ReLU layer '{layer.path}' is dead after epoch "
                          f"{record['epoch']} [dead_relu]; fix: lower optimizer.learning_rate, "
                          f"biases at 0 (b_init), He init, or LeakyRelu")
-        out = np.asarray(self.net.apply(train_state.params, train_state.model_state, self.x)[0])
+        out = np.asarray(self.predict(train_state.params, train_state.model_state))
         loss = record.get("train_loss")
         if out.ndim == 2 and out.shape[1] > 1 and loss is not None and "chance" not in self.said:
             pred = np.argmax(out, axis=1)

@@ -252,3 +252,42 @@ def test_cli_exit_statuses(tmp_path, capsys):
     (healthy / "metrics.jsonl").write_text("{not json\n")
     assert main(["doctor", str(healthy)]) == 2
     assert "metrics.jsonl:1" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------- thresholds on records
+
+def _diag_run(tmp_path, layers, depth, losses=(1.0, 0.8, 0.6, 0.5)):
+    run = tmp_path / "records"
+    run.mkdir()
+    (run / "metrics.jsonl").write_text("".join(
+        json.dumps({"epoch": i + 1, "train_loss": v, "val_loss": v}) + "\n"
+        for i, v in enumerate(losses)))
+    (run / "diagnostics.jsonl").write_text(json.dumps(
+        {"step": 10, "epoch": 1, "loss": 1.0, "layers": layers, "grad_norm_by_depth": depth}) + "\n")
+    return examine(run)
+
+
+def test_thresholds_on_written_records(tmp_path):
+    def dense(name, ratio):
+        return {"layer": name, "kind": "Dense", "grad_norm": 1.0, "weight_norm": 1.0,
+                "update_ratio": ratio}
+
+    healthy = [dense("dense_0", 1e-3), {"layer": "tanh_0", "kind": "Tanh", "rms": 0.5,
+                                        "saturated_fraction": 0.1}, dense("dense_1", 2e-3)]
+    assert _warnings(_diag_run(tmp_path / "a", healthy, [0.5, 0.4, 0.3])) == set()
+    exploding = _diag_run(tmp_path / "b", healthy, [5e3, 40.0, 1.0])
+    assert _warnings(exploding) == {"exploding_gradients"}
+    saturated = [*healthy[:1], {**healthy[1], "saturated_fraction": {"q0": 0.5, "q25": 0.6,
+                                                                     "q50": 0.7, "q75": 0.8,
+                                                                     "q100": 0.9}}]
+    found = _diag_run(tmp_path / "c", saturated, [0.5, 0.4, 0.3])
+    assert _warnings(found) == {"saturated_units"}
+    assert "tanh_0 (Tanh): 70% of outputs saturated" in found[0].evidence
+    high = _diag_run(tmp_path / "d", [dense("dense_0", 0.9), dense("dense_1", 0.5)], [1, 1, 1])
+    assert _warnings(high) == {"learning_rate_high"}
+    half_dead = [{"layer": "relu_0", "kind": "Relu", "dead_fraction": 0.6}]
+    dead = _diag_run(tmp_path / "e", half_dead, [1, 1, 1])
+    assert [(f.code, f.severity) for f in dead if f.severity != "info"] == [("dead_relu", "warning")]
+    oscillating = _diag_run(tmp_path / "f", healthy, [0.5, 0.4, 0.3],
+                            losses=(1.0, 0.6, 0.9, 0.5, 0.8, 0.45, 0.7))
+    assert _warnings(oscillating) == {"learning_rate_high"}
