@@ -258,7 +258,7 @@ def test_cli_exit_statuses(tmp_path, capsys):
 
 def _diag_run(tmp_path, layers, depth, losses=(1.0, 0.8, 0.6, 0.5)):
     run = tmp_path / "records"
-    run.mkdir()
+    run.mkdir(parents=True)
     (run / "metrics.jsonl").write_text("".join(
         json.dumps({"epoch": i + 1, "train_loss": v, "val_loss": v}) + "\n"
         for i, v in enumerate(losses)))
