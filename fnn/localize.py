@@ -12,8 +12,8 @@ runs as a Python loop and every value is concrete) with a check after every laye
   cotangent is finite and whose input or params cotangent is not is the one that made it.
 
 Layers are named by their path in the network, as fnn's errors name them (``block/dense_1``);
-a layer inside ``fnn.repeat`` is named with the repeat's copy key (``repeat_0/serial[30]/dense_0``)
-and the copy index is given as ``copy``. The loss is checked too (``layer="loss"``).
+a layer inside ``fnn.repeat`` is named by its path (``repeat_0/dense_0``, as its params are
+keyed) and the copy index is given as ``copy``. The loss is checked too (``layer="loss"``).
 
 Example:
     >>> @fnn.layer_type("Log")
@@ -143,12 +143,14 @@ class _Watch:
         self.calls: dict[tuple[str, ...], int] = {}
         self.fault: Fault | None = None
         self.finite_out: set[tuple[tuple[str, ...], int]] = set()
+        self.repeats: set[tuple[str, ...]] = set()   # paths of the fnn.repeat layers met
 
     def copy_of(self, path: tuple[str, ...]) -> int | None:
-        """The copy index of the innermost ``fnn.repeat`` around ``path`` (its key ends in ``]``)."""
-        for i in range(len(path), 0, -1):
-            if path[i - 1].endswith("]"):
-                return self.calls.get(path[:i], 1) - 1
+        """The copy index of the innermost ``fnn.repeat`` around ``path``: how many times its
+        child has been entered in this pass, less one."""
+        for i in range(len(path) - 1, 0, -1):
+            if path[:i] in self.repeats:
+                return self.calls.get(path[:i + 1], 1) - 1
         return None
 
     def found(self, path, kind, direction, rows, value, call, where=""):
@@ -160,6 +162,8 @@ class _Watch:
     def __call__(self, key, layer: Layer, params, state, x, *, rng, train):
         self.stack.append(key)
         path = tuple(self.stack)
+        if layer.kind == "Repeat":
+            self.repeats.add(path)
         running = not _staged((params, x))
         if running:
             self.calls[path] = self.calls.get(path, 0) + 1

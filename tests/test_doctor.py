@@ -215,7 +215,7 @@ def test_localize_inside_repeat_names_the_copy():
     x = np.ones((4, 3), np.float32)
     fault = localize(net, params, state, {"x": x, "y": np.zeros(4, int)},
                      fnn.losses.softmax_cross_entropy)
-    assert fault.layer == "repeat_0/serial[5]/dense_0" and fault.copy == 3
+    assert fault.layer == "repeat_0/dense_0" and fault.copy == 3
     assert fault.direction == "forward" and fault.where == "params"
 
 
@@ -285,9 +285,10 @@ def test_thresholds_on_written_records(tmp_path):
     assert "tanh_0 (Tanh): 70% of outputs saturated" in found[0].evidence
     high = _diag_run(tmp_path / "d", [dense("dense_0", 0.9), dense("dense_1", 0.5)], [1, 1, 1])
     assert _warnings(high) == {"learning_rate_high"}
-    half_dead = [{"layer": "relu_0", "kind": "Relu", "dead_fraction": 0.6}]
-    dead = _diag_run(tmp_path / "e", half_dead, [1, 1, 1])
-    assert [(f.code, f.severity) for f in dead if f.severity != "info"] == [("dead_relu", "warning")]
+    for fraction, severity in ((0.6, "info"), (0.8, "warning"), (1.0, "error")):
+        dead = _diag_run(tmp_path / f"e{fraction}", [{"layer": "relu_0", "kind": "Relu",
+                                                      "dead_fraction": fraction}], [1, 1, 1])
+        assert [f.severity for f in dead if f.code == "dead_relu"] == [severity]
     oscillating = _diag_run(tmp_path / "f", healthy, [0.5, 0.4, 0.3],
                             losses=(1.0, 0.6, 0.9, 0.5, 0.8, 0.45, 0.7))
     assert _warnings(oscillating) == {"learning_rate_high"}
