@@ -158,7 +158,10 @@ def _divergence(run: Path, history: list[dict]) -> list[Finding]:
         except ValueError as e:
             raise RunFolderMissing(f"{path}: not JSON ({e})") from None
         if fault:
-            f = Fault(**{**fault, "rows": tuple(fault["rows"])})
+            try:
+                f = Fault(**{**fault, "rows": tuple(fault["rows"])})
+            except (TypeError, KeyError) as e:
+                raise RunFolderMissing(f"{path}: not a fault record ({e})") from None
             out.append(Finding(
                 "non_finite", "error", f"the loss became non-finite: {f.direction} "
                 f"{f.value} first in {'the loss' if f.layer == 'loss' else repr(f.layer)}",
@@ -182,6 +185,9 @@ def _divergence(run: Path, history: list[dict]) -> list[Finding]:
 def _fault_fix(f: Fault) -> str:
     if f.layer == "input":
         return "the data: the input batch holds NaN/Inf (data.path, data preprocessing)"
+    if f.layer == "loss" and "inf" in f.value and f.detail:
+        return (f"the network's outputs overflow the loss ({f.detail}): "
+                f"optimizer.learning_rate lower, optimizer.clip_norm")
     if f.layer == "loss":
         return "the loss: its inputs leave its domain (a log of 0: use the *_with_logits form)"
     if f.direction == "forward":

@@ -61,6 +61,8 @@ class Fault:
         where: in the backward pass, which cotangent turned non-finite (``"input"`` or
             ``"params"``); forward, ``"params"`` when the layer's params were already
             non-finite (an earlier update), else ``""``.
+        detail: for an overflow in the loss, the layer with the largest output (where the
+            values grew), e.g. ``"largest layer output: dense_2 (max |y| 3.1e+19)"``.
     """
 
     layer: str
@@ -70,6 +72,7 @@ class Fault:
     copy: int | None = None
     value: str = "nan"
     where: str = ""
+    detail: str = ""
 
     def describe(self) -> str:
         """One line: ``forward NaN in layer 'block/log_0' (Log), batch rows 5``."""
@@ -84,7 +87,8 @@ class Fault:
             place += f" (its {self.where} gradient)"
         elif self.where:
             place += " (its params were non-finite before the step)"
-        return f"{what} {place}, batch rows {_ranges(self.rows)}"
+        text = f"{what} {place}, batch rows {_ranges(self.rows)}"
+        return f"{text}; {self.detail}" if self.detail else text
 
     def record(self) -> dict[str, Any]:
         """JSON-ready."""
@@ -144,6 +148,7 @@ class _Watch:
         self.fault: Fault | None = None
         self.finite_out: set[tuple[tuple[str, ...], int]] = set()
         self.repeats: set[tuple[str, ...]] = set()   # paths of the fnn.repeat layers met
+        self.largest: tuple[float, str] = (0.0, "")    # the largest |output| of a leaf layer
 
     def copy_of(self, path: tuple[str, ...]) -> int | None:
         """The copy index of the innermost ``fnn.repeat`` around ``path``: how many times its
@@ -184,6 +189,8 @@ class _Watch:
                 bad, rows, value = _bad(y, self.n)
                 if bad and not _bad(x, self.n)[0] and not _bad(params, None)[0]:
                     self.found(path, layer.kind, "forward", rows, value, None)
+                if not layer.children:
+                    self.largest = max(self.largest, (_magnitude(y), "/".join(p for p in path if p)))
         finally:
             self.stack.pop()
         return y, new_state
@@ -219,6 +226,22 @@ class _Watch:
                 self.found(path, kind, "backward", rows, value, copy, "output")
         elif bad and key in self.finite_out:
             self.found(path, kind, "backward", rows, value, copy, role)
+
+
+def _magnitude(tree: Any) -> float:
+    """The largest finite |value| among the float leaves of ``tree``."""
+    values = [np.max(np.abs(a[np.isfinite(a)])) for a in map(np.asarray, jax.tree_util.tree_leaves(tree))
+              if np.issubdtype(a.dtype, np.inexact) and np.isfinite(a).any()]
+    return float(max(values, default=0.0))
+
+
+def _loss_rows(loss: Callable, out: Any, y: Any, n: int) -> jax.Array:
+    """Per-example loss values when the loss can give them (``reduction="none"``), else its
+    value as it is."""
+    try:
+        return jnp.asarray(loss(out, y, reduction="none"))
+    except TypeError:
+        return jnp.asarray(loss(out, y))
 
 
 def _batch(batch: Any) -> tuple[Any, Any]:
@@ -258,10 +281,12 @@ def localize(net: Layer, params: Any, state: Any, batch: Any,
             out, _ = watch("", net, params, state, x, rng=rng, train=train)
         if watch.fault is not None:
             return _root_named(watch.fault, net)
-        values = jnp.asarray(loss(out, y))
+        values = _loss_rows(loss, out, y, n)
         bad, rows, value = _bad(values, n if values.ndim else None)
         if bad:
-            return Fault("loss", "", "forward", rows, None, value)
+            size, layer = watch.largest
+            detail = f"largest layer output: {layer} (max |y| {size:.3g})" if layer else ""
+            return Fault("loss", "", "forward", rows, None, value, "", detail)
 
         watch = _Watch(n, backward=True)
 
