@@ -152,34 +152,38 @@ def _divergence(run: Path, history: list[dict]) -> list[Finding]:
     out = []
     path = run / "doctor.json"
     if path.exists():
-        try:
-            report = json.loads(path.read_text())
-            fault = report.get("fault")
-        except ValueError as e:
-            raise RunFolderMissing(f"{path}: not JSON ({e})") from None
-        if fault:
-            try:
-                f = Fault(**{**fault, "rows": tuple(fault["rows"])})
-            except (TypeError, KeyError) as e:
-                raise RunFolderMissing(f"{path}: not a fault record ({e})") from None
-            out.append(Finding(
-                "non_finite", "error", f"the loss became non-finite: {f.direction} "
-                f"{f.value} first in {'the loss' if f.layer == 'loss' else repr(f.layer)}",
-                f"step {report.get('step')} (epoch {report.get('epoch')}): {f.describe()}",
-                _fault_fix(f)))
-        else:
-            note = report.get("note", "")
-            exploded = "exploded" in note
-            out.append(Finding("divergence" if exploded else "non_finite", "error",
-                               "training diverged: the loss exploded" if exploded else
-                               "the loss became non-finite (not localised)",
-                               f"step {report.get('step')} (epoch {report.get('epoch')}): {note}",
-                               "optimizer.learning_rate: 10x lower; optimizer.clip_norm"))
+        out, step = _stop_report(path)
+        last_step = max((r.get("step") or 0 for r in history), default=0)
+        if last_step >= step:  # the run went on past the stop (resumed with a fix)
+            out = [dataclasses.replace(f, severity="info", title=f"(an earlier stop, trained "
+                                       f"past since) {f.title}") for f in out]
     elif any(r.get("train_loss") is None and "train_loss" in r for r in history):
         out.append(Finding("non_finite", "error", "the training loss was not finite",
                            "metrics.jsonl holds a null train_loss",
                            "optimizer.learning_rate lower; optimizer.clip_norm"))
     return out
+
+
+def _stop_report(path: Path) -> tuple[list[Finding], int]:
+    """The finding of ``doctor.json`` (written by ``fit`` when it stopped) and its step."""
+    try:
+        report = json.loads(path.read_text())
+        step = int(report["step"])
+        fault = report.get("fault")
+        f = None if not fault else Fault(**{**fault, "rows": tuple(fault["rows"])})
+    except (ValueError, TypeError, KeyError, AttributeError) as e:
+        raise RunFolderMissing(f"{path}: not a doctor report ({e})") from None
+    where = f"step {step} (epoch {report.get('epoch')})"
+    if f is not None:
+        return [Finding("non_finite", "error", f"the loss became non-finite: {f.direction} "
+                        f"{f.value} first in {'the loss' if f.layer == 'loss' else repr(f.layer)}",
+                        f"{where}: {f.describe()}", _fault_fix(f))], step
+    note = str(report.get("note", ""))
+    exploded = "exploded" in note
+    return [Finding("divergence" if exploded else "non_finite", "error",
+                    "training diverged: the loss exploded" if exploded else
+                    "the loss became non-finite (not localised)", f"{where}: {note}",
+                    "optimizer.learning_rate: 10x lower; optimizer.clip_norm")], step
 
 
 def _fault_fix(f: Fault) -> str:

@@ -295,3 +295,16 @@ def test_thresholds_on_written_records(tmp_path):
     oscillating = _diag_run(tmp_path / "f", healthy, [0.5, 0.4, 0.3],
                             losses=(1.0, 0.6, 0.9, 0.5, 0.8, 0.45, 0.7))
     assert _warnings(oscillating) == {"learning_rate_high"}
+
+
+def test_a_stop_the_run_trained_past_is_info(tmp_path):
+    run = tmp_path / "resumed"
+    run.mkdir()
+    (run / "doctor.json").write_text(json.dumps(
+        {"step": 5, "epoch": 1, "fault": None, "examples": [],
+         "note": "the loss exploded past training.divergence.factor"}))
+    (run / "metrics.jsonl").write_text(json.dumps({"epoch": 1, "step": 4, "train_loss": 1.0}) + "\n")
+    assert [(f.code, f.severity) for f in examine(run)][:1] == [("divergence", "error")]
+    (run / "metrics.jsonl").write_text("".join(
+        json.dumps({"epoch": i, "step": 4 * i, "train_loss": 1.0 / i}) + "\n" for i in (1, 2)))
+    assert "divergence" not in _warnings(examine(run))
