@@ -64,35 +64,45 @@ def replay_divergence(net: Layer, loss: Callable, step_fn: Callable, start: Any,
     report: dict[str, Any] = {"step": bad_step, "epoch": epoch + 1, "fault": None,
                               "examples": [], "note": note}
     if start is not None and batch_rows is not None:
-        step = jax.jit(step_fn)
-        ts = start
-        for i in range(bad_step - first_step):
-            indices = np.asarray(batch_rows(i))
-            batch = rows_of(indices)
-            new_ts, metrics = step(ts, batch)
-            if _finite(metrics["loss"]) and _finite(new_ts.params):
-                ts = new_ts
-                continue
-            rng, step_rng = jax.random.split(ts.rng)
-            x = batch["x"]
-            if augment is not None:
-                step_rng, aug_rng = jax.random.split(step_rng)
-                x = augment(aug_rng, x)
-            fault = localize(net, ts.params, ts.model_state, {"x": x, "y": batch["y"]}, loss,
-                             rng=step_rng)
-            report["step"] = first_step + i + 1
-            if fault is None:
-                report["note"] = ("the replayed step was finite in every layer and gradient: "
-                                  "the optimizer's update overflowed (optimizer.learning_rate)")
-            else:
-                report["fault"] = fault.record()
-                report["examples"] = [int(indices[r]) for r in fault.rows if r < len(indices)]
-            break
-        else:
-            report["note"] = "the replay did not reproduce the non-finite loss"
+        try:
+            _replay(net, loss, step_fn, start, batch_rows, rows_of, first_step, bad_step,
+                    augment, report)
+        except Exception as e:  # noqa: BLE001 - the stop's own message must not be lost to it
+            report["note"] = f"the replay failed ({type(e).__name__}: {' '.join(str(e).split())})"
     if run_dir is not None:
         atomic_write(Path(run_dir) / REPORT, (json.dumps(report) + "\n").encode())
     return _clause(report, run_dir)
+
+
+def _replay(net, loss, step_fn, start, batch_rows, rows_of, first_step, bad_step, augment,
+            report) -> None:
+    """Run the epoch's steps from ``start``; localise the first one that turns non-finite."""
+    step = jax.jit(step_fn)
+    ts = start
+    for i in range(bad_step - first_step):
+        indices = np.asarray(batch_rows(i))
+        batch = rows_of(indices)
+        new_ts, metrics = step(ts, batch)
+        if _finite(metrics["loss"]) and _finite(new_ts.params):
+            ts = new_ts
+            continue
+        _, step_rng = jax.random.split(ts.rng)  # as the train step splits it
+        x = batch["x"]
+        if augment is not None:
+            step_rng, aug_rng = jax.random.split(step_rng)
+            x = augment(aug_rng, x)
+        fault = localize(net, ts.params, ts.model_state, {"x": x, "y": batch["y"]}, loss,
+                         rng=step_rng)
+        report["step"] = first_step + i + 1
+        if fault is None:
+            report["note"] = ("the replayed step was finite in every layer and gradient: "
+                              "the optimizer's update overflowed (optimizer.learning_rate)")
+        else:
+            report["fault"] = fault.record()
+            report["examples"] = [int(indices[r]) for r in fault.rows if r < len(indices)]
+        break
+    else:
+        report["note"] = "the replay did not reproduce the non-finite loss"
 
 
 def _clause(report: dict[str, Any], run_dir: str | Path | None) -> str:
