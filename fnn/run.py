@@ -337,6 +337,8 @@ def train_model(cfg: dict[str, Any], train_data: dict[str, np.ndarray],
     on resume, restore params and progress but start the optimizer state afresh.
     ``callbacks``: called after each epoch, as in :func:`fnn.train.fit`.
     """
+    from fnn.doctor import LiveHints
+
     dp = parallel if parallel is not None else data_parallel(cfg)
     if not dp.is_main:
         log = None
@@ -379,7 +381,9 @@ def train_model(cfg: dict[str, Any], train_data: dict[str, np.ndarray],
                  metadata={"config": cfg, "input_shape": list(input_shape)},
                  init=t["pretrained"],
                  eval_batch_size=t["eval_batch_size"], progress=cfg["output"]["progress"], log=log,
-                 parallel=dp, diagnostics=t["diagnostics"]["every"], callbacks=callbacks)
+                 parallel=dp, diagnostics=t["diagnostics"]["every"],
+                 callbacks=[*callbacks, *([LiveHints(exp.net, {"x": train_data["x"][:256]}, log)]
+                                          if log else [])])
     if dp.is_main and cfg["output"]["plots"]:
         from fnn.plots import plot_curves
         plot_curves(result.history, run_dir / "curves.png", title=cfg["name"])
