@@ -13,7 +13,8 @@ Masks (``mask=``), in fnn's sequence-mask convention (see ``fnn.layers.sequences
 
 * ``(batch,)`` integer lengths of the keys: key ``j`` is real where ``j < length``;
 * ``(batch, time_k)`` bool key-padding mask, True = a real key;
-* ``(batch, time_q, time_k)`` or ``(batch, heads, time_q, time_k)`` bool: any pattern.
+* ``(batch, time_q, time_k)`` or ``(batch, heads, time_q, time_k)`` bool: any pattern (a rank-4
+  mask may have size 1 on the batch, heads and query axes, to broadcast).
 
 ``causal=True`` also lets query ``i`` attend only to keys ``j <= i + time_k - time_q`` (the last
 query sees every key: with ``time_q == time_k`` the usual lower triangle; with fewer queries
@@ -80,7 +81,8 @@ def attention_mask(mask: Any, batch: int, time_q: int, time_k: int, *,
             allowed = m.astype(bool)[:, None, None, :]
         elif m.ndim == 3 and m.shape == (batch, time_q, time_k):
             allowed = m.astype(bool)[:, None]
-        elif m.ndim == 4 and m.shape[0] == batch and m.shape[2:] == (time_q, time_k):
+        elif m.ndim == 4 and m.shape[0] in (1, batch) and m.shape[2] in (1, time_q) \
+                and m.shape[3] == time_k:
             allowed = m.astype(bool)
         else:
             raise ValueError(f"attention mask: expects lengths ({batch},), a key mask ({batch}, "

@@ -1,9 +1,10 @@
 """All fnn layers. Each is a ``Layer(init, apply)``; see ``fnn.core`` for the protocol."""
 
-from fnn.layers import (activations, bidirectional, cells, combinators, conv, dense, dropout,
-                        embedding, normalization, pooling, precision, recurrent, repeated, reshape,
+from fnn.layers import (activations, attention, bidirectional, cells, combinators, conv, dense,
+                        dropout, embedding, normalization, pooling, precision, recurrent, repeated, reshape,
                         sequences)
 from fnn.layers.activations import *  # noqa: F401,F403
+from fnn.layers.attention import *  # noqa: F401,F403
 from fnn.layers.bidirectional import *  # noqa: F401,F403
 from fnn.layers.cells import *  # noqa: F401,F403
 from fnn.layers.combinators import *  # noqa: F401,F403
@@ -22,7 +23,7 @@ from fnn.layers.spec import SpecError, from_spec
 
 # Only the layers themselves are re-exported by ``from fnn.layers import *`` (not the submodules,
 # whose names such as ``activations`` would shadow ``fnn.activations``).
-__all__ = [name for module in (activations, bidirectional, cells, combinators, conv, dense,
+__all__ = [name for module in (activations, attention, bidirectional, cells, combinators, conv, dense,
                                dropout, embedding, normalization, pooling, recurrent, repeated,
                                reshape, sequences)
            for name in module.__all__] + ["DtypePolicy", "from_spec", "SpecError"]
