@@ -286,14 +286,15 @@ def MultiHeadAttention(num_heads: int, head_dim: int | None = None, out_features
         t, max_len = q.shape[1], state["cache_k"].shape[1]
         if t > max_len:
             raise LayerError(f"{t} steps do not fit the cache of {max_len} steps")
-        index = state["index"]
+        index = state["index"].astype(jnp.int32)
         if rope is not None:
             positions = index + jnp.arange(t)
             q, k = apply_rope(q, positions, mode=rope), apply_rope(k, positions, mode=rope)
+        zero = jnp.zeros((), jnp.int32)
         cache_k = jax.lax.dynamic_update_slice(state["cache_k"], k.astype(state["cache_k"].dtype),
-                                               (0, index, 0, 0))
+                                               (zero, index, zero, zero))
         cache_v = jax.lax.dynamic_update_slice(state["cache_v"], v.astype(state["cache_v"].dtype),
-                                               (0, index, 0, 0))
+                                               (zero, index, zero, zero))
         # query i (at position index + i) sees the cached keys at positions <= index + i
         allowed = jnp.arange(max_len)[None, :] <= index + jnp.arange(t)[:, None]
         weights = attention_weights(q, cache_k.astype(q.dtype), mask=allowed[None, None])
@@ -492,7 +493,7 @@ def LearnedPositions(max_len: int, *, w_init: Any = "normal") -> Layer:
         t = x.shape[1]
         check_len(t)
         if "index" in state:
-            pe = jax.lax.dynamic_slice_in_dim(w, state["index"], t)
+            pe = jax.lax.dynamic_slice_in_dim(w, state["index"].astype(jnp.int32), t)
             state = {"index": state["index"] + t}
         else:
             pe = w[:t]
