@@ -3,6 +3,9 @@ formulas; the addition and python_source data sets; their configs validate."""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -10,6 +13,8 @@ import pytest
 import fnn
 from fnn.data.synthetic import ADDITION_TOKENS, addition
 from fnn.data.text import PYTHON_SOURCE_FILES, python_source
+
+CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 
 
 def _np_nats(logits, labels):
@@ -78,7 +83,7 @@ def test_attention_configs_validate(name, monkeypatch):
     from fnn import config, run
 
     monkeypatch.setenv("FNN_DATA_DIR", "/nonexistent")
-    cfg = config.load_config(f"configs/{name}.yaml")
+    cfg = config.load_config(CONFIGS / f"{name}.yaml")
     data = run.load_data(cfg, stand_in=True) if name == "mnist_vit" else run.load_data(cfg)
     run.check_shapes(cfg, data)
     if name == "addition_transformer":
@@ -89,9 +94,24 @@ def test_attention_configs_validate(name, monkeypatch):
 def test_a_bad_head_count_is_one_line_before_compiling(tmp_path):
     from fnn import config, run
 
-    text = open("configs/mnist_vit.yaml").read().replace("num_heads: 4", "num_heads: 3", 1)
+    text = (CONFIGS / "mnist_vit.yaml").read_text().replace("num_heads: 4", "num_heads: 3", 1)
     (tmp_path / "bad.yaml").write_text(text)
     cfg = config.load_config(tmp_path / "bad.yaml")
     with pytest.raises(Exception, match=r"num_heads=3 does not divide the width 64") as info:
         run.check_shapes(cfg, run.load_data(cfg, stand_in=True))
     assert "\n" not in str(info.value)
+
+
+@pytest.mark.slow
+def test_addition_transformer_is_exact_on_held_out_problems_and_generates(tmp_path):
+    from fnn.config import load_config
+    from fnn.run import train
+
+    cfg = load_config(CONFIGS / "addition_transformer.yaml", ["output.progress=false",
+                                                              "training.epochs=6"])
+    run_dir = train(cfg, tmp_path / "addition", log=None)
+    assert json.loads((run_dir / "test.json").read_text())["exact_match"] >= 0.99
+    net, params, state = fnn.load(run_dir / "checkpoints" / "best.safetensors")
+    prompt = np.array([[ADDITION_TOKENS.index(c) for c in "123+456="]])
+    out = fnn.generate(net, params, state, prompt, 4, temperature=0.0)
+    assert "".join(ADDITION_TOKENS[t] for t in np.asarray(out)[0, 8:]) == "9750"  # 579 reversed
