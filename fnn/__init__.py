@@ -19,5 +19,7 @@ from fnn import config, data, diagnostics, meanfield, selection, train  # noqa: 
 from fnn import attention, decoding  # noqa: E402
 from fnn.decoding import generate  # noqa: E402
 from fnn.finetune import Frozen, freeze, transfer, unfreeze  # noqa: E402
+from fnn.export import export, load_exported  # noqa: E402
+from fnn import interop  # noqa: E402
 
 __version__ = "0.1.0"
