@@ -19,6 +19,7 @@ Example:
 
 from __future__ import annotations
 
+import collections
 from typing import Any
 
 import jax
@@ -138,25 +139,46 @@ def generate(net: Layer, params: Any, state: Any, prompt: Any, steps: int, *,
     cache = init_cache(net, params, state, batch, length + steps)
     key = jax.random.key(0) if rng is None else rng
 
-    def last_logits(logits: Any) -> jax.Array:
-        if not hasattr(logits, "ndim") or logits.ndim != 3:
-            raise ValueError(f"generate: the network must output logits (batch, time, vocab), got "
-                             f"{getattr(logits, 'shape', type(logits).__name__)}")
-        return logits[:, -1]
+    run = _compiled(net, steps, temperature, top_k)
+    return run(params, cache, prompt, key)
+
+
+_COMPILED: "collections.OrderedDict[tuple, tuple[Layer, Any]]" = collections.OrderedDict()
+
+
+def _last_logits(logits: Any) -> jax.Array:
+    if not hasattr(logits, "ndim") or logits.ndim != 3:
+        raise ValueError(f"generate: the network must output logits (batch, time, vocab), got "
+                         f"{getattr(logits, 'shape', type(logits).__name__)}")
+    return logits[:, -1]
+
+
+def _compiled(net: Layer, steps: int, temperature: float, top_k: int | None) -> Any:
+    """The jitted prompt-then-steps loop of ``net``, kept for the last few networks and settings
+    (so that calling :func:`generate` again does not compile again)."""
+    key = (id(net), steps, temperature, top_k)
+    hit = _COMPILED.get(key)
+    if hit is not None and hit[0] is net:  # the net is kept alive, so its id is not reused
+        _COMPILED.move_to_end(key)
+        return hit[1]
 
     def run(params, cache, prompt, key):
         logits, cache = net.apply(params, cache, prompt.astype(jnp.int32))
         keys = jax.random.split(key, steps)
-        first = _sample(last_logits(logits), keys[0], temperature, top_k)
+        first = _sample(_last_logits(logits), keys[0], temperature, top_k)
 
         def step(carry, k):
             cache, token = carry
             logits, cache = net.apply(params, cache, token[:, None])
-            nxt = _sample(last_logits(logits), k, temperature, top_k)
+            nxt = _sample(_last_logits(logits), k, temperature, top_k)
             return (cache, nxt), nxt
 
         _, rest = jax.lax.scan(step, (cache, first), keys[1:])
         new = jnp.concatenate([first[:, None], rest.T], axis=1)
         return jnp.concatenate([prompt.astype(jnp.int32), new], axis=1)
 
-    return jax.jit(run)(params, cache, prompt, key)
+    run = jax.jit(run)
+    _COMPILED[key] = (net, run)
+    while len(_COMPILED) > 8:
+        _COMPILED.popitem(last=False)
+    return run
