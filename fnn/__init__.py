@@ -15,7 +15,9 @@ from fnn import activations, initializers, losses, metrics, optim, regularizers 
 from fnn.summary import summary  # noqa: E402
 from fnn.train.checkpoint import (CheckpointError, load, load_weights, save,  # noqa: E402
                                   save_weights)
-from fnn import config, data, diagnostics, meanfield, selection, train  # noqa: E402
+from fnn import config, data, diagnostics, doctor, meanfield, selection, train  # noqa: E402
+from fnn import attention, decoding  # noqa: E402
+from fnn.decoding import generate  # noqa: E402
 from fnn.finetune import Frozen, freeze, transfer, unfreeze  # noqa: E402
 from fnn.export import export, load_exported  # noqa: E402
 from fnn import interop  # noqa: E402

@@ -43,7 +43,7 @@ __all__ = ["check_data_options", "check_loss_options", "check_run", "RunCheck",
 
 def _loader(name: str) -> tuple[Callable, set[str], set[str]]:
     """The function ``data.options`` go to, the arguments fnn passes itself, extra option names."""
-    from fnn.data import arrays, datasets, synthetic, tabular
+    from fnn.data import arrays, datasets, synthetic, tabular, text
 
     table = {
         "mnist": (datasets.load_mnist, {"data_dir", "progress"}, set()),
@@ -53,6 +53,8 @@ def _loader(name: str) -> tuple[Callable, set[str], set[str]]:
         "circles": (synthetic.circles, {"seed"}, {"n_test"}),
         "regression": (synthetic.noisy_regression, {"seed"}, set()),
         "adding": (synthetic.adding_problem, {"seed"}, {"n_test"}),
+        "addition": (synthetic.addition, {"seed"}, {"n_test"}),
+        "python_source": (text.python_source, set(), set()),
         "arrays": (arrays.load_arrays, {"path"}, set()),
         "csv": (tabular.load_csv, {"path"}, set()),
     }

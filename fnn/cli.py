@@ -1,4 +1,4 @@
-"""The ``fnn`` command: ``fnn train|eval|summary|validate|cv|sweep|export``.
+"""The ``fnn`` command: ``fnn train|eval|doctor|summary|validate|cv|sweep|export``.
 
 Examples::
 
@@ -9,6 +9,7 @@ Examples::
     fnn train configs/mnist_mlp.yaml --resume training.epochs=20        # ... for longer
     fnn train configs/mnist_mlp.yaml --resume --allow-change optimizer  # ... with a new optimizer
     fnn eval runs/lr3e-4                                # test metrics of the best checkpoint
+    fnn doctor runs/lr3e-4                              # what went wrong, where, the fix
     fnn summary configs/mnist_mlp.yaml
     fnn cv configs/csv_example.yaml --folds 5          # k-fold cross-validation, mean ± std
     fnn sweep configs/mnist_mlp.yaml training.epochs=5 --grid optimizer.learning_rate=1e-4,1e-3
@@ -70,6 +71,9 @@ def _parser() -> argparse.ArgumentParser:
     e = sub.add_parser("eval", help="test metrics of a run's best checkpoint (writes test.json)")
     e.add_argument("run_dir")
     e.add_argument("--checkpoint", default="best", choices=("best", "latest"))
+    d = sub.add_parser("doctor", help="what went wrong in a run, in which layer, and the fix "
+                                      "(exit 1 on a warning)")
+    d.add_argument("run_dir")
     s = sub.add_parser("summary", help="print a config's network: layers, shapes, parameters")
     s.add_argument("config")
     s.add_argument("overrides", nargs="*")
@@ -144,8 +148,9 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from fnn.train.checkpoint import CheckpointError
     from fnn.train.loop import TrainingDiverged
     from fnn.export import ExportError
+    from fnn.doctor import RunFolderMissing
 
-    return (ConfigError, DataError, DatasetNotFoundError, CheckpointError, TrainingDiverged,
+    return (RunFolderMissing, ConfigError, DataError, DatasetNotFoundError, CheckpointError, TrainingDiverged,
             RunFolderError, SelectionError, LayerError, WriteError, FileNotFoundError,
             FileExistsError, ExportError)
 
@@ -191,6 +196,11 @@ def _run(args) -> int:
     if os.getcwd() not in sys.path and "" not in sys.path:  # as `python -m fnn.cli` has it
         sys.path.insert(0, os.getcwd())
     import_modules(args.imports, lambda i: f"--import {args.imports[i]}")
+    if args.command == "doctor":
+        from fnn.doctor import examine, format_findings
+        findings = examine(args.run_dir)
+        print(format_findings(findings))
+        return 1 if any(f.severity != "info" for f in findings) else 0
     if args.command == "eval":
         from fnn.run import evaluate_run
         evaluate_run(args.run_dir, checkpoint=args.checkpoint)

@@ -82,8 +82,8 @@ _SECTIONS: dict[str, Any] = {
                        doc="passed to fnn.optim.make_optimizer"),
     "data": {
         "name": Field((str,), "mnist", choices=("mnist", "fashion_mnist", "xor", "spirals",
-                                                "circles", "regression", "adding", "arrays",
-                                                "csv")),
+                                                "circles", "regression", "adding", "addition",
+                                                "python_source", "arrays", "csv")),
         "dir": Field((str, type(None)), None, doc="folder of the dataset files"),
         "path": Field((str, type(None)), None, doc="file for arrays (.npz/.npy) and csv"),
         "options": Field((dict,), {}, free=True, doc="loader options (csv columns, noise...)"),

@@ -74,6 +74,7 @@ __all__ = [
     "record_spec",
     "init_child",
     "apply_child",
+    "watching_apply",
     "child_keys",
     "require_rng",
     "split_keys",
@@ -829,10 +830,29 @@ def init_child(key: str, layer: Layer, rng: jax.Array, input_shape: Any):
     return out
 
 
+_APPLY_HOOK: contextvars.ContextVar[Callable | None] = contextvars.ContextVar("fnn_apply_hook",
+                                                                             default=None)
+
+
+@contextlib.contextmanager
+def watching_apply(hook: Callable[..., Any]) -> Iterator[None]:
+    """Within this context every ``apply_child`` call runs as ``hook(key, layer, params, state,
+    x, rng=, train=)`` instead of ``layer.apply(...)``: a hook may check or wrap a layer's
+    inputs and outputs (used by ``fnn.localize`` to find the first non-finite value)."""
+    token = _APPLY_HOOK.set(hook)
+    try:
+        yield
+    finally:
+        _APPLY_HOOK.reset(token)
+
+
 def apply_child(key: str, layer: Layer, params: Params, state: State, x: Any, *,
                 rng: jax.Array | None, train: bool):
     """Call ``layer.apply`` as child ``key`` of a combinator: errors get ``key`` in their path."""
+    hook = _APPLY_HOOK.get()
     try:
+        if hook is not None:
+            return hook(key, layer, params, state, x, rng=rng, train=train)
         return layer.apply(params, state, x, rng=rng, train=train)
     except LayerError as e:
         raise e.within(key) from None

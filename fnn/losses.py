@@ -56,8 +56,8 @@ from fnn.core import lookup
 
 __all__ = ["mse", "mae", "lp_loss", "huber", "hinge", "half_squared_error",
            "binary_cross_entropy", "sigmoid_binary_cross_entropy", "softmax_cross_entropy",
-           "categorical_cross_entropy", "weston_watkins_hinge", "crammer_singer_hinge", "get",
-           "names", "REDUCTIONS"]
+           "categorical_cross_entropy", "weston_watkins_hinge", "crammer_singer_hinge",
+           "sequence_cross_entropy", "get", "names", "REDUCTIONS"]
 
 Loss = Callable[..., jax.Array]
 
@@ -445,6 +445,40 @@ def crammer_singer_hinge(scores: jax.Array, labels: jax.Array, *, margin: float 
                              reduction, "max")
 
 
+def sequence_cross_entropy(logits: jax.Array, labels: jax.Array, *,
+                           weights: jax.Array | None = None, reduction: str = "mean") -> jax.Array:
+    """Cross-entropy of next-token predictions, over the scored positions of each sequence.
+
+    ``labels`` are integer token ids of shape ``(batch, time)`` (one rank below ``logits``); a
+    negative label marks a position that is not scored (a prompt, padding). An example's loss
+    is the mean of ``-log_softmax(z)[label]`` over its scored positions (0 with none), in nats
+    (divide by ``ln 2`` for bits per token); a label ``>= classes`` gives NaN, as in
+    :func:`softmax_cross_entropy`.
+
+    Shapes: ``logits (batch, time, classes)``, ``labels (batch, time)``; ``weights (batch,)``.
+
+    Example:
+        >>> logits = jnp.log(jnp.array([[[0.5, 0.5], [0.9, 0.1]]]))
+        >>> round(float(fnn.losses.sequence_cross_entropy(logits, jnp.array([[-1, 0]]))), 4)
+        0.1054
+    """
+    loss = "sequence_cross_entropy"
+    _check_reduction(loss, reduction)
+    z = _float(logits)
+    labels = jnp.asarray(labels)
+    if z.ndim < 2 or labels.shape != z.shape[:-1] or not jnp.issubdtype(labels.dtype, jnp.integer):
+        raise ValueError(f"{loss}: expects integer labels {z.shape[:-1]} (negative: not scored) "
+                         f"for logits {z.shape}, got labels {labels.shape} of dtype {labels.dtype}")
+    scored = labels >= 0
+    picked = jnp.take_along_axis(jax.nn.log_softmax(z, axis=-1),
+                                 jnp.clip(labels, 0, z.shape[-1] - 1)[..., None], axis=-1)[..., 0]
+    per_position = jnp.where(labels >= z.shape[-1], jnp.nan, jnp.where(scored, -picked, 0.0))
+    axes = tuple(range(1, labels.ndim))
+    count = jnp.sum(scored, axis=axes)
+    per_example = jnp.sum(per_position, axis=axes) / jnp.maximum(count, 1)
+    return _reduce(loss, per_example, weights, reduction)
+
+
 # --------------------------------------------------------------------------- lookup by name
 
 _BY_NAME: dict[str, Loss] = {
@@ -458,6 +492,7 @@ _BY_NAME: dict[str, Loss] = {
     "categorical_cross_entropy": categorical_cross_entropy,
     "weston_watkins_hinge": weston_watkins_hinge, "multiclass_hinge": weston_watkins_hinge,
     "crammer_singer_hinge": crammer_singer_hinge,
+    "sequence_cross_entropy": sequence_cross_entropy,
 }
 
 

@@ -31,9 +31,10 @@ import jax.numpy as jnp
 
 from fnn.arguments import positive_int
 from fnn.core import lookup
+from fnn.losses import sequence_cross_entropy
 
 __all__ = ["accuracy", "top_k_accuracy", "binary_accuracy", "confusion_matrix", "correct",
-           "binary_correct", "get", "names",
+           "binary_correct", "exact_match", "bits_per_token", "get", "names",
            "REDUCTIONS"]
 
 Metric = Callable[..., jax.Array]
@@ -207,10 +208,50 @@ def confusion_matrix(predictions: jax.Array, labels: jax.Array, num_classes: int
     return true_1h.T @ pred_1h
 
 
+def exact_match(scores: jax.Array, labels: jax.Array, *, weights: jax.Array | None = None,
+                reduction: str = "mean") -> jax.Array:
+    """Fraction of sequences whose every scored position is right (arg-max = label).
+
+    Labels are integer ids ``(batch, time)``; negative labels are not scored (as in
+    :func:`fnn.losses.sequence_cross_entropy`): e.g. only the answer of an addition problem.
+    A sequence with no scored position counts as right. ``weights`` ``(batch,)``.
+
+    Example:
+        >>> scores = jnp.array([[[0.0, 1.0], [1.0, 0.0]], [[0.0, 1.0], [0.0, 1.0]]])
+        >>> fnn.metrics.exact_match(scores, jnp.array([[-1, 0], [1, 0]]))   # right, wrong
+        Array(0.5, dtype=float32)
+    """
+    scores = _check_scores("exact_match", scores)
+    labels = jnp.asarray(labels)
+    if labels.shape != scores.shape[:-1] or not jnp.issubdtype(labels.dtype, jnp.integer):
+        raise ValueError(f"exact_match: expects integer labels {scores.shape[:-1]} for scores "
+                         f"{scores.shape}, got labels {labels.shape} of dtype {labels.dtype}")
+    ok = (jnp.argmax(scores, axis=-1) == labels) | (labels < 0)
+    right = jnp.all(ok.reshape(ok.shape[0], -1), axis=1)
+    return _reduce("exact_match", right, weights, reduction)
+
+
+def bits_per_token(logits: jax.Array, labels: jax.Array, *, weights: jax.Array | None = None,
+                   reduction: str = "mean") -> jax.Array:
+    """Cross-entropy in bits of next-token predictions: ``sequence_cross_entropy / ln 2``.
+
+    Per sequence, the mean over its scored positions (negative labels are not scored); for a
+    character-level model, bits per character.
+
+    Example:
+        >>> logits = jnp.log(jnp.array([[[0.5, 0.5], [0.25, 0.75]]]))
+        >>> fnn.metrics.bits_per_token(logits, jnp.array([[0, 0]]))   # (1 + 2) / 2
+        Array(1.5, dtype=float32)
+    """
+    nats = sequence_cross_entropy(logits, labels, reduction="none")
+    return _reduce("bits_per_token", nats / jnp.log(2.0), weights, reduction)
+
+
 # --------------------------------------------------------------------------- lookup by name
 
 _BY_NAME: dict[str, Metric] = {
     "accuracy": accuracy, "top_k_accuracy": top_k_accuracy, "binary_accuracy": binary_accuracy,
+    "exact_match": exact_match, "bits_per_token": bits_per_token,
 }
 
 

@@ -25,6 +25,7 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 import zlib
@@ -36,6 +37,7 @@ import numpy as np
 import optax
 
 from fnn import losses, regularizers
+from fnn import metrics as fnn_metrics
 from fnn.config import ConfigError, dump_config, load_config
 from fnn.core import Layer, LayerNameError
 from fnn.data.checks import MAX_DATA_FILE_BYTES, MAX_TEXT_DATA_BYTES, data_file_problem
@@ -114,7 +116,12 @@ def build(cfg: dict[str, Any]) -> Experiment:
     if cfg["data"]["augment"]:
         from fnn.data.augment import make_augment
         augment = make_augment(cfg["data"]["augment"])
-    return Experiment(cfg, net, _make_loss(cfg), optimizer, penalty, constraint, {"accuracy": metric} if metric else {}, augment)
+    metrics = {"accuracy": metric} if metric else {}
+    if cfg["loss"]["name"] == "sequence_cross_entropy":  # next-token prediction
+        metrics = {name: functools.partial(fn, reduction="none") for name, fn in
+                   (("exact_match", fnn_metrics.exact_match),
+                    ("bits_per_token", fnn_metrics.bits_per_token))}
+    return Experiment(cfg, net, _make_loss(cfg), optimizer, penalty, constraint, metrics, augment)
 
 
 # --------------------------------------------------------------------------- data
@@ -152,7 +159,8 @@ def load_data(cfg: dict[str, Any], *, download: bool = True,
                    loader(d["dir"], download=download, progress=cfg["output"]["progress"], **opts))
             x, y = _images(raw["train"][0], d), raw["train"][1].astype(np.int32)
             test = {"x": _images(raw["test"][0], d), "y": raw["test"][1].astype(np.int32)}
-        elif name in ("xor", "spirals", "circles", "regression", "adding"):
+        elif name in ("xor", "spirals", "circles", "regression", "adding", "addition",
+                      "python_source"):
             x, y, test = _synthetic(name, opts, cfg)
         elif name == "arrays":
             from fnn.data.arrays import load_arrays
@@ -232,6 +240,15 @@ def _synthetic(name: str, opts: dict[str, Any], cfg: dict[str, Any]):
             n_test = opts.pop("n_test", 2000)
             x, y = synthetic.adding_problem(**{"seed": cfg["seed"], **opts})
             test_x, test_y = synthetic.adding_problem(**{**opts, "n": n_test, "seed": cfg["seed"] + 1})
+            return x, y, {"x": test_x, "y": test_y}
+        if name == "addition":  # held-out problems: pairs never drawn for training
+            n_test = opts.pop("n_test", 2000)
+            n = opts.pop("n", 50000)
+            x, y = synthetic.addition(n + n_test, **{"seed": cfg["seed"], **opts})
+            return x[:n], y[:n], {"x": x[n:], "y": y[n:]}
+        if name == "python_source":  # the test set: the end of the text
+            from fnn.data.text import python_source
+            x, y, test_x, test_y = python_source(**opts)
             return x, y, {"x": test_x, "y": test_y}
         if name == "regression":
             data = synthetic.noisy_regression(**{"seed": cfg["seed"], **opts})
@@ -337,6 +354,8 @@ def train_model(cfg: dict[str, Any], train_data: dict[str, np.ndarray],
     on resume, restore params and progress but start the optimizer state afresh.
     ``callbacks``: called after each epoch, as in :func:`fnn.train.fit`.
     """
+    from fnn.doctor import LiveHints
+
     dp = parallel if parallel is not None else data_parallel(cfg)
     if not dp.is_main:
         log = None
@@ -379,7 +398,9 @@ def train_model(cfg: dict[str, Any], train_data: dict[str, np.ndarray],
                  metadata={"config": cfg, "input_shape": list(input_shape)},
                  init=t["pretrained"],
                  eval_batch_size=t["eval_batch_size"], progress=cfg["output"]["progress"], log=log,
-                 parallel=dp, diagnostics=t["diagnostics"]["every"], callbacks=callbacks)
+                 parallel=dp, diagnostics=t["diagnostics"]["every"],
+                 callbacks=[*callbacks, *([LiveHints(exp.net, {"x": train_data["x"][:256]}, log)]
+                                          if log else [])])
     if dp.is_main and cfg["output"]["plots"]:
         from fnn.plots import plot_curves
         plot_curves(result.history, run_dir / "curves.png", title=cfg["name"])

@@ -59,12 +59,18 @@ CASES = {
     "InstanceNorm": (lambda: fnn.InstanceNorm(), (-1, 3, 2, 2), False),
     "LSTM": (lambda: fnn.LSTM(3, forget_bias=0.5), (-1, 4, 2), False),
     "LayerNorm": (lambda: fnn.LayerNorm(), (-1, 5), False),
+    "LearnedPositions": (lambda: fnn.LearnedPositions(6), (-1, 4, 3), False),
     "LeakyRelu": (lambda: fnn.LeakyRelu(alpha=0.2), (-1, 5), False),
     "LogSoftmax": (lambda: fnn.LogSoftmax(), (-1, 5), False),
     "MaxPool1D": (lambda: fnn.MaxPool1D(2), (-1, 6, 2), False),
     "MaxPool2D": (lambda: fnn.MaxPool2D(2, strides=1), (-1, 4, 4, 2), False),
     "MaxPool3D": (lambda: fnn.MaxPool3D((1, 2, 2)), (-1, 2, 4, 4, 2), False),
+    # cross-attention with a key mask (lengths), RoPE, dropout on the weights in training
+    "MultiHeadAttention": (lambda: fnn.MultiHeadAttention(2, rope="half", dropout=0.2, causal=True),
+                           ((-1, 3, 4), (-1, 5, 3), (-1,)), True),
     "PRelu": (lambda: fnn.PRelu(per_channel=True), (-1, 5), False),
+    "PatchEmbed": (lambda: fnn.PatchEmbed((2, 1), 3), (-1, 4, 2, 2), False),
+    "PositionalEncoding": (lambda: fnn.PositionalEncoding(base=100.0), (-1, 4, 3), False),
     "RMSNorm": (lambda: fnn.RMSNorm(), (-1, 5), False),
     "RNN": (lambda: fnn.RNN({"GRUCell": {"units": 3}}), (-1, 4, 2), False),
     "RRelu": (lambda: fnn.RRelu(), (-1, 5), True),
@@ -80,6 +86,8 @@ CASES = {
     "StripMask": (lambda: fnn.serial(fnn.SimpleRNN(3), fnn.StripMask()), ((-1, 4, 2), (-1,)), False),
     "Swish": (lambda: fnn.Swish(learnable=True), (-1, 5), False),
     "Tanh": (lambda: fnn.Tanh(), (-1, 5), False),
+    "TransformerBlock": (lambda: fnn.TransformerBlock(2, 6, norm_first=False, dropout=0.1), (-1, 3, 4),
+                         True),
     "Upsample2D": (lambda: fnn.Upsample2D((2, 3), method="bilinear"), (-1, 2, 3, 2), False),
     "fan_in_concat": (lambda: fnn.fan_in_concat(), ((-1, 2), (-1, 3)), False),
     "fan_in_sum": (lambda: fnn.fan_in_sum(), ((-1, 3), (-1, 3)), False),
@@ -103,6 +111,9 @@ def _inputs(kind: str, shape, seed: int = 0):
     rng = np.random.default_rng(seed)
     if kind == "StripMask":
         return (rng.normal(size=(2,) + shape[0][1:]), np.array([4, 2]))
+    if kind == "MultiHeadAttention":  # (queries, context, context lengths)
+        return (rng.normal(size=(2,) + shape[0][1:]), rng.normal(size=(2,) + shape[1][1:]),
+                np.array([5, 2]))
     if _is_shape(shape):
         concrete = (2,) + shape[1:]
         if kind == "Embedding":

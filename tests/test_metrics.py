@@ -180,7 +180,8 @@ def test_metrics_under_jit():
 
 
 def test_get_and_names():
-    assert set(metrics.names()) == {"accuracy", "top_k_accuracy", "binary_accuracy"}
+    assert set(metrics.names()) == {"accuracy", "top_k_accuracy", "binary_accuracy", "exact_match",
+                                    "bits_per_token"}
     assert metrics.get("Accuracy") is metrics.accuracy
     with pytest.raises(ValueError, match="did you mean accuracy"):
         metrics.get("acuracy")

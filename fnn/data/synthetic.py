@@ -1,4 +1,5 @@
-"""Small synthetic data sets for demos and tests: XOR, two spirals, circles, noisy regression.
+"""Small synthetic data sets for demos and tests: XOR, two spirals, circles, noisy regression,
+the adding problem, multi-digit addition as token sequences.
 
 Classification sets return ``(x float32 (N, 2), y int32 (N,))`` with labels 0/1, shuffled
 with the seed; for a single sigmoid output use ``y[:, None].astype("float32")``.
@@ -15,7 +16,8 @@ from typing import NamedTuple
 
 import numpy as np
 
-__all__ = ["xor", "two_spirals", "circles", "noisy_regression", "RegressionData"]
+__all__ = ["xor", "two_spirals", "circles", "noisy_regression", "RegressionData", "adding_problem",
+           "addition", "ADDITION_TOKENS"]
 
 
 def xor() -> tuple[np.ndarray, np.ndarray]:
@@ -170,4 +172,47 @@ def adding_problem(n: int = 10000, *, length: int = 100, seed: int = 0) -> tuple
     markers[rows, second] = 1.0
     x = np.stack([values, markers], axis=-1).astype(np.float32)
     y = (values[rows, first] + values[rows, second]).astype(np.float32)[:, None]
+    return x, y
+
+
+ADDITION_TOKENS = "0123456789+="  # token id i is ADDITION_TOKENS[i]
+
+
+def addition(n: int = 50000, *, digits: int = 3, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Multi-digit addition as next-token prediction, for a decoder-only Transformer.
+
+    Each problem is ``a + b`` with ``a, b`` uniform in ``[0, 10^digits)``, drawn without
+    repetition (no pair twice, so the first ``k`` problems and the rest are disjoint). It is
+    written ``a+b=`` with ``digits`` digits each (zero-padded, most significant first), then
+    the sum's ``digits + 1`` digits *least significant first* (the order in which carries are
+    computed). Tokens are the indices in :data:`ADDITION_TOKENS` (``+`` is 10, ``=`` 11).
+    ``x`` is the sequence without its last token, ``y`` the sequence shifted by one (the next
+    token at each step) with ``-1`` (not scored) where the next token is part of the problem,
+    so that ``fnn.losses.sequence_cross_entropy`` and ``fnn.metrics.exact_match`` score the
+    answer only.
+
+    Shapes: ``x, y int32 (n, 3 * digits + 2)``.
+
+    Example:
+        >>> x, y = addition(2, digits=2, seed=0)
+        >>> "".join(ADDITION_TOKENS[t] for t in x[0]), y[0].tolist()   # 85 + 5 = 090, reversed
+        ('85+05=09', [-1, -1, -1, -1, -1, 0, 9, 0])
+    """
+    _check("addition", n, 0.0, minimum=1)
+    if not isinstance(digits, (int, np.integer)) or isinstance(digits, bool) or not 1 <= digits <= 9:
+        raise ValueError(f"addition: digits must be an int in [1, 9], got {digits!r}")
+    space = 10 ** (2 * digits)
+    if n > space:
+        raise ValueError(f"addition: only {space} distinct problems of {digits} digits, asked for {n}")
+    rng = np.random.default_rng(seed)
+    pairs = rng.choice(space, size=n, replace=False)
+    a, b = pairs // 10 ** digits, pairs % 10 ** digits
+
+    def digits_of(v: np.ndarray, k: int) -> np.ndarray:  # (n, k), most significant first
+        return (v[:, None] // 10 ** np.arange(k - 1, -1, -1)) % 10
+
+    seq = np.concatenate([digits_of(a, digits), np.full((n, 1), 10), digits_of(b, digits),
+                          np.full((n, 1), 11), digits_of(a + b, digits + 1)[:, ::-1]], axis=1)
+    x, y = seq[:, :-1].astype(np.int32), seq[:, 1:].astype(np.int32)
+    y[:, :2 * digits + 1] = -1  # the next token is still part of the problem
     return x, y

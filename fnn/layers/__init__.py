@@ -1,9 +1,10 @@
 """All fnn layers. Each is a ``Layer(init, apply)``; see ``fnn.core`` for the protocol."""
 
-from fnn.layers import (activations, bidirectional, cells, combinators, conv, conv_transpose, dense,
-                        dropout, embedding, normalization, pooling, precision, recurrent, repeated,
+from fnn.layers import (activations, attention, bidirectional, cells, combinators, conv,
+                        conv_transpose, dense, dropout, embedding, normalization, pooling, precision, recurrent, repeated,
                         resample, reshape, sequences)
 from fnn.layers.activations import *  # noqa: F401,F403
+from fnn.layers.attention import *  # noqa: F401,F403
 from fnn.layers.bidirectional import *  # noqa: F401,F403
 from fnn.layers.cells import *  # noqa: F401,F403
 from fnn.layers.combinators import *  # noqa: F401,F403
@@ -24,7 +25,7 @@ from fnn.layers.spec import SpecError, from_spec
 
 # Only the layers themselves are re-exported by ``from fnn.layers import *`` (not the submodules,
 # whose names such as ``activations`` would shadow ``fnn.activations``).
-__all__ = [name for module in (activations, bidirectional, cells, combinators, conv,
+__all__ = [name for module in (activations, attention, bidirectional, cells, combinators, conv,
                                conv_transpose, dense, dropout, embedding, normalization, pooling,
                                recurrent, repeated, resample, reshape, sequences)
            for name in module.__all__] + ["DtypePolicy", "from_spec", "SpecError"]

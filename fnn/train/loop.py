@@ -62,6 +62,7 @@ from fnn.train.data import (ArraySource, IterableSource, batch_source, check_bat
                             fits_on_device, is_one_shot, num_rows, pad_batch)
 from fnn.train.parallel import DataParallel, as_data_parallel, synchronize
 from fnn.train.predict import evaluate
+from fnn.train.replay import locate_in_fit
 from fnn.train.run_folder import RunFolder
 from fnn.train.state import TrainState, init_train_state
 from fnn.train.step import eval_step_fn, train_step_fn
@@ -205,7 +206,7 @@ def fit(net: Layer, loss: Callable[..., jax.Array], optimizer: optax.GradientTra
     check_shapes(net, loss, first["x"], first["y"], metrics=metrics)
     optimizer = with_frozen_mask(net, optimizer)     # frozen layers: no update, no state
     constraint = keep_frozen(net, constraint)         # ... and no max-norm projection
-    given_state = train_state
+    given_state = train_state  # None: a diverged first epoch replays a fresh init
     train_state = _initial_state(net, optimizer, train.input_shape, seed_key, train_state, init,
                                  log)
     check_mean_over_examples(loss, lambda: net.apply(train_state.params, train_state.model_state,
@@ -248,7 +249,14 @@ def fit(net: Layer, loss: Callable[..., jax.Array], optimizer: optax.GradientTra
         train_state, stacked, examples = run_epoch(train_state, epoch)
         seconds = time.perf_counter() - start
         _check_finite(np.asarray(stacked["loss"]), first_step, epoch, folder, history,
-                      divergence_factor)
+                      divergence_factor, locate=lambda bad: locate_in_fit(
+                          bad, net=net, loss=loss, step_fn=step_fn, train=train,
+                          batch_size=batch_size, data_key=jax.random.fold_in(seed_key, 1),
+                          epoch=epoch, first_step=first_step, folder=folder,
+                          template=dp.unreplicate(train_state), augment=augment,
+                          initial=None if given_state is not None else lambda: _initial_state(
+                              net, optimizer, train.input_shape, seed_key, None, init, None),
+                          num_devices=dp.num_devices))
         record = {"epoch": epoch + 1, "step": first_step + len(stacked["loss"]),
                   "learning_rate": _learning_rate(dp, train_state.opt_state),
                   **{f"train_{k}": float(np.mean(v)) for k, v in stacked.items()
@@ -473,18 +481,25 @@ def _restored_best(ts: TrainState, early_stopping: EarlyStopping | None, tracker
 
 
 def _check_finite(losses: np.ndarray, first_step: int, epoch: int, folder: RunFolder,
-                  history: list[dict[str, Any]], divergence_factor: float | None) -> None:
-    """Stop on a NaN/Inf loss, or one past ``divergence_factor`` x the first epoch's mean loss."""
+                  history: list[dict[str, Any]], divergence_factor: float | None,
+                  locate: Callable[[int], str] | None = None) -> None:
+    """Stop on a NaN/Inf loss, or one past ``divergence_factor`` x the first epoch's mean loss.
+    ``locate(step)`` replays a non-finite step and names the layer (:mod:`fnn.train.replay`);
+    ``locate(-step)`` records an exploded one."""
     last = (f"the last good checkpoint is {folder.checkpoint('latest')} (epoch {epoch})"
             if folder.has("latest") else "no checkpoint was written yet")
     if not np.all(np.isfinite(losses)):
         bad = int(np.argmax(~np.isfinite(losses)))
+        where = locate(first_step + bad + 1) if locate is not None else ""
         raise TrainingDiverged(f"the training loss became {losses[bad]} at step "
-                               f"{first_step + bad + 1} (epoch {epoch + 1}); {last}")
+                               f"{first_step + bad + 1} (epoch {epoch + 1}); "
+                               f"{where + '; ' if where else ''}{last}")
     if divergence_factor is not None and history:
         limit = divergence_factor * max(abs(history[0]["train_loss"]), 1e-3)
         if np.any(np.abs(losses) > limit):
             bad = int(np.argmax(np.abs(losses) > limit))
+            if locate is not None:  # doctor.json records the stop for `fnn doctor`
+                locate(-(first_step + bad + 1))
             raise TrainingDiverged(
                 f"the training loss exploded to {losses[bad]:.4g} at step "
                 f"{first_step + bad + 1} (epoch {epoch + 1}), over {divergence_factor:g} x "
