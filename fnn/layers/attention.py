@@ -29,7 +29,7 @@ import jax
 import jax.numpy as jnp
 
 from fnn import activations, initializers
-from fnn.arguments import flag, number, positive_int
+from fnn.arguments import ArgumentError, flag, number, positive_int
 from fnn.attention import ROPE_MODES, attention_mask, dot_product_attention, rope as apply_rope
 from fnn.attention import attention_weights, sinusoidal_positions
 from fnn.core import Layer, LayerError, apply_child, check_shape, init_child, layer_type, split_rng
@@ -189,9 +189,9 @@ def MultiHeadAttention(num_heads: int, head_dim: int | None = None, out_features
     return_weights = flag(who, "return_weights", return_weights)
     rate = number(who, "dropout", dropout)
     if not 0.0 <= rate < 1.0:
-        raise ValueError(f"{who}: dropout must be in [0, 1), got {dropout!r}")
+        raise ArgumentError(who, f"dropout must be in [0, 1), got {dropout!r}")
     if rope is not None and rope not in ROPE_MODES:
-        raise ValueError(f"{who}: rope must be None, 'interleaved' or 'half', got {rope!r}")
+        raise ArgumentError(who, f"rope must be None, 'interleaved' or 'half', got {rope!r}")
     w_initializer, b_initializer = initializers.get(w_init), initializers.get(b_init)
 
     def init(rng, input_shape):
@@ -354,7 +354,7 @@ def TransformerBlock(num_heads: int, mlp_features: int, *, norm_first: bool = Tr
     act = activations.get(activation)
     rate = number(who, "dropout", dropout)
     if not 0.0 <= rate < 1.0:
-        raise ValueError(f"{who}: dropout must be in [0, 1), got {dropout!r}")
+        raise ArgumentError(who, f"dropout must be in [0, 1), got {dropout!r}")
     attention = MultiHeadAttention(num_heads, causal=causal, dropout=rate, rope=rope)
     norms = {"norm1": LayerNorm(epsilon=epsilon), "norm2": LayerNorm(epsilon=epsilon)}
     mlp_in, drop = Dense(mlp_features), Dropout(rate)
