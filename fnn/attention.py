@@ -36,6 +36,8 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from fnn.core import draw
+
 __all__ = ["dot_product_attention", "attention_weights", "attention_mask", "rope",
            "ROPE_MODES", "sinusoidal_positions"]
 
@@ -177,7 +179,9 @@ def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array, *, mask: Any
         return jnp.where(jnp.transpose(any_key, (0, 2, 1))[..., None], y, 0).astype(dtype)
     w = _weights(q, k, allowed, bias, scale)
     if dropout_rate > 0.0:
-        keep = jax.random.bernoulli(rng, 1.0 - dropout_rate, w.shape)
+        # one key, or one key per example (what the training step passes): see fnn.core.draw
+        keep = draw(rng, lambda k, shape: jax.random.bernoulli(k, 1.0 - dropout_rate, shape),
+                    w.shape)
         w = jnp.where(keep, w / (1.0 - dropout_rate), 0.0)
     return jnp.einsum("bhqk,bkhd->bqhd", w.astype(dtype), v).astype(dtype)
 

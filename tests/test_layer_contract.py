@@ -156,6 +156,17 @@ def test_init_shapes_equal_apply_shapes_and_jit_equals_eager(kind):
 
 
 @pytest.mark.parametrize("kind", KINDS)
+def test_trains_with_one_key_per_example(kind):
+    """The training step passes one key per example (shape ``(batch,)``, see ``fnn.core.draw``):
+    every kind takes it in training mode and keeps its output shapes."""
+    layer, shape, train, params, state, x = _built(kind)
+    keys = jax.random.split(jax.random.key(7), 2)
+    y, _ = jax.jit(lambda p, s, x: layer.apply(p, s, x, rng=keys, train=True))(params, state, x)
+    y_one, _ = layer.apply(params, state, x, rng=jax.random.key(7), train=True)
+    assert jax.tree.map(jnp.shape, y) == jax.tree.map(jnp.shape, y_one)
+
+
+@pytest.mark.parametrize("kind", KINDS)
 def test_exports_with_a_symbolic_batch(kind):
     """``jax.export`` with one symbolic batch for every input (what ``fnn.export`` does), in
     inference mode, run on a batch of 2, equals ``apply``."""

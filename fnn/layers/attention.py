@@ -32,7 +32,8 @@ from fnn import activations, initializers
 from fnn.arguments import ArgumentError, flag, number, positive_int
 from fnn.attention import ROPE_MODES, attention_mask, dot_product_attention, rope as apply_rope
 from fnn.attention import attention_weights, sinusoidal_positions
-from fnn.core import Layer, LayerError, apply_child, check_shape, init_child, layer_type, split_rng
+from fnn.core import (Layer, LayerError, apply_child, check_shape, draw, init_child, layer_type,
+                      split_rng)
 from fnn.layers.conv import as_tuple
 from fnn.layers.dense import Dense
 from fnn.layers.dropout import Dropout
@@ -265,7 +266,7 @@ def MultiHeadAttention(num_heads: int, head_dim: int | None = None, out_features
         if return_weights:
             weights = attention_weights(q, k, mask=allowed)
             if use_dropout:
-                keep = jax.random.bernoulli(key, 1.0 - rate, weights.shape)
+                keep = draw(key, lambda k, shape: jax.random.bernoulli(k, 1.0 - rate, shape), weights.shape)
                 weights = jnp.where(keep, weights / (1.0 - rate), 0.0)
             h = jnp.einsum("bhqk,bkhd->bqhd", weights.astype(v.dtype), v)
         else:
@@ -299,7 +300,7 @@ def MultiHeadAttention(num_heads: int, head_dim: int | None = None, out_features
         allowed = jnp.arange(max_len)[None, :] <= index + jnp.arange(t)[:, None]
         weights = attention_weights(q, cache_k.astype(q.dtype), mask=allowed[None, None])
         if key is not None:
-            keep = jax.random.bernoulli(key, 1.0 - rate, weights.shape)
+            keep = draw(key, lambda k, shape: jax.random.bernoulli(k, 1.0 - rate, shape), weights.shape)
             weights = jnp.where(keep, weights / (1.0 - rate), 0.0)
         h = jnp.einsum("bhqk,bkhd->bqhd", weights.astype(v.dtype), cache_v.astype(v.dtype))
         y = project_out(params, h)
