@@ -207,6 +207,12 @@ def check_run_folder(run_dir: str | os.PathLike, cfg: Mapping[str, Any], *,
         raise RunFolderError(f"{run_dir}: already holds a run ({', '.join(held)}); pass --resume "
                              "to continue it, --overwrite to replace it, or --out for a new "
                              "folder")
+    if plan.resume:
+        from fnn.logs import LogError, check_logs
+        try:
+            check_logs(run_dir)  # a damaged line of metrics.jsonl or diagnostics.jsonl
+        except LogError as e:
+            raise RunFolderError(f"cannot resume: {e}") from None
     stored, source = _stored_config(run_dir, latest) if resume else (None, "")
     if stored is None:
         return plan

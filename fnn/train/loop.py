@@ -54,6 +54,7 @@ import numpy as np
 import optax
 
 from fnn.core import Layer
+from fnn.logs import check_logs
 from fnn.data.pipeline import prefetch_to_device
 from fnn.optim import learning_rate_of
 from fnn.train.contract import check_mean_over_examples, check_shapes
@@ -205,10 +206,13 @@ def fit(net: Layer, loss: Callable[..., jax.Array], optimizer: optax.GradientTra
     check_mean_over_examples(loss, lambda: net.apply(train_state.params, train_state.model_state,
                                                      first["x"])[0], first["y"])
 
+    if resume and run_dir is not None and dp.is_main:
+        check_logs(run_dir)  # a damaged log line is refused before anything is touched
     folder = RunFolder(run_dir, writes=dp.is_main)
     tracker = Tracker(early_stopping)
     history: list[dict[str, Any]] = []
-    if resume and folder.has("latest"):
+    resumed = resume and folder.has("latest")
+    if resumed:
         train_state, done = folder.load("latest", train_state,
                                         skip=("opt_state",) if reset_optimizer else ())
         if reset_optimizer:
@@ -219,6 +223,8 @@ def fit(net: Layer, loss: Callable[..., jax.Array], optimizer: optax.GradientTra
             log(f"resumed from {folder.checkpoint('latest')} at epoch {len(history)} "
                 f"(step {int(train_state.step)})")
     start_epoch = len(history)
+    # metrics.jsonl: the resumed checkpoint's records (a torn last line and later ones cut)
+    folder.trim_metrics(int(train_state.step) if resumed else -1)
 
     train_net = dp.prepare_net(net)  # BatchNorm axis names for the mode
     step_fn = train_step_fn(train_net, loss, optimizer, regularizer=regularizer,
@@ -226,45 +232,49 @@ def fit(net: Layer, loss: Callable[..., jax.Array], optimizer: optax.GradientTra
                             axis_name=dp.axis_name)
     eval_step = dp.compile_eval(eval_step_fn(train_net, loss, metrics=metrics,
                                              axis_name=dp.axis_name))
-    diag = _diagnostics(diagnostics, dp, net, loss, optimizer, folder, first,
+    diag, diag_log = _diagnostics(diagnostics, dp, net, loss, optimizer, folder, first,
                        start_step=int(train_state.step))
     run_epoch = _epoch_runner(dp, step_fn, train, mode, batch_size,
                               jax.random.fold_in(seed_key, 1), start_epoch, progress, epochs, diag)
     train_state = dp.replicate(train_state)
     bar = _epoch_bar(progress and mode == "epoch", start_epoch, epochs)
     stopped_early = False
-    for epoch in range(start_epoch, epochs):
-        start, first_step = time.perf_counter(), int(dp.unreplicate(train_state.step))
-        train_state, stacked, examples = run_epoch(train_state, epoch)
-        seconds = time.perf_counter() - start
-        _check_finite(np.asarray(stacked["loss"]), first_step, epoch, folder, history,
-                      divergence_factor)
-        record = {"epoch": epoch + 1, "step": first_step + len(stacked["loss"]),
-                  "learning_rate": _learning_rate(dp, train_state.opt_state),
-                  **{f"train_{k}": float(np.mean(v)) for k, v in stacked.items()
-                     if k != "objective" or regularizer is not None}}
-        if val is not None:
-            scores = evaluate(eval_step, train_state.params, train_state.model_state, val,
-                              batch_size=eval_batch_size, parallel=dp)
-            record.update({f"val_{k}": v for k, v in scores.items()})
-        record.update(seconds=round(seconds, 4), examples_per_sec=round(examples / seconds, 1))
-        history.append(record)
-        improved = tracker.update(record, epoch + 1)
-        if folder.writes:  # one unreplicated copy: the same file whatever the devices
-            folder.save_epoch(history, {"epoch": epoch, **tracker.state_dict()}, improved,
-                              dp.unreplicate(train_state), net, metadata)
-        if log:
-            log(_format_record(record, epochs))
-        if bar is not None:
-            bar.update(1)
-        stop = any(bool(cb(record, dp.unreplicate(train_state))) for cb in callbacks)
-        if tracker.should_stop:
-            stopped_early = True
+    try:
+        for epoch in range(start_epoch, epochs):
+            start, first_step = time.perf_counter(), int(dp.unreplicate(train_state.step))
+            train_state, stacked, examples = run_epoch(train_state, epoch)
+            seconds = time.perf_counter() - start
+            _check_finite(np.asarray(stacked["loss"]), first_step, epoch, folder, history,
+                          divergence_factor)
+            record = {"epoch": epoch + 1, "step": first_step + len(stacked["loss"]),
+                      "learning_rate": _learning_rate(dp, train_state.opt_state),
+                      **{f"train_{k}": float(np.mean(v)) for k, v in stacked.items()
+                         if k != "objective" or regularizer is not None}}
+            if val is not None:
+                scores = evaluate(eval_step, train_state.params, train_state.model_state, val,
+                                  batch_size=eval_batch_size, parallel=dp)
+                record.update({f"val_{k}": v for k, v in scores.items()})
+            record.update(seconds=round(seconds, 4), examples_per_sec=round(examples / seconds, 1))
+            history.append(record)
+            improved = tracker.update(record, epoch + 1)
+            if folder.writes:  # one unreplicated copy: the same file whatever the devices
+                folder.save_epoch(history, {"epoch": epoch, **tracker.state_dict()}, improved,
+                                  dp.unreplicate(train_state), net, metadata)
             if log:
-                log(tracker.stop_message())
-            break
-        if stop:
-            break
+                log(_format_record(record, epochs))
+            if bar is not None:
+                bar.update(1)
+            stop = any(bool(cb(record, dp.unreplicate(train_state))) for cb in callbacks)
+            if tracker.should_stop:
+                stopped_early = True
+                if log:
+                    log(tracker.stop_message())
+                break
+            if stop:
+                break
+    finally:
+        if diag_log is not None:  # gradflow.png with the last records, whatever stopped the run
+            diag_log.finish()
     if bar is not None:
         bar.close()
 
@@ -342,12 +352,13 @@ def _matching_opt_state(ts: TrainState, optimizer: optax.GradientTransformation)
 
 def _diagnostics(every: int | None, dp: DataParallel, net: Layer, loss: Callable,
                  optimizer: optax.GradientTransformation, folder: RunFolder, batch: dict,
-                 start_step: int) -> Callable | None:
+                 start_step: int) -> tuple[Callable | None, Any]:
     """``record(train_state, step, epoch, steps_in_epoch=None)``: gradient-flow diagnostics
-    when due (process 0 only), or ``None`` without ``diagnostics``. ``start_step``: the step
+    when due (process 0 only), and the :class:`~fnn.diagnostics.Diagnostics` (its ``finish``
+    draws the last records); ``(None, None)`` without ``diagnostics``. ``start_step``: the step
     a resumed run starts from (its earlier records are kept)."""
     if every is None or not dp.is_main:
-        return None
+        return None, None
     from fnn.diagnostics import Diagnostics
     diag = Diagnostics(net, loss, optimizer, every=every,
                        run_dir=folder.path if folder.writes else None, start_step=start_step)
@@ -357,7 +368,7 @@ def _diagnostics(every: int | None, dp: DataParallel, net: Layer, loss: Callable
         if due:
             diag.record(dp.unreplicate(ts), batch, step=step, epoch=epoch + 1)
 
-    return record
+    return record, diag
 
 
 def _epoch_runner(dp: DataParallel, step_fn: Callable, train: ArraySource | IterableSource,

@@ -2,7 +2,7 @@
 
 ::
 
-    <run_dir>/metrics.jsonl                one JSON object per epoch (rewritten atomically)
+    <run_dir>/metrics.jsonl                one JSON object per epoch (appended, see fnn.logs)
     <run_dir>/checkpoints/latest.safetensors   the train state after the last epoch
     <run_dir>/checkpoints/best.safetensors     the train state of the best epoch
 
@@ -29,10 +29,10 @@ Example:
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 from typing import Any
 
+from fnn import logs
 from fnn.core import Layer
 from fnn.train import checkpoint as ckpt
 from fnn.train.state import TrainState
@@ -65,12 +65,16 @@ class RunFolder:
         path = self.checkpoint(which)
         return path is not None and path.exists()
 
-    def write_metrics(self, history: list[dict[str, Any]]) -> None:
-        """Rewrite ``metrics.jsonl`` whole, so a resumed run never repeats or loses a line."""
-        if self.writes:  # strict JSON: NaN and +-Inf written as null
-            text = "".join(json.dumps({k: _strict(v) for k, v in r.items()}, allow_nan=False)
-                           + "\n" for r in history)
-            ckpt.atomic_write(self.path / "metrics.jsonl", text.encode())
+    def append_metrics(self, record: dict[str, Any]) -> None:
+        """Append one epoch's record to ``metrics.jsonl`` (a line, flushed; strict JSON)."""
+        if self.writes:
+            logs.append_record(self.path / "metrics.jsonl", record)
+
+    def trim_metrics(self, last_step: int) -> None:
+        """Keep the ``metrics.jsonl`` records up to ``last_step`` (the step a run starts from:
+        a resumed checkpoint's, or -1 for a fresh run); rewritten once, only if that changes it."""
+        if self.writes:
+            logs.trim_records(self.path / "metrics.jsonl", last_step)
 
     def save(self, which: str, ts: TrainState, net: Layer, progress: dict[str, Any],
              metadata: dict[str, Any] | None) -> None:
@@ -90,7 +94,7 @@ class RunFolder:
     def save_epoch(self, history: list[dict[str, Any]], progress: dict[str, Any], improved: bool,
                    ts: TrainState, net: Layer, metadata: dict[str, Any] | None) -> None:
         """After an epoch: the metrics log, ``latest``, and ``best`` when the epoch ``improved``."""
-        self.write_metrics(history)
+        self.append_metrics(history[-1])
         progress = {**progress, "history": history}
         for which in (("best", "latest") if improved else ("latest",)):
             self.save(which, ts, net, progress, metadata)
@@ -105,9 +109,3 @@ class RunFolder:
                                 ckpt.restore_like(getattr(template, f), arrays, f, source=path)
                                 for f in TrainState._fields))
         return restored, meta.get("progress", {})
-
-
-def _strict(value: Any) -> Any:
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
