@@ -114,8 +114,9 @@ _SECTIONS: dict[str, Any] = {
         },
         "divergence": {
             "factor": Field(NUM + (type(None),), 1e4,
-                            doc="stop when a step's loss exceeds factor x the first epoch's "
-                                "mean loss (null: only NaN/Inf stop the run)"),
+                            doc="stop when a step's loss exceeds factor x the loss at the "
+                                "start of training (median of the first steps; null: only "
+                                "NaN/Inf stop the run)"),
         },
         "pretrained": Field((str, type(None)), None, doc="checkpoint whose matching params start the run"),
         "freeze": Field((list,), [], doc="layers frozen with fnn.freeze: no updates, "

@@ -140,3 +140,60 @@ def test_gradflow_redraws_once_per_epoch_when_time_allows(tmp_path, monkeypatch)
         diag.record(ts, _data(), step=step, epoch=epoch)
     diag.finish()
     assert drawn == [1, 3, 5]  # the first record of each epoch; finish has nothing new
+
+
+# --------------------------------------------------------------------------- divergence from the start
+
+def _exploding():
+    # x = 1, y = 0, one Dense(1) unit s = w + b: the loss is s^2 and SGD at learning rate 1 maps
+    # s -> -3s, so each step's loss is 9x the one before (see tests/test_divergence.py)
+    x = np.ones((4, 1), np.float32)
+    return {"x": x, "y": np.zeros((4, 1), np.float32)}
+
+
+def _mse(outputs, targets, *, reduction="none"):
+    return fnn.losses.mse(outputs, targets, reduction=reduction)
+
+
+@pytest.mark.parametrize("mode", ["step", "epoch"])
+def test_a_run_diverging_inside_its_first_epoch_stops_at_its_step(tmp_path, mode):
+    data = {k: np.repeat(v, 8, axis=0) for k, v in _exploding().items()}  # 8 steps an epoch
+    with pytest.raises(TrainingDiverged) as info:
+        fit(fnn.Dense(1), _mse, optax.sgd(1.0), data, data, epochs=3, batch_size=4,
+            run_dir=tmp_path, divergence_factor=100.0, mode=mode, log=None)
+    # losses l, 9l, 81l, 729l: the first step's loss is the reference until 10 steps have run
+    assert "at step 4 (epoch 1)" in str(info.value)
+    assert "100 x the loss at the start of training" in str(info.value)
+    assert "(the first step's)" in str(info.value)
+    assert not (tmp_path / "checkpoints" / "best.safetensors").exists()
+    assert not (tmp_path / "checkpoints" / "latest.safetensors").exists()
+
+
+def test_the_reference_is_the_median_of_the_first_steps():
+    from fnn.train.divergence import START_STEPS, Divergence
+    rng = np.random.default_rng(0)
+    first = rng.uniform(1.0, 3.0, START_STEPS)
+    first[0] = 50.0                              # a wild first batch does not set the reference
+    check = Divergence(10.0)
+    check.update(first, first_step=0, epoch=0)
+    assert check.reference == pytest.approx(float(np.sort(first)[START_STEPS // 2 - 1:
+                                                                   START_STEPS // 2 + 1].mean()))
+    limit = 10.0 * check.reference
+    check.update(np.array([limit * 0.99]), first_step=START_STEPS, epoch=0)
+    with pytest.raises(TrainingDiverged, match=f"at step {START_STEPS + 3} .*median of the first"):
+        check.update(np.array([1.0, limit * 1.01]), first_step=START_STEPS + 1, epoch=1)
+    # NaN stops whatever the factor
+    with pytest.raises(TrainingDiverged, match="became nan at step 2"):
+        Divergence(None).update(np.array([1.0, np.nan]), first_step=0, epoch=0)
+
+
+def test_a_resumed_run_keeps_the_reference_of_its_start(tmp_path):
+    from fnn.train.divergence import START_STEPS
+    run = dict(batch_size=16, run_dir=tmp_path, log=None, mode="step")
+    fit(_net(), LOSS, optax.sgd(0.1), _data(), epochs=3, **run)     # 12 steps
+    meta = ckpt.read_metadata(tmp_path / "checkpoints" / "latest.safetensors")
+    stored = meta["progress"]["start_losses"]
+    assert len(stored) == START_STEPS
+    history = _lines(tmp_path / "metrics.jsonl")
+    # the first epoch's 4 step losses average to its logged mean
+    assert np.mean(stored[:4]) == pytest.approx(history[0]["train_loss"], rel=1e-5)

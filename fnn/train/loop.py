@@ -58,6 +58,7 @@ from fnn.logs import check_logs
 from fnn.data.pipeline import prefetch_to_device
 from fnn.optim import learning_rate_of
 from fnn.train.contract import check_mean_over_examples, check_shapes
+from fnn.train.divergence import Divergence, TrainingDiverged
 from fnn.train.data import (ArraySource, IterableSource, batch_source, fits_on_device, num_rows,
                             pad_batch)
 from fnn.train.parallel import DataParallel, as_data_parallel, synchronize
@@ -72,10 +73,6 @@ __all__ = ["fit", "evaluate", "FitResult", "EarlyStopping", "TrainingDiverged", 
            "prefetch"]
 
 MODES = ("auto", "epoch", "step")
-
-
-class TrainingDiverged(FloatingPointError):
-    """The loss became NaN or infinite; the message names the step and the last good checkpoint."""
 
 
 @dataclasses.dataclass
@@ -142,8 +139,9 @@ def fit(net: Layer, loss: Callable[..., jax.Array], optimizer: optax.GradientTra
         resume: continue from ``run_dir/checkpoints/latest.safetensors`` if it exists.
         reset_optimizer: on resume, restore everything but the optimizer state, which starts
             afresh (``optimizer.init`` of the restored params): resuming with another optimizer.
-        divergence_factor: stop when a step's loss exceeds this many times the first epoch's
-            mean loss (at least 1e-3), from the second epoch on; ``None``: only NaN/Inf stop.
+        divergence_factor: stop when a step's loss exceeds this many times the loss at the
+            start of training (the median of the first steps, at least 1e-3; see
+            :mod:`fnn.train.divergence`), from the second step on; ``None``: only NaN/Inf stop.
         metadata: JSON-able data saved in every checkpoint (e.g. the run's config).
         train_state: start from this state instead of a fresh init.
         init: pretrained weights to start from: a ``(params, state)`` pair or a checkpoint path;
@@ -212,6 +210,7 @@ def fit(net: Layer, loss: Callable[..., jax.Array], optimizer: optax.GradientTra
     tracker = Tracker(early_stopping)
     history: list[dict[str, Any]] = []
     resumed = resume and folder.has("latest")
+    divergence = Divergence(divergence_factor)
     if resumed:
         train_state, done = folder.load("latest", train_state,
                                         skip=("opt_state",) if reset_optimizer else ())
@@ -219,6 +218,7 @@ def fit(net: Layer, loss: Callable[..., jax.Array], optimizer: optax.GradientTra
             train_state = train_state._replace(opt_state=optimizer.init(train_state.params))
         history = done["history"]
         tracker.load_state_dict(done)
+        divergence = Divergence.from_progress(divergence_factor, done)
         if log:
             log(f"resumed from {folder.checkpoint('latest')} at epoch {len(history)} "
                 f"(step {int(train_state.step)})")
@@ -244,8 +244,7 @@ def fit(net: Layer, loss: Callable[..., jax.Array], optimizer: optax.GradientTra
             start, first_step = time.perf_counter(), int(dp.unreplicate(train_state.step))
             train_state, stacked, examples = run_epoch(train_state, epoch)
             seconds = time.perf_counter() - start
-            _check_finite(np.asarray(stacked["loss"]), first_step, epoch, folder, history,
-                          divergence_factor)
+            divergence.update(stacked["loss"], first_step, epoch, _last_good(folder, epoch))
             record = {"epoch": epoch + 1, "step": first_step + len(stacked["loss"]),
                       "learning_rate": _learning_rate(dp, train_state.opt_state),
                       **{f"train_{k}": float(np.mean(v)) for k, v in stacked.items()
@@ -258,7 +257,8 @@ def fit(net: Layer, loss: Callable[..., jax.Array], optimizer: optax.GradientTra
             history.append(record)
             improved = tracker.update(record, epoch + 1)
             if folder.writes:  # one unreplicated copy: the same file whatever the devices
-                folder.save_epoch(history, {"epoch": epoch, **tracker.state_dict()}, improved,
+                folder.save_epoch(history, {"epoch": epoch, **tracker.state_dict(),
+                                            **divergence.state_dict()}, improved,
                                   dp.unreplicate(train_state), net, metadata)
             if log:
                 log(_format_record(record, epochs))
@@ -447,24 +447,10 @@ def _restored_best(ts: TrainState, early_stopping: EarlyStopping | None, tracker
     return folder.load("best", ts)[0] if folder.has("best") else ts
 
 
-def _check_finite(losses: np.ndarray, first_step: int, epoch: int, folder: RunFolder,
-                  history: list[dict[str, Any]], divergence_factor: float | None) -> None:
-    """Stop on a NaN/Inf loss, or one past ``divergence_factor`` x the first epoch's mean loss."""
-    last = (f"the last good checkpoint is {folder.checkpoint('latest')} (epoch {epoch})"
+def _last_good(folder: RunFolder, epoch: int) -> str:
+    """Where a diverged run can go back to (for the divergence message)."""
+    return (f"the last good checkpoint is {folder.checkpoint('latest')} (epoch {epoch})"
             if folder.has("latest") else "no checkpoint was written yet")
-    if not np.all(np.isfinite(losses)):
-        bad = int(np.argmax(~np.isfinite(losses)))
-        raise TrainingDiverged(f"the training loss became {losses[bad]} at step "
-                               f"{first_step + bad + 1} (epoch {epoch + 1}); {last}")
-    if divergence_factor is not None and history:
-        limit = divergence_factor * max(abs(history[0]["train_loss"]), 1e-3)
-        if np.any(np.abs(losses) > limit):
-            bad = int(np.argmax(np.abs(losses) > limit))
-            raise TrainingDiverged(
-                f"the training loss exploded to {losses[bad]:.4g} at step "
-                f"{first_step + bad + 1} (epoch {epoch + 1}), over {divergence_factor:g} x "
-                f"the first epoch's mean loss {history[0]['train_loss']:.4g} "
-                f"(training.divergence.factor); {last}")
 
 
 def _learning_rate(dp: DataParallel, opt_state: Any) -> float | None:
