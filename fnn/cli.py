@@ -136,14 +136,21 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     A user's mistake (config, data file, checkpoint, run folder, disk) ends in one line
     ``fnn <command>: error: <where>: <what>`` and exit status 2; ``--debug`` (or ``FNN_DEBUG=1``)
-    shows the traceback instead. Anything else is a bug in fnn and keeps its traceback.
+    shows the traceback instead. A run stopped by SIGTERM/SIGINT (after writing its latest
+    checkpoint) prints the command that continues it and exits with status 75. Anything else is a bug in fnn and keeps its traceback.
     """
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv or os.environ.get("FNN_DEBUG", "") not in ("", "0")
     argv = [a for a in argv if a != "--debug"]
     args = _parser().parse_args(argv)
+    from fnn.train.checkpointing import PREEMPTED_STATUS, Preempted
+
     try:
         return _run(args)
+    except Preempted as e:  # SIGTERM/SIGINT: latest is written; say how to go on
+        again = " ".join(["fnn", *argv] + ([] if "--resume" in argv else ["--resume"]))
+        print(f"fnn {args.command}: {e}; continue with: {again}", file=sys.stderr)
+        return PREEMPTED_STATUS
     except Exception as e:  # noqa: BLE001 - sorted into user errors and bugs right here
         user = isinstance(e, _user_errors()) or (isinstance(e, OSError)
                                                    and e.errno in USER_ERRNOS)

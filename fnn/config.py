@@ -125,6 +125,13 @@ _SECTIONS: dict[str, Any] = {
             "every": Field((int, type(None)), None,
                            doc="log gradient-flow diagnostics every N steps (diagnostics.jsonl)"),
         },
+        "checkpoint": {
+            "every_steps": Field((int, type(None)), None,
+                                 doc="also write checkpoints/latest every N steps, inside epochs"),
+            "every_minutes": Field(NUM + (type(None),), None,
+                                   doc="also write checkpoints/latest every M minutes"),
+            "keep": Field((int,), 1, doc="step checkpoints (step-N.safetensors) kept"),
+        },
     },
     "parallel": {
         "mode": Field((str,), "none", choices=("none", "pmap", "mesh")),
@@ -247,8 +254,20 @@ def validate(raw: dict[str, Any]) -> dict[str, Any]:
     every = cfg["training"]["diagnostics"]["every"]
     if every is not None and every < 1:
         raise ConfigError("training.diagnostics.every", f"must be >= 1 (or null), got {every}")
+    _check_checkpoint(cfg["training"]["checkpoint"])
     _check_components(cfg)
     return cfg
+
+
+def _check_checkpoint(c: dict[str, Any]) -> None:
+    if c["every_steps"] is not None and c["every_steps"] < 1:
+        raise ConfigError("training.checkpoint.every_steps",
+                          f"must be >= 1 (or null), got {c['every_steps']}")
+    if c["every_minutes"] is not None and not c["every_minutes"] > 0:
+        raise ConfigError("training.checkpoint.every_minutes",
+                          f"must be > 0 (or null), got {c['every_minutes']}")
+    if c["keep"] < 1:
+        raise ConfigError("training.checkpoint.keep", f"must be >= 1, got {c['keep']}")
 
 
 MAX_SEED = 2**32 - 1  # numpy's generators and jax.random.key both take any seed in this range

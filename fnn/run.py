@@ -377,11 +377,22 @@ def train_model(cfg: dict[str, Any], train_data: dict[str, np.ndarray],
                  metadata={"config": cfg, "input_shape": list(input_shape)},
                  init=t["pretrained"],
                  eval_batch_size=t["eval_batch_size"], progress=cfg["output"]["progress"], log=log,
-                 parallel=dp, diagnostics=t["diagnostics"]["every"])
+                 parallel=dp, diagnostics=t["diagnostics"]["every"],
+                 checkpoint=_checkpointing(t["checkpoint"]))
     if dp.is_main and cfg["output"]["plots"]:
         from fnn.plots import plot_curves
         plot_curves(result.history, run_dir / "curves.png", title=cfg["name"])
     return result
+
+
+def _checkpointing(c: dict[str, Any]) -> Any:
+    """``training.checkpoint``: a :class:`~fnn.train.checkpointing.Checkpointing`, or ``None``
+    when neither ``every_steps`` nor ``every_minutes`` is set (checkpoints at epoch ends only)."""
+    from fnn.train.checkpointing import Checkpointing
+
+    if c["every_steps"] is None and c["every_minutes"] is None:
+        return None
+    return Checkpointing(c["every_steps"], c["every_minutes"], c["keep"])
 
 
 def train(cfg: dict[str, Any], out: str | os.PathLike | None = None, *, resume: bool = False,

@@ -8,10 +8,11 @@
   refused unless the run resumes it (``--resume``) or replaces it (``--overwrite``);
 * a resume whose config differs from the run's (the copy stored in the latest checkpoint, else
   ``config.yaml``) in anything but the run's length and presentation (``training.epochs``,
-  ``training.eval_batch_size``, ``name``, ``output.*``, ``parallel.*``) is refused with the list
-  of differing keys, unless each change is allowed explicitly (``--allow-change KEY``). An
-  allowed change of optimizer resets the stored optimizer state, and says so; a network whose
-  parameters no longer fit the checkpoint is refused naming the first layer that differs.
+  ``training.eval_batch_size``, ``training.checkpoint.*``, ``name``, ``output.*``,
+  ``parallel.*``) is refused with the list of differing keys, unless each change is allowed
+  explicitly (``--allow-change KEY``). An allowed change of optimizer resets the stored
+  optimizer state, and says so; a network whose parameters no longer fit the checkpoint is
+  refused naming the first layer that differs.
 
 Only then does :func:`open_run_folder` touch the folder: it removes what ``--overwrite``
 replaces and the temporary files of writes that were killed, and creates the folder.
@@ -62,7 +63,8 @@ __all__ = ["RunFolderError", "RunFolderPlan", "check_run_folder", "open_run_fold
 
 RUN_FILES = ("config.yaml", "summary.txt", "metrics.jsonl", "test.json", "curves.png")
 CHECKPOINTS = "checkpoints"
-FREE_TO_CHANGE = ("training.epochs", "training.eval_batch_size", "name", "output", "parallel")
+FREE_TO_CHANGE = ("training.epochs", "training.eval_batch_size", "training.checkpoint", "name",
+                  "output", "parallel")
 
 
 class RunFolderError(ValueError):

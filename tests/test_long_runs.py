@@ -197,3 +197,77 @@ def test_a_resumed_run_keeps_the_reference_of_its_start(tmp_path):
     history = _lines(tmp_path / "metrics.jsonl")
     # the first epoch's 4 step losses average to its logged mean
     assert np.mean(stored[:4]) == pytest.approx(history[0]["train_loss"], rel=1e-5)
+
+
+# --------------------------------------------------------------------------- step checkpoints, exact resume
+
+def _dropout_net():
+    return fnn.serial(fnn.Dense(8), fnn.Tanh, fnn.Dropout(0.2), fnn.Dense(3))
+
+
+def _same(a, b):
+    if isinstance(a, fnn.train.TrainState):
+        a, b = (t._replace(rng=jax.random.key_data(t.rng)) for t in (a, b))
+    return jax.tree_util.tree_all(jax.tree_util.tree_map(
+        lambda u, v: bool(np.array_equal(np.asarray(u), np.asarray(v))), a, b))
+
+
+@pytest.mark.parametrize("mode", ["step", "epoch"])
+def test_resume_from_inside_an_epoch_is_bit_identical(tmp_path, mode):
+    from fnn.train.checkpointing import step_checkpoints
+    run = dict(epochs=3, batch_size=8, mode=mode, log=None, seed=3)  # 8 steps an epoch
+    full = fit(_dropout_net(), LOSS, optax.adam(1e-2), _data(), run_dir=tmp_path / "full",
+               checkpoint=fnn.train.Checkpointing(every_steps=3, keep=100), **run)
+    files = step_checkpoints(tmp_path / "full" / "checkpoints")
+    # steps 3, 6, then 11, 14 (epoch ends reset the count at 8, 16), 19, 22
+    assert [int(p.stem.split("-")[1]) for p in files] == [3, 6, 11, 14, 19, 22]
+    plain = fit(_dropout_net(), LOSS, optax.adam(1e-2), _data(), **run)  # no checkpoints at all
+    assert _same(full.train_state.params, plain.train_state.params)
+    for cut in (files[1], files[3]):  # inside epoch 1 (step 6) and epoch 2 (step 14)
+        resumed_dir = tmp_path / cut.stem
+        (resumed_dir / "checkpoints").mkdir(parents=True)
+        (resumed_dir / "checkpoints" / "latest.safetensors").write_bytes(cut.read_bytes())
+        meta = ckpt.read_metadata(cut)["progress"]
+        assert meta["offset"] == int(cut.stem.split("-")[1]) % 8
+        resumed = fit(_dropout_net(), LOSS, optax.adam(1e-2), _data(), run_dir=resumed_dir,
+                      resume=True, checkpoint=fnn.train.Checkpointing(every_steps=3), **run)
+        assert _same(resumed.train_state, full.train_state)
+        assert [r["train_loss"] for r in resumed.history] == \
+            [r["train_loss"] for r in full.history]  # the partial epoch's steps are kept
+
+
+def test_a_step_checkpoint_resumes_in_the_other_mode(tmp_path):
+    run = dict(epochs=2, batch_size=8, log=None)
+    full = fit(_net(), LOSS, optax.sgd(0.1), _data(), run_dir=tmp_path / "a", mode="step",
+               checkpoint=fnn.train.Checkpointing(every_steps=5, keep=5), **run)
+    cut = tmp_path / "a" / "checkpoints" / "step-5.safetensors"
+    (tmp_path / "b" / "checkpoints").mkdir(parents=True)
+    (tmp_path / "b" / "checkpoints" / "latest.safetensors").write_bytes(cut.read_bytes())
+    resumed = fit(_net(), LOSS, optax.sgd(0.1), _data(), run_dir=tmp_path / "b", mode="epoch",
+                  resume=True, **run)   # the epoch's last 3 steps as one scan
+    np.testing.assert_allclose(jax.flatten_util.ravel_pytree(resumed.train_state.params)[0],
+                               jax.flatten_util.ravel_pytree(full.train_state.params)[0],
+                               rtol=1e-6, atol=1e-7)
+
+
+def test_keep_and_latest(tmp_path):
+    fit(_net(), LOSS, optax.sgd(0.1), _data(), epochs=1, batch_size=4, mode="step",
+        run_dir=tmp_path, checkpoint=fnn.train.Checkpointing(every_steps=2, keep=3), log=None)
+    folder = tmp_path / "checkpoints"
+    assert sorted(p.name for p in folder.iterdir()) == [
+        "latest.safetensors", "step-10.safetensors", "step-12.safetensors",
+        "step-14.safetensors"]  # 16 steps: the 3 newest step checkpoints; latest: the epoch's end
+    assert ckpt.read_metadata(folder / "step-14.safetensors")["progress"]["offset"] == 14
+    with pytest.raises(ValueError, match=r"training\.checkpoint\.keep: must be an int >= 1"):
+        fnn.train.Checkpointing(every_steps=2, keep=0)
+
+
+def test_config_checks_checkpoint_keys():
+    from fnn.config import ConfigError, parse_config
+    base = {"model": [{"Dense": 3}], "data": {"name": "xor"}}
+    cfg = parse_config({**base, "training": {"checkpoint": {"every_steps": 50, "keep": 2}}})
+    assert cfg["training"]["checkpoint"] == {"every_steps": 50, "every_minutes": None, "keep": 2}
+    for key, value, message in (("every_steps", 0, "must be >= 1"),
+                                ("every_minutes", 0, "must be > 0"), ("keep", 0, "must be >= 1")):
+        with pytest.raises(ConfigError, match=rf"training\.checkpoint\.{key}: {message}"):
+            parse_config({**base, "training": {"checkpoint": {key: value}}})

@@ -44,6 +44,7 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import time
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
@@ -58,6 +59,7 @@ from fnn.logs import check_logs
 from fnn.data.pipeline import prefetch_to_device
 from fnn.optim import learning_rate_of
 from fnn.train.contract import check_mean_over_examples, check_shapes
+from fnn.train.checkpointing import BackgroundWriter, Checkpointing, Preempted, StopSignals
 from fnn.train.divergence import Divergence, TrainingDiverged
 from fnn.train.data import (ArraySource, IterableSource, batch_source, fits_on_device, num_rows,
                             pad_batch)
@@ -69,8 +71,8 @@ from fnn.train.step import eval_step_fn, train_step_fn
 from fnn.train.tracker import EarlyStopping, Tracker
 from fnn.finetune import load_pretrained, transfer, with_frozen_mask
 
-__all__ = ["fit", "evaluate", "FitResult", "EarlyStopping", "TrainingDiverged", "batch_order",
-           "prefetch"]
+__all__ = ["fit", "evaluate", "FitResult", "EarlyStopping", "TrainingDiverged", "Checkpointing",
+           "Preempted", "batch_order", "prefetch"]
 
 MODES = ("auto", "epoch", "step")
 
@@ -117,7 +119,7 @@ def fit(net: Layer, loss: Callable[..., jax.Array], optimizer: optax.GradientTra
         progress: bool = False, log: Callable[[str], None] | None = print,
         parallel: str | DataParallel | None = None,
         devices: int | Sequence[Any] | None = None,
-        diagnostics: int | None = None) -> FitResult:
+        diagnostics: int | None = None, checkpoint: Checkpointing | None = None) -> FitResult:
     """Train ``net`` on ``train_data``; validate on ``val_data`` after every epoch.
 
     Args:
@@ -159,12 +161,20 @@ def fit(net: Layer, loss: Callable[..., jax.Array], optimizer: optax.GradientTra
         diagnostics: every this many steps, log gradient-flow diagnostics of the first
             training batch to ``run_dir/diagnostics.jsonl`` and ``gradflow.png``
             (:class:`fnn.diagnostics.Diagnostics`; in ``"epoch"`` mode at the end of the epochs
-            in which such a step falls). ``None``: none, no cost.
+            (or scan chunks) in which such a step falls). ``None``: none, no cost.
+        checkpoint: a :class:`~fnn.train.checkpointing.Checkpointing`: write ``latest`` inside
+            epochs too, every N steps and/or M minutes, in the background (``"epoch"`` mode
+            then scans each epoch in chunks). ``latest`` then holds the position inside the
+            epoch, and ``resume`` continues at the next step with the same final params, bit
+            for bit, as a run that was never stopped. With a ``run_dir``, SIGTERM or SIGINT
+            finishes the current step (chunk), writes ``latest`` and raises
+            :class:`~fnn.train.checkpointing.Preempted`; a second signal ends the process.
 
     Returns:
         A :class:`FitResult`; its train state is one unreplicated copy, whatever the devices.
 
     Raises:
+        Preempted: SIGTERM/SIGINT stopped the run after writing ``latest`` (with ``run_dir``).
         TrainingDiverged: the loss became NaN/Inf or exploded past ``divergence_factor``
             (the last good checkpoint is left intact; a diverged epoch is never saved).
         LossContractError: the loss cannot score the network's outputs against the targets
@@ -211,6 +221,7 @@ def fit(net: Layer, loss: Callable[..., jax.Array], optimizer: optax.GradientTra
     history: list[dict[str, Any]] = []
     resumed = resume and folder.has("latest")
     divergence = Divergence(divergence_factor)
+    done: dict[str, Any] = {}
     if resumed:
         train_state, done = folder.load("latest", train_state,
                                         skip=("opt_state",) if reset_optimizer else ())
@@ -220,9 +231,14 @@ def fit(net: Layer, loss: Callable[..., jax.Array], optimizer: optax.GradientTra
         tracker.load_state_dict(done)
         divergence = Divergence.from_progress(divergence_factor, done)
         if log:
+            inside = f", {done['offset']} steps into epoch {len(history) + 1}" \
+                if done.get("offset") else ""
             log(f"resumed from {folder.checkpoint('latest')} at epoch {len(history)} "
-                f"(step {int(train_state.step)})")
+                f"(step {int(train_state.step)}{inside})")
     start_epoch = len(history)
+    # where a checkpoint written inside an epoch left it: steps done, and their metrics
+    start_offset = int(done.get("offset", 0))
+    partial = {k: np.asarray(v, np.float32) for k, v in (done.get("partial") or {}).items()}
     # metrics.jsonl: the resumed checkpoint's records (a torn last line and later ones cut)
     folder.trim_metrics(int(train_state.step) if resumed else -1)
 
@@ -235,17 +251,62 @@ def fit(net: Layer, loss: Callable[..., jax.Array], optimizer: optax.GradientTra
     diag, diag_log = _diagnostics(diagnostics, dp, net, loss, optimizer, folder, first,
                        start_step=int(train_state.step))
     run_epoch = _epoch_runner(dp, step_fn, train, mode, batch_size,
-                              jax.random.fold_in(seed_key, 1), start_epoch, progress, epochs, diag)
+                              jax.random.fold_in(seed_key, 1), start_epoch, progress, epochs, diag,
+                              chunk=checkpoint.scan_chunk if checkpoint is not None else None)
     train_state = dp.replicate(train_state)
     bar = _epoch_bar(progress and mode == "epoch", start_epoch, epochs)
     stopped_early = False
+    signals = StopSignals()
+    writer = (BackgroundWriter(lambda path, host, done: folder.save_to(path, host, net, done,
+                                                                       metadata),
+                               folder.checkpoint("latest").parent,
+                               checkpoint.keep if checkpoint is not None else 1)
+              if folder.writes else None)
+    last_saved = {"step": int(train_state.step), "time": time.monotonic()}
+    checked = [0]  # losses of this epoch already given to the divergence check
+
+    def after(ts, epoch, base, offset, chunks) -> bool:
+        """After a step (a scan chunk) of ``epoch``, ``offset`` steps into it: a step
+        checkpoint when due or asked to stop (then: stop)."""
+        stop = signals.received is not None
+        step = base + offset
+        if not stop and (checkpoint is None or not checkpoint.due(
+                step - last_saved["step"], time.monotonic() - last_saved["time"])):
+            return False
+        metrics = _concat(chunks)
+        divergence.update(metrics["loss"][checked[0]:], base + checked[0], epoch,
+                          _last_good(folder, epoch))  # a diverged state is never saved
+        checked[0] = len(metrics["loss"])
+        writer.write(dp.unreplicate(ts),
+                     {"epoch": epoch - 1, "offset": offset, "history": list(history),
+                      "partial": {k: v.tolist() for k, v in metrics.items()},
+                      **tracker.state_dict(), **divergence.state_dict()},
+                     step, wait=stop)
+        last_saved.update(step=step, time=time.monotonic())
+        return stop
+
     try:
+        if writer is not None:
+            signals.__enter__()
         for epoch in range(start_epoch, epochs):
             start, first_step = time.perf_counter(), int(dp.unreplicate(train_state.step))
-            train_state, stacked, examples = run_epoch(train_state, epoch)
+            offset = start_offset if epoch == start_epoch else 0
+            base = first_step - offset  # the step at which this epoch began
+            checked[0] = offset
+            chunks = [partial] if offset else []
+            train_state, chunks, examples, stopped = run_epoch(
+                train_state, epoch, offset, chunks,
+                None if writer is None else
+                lambda ts, at, chunks: after(ts, epoch, base, at, chunks))
+            if stopped:
+                raise Preempted(
+                    f"stopped by {signals.name} at step {int(dp.unreplicate(train_state.step))} "
+                    f"(epoch {epoch + 1}); latest checkpoint: {folder.checkpoint('latest')}")
+            stacked = _concat(chunks)
             seconds = time.perf_counter() - start
-            divergence.update(stacked["loss"], first_step, epoch, _last_good(folder, epoch))
-            record = {"epoch": epoch + 1, "step": first_step + len(stacked["loss"]),
+            divergence.update(stacked["loss"][checked[0]:], base + checked[0], epoch,
+                              _last_good(folder, epoch))
+            record = {"epoch": epoch + 1, "step": base + len(stacked["loss"]),
                       "learning_rate": _learning_rate(dp, train_state.opt_state),
                       **{f"train_{k}": float(np.mean(v)) for k, v in stacked.items()
                          if k != "objective" or regularizer is not None}}
@@ -257,6 +318,8 @@ def fit(net: Layer, loss: Callable[..., jax.Array], optimizer: optax.GradientTra
             history.append(record)
             improved = tracker.update(record, epoch + 1)
             if folder.writes:  # one unreplicated copy: the same file whatever the devices
+                writer.wait()  # a step checkpoint in flight is written first
+                last_saved.update(step=record["step"], time=time.monotonic())
                 folder.save_epoch(history, {"epoch": epoch, **tracker.state_dict(),
                                             **divergence.state_dict()}, improved,
                                   dp.unreplicate(train_state), net, metadata)
@@ -265,6 +328,10 @@ def fit(net: Layer, loss: Callable[..., jax.Array], optimizer: optax.GradientTra
             if bar is not None:
                 bar.update(1)
             stop = any(bool(cb(record, dp.unreplicate(train_state))) for cb in callbacks)
+            if signals.received is not None and epoch + 1 < epochs:
+                raise Preempted(f"stopped by {signals.name} at the end of epoch {epoch + 1} "
+                                f"(step {record['step']}); latest checkpoint: "
+                                f"{folder.checkpoint('latest')}")
             if tracker.should_stop:
                 stopped_early = True
                 if log:
@@ -273,8 +340,11 @@ def fit(net: Layer, loss: Callable[..., jax.Array], optimizer: optax.GradientTra
             if stop:
                 break
     finally:
+        signals.__exit__()
         if diag_log is not None:  # gradflow.png with the last records, whatever stopped the run
             diag_log.finish()
+        if writer is not None:
+            writer.wait()
     if bar is not None:
         bar.close()
 
@@ -373,31 +443,54 @@ def _diagnostics(every: int | None, dp: DataParallel, net: Layer, loss: Callable
 
 def _epoch_runner(dp: DataParallel, step_fn: Callable, train: ArraySource | IterableSource,
                   mode: str, batch_size: int | None, data_key: jax.Array, start_epoch: int,
-                  progress: bool, epochs: int, diag: Callable | None = None) -> Callable:
-    """``run(train_state, epoch) -> (train_state, metrics stacked over steps, examples)``."""
+                  progress: bool, epochs: int, diag: Callable | None = None,
+                  chunk: int | None = None) -> Callable:
+    """``run(train_state, epoch, offset, chunks, after) -> (train_state, chunks, examples,
+    stopped)``: the steps of ``epoch`` from step ``offset`` on, their metrics appended to
+    ``chunks`` (one dict per step or scan chunk). ``after(train_state, offset, chunks)``
+    (``None``: not called) runs after each step, or each scan of ``chunk`` steps in epoch mode
+    (``chunk=None``: the epoch is one scan), and stops the epoch by returning true."""
     if mode == "epoch":
-        run = dp.compile_epoch(step_fn, train.num_examples, batch_size)
+        whole = dp.compile_epoch(step_fn, train.num_examples, batch_size)
         device_data = dp.put_data(train.arrays)
         steps = train.num_examples // batch_size
+        pieces: dict[int, Callable] = {}  # compiled scans by length
 
-        def run_scanned(ts, epoch):
-            first_step = int(dp.unreplicate(ts.step)) if diag is not None else 0
-            ts, stacked = run(ts, device_data, jax.random.fold_in(data_key, epoch))
-            if diag is not None:
-                diag(ts, first_step + steps, epoch, steps)
-            return ts, jax.device_get(stacked), steps * batch_size
+        def run_scanned(ts, epoch, offset, chunks, after):
+            key, start = jax.random.fold_in(data_key, epoch), offset
+            while offset < steps:
+                length = steps - offset if chunk is None else min(chunk, steps - offset)
+                first_step = int(dp.unreplicate(ts.step)) if diag is not None else 0
+                if length == steps:
+                    ts, stacked = whole(ts, device_data, key)
+                else:
+                    if length not in pieces:
+                        pieces[length] = dp.compile_epoch(step_fn, train.num_examples,
+                                                          batch_size, chunk=length)
+                    ts, stacked = pieces[length](ts, device_data, key, np.int32(offset))
+                offset += length
+                chunks.append(jax.device_get(stacked))
+                if diag is not None:
+                    diag(ts, first_step + length, epoch, length)
+                if after is not None and offset < steps and after(ts, offset, chunks):
+                    return ts, chunks, (offset - start) * batch_size, True
+            return ts, chunks, (offset - start) * batch_size, False
 
         return run_scanned
     run = dp.compile_step(step_fn)
 
-    def run_steps(ts, epoch):
+    def run_steps(ts, epoch, offset, chunks, after):
+        last = None  # the epoch's last step, where the epoch's end writes latest anyway
         if isinstance(train, ArraySource):
+            last = train.num_examples // batch_size
             order = np.asarray(batch_order(data_key, epoch, train.num_examples))
             rows = dp.local_slice(batch_size)
             host = (train.rows(order[i * batch_size:(i + 1) * batch_size][rows])
-                    for i in range(train.num_examples // batch_size))
-        else:
-            host = map(dp.local_part, (_fit_devices(b, dp) for b in train.epoch(epoch, start_epoch)))
+                    for i in range(offset, train.num_examples // batch_size))
+        else:  # a resumed epoch skips the batches it had trained on
+            host = itertools.islice(map(dp.local_part, (_fit_devices(b, dp) for b in
+                                                        train.epoch(epoch, start_epoch))),
+                                    offset, None)
         counted = [0]
 
         def count(batch):
@@ -408,19 +501,28 @@ def _epoch_runner(dp: DataParallel, step_fn: Callable, train: ArraySource | Iter
         if progress:
             from tqdm.auto import tqdm
             batches = tqdm(batches, desc=f"epoch {epoch + 1}/{epochs}", leave=False, unit="step")
-        collected = []
         first_step = int(dp.unreplicate(ts.step)) if diag is not None else 0
+        done = 0
         for batch in batches:
             ts, m = run(ts, batch)
-            collected.append(m)
+            chunks.append(m)
+            done += 1
             if diag is not None:
-                diag(ts, first_step + len(collected), epoch)
-        if not collected:
+                diag(ts, first_step + done, epoch)
+            if after is not None and offset + done != last and after(ts, offset + done, chunks):
+                return ts, chunks, counted[0], True
+        if not chunks:
             raise ValueError(f"train_data: no batches in epoch {epoch + 1}")
-        return ts, jax.device_get(jax.tree_util.tree_map(lambda *xs: jnp.stack(xs),
-                                                         *collected)), counted[0]
+        return ts, chunks, counted[0], False
 
     return run_steps
+
+
+def _concat(chunks: list[dict[str, Any]]) -> dict[str, np.ndarray]:
+    """The metrics of an epoch's steps so far, one array per metric (host copies)."""
+    chunks = jax.device_get(chunks)
+    return {k: np.concatenate([np.asarray(c[k]).reshape(-1) for c in chunks])
+            for k in chunks[0]}
 
 
 def _fit_devices(batch: dict, dp: DataParallel) -> dict:

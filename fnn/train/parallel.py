@@ -436,7 +436,8 @@ class DataParallel:
         return self._paced(evaluate)
 
     def compile_epoch(self, step_fn: Callable, num_examples: int, batch_size: int, *,
-                      shuffle: bool = True, donate: bool = True) -> Callable:
+                      shuffle: bool = True, donate: bool = True,
+                      chunk: int | None = None) -> Callable:
         """A whole epoch as one compiled ``lax.scan``, like :func:`fnn.train.make_train_epoch`.
 
         ``epoch(train_state, data, epoch_key) -> (train_state, metrics)`` with ``data`` from
@@ -444,12 +445,14 @@ class DataParallel:
         epoch's ``num_examples // batch_size`` steps. Every device takes its own rows of each
         global batch: under ``pmap`` by its axis index, under ``mesh`` by a sharding
         constraint on the gathered batch. The same batches, in the same order, as one device.
+        ``chunk``: ``epoch(train_state, data, epoch_key, first_step)`` runs ``chunk`` steps
+        from ``first_step`` (:func:`fnn.train.step.epoch_fn`).
         """
         from fnn.train.step import epoch_fn, make_train_epoch
 
         if self.mode == "none":
             return make_train_epoch(step_fn, num_examples, batch_size, shuffle=shuffle,
-                                    donate=donate)
+                                    donate=donate, chunk=chunk)
         self.check_batch_size(batch_size)
         pmapped = self.mode == "pmap"
         size = batch_size // self.num_devices if pmapped else batch_size
@@ -459,14 +462,16 @@ class DataParallel:
         epoch = epoch_fn(step_fn, num_examples, batch_size, shuffle=shuffle, rows=size,
                          first_row=(lambda: lax.axis_index(PMAP_AXIS) * size) if pmapped else None,
                          constrain=None if pmapped else
-                         (lambda batch: lax.with_sharding_constraint(batch, self._sharded)))
+                         (lambda batch: lax.with_sharding_constraint(batch, self._sharded)),
+                         chunk=chunk)
+        args = 3 if chunk is None else 4  # (train_state, data, epoch_key[, first_step])
 
         if pmapped:
-            return self._paced(jax.pmap(epoch, axis_name=PMAP_AXIS, in_axes=(0, None, None),
+            return self._paced(jax.pmap(epoch, axis_name=PMAP_AXIS, in_axes=(0,) + (None,) * (args - 1),
                                         out_axes=(0, None), donate_argnums=donate_argnums,
                                         devices=self.devices))
         rep = self._replicated
-        return self._paced(jax.jit(epoch, in_shardings=(rep, rep, rep),
+        return self._paced(jax.jit(epoch, in_shardings=(rep,) * args,
                                    out_shardings=(rep, rep), donate_argnums=donate_argnums))
 
     def _paced(self, compiled: Callable) -> Callable:

@@ -79,8 +79,12 @@ class RunFolder:
     def save(self, which: str, ts: TrainState, net: Layer, progress: dict[str, Any],
              metadata: dict[str, Any] | None) -> None:
         """Write the train state and the loop's progress to ``checkpoints/<which>``."""
-        if not self.writes:
-            return
+        if self.writes:
+            self.save_to(self.checkpoint(which), ts, net, progress, metadata)
+
+    def save_to(self, path: Path, ts: TrainState, net: Layer, progress: dict[str, Any],
+                metadata: dict[str, Any] | None) -> None:
+        """Write a train-state checkpoint to ``path`` (atomic, checksummed), as :meth:`save`."""
         meta = {"kind": "train_state", "progress": progress, **(metadata or {})}
         try:
             spec = net.spec
@@ -88,8 +92,7 @@ class RunFolder:
             meta["spec"] = spec
         except (TypeError, ValueError):  # a hand-made layer or a function argument: weights only
             pass
-        ckpt.save_tree(self.checkpoint(which), {f: getattr(ts, f) for f in TrainState._fields},
-                       meta)
+        ckpt.save_tree(path, {f: getattr(ts, f) for f in TrainState._fields}, meta)
 
     def save_epoch(self, history: list[dict[str, Any]], progress: dict[str, Any], improved: bool,
                    ts: TrainState, net: Layer, metadata: dict[str, Any] | None) -> None:

@@ -187,21 +187,24 @@ def make_eval_step(net: Layer, loss: Callable[..., jax.Array], *,
 def epoch_fn(step_fn: Callable[[TrainState, Batch], tuple[TrainState, dict]],
              num_examples: int, batch_size: int, *, shuffle: bool = True,
              rows: int | None = None, first_row: Callable[[], jax.Array] | None = None,
-             constrain: Callable[[Batch], Batch] | None = None
-             ) -> Callable[[TrainState, Batch, jax.Array], tuple[TrainState, dict]]:
+             constrain: Callable[[Batch], Batch] | None = None, chunk: int | None = None
+             ) -> Callable[..., tuple[TrainState, dict]]:
     """The un-jitted epoch of :func:`make_train_epoch`: a ``lax.scan`` of ``step_fn`` over batches.
 
     Step ``i`` takes rows ``order[i * batch_size + first_row() : ... + rows]`` of the data, with
     ``order`` drawn from the epoch key. By default (``rows=batch_size``, ``first_row=0``) that is
     the whole global batch; a data-parallel device takes its own slice of it instead
     (``fnn.train.parallel``), and ``constrain`` may place the gathered batch (a sharding).
+    With ``chunk``, the function is ``epoch(ts, data, epoch_key, first_step)`` and runs the
+    ``chunk`` steps ``first_step, first_step + 1, ...`` of the epoch (the same batches as the
+    whole epoch's scan visits at those steps): an epoch in pieces, to stop or checkpoint between.
     """
     steps = num_examples // batch_size
     if steps < 1:
         raise ValueError(f"batch size {batch_size} is larger than the {num_examples} examples")
     rows = batch_size if rows is None else rows
 
-    def epoch(ts: TrainState, data: Batch, epoch_key: jax.Array):
+    def epoch(ts: TrainState, data: Batch, epoch_key: jax.Array, first_step: Any = 0):
         order = (jax.random.permutation(epoch_key, num_examples) if shuffle
                  else jnp.arange(num_examples))
         offset = 0 if first_row is None else first_row()
@@ -213,14 +216,16 @@ def epoch_fn(step_fn: Callable[[TrainState, Batch], tuple[TrainState, dict]],
                 batch = constrain(batch)
             return step_fn(ts, batch)
 
-        return lax.scan(body, ts, jnp.arange(steps))
+        return lax.scan(body, ts, jnp.arange(steps) if chunk is None
+                        else jnp.arange(chunk) + first_step)
 
     return epoch
 
 
 def make_train_epoch(step_fn: Callable[[TrainState, Batch], tuple[TrainState, dict]],
                      num_examples: int, batch_size: int, *, shuffle: bool = True,
-                     donate: bool = True) -> Callable[[TrainState, Batch, jax.Array], tuple[TrainState, dict]]:
+                     donate: bool = True, chunk: int | None = None
+                     ) -> Callable[..., tuple[TrainState, dict]]:
     """A whole epoch as one compiled ``lax.scan`` over steps, shuffling included.
 
     The data (a dict of arrays with ``num_examples`` rows) lives on the device; each epoch
@@ -234,6 +239,8 @@ def make_train_epoch(step_fn: Callable[[TrainState, Batch], tuple[TrainState, di
     Returns:
         ``epoch(train_state, data, epoch_key) -> (train_state, metrics)`` with each metric
         stacked over the epoch's steps, shape ``(steps,)``; jit-compiled, state donated.
+        With ``chunk``: ``epoch(train_state, data, epoch_key, first_step)`` runs ``chunk``
+        steps from ``first_step`` (see :func:`epoch_fn`).
     """
-    return jax.jit(epoch_fn(step_fn, num_examples, batch_size, shuffle=shuffle),
+    return jax.jit(epoch_fn(step_fn, num_examples, batch_size, shuffle=shuffle, chunk=chunk),
                    donate_argnums=(0,) if donate else ())
