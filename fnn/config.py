@@ -125,6 +125,8 @@ _SECTIONS: dict[str, Any] = {
             "every": Field((int, type(None)), None,
                            doc="log gradient-flow diagnostics every N steps (diagnostics.jsonl)"),
         },
+        "accumulate": Field((int,), 1, doc="micro-batches per update (gradient accumulation); "
+                                           "batch_size must divide by it"),
         "checkpoint": {
             "every_steps": Field((int, type(None)), None,
                                  doc="also write checkpoints/latest every N steps, inside epochs"),
@@ -255,6 +257,10 @@ def validate(raw: dict[str, Any]) -> dict[str, Any]:
     if every is not None and every < 1:
         raise ConfigError("training.diagnostics.every", f"must be >= 1 (or null), got {every}")
     _check_checkpoint(cfg["training"]["checkpoint"])
+    k = cfg["training"]["accumulate"]
+    if k < 1 or cfg["training"]["batch_size"] % k:
+        raise ConfigError("training.accumulate", f"must be >= 1 and divide training.batch_size "
+                                                 f"({cfg['training']['batch_size']}), got {k}")
     _check_components(cfg)
     return cfg
 

@@ -378,7 +378,7 @@ def train_model(cfg: dict[str, Any], train_data: dict[str, np.ndarray],
                  init=t["pretrained"],
                  eval_batch_size=t["eval_batch_size"], progress=cfg["output"]["progress"], log=log,
                  parallel=dp, diagnostics=t["diagnostics"]["every"],
-                 checkpoint=_checkpointing(t["checkpoint"]))
+                 checkpoint=_checkpointing(t["checkpoint"]), accumulate=t["accumulate"])
     if dp.is_main and cfg["output"]["plots"]:
         from fnn.plots import plot_curves
         plot_curves(result.history, run_dir / "curves.png", title=cfg["name"])

@@ -271,3 +271,53 @@ def test_config_checks_checkpoint_keys():
                                 ("every_minutes", 0, "must be > 0"), ("keep", 0, "must be >= 1")):
         with pytest.raises(ConfigError, match=rf"training\.checkpoint\.{key}: {message}"):
             parse_config({**base, "training": {"checkpoint": {key: value}}})
+
+
+# --------------------------------------------------------------------------- gradient accumulation
+
+@pytest.mark.parametrize("mode", ["step", "epoch"])
+def test_accumulation_equals_the_large_batch(mode):
+    net = fnn.serial(fnn.Dense(8), fnn.Tanh, fnn.Dense(3))
+    l2 = lambda params: 1e-3 * fnn.regularizers.l2(params)   # added once per update
+    run = dict(epochs=2, batch_size=16, mode=mode, log=None, regularizer=l2,
+               metrics={"accuracy": fnn.train.correct})
+    large = fit(net, LOSS, optax.adam(1e-2), _data(), **run)
+    micro = fit(net, LOSS, optax.adam(1e-2), _data(), accumulate=4, **run)
+    flat = lambda r: jax.flatten_util.ravel_pytree(r.train_state.params)[0]
+    np.testing.assert_allclose(flat(micro), flat(large), rtol=2e-5, atol=1e-6)
+    for key in ("train_loss", "train_objective", "train_accuracy"):
+        assert micro.history[-1][key] == pytest.approx(large.history[-1][key], rel=1e-5)
+
+
+def test_accumulated_gradient_matches_a_numpy_reference():
+    # one update of plain SGD on a linear least-squares model: w' = w - lr * X^T (X w - y) * 2 / n
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(12, 3)).astype(np.float32)
+    y = rng.normal(size=(12, 1)).astype(np.float32)
+    net = fnn.Dense(1, use_bias=False)
+    seen = []
+
+    def mse(outputs, targets, *, reduction="none"):   # records the (micro-)batch it scores
+        seen.append(outputs.shape[0])
+        return fnn.losses.mse(outputs, targets, reduction=reduction)
+
+    step = jax.jit(fnn.train.train_step_fn(net, mse, optax.sgd(0.1), accumulate=3))
+    _, ts = fnn.train.init_train_state(net, optax.sgd(0.1), (-1, 3), jax.random.key(0))
+    w = np.asarray(ts.params["w"], np.float64)
+    ts, out = step(ts, {"x": x, "y": y})
+    residual = x.astype(np.float64) @ w - y
+    expected = w - 0.1 * 2 * x.T @ residual / len(x)
+    np.testing.assert_allclose(np.asarray(ts.params["w"]), expected, rtol=1e-5)
+    assert float(out["loss"]) == pytest.approx(float(np.mean(residual ** 2)), rel=1e-5)
+    assert set(seen) == {4}  # three micro-batches of 4 rows, never the 12 at once
+
+
+def test_accumulation_that_does_not_divide_the_batch_is_refused():
+    with pytest.raises(ValueError, match=r"training\.accumulate: a batch of 16 examples does not "
+                                         r"split into 3 micro-batches"):
+        fit(_net(), LOSS, optax.sgd(0.1), _data(), epochs=1, batch_size=16, accumulate=3,
+            log=None)
+    from fnn.config import ConfigError, parse_config
+    with pytest.raises(ConfigError, match=r"training\.accumulate: must be >= 1 and divide"):
+        parse_config({"model": [{"Dense": 3}], "data": {"name": "xor"},
+                      "training": {"batch_size": 16, "accumulate": 3}})

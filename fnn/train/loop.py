@@ -119,7 +119,8 @@ def fit(net: Layer, loss: Callable[..., jax.Array], optimizer: optax.GradientTra
         progress: bool = False, log: Callable[[str], None] | None = print,
         parallel: str | DataParallel | None = None,
         devices: int | Sequence[Any] | None = None,
-        diagnostics: int | None = None, checkpoint: Checkpointing | None = None) -> FitResult:
+        diagnostics: int | None = None, checkpoint: Checkpointing | None = None,
+        accumulate: int = 1) -> FitResult:
     """Train ``net`` on ``train_data``; validate on ``val_data`` after every epoch.
 
     Args:
@@ -170,6 +171,11 @@ def fit(net: Layer, loss: Callable[..., jax.Array], optimizer: optax.GradientTra
             finishes the current step (chunk), writes ``latest`` and raises
             :class:`~fnn.train.checkpointing.Preempted`; a second signal ends the process.
 
+        accumulate: split each batch into this many micro-batches, run in turn inside the
+            compiled step, and make one update of their summed gradients: the large batch's
+            update in the memory of a micro-batch (see :func:`fnn.train.step.train_step_fn`
+            for dropout and batch norm). ``batch_size`` must divide by it (per device).
+
     Returns:
         A :class:`FitResult`; its train state is one unreplicated copy, whatever the devices.
 
@@ -201,6 +207,10 @@ def fit(net: Layer, loss: Callable[..., jax.Array], optimizer: optax.GradientTra
     train = batch_source(train_data, steps_per_epoch, "train_data")
     val = None if val_data is None else batch_source(val_data, where="val_data")
     batch_size = _batch_size(train, batch_size, dp, log)
+    if batch_size is not None and accumulate != 1 and batch_size % (accumulate * dp.num_devices):
+        raise ValueError(f"training.accumulate: a batch of {batch_size} examples"
+                         + (f" over {dp.num_devices} devices" if dp.num_devices > 1 else "")
+                         + f" does not split into {accumulate} micro-batches")
     mode = _mode(mode, train)
     seed_key = jax.random.key(seed)
     first = train.first() if batch_size is None else train.rows(np.arange(batch_size))
@@ -245,7 +255,7 @@ def fit(net: Layer, loss: Callable[..., jax.Array], optimizer: optax.GradientTra
     train_net = dp.prepare_net(net)  # BatchNorm axis names for the mode
     step_fn = train_step_fn(train_net, loss, optimizer, regularizer=regularizer,
                             constraint=constraint, metrics=metrics, augment=augment,
-                            axis_name=dp.axis_name)
+                            axis_name=dp.axis_name, accumulate=accumulate)
     eval_step = dp.compile_eval(eval_step_fn(train_net, loss, metrics=metrics,
                                              axis_name=dp.axis_name))
     diag, diag_log = _diagnostics(diagnostics, dp, net, loss, optimizer, folder, first,

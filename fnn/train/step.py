@@ -67,10 +67,55 @@ def train_step_fn(net: Layer, loss: Callable[..., jax.Array],
                   constraint: Callable[[Any], Any] | None = None,
                   metrics: Mapping[str, Metric] | None = None,
                   augment: Callable[[jax.Array, jax.Array], jax.Array] | None = None,
-                  axis_name: str | None = None) -> Callable[[TrainState, Batch], tuple[TrainState, dict]]:
-    """The un-jitted step ``(train_state, batch) -> (train_state, metrics)``; see :func:`make_train_step`."""
+                  axis_name: str | None = None, accumulate: int = 1
+                  ) -> Callable[[TrainState, Batch], tuple[TrainState, dict]]:
+    """The un-jitted step ``(train_state, batch) -> (train_state, metrics)``; see :func:`make_train_step`.
+
+    ``accumulate=K``: the batch is split into K micro-batches of consecutive rows, run one after
+    another in a ``lax.scan`` (the memory of one micro-batch), and their gradients summed into
+    one update: the large batch's mean loss and gradient, to float rounding. Each micro-batch
+    gets its own dropout key; batch norm normalizes each micro-batch by its own statistics and
+    updates its running averages once per micro-batch (so a net with batch norm differs from
+    the large batch).
+    """
     metrics = {name: per_example(fn) for name, fn in (metrics or {}).items()}
     loss = per_example(loss)
+    if isinstance(accumulate, bool) or not isinstance(accumulate, int) or accumulate < 1:
+        raise ValueError(f"accumulate: must be an int >= 1, got {accumulate!r}")
+
+    def accumulated(ts, batch, mask, count, step_rng):
+        """Data loss, metric means and model state over K micro-batches; gradients summed."""
+        n = mask.shape[0]
+        if n % accumulate:
+            raise ValueError(f"training.accumulate: a batch of {n} examples does not split into "
+                             f"{accumulate} micro-batches; use a batch size divisible by "
+                             f"{accumulate}")
+        micro = jax.tree_util.tree_map(
+            lambda a: a.reshape(accumulate, a.shape[0] // accumulate, *a.shape[1:]),
+            {"x": batch["x"], "y": batch["y"], "mask": mask})
+
+        def body(carry, inputs):
+            grads, model_state = carry
+            mb, k = inputs
+
+            def objective(params):
+                outputs, new_state = net.apply(params, model_state, mb["x"], train=True,
+                                               rng=jax.random.fold_in(step_rng, k))
+                values = _per_example(loss(outputs, mb["y"]), mb["mask"].shape[0], "the loss")
+                return jnp.sum(values * mb["mask"]) / count, (outputs, new_state)
+
+            (part, (outputs, new_state)), g = jax.value_and_grad(objective, has_aux=True)(
+                ts.params)
+            parts = {"loss": part}
+            for name, metric in metrics.items():
+                parts[name] = jnp.sum(_per_example(metric(outputs, mb["y"]), mb["mask"].shape[0],
+                                                   name) * mb["mask"]) / count
+            return (jax.tree_util.tree_map(jnp.add, grads, g), new_state), parts
+
+        zeros = jax.tree_util.tree_map(jnp.zeros_like, ts.params)
+        (grads, new_state), parts = lax.scan(body, (zeros, ts.model_state),
+                                             (micro, jnp.arange(accumulate)))
+        return grads, new_state, {k: v.sum() for k, v in parts.items()}
 
     def step(ts: TrainState, batch: Batch):
         rng, step_rng = jax.random.split(ts.rng)
@@ -97,12 +142,22 @@ def train_step_fn(net: Layer, loss: Callable[..., jax.Array],
                 total = total + regularizer(params) / devices
             return total, (data_loss, outputs, new_state)
 
-        (total, (data_loss, outputs, new_state)), grads = jax.value_and_grad(
-            objective, has_aux=True)(ts.params)
-        out = {"loss": data_loss, "objective": total}
-        for name, metric in metrics.items():
-            out[name] = jnp.sum(_per_example(metric(outputs, batch["y"]), mask.shape[0], name)
-                                * mask) / count
+        if accumulate == 1:
+            (total, (data_loss, outputs, new_state)), grads = jax.value_and_grad(
+                objective, has_aux=True)(ts.params)
+            out = {"loss": data_loss, "objective": total}
+            for name, metric in metrics.items():
+                out[name] = jnp.sum(_per_example(metric(outputs, batch["y"]), mask.shape[0],
+                                                 name) * mask) / count
+        else:
+            grads, new_state, parts = accumulated(ts, batch, mask, count, step_rng)
+            total = parts["loss"]
+            if regularizer is not None:  # once per update, not per micro-batch
+                penalty, penalty_grads = jax.value_and_grad(
+                    lambda p: regularizer(p) / devices)(ts.params)
+                total = total + penalty
+                grads = jax.tree_util.tree_map(jnp.add, grads, penalty_grads)
+            out = {"loss": parts.pop("loss"), "objective": total, **parts}
         if axis_name is not None:
             grads = lax.psum(grads, axis_name)
             out = lax.psum(out, axis_name)
