@@ -127,6 +127,11 @@ _SECTIONS: dict[str, Any] = {
         },
         "accumulate": Field((int,), 1, doc="micro-batches per update (gradient accumulation); "
                                            "batch_size must divide by it"),
+        "ema": {
+            "decay": Field(NUM + (type(None),), None,
+                           doc="moving average of the weights (e.g. 0.999) used for validation, "
+                               "best and fnn eval"),
+        },
         "checkpoint": {
             "every_steps": Field((int, type(None)), None,
                                  doc="also write checkpoints/latest every N steps, inside epochs"),
@@ -257,6 +262,12 @@ def validate(raw: dict[str, Any]) -> dict[str, Any]:
     if every is not None and every < 1:
         raise ConfigError("training.diagnostics.every", f"must be >= 1 (or null), got {every}")
     _check_checkpoint(cfg["training"]["checkpoint"])
+    decay = cfg["training"]["ema"]["decay"]
+    if decay is not None and not 0 < decay < 1:
+        raise ConfigError("training.ema.decay", f"must be between 0 and 1 (or null), got {decay}")
+    if decay is not None and cfg["training"]["freeze"]:
+        raise ConfigError("training.ema", "a moving average of a network with frozen layers "
+                                          "(training.freeze) is not supported yet; drop one")
     k = cfg["training"]["accumulate"]
     if k < 1 or cfg["training"]["batch_size"] % k:
         raise ConfigError("training.accumulate", f"must be >= 1 and divide training.batch_size "

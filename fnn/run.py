@@ -99,6 +99,9 @@ def build(cfg: dict[str, Any]) -> Experiment:
 
     net = with_model_dtype(from_spec(cfg["model"], "model"), cfg.get("model_dtype"))
     optimizer = optim.make_optimizer(cfg["optimizer"])
+    if cfg["training"]["ema"]["decay"] is not None:  # the average lives in the optimizer state
+        from fnn.train.ema import with_ema
+        optimizer = with_ema(optimizer, cfg["training"]["ema"]["decay"])
     penalty, constraint = _make_regularizer(cfg)
     metric = CLASSIFICATION.get(cfg["loss"]["name"])
     if metric is None and cfg["data"]["one_hot"] is not False:  # e.g. mse on one-hot digits

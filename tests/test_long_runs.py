@@ -321,3 +321,55 @@ def test_accumulation_that_does_not_divide_the_batch_is_refused():
     with pytest.raises(ConfigError, match=r"training\.accumulate: must be >= 1 and divide"):
         parse_config({"model": [{"Dense": 3}], "data": {"name": "xor"},
                       "training": {"batch_size": 16, "accumulate": 3}})
+
+
+# --------------------------------------------------------------------------- moving average of weights
+
+def test_ema_matches_a_numpy_average_of_the_params():
+    from fnn.train.ema import averaged, with_ema
+    net, decay = _net(), 0.9
+    opt = with_ema(optax.adam(1e-2), decay)
+    _, ts = fnn.train.init_train_state(net, opt, (-1, 6), jax.random.key(0))
+    step = jax.jit(fnn.train.train_step_fn(net, LOSS, opt))
+    flat = lambda p: np.asarray(jax.flatten_util.ravel_pytree(p)[0], np.float64)
+    average = flat(ts.params)                        # starts at the initial params
+    data = _data()
+    for i in range(6):
+        ts, _ = step(ts, {k: v[8 * i:8 * i + 8] for k, v in data.items()})
+        average = decay * average + (1 - decay) * flat(ts.params)
+    np.testing.assert_allclose(flat(averaged(ts.opt_state)), average, rtol=1e-5, atol=1e-7)
+    assert not np.allclose(average, flat(ts.params))  # the average is not the last params
+
+
+def test_ema_validates_saves_and_loads_the_averaged_weights(tmp_path):
+    from fnn.train.ema import averaged
+    data, val = _data(), _data(seed=1)
+    result = fit(_net(), LOSS, optax.adam(1e-2), data, val, epochs=2, batch_size=16,
+                 run_dir=tmp_path, ema=0.9, log=None)
+    ts = result.train_state
+    weights, _ = fnn.load_weights(tmp_path / "checkpoints" / "latest.safetensors")
+    assert _same(weights, jax.device_get(averaged(ts.opt_state)))
+    # validation scored the averaged weights, not the params
+    scores = fnn.train.evaluate(fnn.train.make_eval_step(_net(), LOSS), averaged(ts.opt_state),
+                                ts.model_state, val)
+    assert result.history[-1]["val_loss"] == pytest.approx(scores["loss"], rel=1e-6)
+    # and a resume restores the average bit for bit
+    again = fit(_net(), LOSS, optax.adam(1e-2), data, val, epochs=2, batch_size=16,
+                run_dir=tmp_path, ema=0.9, resume=True, log=None)
+    assert _same(averaged(again.train_state.opt_state), averaged(ts.opt_state))
+
+
+def test_a_config_with_ema_evaluates_and_resumes_with_the_average(tmp_path, capsys):
+    from fnn import cli
+    out = tmp_path / "xor"
+    args = ["train", str(XOR), "training.epochs=3", "output.plots=false",
+            "training.ema.decay=0.5", "--out", str(out)]
+    assert cli.main(args) == 0
+    arrays = ckpt.load_tree(out / "checkpoints" / "latest.safetensors")
+    weights, _ = fnn.load_weights(out / "checkpoints" / "latest.safetensors")
+    assert np.array_equal(weights["dense_0"]["w"], arrays["opt_state/ema/dense_0/w"])
+    assert not np.array_equal(weights["dense_0"]["w"], arrays["params/dense_0/w"])
+    assert cli.main(["train", str(XOR), "training.epochs=4", "output.plots=false",
+                     "training.ema.decay=0.5", "--out", str(out), "--resume"]) == 0
+    assert [r["epoch"] for r in _lines(out / "metrics.jsonl")] == [1, 2, 3, 4]
+    assert "reset" not in capsys.readouterr().out  # the stored average is resumed, not reset

@@ -61,6 +61,7 @@ from fnn.optim import learning_rate_of
 from fnn.train.contract import check_mean_over_examples, check_shapes
 from fnn.train.checkpointing import BackgroundWriter, Checkpointing, Preempted, StopSignals
 from fnn.train.divergence import Divergence, TrainingDiverged
+from fnn.train.ema import averaged, weights_key, with_ema
 from fnn.train.data import (ArraySource, IterableSource, batch_source, fits_on_device, num_rows,
                             pad_batch)
 from fnn.train.parallel import DataParallel, as_data_parallel, synchronize
@@ -120,7 +121,7 @@ def fit(net: Layer, loss: Callable[..., jax.Array], optimizer: optax.GradientTra
         parallel: str | DataParallel | None = None,
         devices: int | Sequence[Any] | None = None,
         diagnostics: int | None = None, checkpoint: Checkpointing | None = None,
-        accumulate: int = 1) -> FitResult:
+        accumulate: int = 1, ema: float | None = None) -> FitResult:
     """Train ``net`` on ``train_data``; validate on ``val_data`` after every epoch.
 
     Args:
@@ -176,6 +177,11 @@ def fit(net: Layer, loss: Callable[..., jax.Array], optimizer: optax.GradientTra
             update in the memory of a micro-batch (see :func:`fnn.train.step.train_step_fn`
             for dropout and batch norm). ``batch_size`` must divide by it (per device).
 
+        ema: keep a moving average of the weights with this decay (e.g. 0.999) in the
+            optimizer state (:mod:`fnn.train.ema`); validation, and so ``best``, use it, and
+            :func:`fnn.load_weights` reads it from the checkpoints
+            (``fnn.train.ema.averaged(result.train_state.opt_state)`` after ``fit``).
+
     Returns:
         A :class:`FitResult`; its train state is one unreplicated copy, whatever the devices.
 
@@ -219,8 +225,12 @@ def fit(net: Layer, loss: Callable[..., jax.Array], optimizer: optax.GradientTra
                          "autoencoder, y=x)")
     check_shapes(net, loss, first["x"], first["y"], metrics=metrics)
     optimizer = with_frozen_mask(net, optimizer, train.input_shape)
+    if ema is not None:
+        optimizer = with_ema(optimizer, ema)
     train_state = _initial_state(net, optimizer, train.input_shape, seed_key, train_state, init,
                                  log)
+    if weights_key(train_state.opt_state) is not None:  # what load_weights reads
+        metadata = {**(metadata or {}), "weights": weights_key(train_state.opt_state)}
     check_mean_over_examples(loss, lambda: net.apply(train_state.params, train_state.model_state,
                                                      first["x"])[0], first["y"])
 
@@ -272,7 +282,7 @@ def fit(net: Layer, loss: Callable[..., jax.Array], optimizer: optax.GradientTra
                                folder.checkpoint("latest").parent,
                                checkpoint.keep if checkpoint is not None else 1)
               if folder.writes else None)
-    last_saved = {"step": int(train_state.step), "time": time.monotonic()}
+    last_saved = {"step": int(dp.unreplicate(train_state.step)), "time": time.monotonic()}
     checked = [0]  # losses of this epoch already given to the divergence check
 
     def after(ts, epoch, base, offset, chunks) -> bool:
@@ -321,7 +331,7 @@ def fit(net: Layer, loss: Callable[..., jax.Array], optimizer: optax.GradientTra
                       **{f"train_{k}": float(np.mean(v)) for k, v in stacked.items()
                          if k != "objective" or regularizer is not None}}
             if val is not None:
-                scores = evaluate(eval_step, train_state.params, train_state.model_state, val,
+                scores = evaluate(eval_step, _weights(train_state), train_state.model_state, val,
                                   batch_size=eval_batch_size, parallel=dp)
                 record.update({f"val_{k}": v for k, v in scores.items()})
             record.update(seconds=round(seconds, 4), examples_per_sec=round(examples / seconds, 1))
@@ -557,6 +567,12 @@ def _restored_best(ts: TrainState, early_stopping: EarlyStopping | None, tracker
         return ts
     synchronize("fnn-fit-restore-best")  # process 0 has written best.safetensors
     return folder.load("best", ts)[0] if folder.has("best") else ts
+
+
+def _weights(ts: TrainState) -> Any:
+    """The params to validate: the moving average with ``ema``, else the params."""
+    average = averaged(ts.opt_state)
+    return ts.params if average is None else average
 
 
 def _last_good(folder: RunFolder, epoch: int) -> str:
