@@ -381,7 +381,8 @@ def train_model(cfg: dict[str, Any], train_data: dict[str, np.ndarray],
                  init=t["pretrained"],
                  eval_batch_size=t["eval_batch_size"], progress=cfg["output"]["progress"], log=log,
                  parallel=dp, diagnostics=t["diagnostics"]["every"],
-                 checkpoint=_checkpointing(t["checkpoint"]), accumulate=t["accumulate"])
+                 checkpoint=_checkpointing(t["checkpoint"]), accumulate=t["accumulate"],
+                 plateau=_plateau(cfg["optimizer"]))
     if dp.is_main and cfg["output"]["plots"]:
         from fnn.plots import plot_curves
         plot_curves(result.history, run_dir / "curves.png", title=cfg["name"])
@@ -396,6 +397,15 @@ def _checkpointing(c: dict[str, Any]) -> Any:
     if c["every_steps"] is None and c["every_minutes"] is None:
         return None
     return Checkpointing(c["every_steps"], c["every_minutes"], c["keep"])
+
+
+def _plateau(ocfg: dict[str, Any]) -> Any:
+    """``optimizer.schedule: {name: plateau, ...}``: a :class:`~fnn.train.plateau.Plateau`."""
+    from fnn.optim.schedules import plateau_options
+    from fnn.train.plateau import Plateau
+
+    options = plateau_options(ocfg.get("schedule"))
+    return None if options is None else Plateau(**options)
 
 
 def train(cfg: dict[str, Any], out: str | os.PathLike | None = None, *, resume: bool = False,

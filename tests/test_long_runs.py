@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
@@ -373,3 +374,54 @@ def test_a_config_with_ema_evaluates_and_resumes_with_the_average(tmp_path, caps
                      "training.ema.decay=0.5", "--out", str(out), "--resume"]) == 0
     assert [r["epoch"] for r in _lines(out / "metrics.jsonl")] == [1, 2, 3, 4]
     assert "reset" not in capsys.readouterr().out  # the stored average is resumed, not reset
+
+
+# --------------------------------------------------------------------------- plateau schedule
+
+def _plateau_optimizer(patience=1, factor=0.5):
+    return fnn.optim.make_optimizer({"name": "sgd", "learning_rate": 0.1, "schedule": {
+        "name": "plateau", "patience": patience, "factor": factor, "monitor": "val_loss"}})
+
+
+def test_plateau_lowers_the_rate_as_pytorch_with_one_less_patience():
+    torch = pytest.importorskip("torch", reason="PyTorch's ReduceLROnPlateau is the reference")
+    from fnn.train.plateau import Plateau
+    losses = [1.0, 0.8, 0.85, 0.9, 0.7, 0.75, 0.76, 0.77, 0.6, 0.61, 0.62, 0.63]
+    opt_state = _plateau_optimizer().init({"w": jnp.zeros(2)})
+    plateau = Plateau(factor=0.5, patience=2, monitor="val_loss")
+    w = torch.nn.Parameter(torch.zeros(2))
+    sgd = torch.optim.SGD([w], lr=0.1)
+    reference = torch.optim.lr_scheduler.ReduceLROnPlateau(sgd, mode="min", factor=0.5,
+                                                           patience=1, threshold=0.0)
+    for epoch, loss in enumerate(losses, 1):
+        opt_state, _ = plateau.update({"val_loss": loss}, epoch, opt_state)
+        reference.step(loss)
+        assert float(fnn.optim.learning_rate_of(opt_state)) == pytest.approx(
+            sgd.param_groups[0]["lr"], rel=1e-6), epoch
+
+
+def test_plateau_state_is_checkpointed_and_resumed(tmp_path):
+    from fnn.train.plateau import Plateau
+    data, val = _data(), _data(seed=7)
+    run = dict(batch_size=16, log=None, mode="step")
+    # "max" of a falling training loss: no epoch after the first improves on it
+    plateau = lambda: Plateau(factor=0.5, patience=2, monitor="train_loss", mode="max")
+    full = fit(_net(), LOSS, _plateau_optimizer(), data, val, epochs=6, plateau=plateau(), **run)
+    rates = [r["learning_rate"] for r in full.history]
+    best, waited, expected, lr = None, 0, [], 0.1   # Keras's rule, replayed on the log
+    for r in full.history:
+        expected.append(lr)
+        if best is None or r["train_loss"] > best:
+            best, waited = r["train_loss"], 0
+        else:
+            waited += 1
+            if waited >= 2:
+                lr, waited = lr * 0.5, 0
+    assert rates == pytest.approx(expected, rel=1e-6)
+    assert rates[-1] == pytest.approx(0.025)         # lowered after epochs 3 and 5
+    fit(_net(), LOSS, _plateau_optimizer(), data, val, epochs=4, run_dir=tmp_path,
+        plateau=plateau(), **run)                    # stopped after the first lowering...
+    resumed = fit(_net(), LOSS, _plateau_optimizer(), data, val, epochs=6, run_dir=tmp_path,
+                  resume=True, plateau=plateau(), **run)   # ...and its counter resumed
+    assert [r["learning_rate"] for r in resumed.history] == rates
+    assert _same(resumed.train_state.params, full.train_state.params)

@@ -64,6 +64,7 @@ from fnn.train.divergence import Divergence, TrainingDiverged
 from fnn.train.ema import averaged, weights_key, with_ema
 from fnn.train.data import (ArraySource, IterableSource, batch_source, fits_on_device, num_rows,
                             pad_batch)
+from fnn.train.plateau import Plateau
 from fnn.train.parallel import DataParallel, as_data_parallel, synchronize
 from fnn.train.predict import evaluate
 from fnn.train.run_folder import RunFolder
@@ -121,7 +122,8 @@ def fit(net: Layer, loss: Callable[..., jax.Array], optimizer: optax.GradientTra
         parallel: str | DataParallel | None = None,
         devices: int | Sequence[Any] | None = None,
         diagnostics: int | None = None, checkpoint: Checkpointing | None = None,
-        accumulate: int = 1, ema: float | None = None) -> FitResult:
+        accumulate: int = 1, ema: float | None = None,
+        plateau: Plateau | None = None) -> FitResult:
     """Train ``net`` on ``train_data``; validate on ``val_data`` after every epoch.
 
     Args:
@@ -181,6 +183,10 @@ def fit(net: Layer, loss: Callable[..., jax.Array], optimizer: optax.GradientTra
             optimizer state (:mod:`fnn.train.ema`); validation, and so ``best``, use it, and
             :func:`fnn.load_weights` reads it from the checkpoints
             (``fnn.train.ema.averaged(result.train_state.opt_state)`` after ``fit``).
+
+        plateau: a :class:`~fnn.train.plateau.Plateau`: lower the learning rate held in the
+            optimizer state (``schedule: plateau`` of :func:`fnn.optim.make_optimizer`) when
+            its monitored metric stops improving; its counter is kept in the checkpoints.
 
     Returns:
         A :class:`FitResult`; its train state is one unreplicated copy, whatever the devices.
@@ -249,6 +255,8 @@ def fit(net: Layer, loss: Callable[..., jax.Array], optimizer: optax.GradientTra
             train_state = train_state._replace(opt_state=optimizer.init(train_state.params))
         history = done["history"]
         tracker.load_state_dict(done)
+        if plateau is not None:
+            plateau.load_state_dict(done)
         divergence = Divergence.from_progress(divergence_factor, done)
         if log:
             inside = f", {done['offset']} steps into epoch {len(history) + 1}" \
@@ -285,6 +293,9 @@ def fit(net: Layer, loss: Callable[..., jax.Array], optimizer: optax.GradientTra
     last_saved = {"step": int(dp.unreplicate(train_state.step)), "time": time.monotonic()}
     checked = [0]  # losses of this epoch already given to the divergence check
 
+    def extra_progress() -> dict[str, Any]:
+        return plateau.state_dict() if plateau is not None else {}
+
     def after(ts, epoch, base, offset, chunks) -> bool:
         """After a step (a scan chunk) of ``epoch``, ``offset`` steps into it: a step
         checkpoint when due or asked to stop (then: stop)."""
@@ -300,7 +311,7 @@ def fit(net: Layer, loss: Callable[..., jax.Array], optimizer: optax.GradientTra
         writer.write(dp.unreplicate(ts),
                      {"epoch": epoch - 1, "offset": offset, "history": list(history),
                       "partial": {k: v.tolist() for k, v in metrics.items()},
-                      **tracker.state_dict(), **divergence.state_dict()},
+                      **tracker.state_dict(), **divergence.state_dict(), **extra_progress()},
                      step, wait=stop)
         last_saved.update(step=step, time=time.monotonic())
         return stop
@@ -337,11 +348,17 @@ def fit(net: Layer, loss: Callable[..., jax.Array], optimizer: optax.GradientTra
             record.update(seconds=round(seconds, 4), examples_per_sec=round(examples / seconds, 1))
             history.append(record)
             improved = tracker.update(record, epoch + 1)
+            if plateau is not None:
+                opt_state, note = plateau.update(record, epoch + 1, train_state.opt_state)
+                train_state = train_state._replace(opt_state=opt_state)
+                if note and log:
+                    log(note)
             if folder.writes:  # one unreplicated copy: the same file whatever the devices
                 writer.wait()  # a step checkpoint in flight is written first
                 last_saved.update(step=record["step"], time=time.monotonic())
                 folder.save_epoch(history, {"epoch": epoch, **tracker.state_dict(),
-                                            **divergence.state_dict()}, improved,
+                                            **divergence.state_dict(), **extra_progress()},
+                                  improved,
                                   dp.unreplicate(train_state), net, metadata)
             if log:
                 log(_format_record(record, epochs))
