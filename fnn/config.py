@@ -132,6 +132,9 @@ _SECTIONS: dict[str, Any] = {
                            doc="moving average of the weights (e.g. 0.999) used for validation, "
                                "best and fnn eval"),
         },
+        "compile_cache": Field((bool,), True,
+                               doc="keep compiled steps in ~/.cache/fnn/jax for later runs "
+                                   "(FNN_COMPILE_CACHE=0 turns it off too)"),
         "checkpoint": {
             "every_steps": Field((int, type(None)), None,
                                  doc="also write checkpoints/latest every N steps, inside epochs"),

@@ -423,7 +423,9 @@ def train(cfg: dict[str, Any], out: str | os.PathLike | None = None, *, resume: 
         ConfigError, RunFolderError: one line naming the key or the folder.
     """
     from fnn import checks, rundir
+    from fnn.compile_cache import enable_compile_cache
 
+    enable_compile_cache(cfg["training"]["compile_cache"], log)  # before anything compiles
     dp = data_parallel(cfg)
     data = load_data(cfg)
     run_dir = run_dir_of(cfg, out)

@@ -63,8 +63,8 @@ __all__ = ["RunFolderError", "RunFolderPlan", "check_run_folder", "open_run_fold
 
 RUN_FILES = ("config.yaml", "summary.txt", "metrics.jsonl", "test.json", "curves.png")
 CHECKPOINTS = "checkpoints"
-FREE_TO_CHANGE = ("training.epochs", "training.eval_batch_size", "training.checkpoint", "name",
-                  "output", "parallel")
+FREE_TO_CHANGE = ("training.epochs", "training.eval_batch_size", "training.checkpoint",
+                  "training.compile_cache", "name", "output", "parallel")
 
 
 class RunFolderError(ValueError):

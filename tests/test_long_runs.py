@@ -425,3 +425,29 @@ def test_plateau_state_is_checkpointed_and_resumed(tmp_path):
                   resume=True, plateau=plateau(), **run)   # ...and its counter resumed
     assert [r["learning_rate"] for r in resumed.history] == rates
     assert _same(resumed.train_state.params, full.train_state.params)
+
+
+# --------------------------------------------------------------------------- compilation cache
+
+@pytest.mark.slow
+def test_a_second_identical_run_hits_the_compile_cache(tmp_path):
+    import subprocess
+    import sys
+    cache = tmp_path / "cache"
+    env = {**os.environ, "FNN_COMPILE_CACHE": str(cache), "JAX_PLATFORMS": "cpu",
+           "PYTHONPATH": str(XOR.parents[1])}
+
+    def run(name):
+        subprocess.run([sys.executable, "-m", "fnn.cli", "train", str(XOR), "training.epochs=2",
+                        "output.plots=false", "--out", str(tmp_path / name)],
+                       env=env, check=True, capture_output=True, timeout=600)
+        return sorted(p.name for p in cache.iterdir())
+
+    first = run("a")
+    assert first                         # the compiled programs were stored
+    assert run("b") == first             # the same run: every program found, none added
+    off = {**env, "FNN_COMPILE_CACHE": "0"}
+    subprocess.run([sys.executable, "-m", "fnn.cli", "train", str(XOR), "training.epochs=2",
+                    "output.plots=false", "training.batch_size=2", "--out", str(tmp_path / "c")],
+                   env=off, check=True, capture_output=True, timeout=600)
+    assert sorted(p.name for p in cache.iterdir()) == first   # off: nothing written
