@@ -46,6 +46,9 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--allow-change", action="append", default=[], metavar="KEY",
                    help="with --resume: accept a config that differs from the run's in KEY "
                         "(or keys under it, e.g. optimizer); repeat for several")
+    t.add_argument("--profile", type=int, metavar="STEPS",
+                   help="write a jax.profiler trace of the first STEPS steps (compilation "
+                        "included) to <run folder>/profile (open with xprof or TensorBoard)")
     t.add_argument("--parallel", choices=("none", "pmap", "mesh"),
                    help="data parallelism over local devices (same as parallel.mode=...)")
     t.add_argument("--coordinator-address", help="host:port of process 0 (several processes)")
@@ -176,8 +179,11 @@ def _run(args) -> int:
     cfg = load_config(args.config, overrides)
     if args.command == "train":
         from fnn.run import train
+        if args.profile is not None and args.profile < 1:
+            from fnn.config import ConfigError
+            raise ConfigError("--profile", f"must be a number of steps >= 1, got {args.profile}")
         train(cfg, args.out, resume=args.resume, overwrite=args.overwrite,
-              allow_change=args.allow_change)
+              allow_change=args.allow_change, profile=args.profile)
         return 0
     # validate, summary, cv, sweep: every check a training run makes first (model selection
     # leaves the test set alone until it has chosen)

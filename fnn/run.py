@@ -324,13 +324,14 @@ def train_model(cfg: dict[str, Any], train_data: dict[str, np.ndarray],
                 val_data: dict[str, np.ndarray] | None, run_dir: str | os.PathLike, *,
                 resume: bool = False, log: Callable[[str], None] | None = print,
                 parallel: Any = None, experiment: Experiment | None = None,
-                reset_optimizer: bool = False) -> FitResult:
+                reset_optimizer: bool = False, profile: int | None = None) -> FitResult:
     """Train the model of ``cfg`` on ``train_data`` into ``run_dir``; the test set is not touched.
 
     Writes ``config.yaml``, ``summary.txt``, ``metrics.jsonl``, checkpoints and ``curves.png``
     (process 0 only). This is :func:`train` without the run-folder guard and the final test
     evaluation, which is what model selection (``fnn.selection``) needs. ``reset_optimizer``:
-    on resume, restore params and progress but start the optimizer state afresh.
+    on resume, restore params and progress but start the optimizer state afresh. ``profile``:
+    trace the first steps into ``run_dir/profile`` (``fnn train --profile STEPS``).
     """
     dp = parallel if parallel is not None else data_parallel(cfg)
     if not dp.is_main:
@@ -382,7 +383,7 @@ def train_model(cfg: dict[str, Any], train_data: dict[str, np.ndarray],
                  eval_batch_size=t["eval_batch_size"], progress=cfg["output"]["progress"], log=log,
                  parallel=dp, diagnostics=t["diagnostics"]["every"],
                  checkpoint=_checkpointing(t["checkpoint"]), accumulate=t["accumulate"],
-                 plateau=_plateau(cfg["optimizer"]))
+                 plateau=_plateau(cfg["optimizer"]), profile=profile)
     if dp.is_main and cfg["output"]["plots"]:
         from fnn.plots import plot_curves
         plot_curves(result.history, run_dir / "curves.png", title=cfg["name"])
@@ -410,7 +411,7 @@ def _plateau(ocfg: dict[str, Any]) -> Any:
 
 def train(cfg: dict[str, Any], out: str | os.PathLike | None = None, *, resume: bool = False,
           overwrite: bool = False, allow_change: Sequence[str] = (),
-          log: Callable[[str], None] | None = print) -> Path:
+          log: Callable[[str], None] | None = print, profile: int | None = None) -> Path:
     """Train the run a config describes, then report its test metrics; returns the run folder.
 
     Everything a user can get wrong is checked first, before anything compiles and before the
@@ -446,7 +447,7 @@ def train(cfg: dict[str, Any], out: str | os.PathLike | None = None, *, resume: 
             log("resume: config changes: " + ", ".join(plan.changes))
     train_model(cfg, data["train"], data.get("val"), run_dir, resume=resume,
                 log=log if dp.is_main else None, parallel=dp, experiment=exp,
-                reset_optimizer=plan.reset_optimizer)
+                reset_optimizer=plan.reset_optimizer, profile=profile)
     if dp.is_main and "test" in data:  # the test set is evaluated once, by process 0
         evaluate_run(run_dir, data=data, experiment=exp, log=log)
     return run_dir

@@ -451,3 +451,14 @@ def test_a_second_identical_run_hits_the_compile_cache(tmp_path):
                     "output.plots=false", "training.batch_size=2", "--out", str(tmp_path / "c")],
                    env=off, check=True, capture_output=True, timeout=600)
     assert sorted(p.name for p in cache.iterdir()) == first   # off: nothing written
+
+
+def test_profile_writes_a_trace_into_the_run_folder(tmp_path, capsys):
+    from fnn import cli
+    out = tmp_path / "xor"
+    assert cli.main(["train", str(XOR), "training.epochs=5", "output.plots=false",
+                     "--out", str(out), "--profile", "3"]) == 0
+    assert list((out / "profile").rglob("*.xplane.pb"))
+    assert "profile: 3 steps traced to" in capsys.readouterr().out
+    assert cli.main(["train", str(XOR), "--out", str(tmp_path / "b"), "--profile", "0"]) == 2
+    assert "--profile: must be a number of steps >= 1" in capsys.readouterr().err

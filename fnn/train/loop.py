@@ -123,7 +123,7 @@ def fit(net: Layer, loss: Callable[..., jax.Array], optimizer: optax.GradientTra
         devices: int | Sequence[Any] | None = None,
         diagnostics: int | None = None, checkpoint: Checkpointing | None = None,
         accumulate: int = 1, ema: float | None = None,
-        plateau: Plateau | None = None) -> FitResult:
+        plateau: Plateau | None = None, profile: int | None = None) -> FitResult:
     """Train ``net`` on ``train_data``; validate on ``val_data`` after every epoch.
 
     Args:
@@ -187,6 +187,10 @@ def fit(net: Layer, loss: Callable[..., jax.Array], optimizer: optax.GradientTra
         plateau: a :class:`~fnn.train.plateau.Plateau`: lower the learning rate held in the
             optimizer state (``schedule: plateau`` of :func:`fnn.optim.make_optimizer`) when
             its monitored metric stops improving; its counter is kept in the checkpoints.
+
+        profile: write a ``jax.profiler`` trace of this many first steps (compilation
+            included) to ``run_dir/profile`` (stopped at the first step or scan chunk end
+            past them).
 
     Returns:
         A :class:`FitResult`; its train state is one unreplicated copy, whatever the devices.
@@ -293,6 +297,15 @@ def fit(net: Layer, loss: Callable[..., jax.Array], optimizer: optax.GradientTra
     last_saved = {"step": int(dp.unreplicate(train_state.step)), "time": time.monotonic()}
     checked = [0]  # losses of this epoch already given to the divergence check
 
+    tracing = {"until": None}  # the step at which a --profile trace stops
+
+    def trace_until(step: int) -> None:
+        if tracing["until"] is not None and step >= tracing["until"]:
+            tracing["until"] = None
+            jax.profiler.stop_trace()
+            if log:
+                log(f"profile: {step} steps traced to {folder.path / 'profile'}")
+
     def extra_progress() -> dict[str, Any]:
         return plateau.state_dict() if plateau is not None else {}
 
@@ -301,6 +314,7 @@ def fit(net: Layer, loss: Callable[..., jax.Array], optimizer: optax.GradientTra
         checkpoint when due or asked to stop (then: stop)."""
         stop = signals.received is not None
         step = base + offset
+        trace_until(step)
         if not stop and (checkpoint is None or not checkpoint.due(
                 step - last_saved["step"], time.monotonic() - last_saved["time"])):
             return False
@@ -319,6 +333,9 @@ def fit(net: Layer, loss: Callable[..., jax.Array], optimizer: optax.GradientTra
     try:
         if writer is not None:
             signals.__enter__()
+            if profile is not None:
+                jax.profiler.start_trace(str(folder.path / "profile"))
+                tracing["until"] = int(dp.unreplicate(train_state.step)) + profile
         for epoch in range(start_epoch, epochs):
             start, first_step = time.perf_counter(), int(dp.unreplicate(train_state.step))
             offset = start_offset if epoch == start_epoch else 0
@@ -347,6 +364,7 @@ def fit(net: Layer, loss: Callable[..., jax.Array], optimizer: optax.GradientTra
                 record.update({f"val_{k}": v for k, v in scores.items()})
             record.update(seconds=round(seconds, 4), examples_per_sec=round(examples / seconds, 1))
             history.append(record)
+            trace_until(record["step"])
             improved = tracker.update(record, epoch + 1)
             if plateau is not None:
                 opt_state, note = plateau.update(record, epoch + 1, train_state.opt_state)
@@ -377,6 +395,8 @@ def fit(net: Layer, loss: Callable[..., jax.Array], optimizer: optax.GradientTra
             if stop:
                 break
     finally:
+        if tracing["until"] is not None:  # a run shorter than the steps to trace
+            trace_until(tracing["until"])
         signals.__exit__()
         if diag_log is not None:  # gradflow.png with the last records, whatever stopped the run
             diag_log.finish()
