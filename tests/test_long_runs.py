@@ -438,14 +438,20 @@ def test_a_second_identical_run_hits_the_compile_cache(tmp_path):
            "PYTHONPATH": str(XOR.parents[1])}
 
     def run(name):
-        subprocess.run([sys.executable, "-m", "fnn.cli", "train", str(XOR), "training.epochs=2",
-                        "output.plots=false", "--out", str(tmp_path / name)],
-                       env=env, check=True, capture_output=True, timeout=600)
-        return sorted(p.name for p in cache.iterdir())
+        done = subprocess.run([sys.executable, "-m", "fnn.cli", "train", str(XOR),
+                               "training.epochs=2", "output.plots=false", "--out",
+                               str(tmp_path / name)],
+                              env=env, check=True, capture_output=True, text=True, timeout=600)
+        compiled = [line for line in done.stdout.splitlines() if line.startswith("compile: ")]
+        return sorted(p.name for p in cache.iterdir()), compiled
 
-    first = run("a")
+    first, compiled = run("a")
     assert first                         # the compiled programs were stored
-    assert run("b") == first             # the same run: every program found, none added
+    assert any(line.startswith("compile: train_epoch ") for line in compiled)
+    assert not any("(cached)" in line for line in compiled)
+    again, compiled = run("b")
+    assert again == first                # the same run: every program found, none added
+    assert all(line.endswith(" s (cached)") for line in compiled) and compiled
     off = {**env, "FNN_COMPILE_CACHE": "0"}
     subprocess.run([sys.executable, "-m", "fnn.cli", "train", str(XOR), "training.epochs=2",
                     "output.plots=false", "training.batch_size=2", "--out", str(tmp_path / "c")],
@@ -462,3 +468,12 @@ def test_profile_writes_a_trace_into_the_run_folder(tmp_path, capsys):
     assert "profile: 3 steps traced to" in capsys.readouterr().out
     assert cli.main(["train", str(XOR), "--out", str(tmp_path / "b"), "--profile", "0"]) == 2
     assert "--profile: must be a number of steps >= 1" in capsys.readouterr().err
+
+
+def test_each_compiled_function_logs_its_compile_time_once():
+    lines = []
+    fit(_net(), LOSS, optax.sgd(0.1), _data(), _data(seed=1), epochs=2, batch_size=16,
+        mode="step", log=lines.append)
+    compiled = [line for line in lines if line.startswith("compile: ")]
+    assert [line.split()[1] for line in compiled] == ["train_step", "eval_step"]
+    assert all(line.endswith(" s") for line in compiled)    # no cache in tests: compiled

@@ -54,6 +54,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from fnn.compile_cache import log_compile
 from fnn.core import Layer
 from fnn.logs import check_logs
 from fnn.data.pipeline import prefetch_to_device
@@ -278,13 +279,15 @@ def fit(net: Layer, loss: Callable[..., jax.Array], optimizer: optax.GradientTra
     step_fn = train_step_fn(train_net, loss, optimizer, regularizer=regularizer,
                             constraint=constraint, metrics=metrics, augment=augment,
                             axis_name=dp.axis_name, accumulate=accumulate)
-    eval_step = dp.compile_eval(eval_step_fn(train_net, loss, metrics=metrics,
-                                             axis_name=dp.axis_name))
+    eval_step = log_compile(dp.compile_eval(eval_step_fn(train_net, loss, metrics=metrics,
+                                                         axis_name=dp.axis_name)),
+                            "eval_step", log)
     diag, diag_log = _diagnostics(diagnostics, dp, net, loss, optimizer, folder, first,
                        start_step=int(train_state.step))
     run_epoch = _epoch_runner(dp, step_fn, train, mode, batch_size,
                               jax.random.fold_in(seed_key, 1), start_epoch, progress, epochs, diag,
-                              chunk=checkpoint.scan_chunk if checkpoint is not None else None)
+                              chunk=checkpoint.scan_chunk if checkpoint is not None else None,
+                              log=log)
     train_state = dp.replicate(train_state)
     bar = _epoch_bar(progress and mode == "epoch", start_epoch, epochs)
     stopped_early = False
@@ -501,14 +504,16 @@ def _diagnostics(every: int | None, dp: DataParallel, net: Layer, loss: Callable
 def _epoch_runner(dp: DataParallel, step_fn: Callable, train: ArraySource | IterableSource,
                   mode: str, batch_size: int | None, data_key: jax.Array, start_epoch: int,
                   progress: bool, epochs: int, diag: Callable | None = None,
-                  chunk: int | None = None) -> Callable:
+                  chunk: int | None = None, log: Callable[[str], None] | None = None
+                  ) -> Callable:
     """``run(train_state, epoch, offset, chunks, after) -> (train_state, chunks, examples,
     stopped)``: the steps of ``epoch`` from step ``offset`` on, their metrics appended to
     ``chunks`` (one dict per step or scan chunk). ``after(train_state, offset, chunks)``
     (``None``: not called) runs after each step, or each scan of ``chunk`` steps in epoch mode
     (``chunk=None``: the epoch is one scan), and stops the epoch by returning true."""
     if mode == "epoch":
-        whole = dp.compile_epoch(step_fn, train.num_examples, batch_size)
+        whole = log_compile(dp.compile_epoch(step_fn, train.num_examples, batch_size),
+                            "train_epoch", log)
         device_data = dp.put_data(train.arrays)
         steps = train.num_examples // batch_size
         pieces: dict[int, Callable] = {}  # compiled scans by length
@@ -522,8 +527,9 @@ def _epoch_runner(dp: DataParallel, step_fn: Callable, train: ArraySource | Iter
                     ts, stacked = whole(ts, device_data, key)
                 else:
                     if length not in pieces:
-                        pieces[length] = dp.compile_epoch(step_fn, train.num_examples,
-                                                          batch_size, chunk=length)
+                        pieces[length] = log_compile(
+                            dp.compile_epoch(step_fn, train.num_examples, batch_size,
+                                             chunk=length), f"train_chunk ({length} steps)", log)
                     ts, stacked = pieces[length](ts, device_data, key, np.int32(offset))
                 offset += length
                 chunks.append(jax.device_get(stacked))
@@ -534,7 +540,7 @@ def _epoch_runner(dp: DataParallel, step_fn: Callable, train: ArraySource | Iter
             return ts, chunks, (offset - start) * batch_size, False
 
         return run_scanned
-    run = dp.compile_step(step_fn)
+    run = log_compile(dp.compile_step(step_fn), "train_step", log)
 
     def run_steps(ts, epoch, offset, chunks, after):
         last = None  # the epoch's last step, where the epoch's end writes latest anyway
