@@ -17,5 +17,7 @@ from fnn.train.checkpoint import (CheckpointError, load, load_weights, save,  # 
                                   save_weights)
 from fnn import config, data, diagnostics, meanfield, selection, train  # noqa: E402
 from fnn.finetune import Frozen, freeze, transfer, unfreeze  # noqa: E402
+from fnn.export import export, load_exported  # noqa: E402
+from fnn import interop  # noqa: E402
 
 __version__ = "0.1.0"

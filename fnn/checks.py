@@ -304,6 +304,7 @@ def check_run(cfg: Mapping[str, Any], exp: Any, data: Mapping[str, Mapping[str, 
     Raises:
         ConfigError: naming the key (``model``, ``loss``, ``optimizer.freeze``...) and the fix.
     """
+    from fnn.finetune import with_frozen_mask
     from fnn.train.state import init_train_state
     from fnn.train.step import train_step_fn
 
@@ -314,8 +315,10 @@ def check_run(cfg: Mapping[str, Any], exp: Any, data: Mapping[str, Mapping[str, 
     input_shape = (-1, *x.shape[1:])
     found: dict[str, Any] = {}
 
+    optimizer = with_frozen_mask(exp.net, exp.optimizer)  # as fit makes it: frozen layers
+                                                           # get no optimizer state
     def init():
-        out_shape, ts = init_train_state(exp.net, exp.optimizer, input_shape, jax.random.key(0))
+        out_shape, ts = init_train_state(exp.net, optimizer, input_shape, jax.random.key(0))
         found["output_shape"] = out_shape
         return ts
 
@@ -350,7 +353,7 @@ def check_run(cfg: Mapping[str, Any], exp: Any, data: Mapping[str, Mapping[str, 
             raise ConfigError(f"metrics.{name}", f"{e} (network outputs {outputs.shape}, "
                                                  f"targets {by.shape})") from None
     _check_labels(cfg, outputs, data)
-    step = train_step_fn(exp.net, exp.loss, exp.optimizer, regularizer=exp.regularizer,
+    step = train_step_fn(exp.net, exp.loss, optimizer, regularizer=exp.regularizer,
                          constraint=exp.constraint, metrics=exp.metrics, augment=exp.augment)
     try:
         jax.eval_shape(step, ts, {"x": bx, "y": by})

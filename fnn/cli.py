@@ -1,4 +1,4 @@
-"""The ``fnn`` command: ``fnn train|eval|summary|validate|cv|sweep``.
+"""The ``fnn`` command: ``fnn train|eval|summary|validate|cv|sweep|export``.
 
 Examples::
 
@@ -12,8 +12,16 @@ Examples::
     fnn cv configs/csv_example.yaml --folds 5          # k-fold cross-validation, mean ± std
     fnn sweep configs/mnist_mlp.yaml training.epochs=5 --grid optimizer.learning_rate=1e-4,1e-3
     fnn sweep configs/mnist_mlp.yaml --random 8 --loguniform optimizer.learning_rate=1e-4,1e-2
+    fnn validate my.yaml --import mylayers            # layer kinds registered in mylayers.py
+    fnn export runs/lr3e-4                              # runs/lr3e-4/model.stablehlo
+    fnn export runs/lr3e-4 --format onnx --batch 1 --out model.onnx
 
 Overrides (KEY.PATH=VALUE) go right after the config file, before any --option.
+
+``--import MODULE`` (repeatable, every command) imports a module of your own before the config
+is read, so that the layer kinds it registers (``@fnn.layer_type``) can be used; the config key
+``imports: [MODULE, ...]`` does the same from the config. The current directory is on the
+module path, as for ``python -m``.
 
 A mistake in the config, the data files, a checkpoint or the run folder ends in one line
 ``fnn <command>: error: <where>: <what>`` with exit status 2, before anything compiles and
@@ -63,7 +71,22 @@ def _parser() -> argparse.ArgumentParser:
     v = sub.add_parser("validate", help="check a config and print it resolved")
     v.add_argument("config")
     v.add_argument("overrides", nargs="*")
+    x = sub.add_parser("export", help="export a run's best checkpoint (or a checkpoint file) "
+                                      "for serving, verified against predict")
+    x.add_argument("source", help="a run folder or a .safetensors checkpoint saved with its "
+                                  "architecture (fnn.save, a training run)")
+    x.add_argument("--format", default="stablehlo", choices=("stablehlo", "onnx"))
+    x.add_argument("--batch", default="dynamic", help="'dynamic' (default) or a fixed batch size")
+    x.add_argument("--dtype", default="float32", help="the input's dtype (int32 for token ids)")
+    x.add_argument("--checkpoint", default="best", choices=("best", "latest"),
+                   help="which checkpoint of a run folder")
+    x.add_argument("--out", help="the file to write (default: model.stablehlo / model.onnx in "
+                                 "the run folder, or next to the checkpoint)")
     _add_selection_parsers(sub)
+    for command in sub.choices.values():
+        command.add_argument("--import", dest="imports", action="append", default=[],
+                             metavar="MODULE", help="import MODULE first (layer kinds of your "
+                                                    "own); repeat for several")
     return p
 
 
@@ -115,10 +138,11 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from fnn.files import WriteError
     from fnn.train.checkpoint import CheckpointError
     from fnn.train.loop import TrainingDiverged
+    from fnn.export import ExportError
 
     return (ConfigError, DataError, DatasetNotFoundError, CheckpointError, TrainingDiverged,
             RunFolderError, SelectionError, LayerError, WriteError, FileNotFoundError,
-            FileExistsError)
+            FileExistsError, ExportError)
 
 
 def _message(e: BaseException) -> str:
@@ -164,11 +188,20 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _run(args) -> int:
-    from fnn.config import load_config
+    from fnn.config import import_modules, load_config
 
+    if os.getcwd() not in sys.path and "" not in sys.path:  # as `python -m fnn.cli` has it
+        sys.path.insert(0, os.getcwd())
+    import_modules(args.imports, lambda i: f"--import {args.imports[i]}")
     if args.command == "eval":
         from fnn.run import evaluate_run
         evaluate_run(args.run_dir, checkpoint=args.checkpoint)
+        return 0
+    if args.command == "export":
+        from fnn.export import export_checkpoint
+        out = export_checkpoint(args.source, format=args.format, batch=args.batch,
+                                dtype=args.dtype, checkpoint=args.checkpoint, out=args.out)
+        print(f"exported {out} (verified against predict)")
         return 0
     overrides = list(args.overrides)
     for flag, key in (("parallel", "mode"), ("coordinator_address", "coordinator_address"),

@@ -21,6 +21,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import difflib
+import importlib
 import math
 import re
 from pathlib import Path
@@ -29,7 +30,7 @@ from typing import Any, Sequence
 import yaml
 
 __all__ = ["ConfigError", "load_config", "parse_config", "apply_overrides", "validate",
-           "SCHEMA", "dump_config"]
+           "SCHEMA", "dump_config", "import_modules"]
 
 
 class ConfigError(ValueError):
@@ -59,6 +60,8 @@ _DTYPES = (None, "bfloat16", "float16", "float32", "float64")
 _SECTIONS: dict[str, Any] = {
     "name": Field((str,), "run", doc="the run's name (default output folder runs/<name>)"),
     "seed": Field((int,), 0, doc="fixes init, data order, dropout, splits"),
+    "imports": Field((list,), [], doc="modules imported before the model is checked (layer "
+                                      "kinds of your own)"),
     "model": Field((list, dict, str), None, doc="a list of layer specs (see fnn.layers.spec)"),
     "model_dtype": {  # the network's DtypePolicy (fnn.layers.precision)
         "params": Field(_DTYPE, None, choices=_DTYPES, doc="stored params (null: float32); "
@@ -256,6 +259,7 @@ def validate(raw: dict[str, Any]) -> dict[str, Any]:
         raise ConfigError("training.divergence.factor", f"must be > 1 (or null to turn the "
                                                         f"check off), got {factor}")
     _check_image_keys(cfg)
+    import_modules(cfg["imports"], lambda i: f"imports[{i}]")
     for key in ("epochs", "batch_size", "eval_batch_size"):
         if cfg["training"][key] < 1:
             raise ConfigError(f"training.{key}", f"must be >= 1, got {cfg['training'][key]}")
@@ -288,6 +292,38 @@ def _check_checkpoint(c: dict[str, Any]) -> None:
                           f"must be > 0 (or null), got {c['every_minutes']}")
     if c["keep"] < 1:
         raise ConfigError("training.checkpoint.keep", f"must be >= 1, got {c['keep']}")
+
+
+def import_modules(names: Sequence[Any], where: Any) -> None:
+    """Import the modules ``names`` (dotted names, as for ``import``), so that the layer kinds
+    they register can be used; ``where(i)`` names the place of the ``i``-th name in an error.
+
+    Raises:
+        ConfigError: at ``where(i)``, for a name that is not a module name or a module that
+            cannot be imported (not found, or an error while importing it), in one line.
+
+    Example:
+        >>> import_modules(["json"], lambda i: f"imports[{i}]")
+        >>> import_modules(["no_such_module_xyz"], lambda i: f"imports[{i}]")
+        Traceback (most recent call last):
+        ...
+        fnn.config.ConfigError: imports[0]: cannot import module 'no_such_module_xyz': ...
+    """
+    for i, name in enumerate(names):
+        if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*", name):
+            raise ConfigError(where(i), f"expected a module name such as mylayers or "
+                                        f"pkg.layers, got {name!r}")
+        try:
+            importlib.import_module(name)
+        except ModuleNotFoundError as e:
+            if e.name is not None and name != e.name and not name.startswith(e.name + "."):
+                raise ConfigError(where(i), f"importing module {name!r} failed: {e}") from None
+            raise ConfigError(where(i), f"cannot import module {name!r}: not found on the module "
+                                        f"path (the current directory and PYTHONPATH); put "
+                                        f"{name.split('.')[0]} there or install it") from None
+        except Exception as e:  # noqa: BLE001 - the user's module failed: say where, one line
+            detail = " ".join(f"{type(e).__name__}: {e}".split())
+            raise ConfigError(where(i), f"importing module {name!r} failed: {detail}") from None
 
 
 MAX_SEED = 2**32 - 1  # numpy's generators and jax.random.key both take any seed in this range

@@ -56,6 +56,7 @@ ApplyFn = Callable[..., tuple[Any, State]]
 __all__ = [
     "Layer",
     "LayerError",
+    "LayerNameError",
     "SpecError",
     "BuildRecord",
     "layer_type",
@@ -64,6 +65,10 @@ __all__ = [
     "kind_modules",
     "as_layer",
     "map_layers",
+    "layer_paths",
+    "select_layers",
+    "numbered",
+    "transparent",
     "record_spec",
     "init_child",
     "apply_child",
@@ -87,7 +92,7 @@ class LayerError(ValueError):
         self.detail = detail
         self.kind = kind
         self.path = tuple(path)
-        where = "/".join(self.path)
+        where = "/".join(k for k in self.path if k)  # "" is a child that adds no level
         head = f"{kind} layer" if kind else "layer"
         super().__init__(f"{head} '{where}': {detail}" if where else f"{head}: {detail}")
 
@@ -111,6 +116,19 @@ class SpecError(ValueError):
         self.path = path
         self.detail = detail
         super().__init__(f"{path}: {detail}")
+
+
+class LayerNameError(ValueError):
+    """A layer name (in a freeze list, a regularizer or optimizer selection) that matches no
+    layer; ``where`` says which argument or config key held it, ``detail`` the rest of the line."""
+
+    def __init__(self, where: str, detail: str):
+        self.where = where
+        self.detail = detail
+        super().__init__(f"{where}: {detail}")
+
+    def __reduce__(self):
+        return (LayerNameError, (self.where, self.detail))
 
 
 class BuildRecord(NamedTuple):
@@ -173,6 +191,21 @@ class Layer(_LayerFns):
         return tuple(_layers_in(self.record.args.values()))
 
     @property
+    def layout(self) -> tuple[tuple[tuple[str, ...], "Layer"], ...]:
+        """Where each sub-layer's params and state live: ``(keys, child)`` pairs, ``keys`` the
+        dict keys from this layer's params to the child's (``()``: the child adds no level), as
+        declared by the kind's ``layout=``. Empty for layers without sub-layers.
+
+        Example:
+            >>> fnn.residual(fnn.Dense(4), fnn.Relu).layout
+            ((('body', 'dense_0'), Dense(4)), (('body', 'relu_0'), Relu()))
+        """
+        if self.record is None or not self.children:
+            return ()
+        declared = _KINDS[self.record.kind].layout
+        return tuple((tuple(keys), child) for keys, child in declared(self.record.args))
+
+    @property
     def spec(self) -> Any:
         """The plain-data form (JSON/YAML) that rebuilds this layer with ``fnn.from_spec``.
 
@@ -230,6 +263,7 @@ class _Kind(NamedTuple):
     signature: inspect.Signature  # of the constructor as written (without ``name``)
     sublayers: tuple[str, ...]
     module: str
+    layout: "Callable[[Mapping[str, Any]], Sequence[tuple[Sequence[str], Layer]]] | None" = None
 
     def build_from(self, args: Mapping[str, Any], name: str | None) -> Layer:
         """Call the constructor with arguments given by parameter name (``*layers`` included)."""
@@ -281,8 +315,9 @@ def constructor_signature(kind: str) -> inspect.Signature:
     return _KINDS[kind].signature
 
 
-def layer_type(kind: str, *, sublayers: str | Sequence[str] = ()
-               ) -> Callable[[Callable[..., Layer]], Callable[..., Layer]]:
+def layer_type(kind: str, *, sublayers: str | Sequence[str] = (),
+               layout: Callable[[Mapping[str, Any]], Sequence[tuple[Sequence[str], Layer]]]
+               | None = None) -> Callable[[Callable[..., Layer]], Callable[..., Layer]]:
     """Register a layer constructor under ``kind``.
 
     The constructor takes the layer's hyper-parameters and returns ``Layer(init, apply)``. The
@@ -296,6 +331,13 @@ def layer_type(kind: str, *, sublayers: str | Sequence[str] = ()
         kind: the name used in configs and saved architectures, e.g. ``"Dense"``.
         sublayers: the constructor's arguments that take layers: ``*layers`` (any number) or
             a plain argument (one layer, ``None`` allowed), e.g. ``"layers"`` for ``serial``.
+        layout: required with ``sublayers``: where each sub-layer's params and state live in
+            this layer's. A function of the constructor's arguments (by name) returning
+            ``(keys, child)`` pairs, ``keys`` the tuple of dict keys from this layer's params to
+            the child's (``()`` for a child that adds no level). :func:`numbered` (children keyed
+            ``dense_0``, ``relu_0``... as ``serial`` does) and :func:`transparent` (the child's
+            params are this layer's) cover most combinators. Freezing, optimizer masks,
+            regularizer selections, ``summary`` and :func:`map_layers` follow this declaration.
 
     Example:
         >>> @fnn.layer_type("Multiply")
@@ -317,6 +359,11 @@ def layer_type(kind: str, *, sublayers: str | Sequence[str] = ()
         if unknown:
             raise TypeError(f"layer kind {kind!r}: sublayers names {unknown}, which the "
                             f"constructor does not take")
+        if sublayers and layout is None:
+            raise TypeError(f"layer kind {kind!r}: declare where its sub-layers' params live with "
+                            f"layout=, e.g. layout=fnn.core.numbered('{sublayers[0]}') (keys "
+                            f"dense_0, relu_0, ... as serial) or fnn.core.transparent('"
+                            f"{sublayers[0]}') (no level of its own); see docs/LAYERS.md")
         known = _KINDS.get(kind)
         if known is not None and known.module != constructor.__module__:
             raise ValueError(f"layer kind {kind!r} is already registered by module "
@@ -346,14 +393,15 @@ def layer_type(kind: str, *, sublayers: str | Sequence[str] = ()
             if not isinstance(made, Layer):
                 raise TypeError(f"the constructor of layer kind {kind!r} must return a "
                                 f"fnn.Layer, got {type(made).__name__}")
-            return Layer(_name_errors(made.init, kind), _name_errors(made.apply, kind), record)
+            apply = made.apply if sublayers else _check_params(made.init, made.apply)
+            return Layer(_name_errors(made.init, kind), _name_errors(apply, kind), record)
 
         parameters = list(sig.parameters.values())
         at = len(parameters) - int(bool(parameters) and parameters[-1].kind is inspect.Parameter.VAR_KEYWORD)
         parameters.insert(at, inspect.Parameter("name", inspect.Parameter.KEYWORD_ONLY,
                                                 default=None, annotation="str | None"))
         build.__signature__ = sig.replace(parameters=parameters)
-        _KINDS[kind] = _Kind(kind, build, sig, sublayers, constructor.__module__)
+        _KINDS[kind] = _Kind(kind, build, sig, sublayers, constructor.__module__, layout)
         _CONSTRUCTORS.add(build)
         return build
 
@@ -386,6 +434,25 @@ def as_layer(value: Any, what: str = "layer") -> Layer:
                     f"got {type(value).__name__}: {value!r}")
 
 
+def numbered(*arguments: str) -> Callable[[Mapping[str, Any]], list[tuple[tuple[str, ...], Layer]]]:
+    """A ``layout=`` for combinators that key their children as ``serial`` does: the layers of
+    ``arguments`` in order, under :func:`child_keys` (``dense_0``, ``relu_0``, or ``name=``)."""
+    def layout(args: Mapping[str, Any]) -> list[tuple[tuple[str, ...], Layer]]:
+        layers = list(_layers_in(args.get(a) for a in arguments))
+        return [((key,), layer) for key, layer in zip(child_keys(layers), layers)]
+
+    return layout
+
+
+def transparent(*arguments: str) -> Callable[[Mapping[str, Any]], list[tuple[tuple[str, ...], Layer]]]:
+    """A ``layout=`` for wrappers whose params and state are their child's (no level of their
+    own: ``Frozen``, ``DtypePolicy``, ``repeat``, ``shared``)."""
+    def layout(args: Mapping[str, Any]) -> list[tuple[tuple[str, ...], Layer]]:
+        return [((), layer) for layer in _layers_in(args.get(a) for a in arguments)]
+
+    return layout
+
+
 def non_default_arguments(sig: inspect.Signature, arguments: Mapping[str, Any]) -> dict[str, Any]:
     """The bound ``arguments`` that differ from their defaults in ``sig`` (what a spec records)."""
     return {k: v for k, v in arguments.items()
@@ -413,12 +480,73 @@ def _name_errors(fn: Callable, kind: str) -> Callable:
     return wrapped
 
 
+def _init_shape(x: Any) -> Any:
+    """The ``init`` input shape of an input (batch as ``-1``); tuples of inputs stay tuples."""
+    if isinstance(x, (tuple, list)):
+        return tuple(_init_shape(v) for v in x)
+    shape = tuple(np.shape(x))
+    return (-1, *shape[1:]) if shape else shape
+
+
+def _check_params(init: InitFn, apply: ApplyFn) -> ApplyFn:
+    """``apply`` that first checks ``params`` against what ``init`` makes for the same input
+    shape (keys and leaf shapes; found once per shape, abstractly), so that params of another
+    network or with a missing or misspelt key fail in one line naming the key."""
+    expected_for: dict[Any, Any] = {}
+
+    @functools.wraps(apply)
+    def checked(params, state, x, **kwargs):
+        key = shape = _init_shape(x)
+        if key not in expected_for:
+            try:
+                expected_for[key] = jax.eval_shape(lambda r: init(r, shape)[1], jax.random.key(0))
+            except Exception:  # a shape init cannot take: apply reports the input itself
+                expected_for[key] = None
+        mismatch = None if expected_for[key] is None else _compare_params(expected_for[key], params)
+        out = apply(params, state, x, **kwargs)  # a bad input is reported by the layer itself
+        if mismatch:
+            raise LayerError(mismatch)
+        return out
+
+    return checked
+
+
+def _leaf_shapes(tree: Any) -> dict[str, tuple[int, ...]]:
+    return {"/".join(key_name(k) for k in path): tuple(np.shape(leaf))
+            for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
+
+
+def _compare_params(expected: Any, params: Any) -> str | None:
+    """Raise for a missing or extra params key; return what is wrong with a shape, or None."""
+    want, got = _leaf_shapes(expected), _leaf_shapes(params)
+    needs = ", ".join(f"{k} {v}" for k, v in want.items()) or "no params"
+    missing = [k for k in want if k not in got]
+    if missing:
+        raise LayerError(f"params lack {', '.join(map(repr, missing))} (the layer needs {needs}); "
+                         f"are these the params of this network, with its layer keys?")
+    extra = [k for k in got if k not in want]
+    if extra:
+        raise LayerError(f"params have {', '.join(map(repr, extra))}, which the layer does not "
+                         f"use (it needs {needs}); are these the params of this network?")
+    wrong = [k for k, shape in want.items() if got[k] != shape]
+    if wrong:
+        return (f"params {', '.join(f'{k!r} has shape {got[k]}' for k in wrong)}; the layer needs "
+                f"{needs} for this input; are these the params of another network?")
+    return None
+
+
 # --------------------------------------------------------------------------- what the record gives
 
-def map_layers(fn: Callable[[Layer], Layer], layer: Layer) -> Layer:
+def map_layers(fn: Callable[..., Layer], layer: Layer, *, with_path: bool = False) -> Layer:
     """Rewrite a network bottom-up: ``fn`` is called on every layer after its sub-layers were
     rewritten; a layer whose sub-layers changed is rebuilt by its constructor with the same
-    arguments, so params and state keep their keys.
+    arguments. Params and state keep their keys: a rewritten child that would be numbered
+    differently (a ``Dense`` wrapped in ``Frozen``) keeps its old key as its ``name``.
+
+    Args:
+        fn: ``fn(layer) -> layer``, or ``fn(layer, path) -> layer`` with ``with_path=True``,
+            ``path`` the tuple of keys from the root's params to the layer's (as
+            :func:`layer_paths` gives; ``()`` for the root).
 
     Example:
         >>> net = fnn.serial(fnn.Dense(4), fnn.BatchNorm, fnn.Relu)
@@ -426,26 +554,107 @@ def map_layers(fn: Callable[[Layer], Layer], layer: Layer) -> Layer:
         ...     lambda l: l.replace(axis_name="batch") if l.kind == "BatchNorm" else l, net)
         >>> synced.children[1]
         BatchNorm(axis_name='batch')
+        >>> fnn.map_layers(lambda l, path: print("/".join(path) or "(root)") or l, net,
+        ...                with_path=True) is net
+        dense_0
+        batch_norm_0
+        relu_0
+        (root)
+        True
     """
+    return _map(fn if with_path else (lambda lay, path: fn(lay)), layer, ())
+
+
+def _map(fn: Callable[[Layer, tuple[str, ...]], Layer], layer: Layer,
+         path: tuple[str, ...]) -> Layer:
+    layout = layer.layout
+    if layout:
+        new = [_map(fn, child, path + keys) for keys, child in layout]
+        if any(n is not child for n, (_, child) in zip(new, layout)):
+            rebuilt = _rebuild(layer, layout, new)
+            if [k for k, _ in rebuilt.layout] != [k for k, _ in layout]:  # keep every child's key
+                new = [n.replace(name=keys[-1]) if keys and n.name is None else n
+                       for n, (keys, _) in zip(new, layout)]
+                rebuilt = _rebuild(layer, layout, new)
+            layer = rebuilt
+    return fn(layer, path)
+
+
+def _rebuild(layer: Layer, layout: Sequence[tuple[Any, Layer]], new: Sequence[Layer]) -> Layer:
+    """``layer`` rebuilt with the sub-layers of its ``layout`` replaced by ``new`` (in order; a
+    layer object given twice is matched occurrence by occurrence)."""
     rec = layer.record
-    if rec is not None and _KINDS[rec.kind].sublayers:
-        changed = False
+    pending: dict[int, list[Layer]] = {}
+    for (_, child), n in zip(layout, new):
+        pending.setdefault(id(child), []).append(n)
 
-        def visit(value: Any) -> Any:
-            nonlocal changed
-            if isinstance(value, Layer):
-                new = map_layers(fn, value)
-                changed = changed or new is not value
-                return new
-            if isinstance(value, tuple):
-                return tuple(visit(v) for v in value)
-            return value
+    def visit(value: Any) -> Any:
+        if isinstance(value, Layer):
+            queue = pending.get(id(value))
+            return queue.pop(0) if queue else value
+        if isinstance(value, tuple):
+            return tuple(visit(v) for v in value)
+        return value
 
-        args = {k: (visit(v) if k in _KINDS[rec.kind].sublayers else v)
-                for k, v in rec.args.items()}
-        if changed:
-            layer = _KINDS[rec.kind].build_from(args, rec.name)
-    return fn(layer)
+    sub = _KINDS[rec.kind].sublayers
+    return _KINDS[rec.kind].build_from({k: (visit(v) if k in sub else v)
+                                        for k, v in rec.args.items()}, rec.name)
+
+
+def layer_paths(net: Layer) -> list[tuple[tuple[str, ...], Layer]]:
+    """Every layer of ``net`` with its path, root first: ``(keys, layer)``, ``keys`` the dict keys
+    from ``net``'s params to the layer's (what ``fnn.summary`` prints). Found from the declared
+    layouts, without initialising anything. A wrapper and the layer it wraps (``Frozen``,
+    ``DtypePolicy``, ``repeat``) share a path.
+
+    Example:
+        >>> net = fnn.serial(fnn.Dense(4), fnn.repeat(fnn.serial(fnn.Dense(4), fnn.Tanh), 3))
+        >>> [("/".join(p), l.kind) for p, l in layer_paths(net)]
+        [('', 'serial'), ('dense_0', 'Dense'), ('repeat_0', 'Repeat'), ('repeat_0', 'serial'),
+         ('repeat_0/dense_0', 'Dense'), ('repeat_0/tanh_0', 'Tanh')]
+    """
+    found: list[tuple[tuple[str, ...], Layer]] = []
+
+    def walk(layer: Layer, path: tuple[str, ...]) -> None:
+        found.append((path, layer))
+        for keys, child in layer.layout:
+            walk(child, path + keys)
+
+    walk(net, ())
+    return found
+
+
+def select_layers(net: Layer, names: Sequence[str], where: str) -> list[tuple[tuple[str, ...], Layer]]:
+    """The layers of ``net`` that ``names`` select: a name ``"a/b"`` selects every layer whose
+    path holds the consecutive keys ``a``, ``b`` (the matcher optimizer masks and regularizer
+    selections use on params paths); only the outermost of nested selections is returned.
+
+    Raises:
+        LayerNameError: ``"<where>: no layer 'x' in the network; did you mean ...?"``.
+
+    Example:
+        >>> net = fnn.serial(fnn.serial(fnn.Dense(8), fnn.Relu, name="encoder"), fnn.Dense(2))
+        >>> [("/".join(p), l.kind) for p, l in select_layers(net, ["encoder"], "freeze")]
+        [('encoder', 'serial')]
+        >>> select_layers(net, ["encoder/dense_1"], "freeze")
+        Traceback (most recent call last):
+        fnn.core.LayerNameError: freeze: no layer 'encoder/dense_1' in the network; did you mean dense_0?
+    """
+    rows = layer_paths(net)
+    chosen: list[tuple[tuple[str, ...], Layer]] = []
+    for name in names:
+        parts = tuple(p for p in str(name).split("/") if p)
+        hits = [(path, layer) for path, layer in rows if parts and under_layer(parts, path)]
+        if not hits:
+            raise no_layer_error(where, name, [k for path, _ in rows for k in path],
+                                 container="the network")
+        chosen.extend(hits)
+    order = {id(layer): i for i, (_, layer) in enumerate(rows)}
+    outermost: list[tuple[tuple[str, ...], Layer]] = []
+    for path, layer in sorted(chosen, key=lambda hit: order[id(hit[1])]):  # root first
+        if not any(path[:len(p)] == p for p, _ in outermost):  # inside one already chosen
+            outermost.append((path, layer))
+    return outermost
 
 
 def plain_spec(layer: Layer, path: str = "model") -> Any:
@@ -608,7 +817,7 @@ def init_child(key: str, layer: Layer, rng: jax.Array, input_shape: Any):
         raise e.within(key) from None
     finally:
         if rec is not None:
-            path = tuple(rec.stack)
+            path = tuple(k for k in rec.stack if k)  # "" is a child that adds no level
             rec.stack.pop()
     if rec is not None:
         rec.rows[index] = (path, layer, out[0], out[1], out[2])
@@ -695,7 +904,7 @@ def under_layer(name_parts: Sequence[str], layer_keys: Sequence[str]) -> bool:
 
 
 def no_layer_error(where: str, name: str, layer_keys: Sequence[str],
-                   container: str = "params") -> ValueError:
+                   container: str = "params") -> LayerNameError:
     """The one-line error for a layer name that matches nothing, with the closest keys.
 
     Example:
@@ -707,7 +916,7 @@ def no_layer_error(where: str, name: str, layer_keys: Sequence[str],
     close = difflib.get_close_matches(parts[-1] if parts else "", keys, n=3)
     hint = (f"; did you mean {', '.join(close)}?" if close
             else f"; layer keys: {', '.join(keys) or '(none)'}")
-    return ValueError(f"{where}: no layer {name!r} in {container}{hint}")
+    return LayerNameError(where, f"no layer {name!r} in {container}{hint}")
 
 
 def check_shape(shape: Any, *, min_rank: int = 1, what: str = "input") -> Shape:

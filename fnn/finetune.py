@@ -41,17 +41,17 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from typing import Any
+from typing import Any, Callable
 
 import jax
 import numpy as np
 import optax
 
-from fnn.core import (Layer, default_key, init_child, layer_type, no_layer_error, recording,
-                      sublayer_arguments)
+from fnn.core import (Layer, key_name, layer_paths, layer_type, map_layers, select_layers,
+                      transparent)
 
 __all__ = ["transfer", "TransferReport", "load_pretrained", "freeze", "unfreeze", "Frozen",
-           "frozen_paths", "with_frozen_mask"]
+           "frozen_paths", "frozen_mask", "with_frozen_mask", "keep_frozen"]
 
 
 # --------------------------------------------------------------------------- transfer
@@ -162,13 +162,14 @@ def load_pretrained(source: Any) -> tuple[Any, Any]:
 
 # --------------------------------------------------------------------------- freezing
 
-@layer_type("Frozen", sublayers="layer")
+@layer_type("Frozen", sublayers="layer", layout=transparent("layer"))
 def Frozen(layer: Layer) -> Layer:
     """``layer`` frozen: no gradient flows into its params and it always runs in inference mode.
 
     Its params and state have ``layer``'s structure (no extra level), and its state is never
     changed (batch norm keeps its running statistics). Use :func:`freeze` to freeze a layer
-    inside a network by name; ``fit`` also leaves the frozen params out of the optimizer.
+    inside a network by name; ``fit`` also leaves the frozen params out of the optimizer (no
+    update, no optimizer state, no weight decay) and out of constraints such as max-norm.
 
     Example:
         >>> layer = Frozen(fnn.BatchNorm())
@@ -187,74 +188,70 @@ def Frozen(layer: Layer) -> Layer:
     return Layer(init, apply)
 
 
-def _rows(net: Layer, input_shape: Any) -> list[tuple[tuple[str, ...], Layer]]:
-    """``(path, layer)`` of every layer in ``net`` (root first), found by an abstract init."""
-    found: list = []
+def frozen_paths(net: Layer, input_shape: Any = None) -> list[tuple[str, ...]]:
+    """The paths (key tuples) of ``net``'s :class:`Frozen` layers: every param and state leaf
+    under one of them is frozen. Read from the declared layout (``fnn.core.layer_paths``), so a
+    ``Frozen`` layer inside ``repeat``, ``DtypePolicy`` or ``shared`` is found like any other.
+    (``input_shape`` is not needed and is ignored; kept for 0.1 callers.)
 
-    def trace(rng):
-        with recording() as rec:
-            init_child(default_key(net), net, rng, input_shape)
-        found.extend((path, layer) for path, layer, *_ in rec.rows)
-        return jax.numpy.zeros(())
-
-    jax.eval_shape(trace, jax.random.key(0))
-    return found
-
-
-def frozen_paths(net: Layer, input_shape: Any) -> list[tuple[str, ...]]:
-    """The paths (key tuples) of the param leaves of ``net``'s :class:`Frozen` layers.
-
-    Found by an abstract init: the leaves a ``Frozen`` layer's ``init`` returns are located in
-    the whole params tree by identity, so combinators that do not nest their children's params
-    under the child's key (``shared``) are handled too.
+    Example:
+        >>> net = fnn.repeat(fnn.serial(fnn.Dense(4), fnn.Tanh), 3)
+        >>> frozen_paths(fnn.freeze(net, "dense_0"))
+        [('dense_0',)]
     """
-    found: list[tuple[str, ...]] = []
-
-    def trace(rng):
-        with recording() as rec:
-            _, params, _ = init_child(default_key(net), net, rng, input_shape)
-        frozen = {id(leaf) for _, layer, _, p, _ in rec.rows if layer.kind == "Frozen"
-                  for leaf in jax.tree_util.tree_leaves(p)}
-        found.extend(tuple(str(getattr(k, "key", k)) for k in path)
-                     for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]
-                     if id(leaf) in frozen)
-        return jax.numpy.zeros(())
-
-    jax.eval_shape(trace, jax.random.key(0))
-    return found
+    return [path for path, layer in layer_paths(net) if layer.kind == "Frozen"]
 
 
-def with_frozen_mask(net: Layer, optimizer: optax.GradientTransformation, input_shape: Any
+def frozen_mask(net: Layer, tree: Any) -> Any:
+    """A pytree of bools with the structure of ``tree`` (``net``'s params or state): ``True``
+    for the leaves under a :class:`Frozen` layer."""
+    frozen = frozen_paths(net)
+
+    def is_frozen(path, _):
+        keys = tuple(key_name(k) for k in path)
+        return any(keys[:len(f)] == f for f in frozen)
+
+    return jax.tree_util.tree_map_with_path(is_frozen, tree)
+
+
+def with_frozen_mask(net: Layer, optimizer: optax.GradientTransformation, input_shape: Any = None
                      ) -> optax.GradientTransformation:
     """``optimizer`` with the params of ``net``'s frozen layers set to zero updates and no state
-    (``optax.multi_transform``); ``optimizer`` itself when nothing is frozen."""
-    frozen = set(frozen_paths(net, input_shape))
-    if not frozen:
+    (``optax.multi_transform``); ``optimizer`` itself when nothing is frozen. Weight decay and
+    every other part of ``optimizer`` see only the trainable params."""
+    if not frozen_paths(net):
         return optimizer
 
     def labels(params):
-        def label(path, _):
-            keys = tuple(str(getattr(k, "key", k)) for k in path)
-            return "frozen" if keys in frozen else "trainable"
-
-        return jax.tree_util.tree_map_with_path(label, params)
+        return jax.tree_util.tree_map(lambda f: "frozen" if f else "trainable",
+                                      frozen_mask(net, params))
 
     return optax.multi_transform({"trainable": optimizer, "frozen": optax.set_to_zero()}, labels)
+
+
+def keep_frozen(net: Layer, constraint: Callable[[Any], Any] | None
+                ) -> Callable[[Any], Any] | None:
+    """``constraint`` (``params -> params``, e.g. max-norm) applied to the trainable params only:
+    the leaves of ``net``'s frozen layers are returned as they are."""
+    if constraint is None or not frozen_paths(net):
+        return constraint
+
+    def constrained(params):
+        projected = constraint(params)
+        return jax.tree_util.tree_map(lambda f, old, new: old if f else new,
+                                      frozen_mask(net, params), params, projected)
+
+    return constrained
 
 
 def freeze(net: Layer, *names: str, input_shape: Any = None) -> Layer:
     """``net`` with the layers called ``names`` frozen (see :class:`Frozen`).
 
-    A name is a layer's key in its network (``"encoder"``, ``"dense_0"``) or the end of its path
-    (``"block/dense_1"``); every layer it names is frozen. The frozen network has the same
-    params and state structure as ``net``.
-
-    Args:
-        net: the network.
-        *names: the layers to freeze.
-        input_shape: an input shape for the abstract init that finds the layers; needed only
-            when the network cannot be initialised with a guessed one (``(-1, 1)`` is tried
-            first, then ``input_shape``).
+    A name is a path as ``fnn.summary`` prints it, or its end: ``"encoder"``, ``"dense_0"``,
+    ``"block/dense_1"``, ``"repeat_0/dense_0"`` (a layer inside a repeated block: all its copies);
+    every layer whose path holds those consecutive keys is frozen, as ``optimizer.freeze`` and
+    ``regularizers.layers`` select them. The frozen network has the same params and state
+    structure as ``net`` (every layer keeps its key). ``input_shape`` is not needed (ignored).
 
     Raises:
         ValueError: a name that matches no layer (naming the closest keys).
@@ -268,81 +265,35 @@ def freeze(net: Layer, *names: str, input_shape: Any = None) -> Layer:
     """
     if not names:
         raise ValueError("freeze: name at least one layer, e.g. freeze(net, 'encoder')")
-    rows = _layer_rows(net, input_shape)
-    targets = []
-    for name in names:
-        parts = tuple(p for p in str(name).split("/") if p)
-        hits = [(path, layer) for path, layer in rows
-                if path[1:][-len(parts):] == parts and len(path) > len(parts)]
-        if not hits:
-            raise no_layer_error("freeze", name, [p for path, _ in rows for p in path[1:]],
-                                 container="the network")
-        targets.extend(hits)
-    return _rewrite(net, rows, {path: (lambda layer, key: Frozen(layer, name=key))
-                                for path, _ in targets})
+    targets = {(path, id(layer)) for path, layer in select_layers(net, names, "freeze")}
+
+    def wrap(layer: Layer, path: tuple[str, ...]) -> Layer:
+        if (path, id(layer)) in targets and layer.kind != "Frozen":
+            return Frozen(layer, name=layer.name)
+        return layer
+
+    return map_layers(wrap, net, with_path=True)
 
 
 def unfreeze(net: Layer, *names: str, input_shape: Any = None) -> Layer:
-    """``net`` with its frozen layers (all, or those called ``names``) trainable again."""
-    rows = _layer_rows(net, input_shape)
-    targets = {}
-    for path, layer in rows:
-        if layer.kind != "Frozen":
-            continue
-        if names and not any(path[1:][-len(n.split("/")):] == tuple(n.split("/")) for n in names):
-            continue
-        targets[path] = lambda layer, key: layer.children[0].replace(name=key)
-    return _rewrite(net, rows, targets)
+    """``net`` with its frozen layers (all, or those ``names`` select) trainable again.
 
-
-def _layer_rows(net: Layer, input_shape: Any) -> list[tuple[tuple[str, ...], Layer]]:
-    errors = []
-    for shape in ([(-1, 1)] if input_shape is None else []) + [input_shape]:
-        if shape is None:
-            continue
-        try:
-            return _rows(net, shape)
-        except Exception as e:  # the guessed shape does not fit this network
-            errors.append(e)
-    raise ValueError(f"freeze: give input_shape= (the network cannot be initialised to find "
-                     f"its layers: {errors[-1] if errors else 'no shape'})")
-
-
-def _rewrite(net: Layer, rows: list, targets: dict) -> Layer:
-    """Rebuild ``net`` with each layer at a path in ``targets`` replaced by ``fn(layer, key)``.
-
-    Like :func:`fnn.map_layers`, but following paths (a layer's key comes from its parent): the
-    layers around a target are rebuilt with ``replace`` and the same arguments, and each of their
-    children is given its key as ``name=``, so a wrapper in place of ``dense_0`` does not
-    renumber its siblings and the params keep their structure.
+    Example:
+        >>> net = fnn.freeze(fnn.serial(fnn.Dense(8), fnn.Dense(2)), "dense_0")
+        >>> fnn.unfreeze(net).children[0]
+        Dense(8, name='dense_0')
     """
-    targets = {p: fn for p, fn in targets.items()  # a target inside another one goes with it
-               if not any(q != p and p[:len(q)] == q for q in targets)}
+    chosen = None
+    if names:
+        chosen = {path for path, _ in select_layers(net, names, "unfreeze")}
 
-    def rebuild(path: tuple[str, ...], layer: Layer) -> Layer:
-        if path in targets:
-            return targets[path](layer, path[-1])
-        if not any(p[:len(path)] == path and len(p) > len(path) for p in targets):
+    def unwrap(layer: Layer, path: tuple[str, ...]) -> Layer:
+        if layer.kind != "Frozen":
             return layer
-        taken: set[tuple[str, ...]] = set()
+        if chosen is not None and not any(path[:len(p)] == p or p[:len(path)] == path
+                                          for p in chosen):
+            return layer
+        inner = layer.children[0]
+        return inner.replace(name=layer.name) if layer.name and inner.record else inner
 
-        def child(c: Layer) -> Layer:
-            where = next((p for p, lay in rows if lay is c and p not in taken
-                          and p[:len(path)] == path and len(p) > len(path)), None)
-            if where is None:
-                raise ValueError(f"freeze: cannot find the layers of the {layer.kind} layer "
-                                 f"'{'/'.join(path[1:])}' at their own paths; freeze it whole")
-            taken.add(where)
-            new = rebuild(where, c)
-            return new if new.name else new.replace(name=where[-1])
-
-        changes = {}
-        for arg in sublayer_arguments(layer.kind):
-            value = layer.record.args.get(arg)
-            if isinstance(value, Layer):
-                changes[arg] = child(value)
-            elif isinstance(value, tuple):
-                changes[arg] = tuple(child(v) for v in value)
-        return layer.replace(**changes)
-
-    return rebuild(rows[0][0], net)
+    return map_layers(unwrap, net, with_path=True)

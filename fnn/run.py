@@ -37,7 +37,8 @@ import optax
 
 from fnn import losses, regularizers
 from fnn.config import ConfigError, dump_config, load_config
-from fnn.core import Layer
+from fnn.core import Layer, LayerNameError
+from fnn.finetune import freeze
 from fnn.layers.precision import with_model_dtype
 from fnn.layers.spec import from_spec
 from fnn.train.parallel import DataParallel, initialize
@@ -98,6 +99,11 @@ def build(cfg: dict[str, Any]) -> Experiment:
     from fnn import optim
 
     net = with_model_dtype(from_spec(cfg["model"], "model"), cfg.get("model_dtype"))
+    if cfg["training"]["freeze"]:
+        try:
+            net = freeze(net, *cfg["training"]["freeze"])
+        except LayerNameError as e:
+            raise ConfigError("training.freeze", e.detail) from None
     optimizer = optim.make_optimizer(cfg["optimizer"])
     if cfg["training"]["ema"]["decay"] is not None:  # the average lives in the optimizer state
         from fnn.train.ema import with_ema
@@ -340,12 +346,6 @@ def train_model(cfg: dict[str, Any], train_data: dict[str, np.ndarray],
     run_dir = Path(run_dir)
     t = cfg["training"]
     input_shape = (-1, *np.shape(train_data["x"])[1:])
-    if t["freeze"]:
-        from fnn.finetune import freeze
-        try:
-            exp.net = freeze(exp.net, *t["freeze"], input_shape=input_shape)
-        except ValueError as e:
-            raise ConfigError("training.freeze", str(e)) from None
     check_shapes(cfg, {"train": train_data}, exp.net)
     if not resume and (run_dir / "checkpoints" / "latest.safetensors").exists():
         raise FileExistsError(f"{run_dir} already holds a run; pass --resume to continue it "

@@ -8,6 +8,7 @@ from typing import Any
 import jax
 
 from fnn.core import Layer, default_key, init_child, num_params, recording
+from fnn.finetune import frozen_mask
 
 __all__ = ["summary", "Summary", "SummaryRow"]
 
@@ -36,13 +37,18 @@ class Summary:
     output_shape: Any
     trainable_params: int
     state_size: int
+    frozen_params: int = 0
 
     def __str__(self) -> str:
         lines = [("Layer", "Type", "Output shape", "Params")]
         # the root is the whole network (its total is printed below), unless it is all there is
-        for row in (self.rows[1:] if len(self.rows) > 1 else self.rows):
+        shown = self.rows[1:] if len(self.rows) > 1 else self.rows
+        for before, row in zip((None, *shown), shown):
             indent = "  " * (len(row.path) - 2)
-            lines.append((indent + row.path[-1], row.kind, _fmt_shape(row.output_shape),
+            # a layer inside a wrapper that adds no level (repeat, Frozen, DtypePolicy) has the
+            # wrapper's path: its row names only its kind
+            label = "" if before is not None and before.path == row.path else row.path[-1]
+            lines.append((indent + label, row.kind, _fmt_shape(row.output_shape),
                           f"{row.params:,}"))
         widths = [max(len(line[i]) for line in lines) for i in range(4)]
         rule = "-" * (sum(widths) + 6)
@@ -55,6 +61,8 @@ class Summary:
         out.append(f"Input shape: {_fmt_shape(self.input_shape)}   "
                    f"Output shape: {_fmt_shape(self.output_shape)}")
         out.append(f"Trainable params: {self.trainable_params:,}")
+        if self.frozen_params:
+            out.append(f"Frozen params: {self.frozen_params:,}")
         out.append(f"State (non-trainable) size: {self.state_size:,}")
         return "\n".join(out)
 
@@ -71,6 +79,13 @@ def _fmt_shape(shape: Any) -> str:
     return str(shape)
 
 
+def _kind(layer: Layer) -> str:
+    """The kind as the table shows it: a repeat with its number of copies (``Repeat x100``)."""
+    if layer.kind == "Repeat":
+        return f"Repeat x{layer.record.args['times']}"
+    return layer.kind
+
+
 def summary(net: Layer, input_shape: Any, *, rng: jax.Array | None = None) -> Summary:
     """Summarise ``net`` for inputs of ``input_shape`` (``-1`` for the batch) without any data.
 
@@ -79,7 +94,8 @@ def summary(net: Layer, input_shape: Any, *, rng: jax.Array | None = None) -> Su
 
     Returns:
         A :class:`Summary`: ``rows`` (one per layer, nested layers after their parent),
-        ``trainable_params`` (scalars in params), ``state_size`` (scalars in state);
+        ``trainable_params`` (scalars in params outside frozen layers), ``frozen_params``
+        (scalars in params of :func:`fnn.freeze`-frozen layers), ``state_size`` (scalars in state);
         ``print(summary)`` shows the table.
 
     Example:
@@ -98,8 +114,12 @@ def summary(net: Layer, input_shape: Any, *, rng: jax.Array | None = None) -> Su
         return params, state
 
     params, state = jax.eval_shape(trace, rng)
-    rows = tuple(SummaryRow(path, layer.kind, out, num_params(p), num_params(s))
+    frozen = num_params([leaf for leaf, f in zip(jax.tree_util.tree_leaves(params),
+                                                 jax.tree_util.tree_leaves(frozen_mask(net, params)))
+                         if f])
+    rows = tuple(SummaryRow(path, _kind(layer), out, num_params(p), num_params(s))
                  for path, layer, out, p, s in captured["rows"])
     return Summary(rows=rows, input_shape=tuple(input_shape) if isinstance(input_shape, list)
                    else input_shape, output_shape=captured["out_shape"],
-                   trainable_params=num_params(params), state_size=num_params(state))
+                   trainable_params=num_params(params) - frozen, state_size=num_params(state),
+                   frozen_params=frozen)

@@ -41,16 +41,16 @@ def test_apply_error_names_the_path_through_nested_combinators():
     net = fnn.serial(fnn.Dense(3), fnn.serial(fnn.Dense(4), name="block"))
     out_shape, params, state = net.init(jax.random.key(0), (-1, 5))
     assert out_shape == (-1, 4)
-    # the first Dense now makes 6 features, which the Dense inside "block" (3 inputs) rejects
-    params = {**params, "dense_0": {"w": jnp.zeros((5, 6)), "b": jnp.zeros((6,))}}
+    # params of another network: the Dense inside "block" gets a kernel for 6 features
+    params = {**params, "block": {"dense_0": {"w": jnp.zeros((3, 6)), "b": jnp.zeros((6,))}}}
     x = jnp.ones((2, 5))
     with pytest.raises(LayerError) as info:
         net.apply(params, state, x)
     err = info.value
     assert err.kind == "Dense" and err.path == ("block", "dense_0")
-    assert str(err).startswith("Dense layer 'block/dense_0'") and "(2, 6)" in str(err)
+    assert str(err).startswith("Dense layer 'block/dense_0'") and "(3, 6)" in str(err)
     # the same under jit: shapes are static, so the error is raised while tracing
-    with pytest.raises(LayerError, match=r"Dense layer 'block/dense_0'.*\(2, 6\)"):
+    with pytest.raises(LayerError, match=r"Dense layer 'block/dense_0'.*\(3, 6\)"):
         jax.jit(lambda p, x: net.apply(p, state, x))(params, x)
 
 
@@ -360,7 +360,7 @@ def test_check_shape():
 
 def test_a_kind_with_an_argument_before_star_layers_builds_replaces_and_round_trips(
         private_registry):
-    @layer_type("WidthThenLayers", sublayers="layers")
+    @layer_type("WidthThenLayers", sublayers="layers", layout=fnn.core.numbered("layers"))
     def block(width: int, *layers: Layer) -> Layer:
         return fnn.serial(fnn.Dense(width), *layers)
 

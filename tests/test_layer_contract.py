@@ -2,7 +2,8 @@
 
 For each kind: ``init``'s output shape is the shape ``apply`` produces; ``jit`` equals eager;
 gradients (params and float inputs) match central finite differences in float64; the spec
-round-trips (``from_spec(layer.spec)`` has the same spec and the same outputs); ``repr`` and
+round-trips (``from_spec(layer.spec)`` has the same spec and the same outputs); it exports with
+``jax.export`` and a symbolic batch (as ``fnn.export`` does); ``repr`` and
 ``fnn.summary`` work; and the network saved with ``fnn.save`` loads in a fresh process with
 identical outputs. A new kind without an entry in ``CASES`` fails ``test_every_kind_has_a_case``.
 """
@@ -30,10 +31,16 @@ CASES = {
     "Activation": (lambda: fnn.Activation("elu"), (-1, 5), False),
     "AvgPool1D": (lambda: fnn.AvgPool1D(2, padding="SAME"), (-1, 5, 2), False),
     "AvgPool2D": (lambda: fnn.AvgPool2D(2), (-1, 4, 4, 2), False),
+    "AvgPool3D": (lambda: fnn.AvgPool3D(2, strides=1, padding=1), (-1, 2, 3, 2, 2), False),
     "BatchNorm": (lambda: fnn.BatchNorm(momentum=0.9), (-1, 5), True),
     "Bidirectional": (lambda: fnn.Bidirectional(fnn.LSTM(3)), (-1, 4, 2), False),
     "Conv1D": (lambda: fnn.Conv1D(3, 3, strides=2), (-1, 7, 2), False),
     "Conv2D": (lambda: fnn.Conv2D(3, (2, 3), padding="VALID", dilation=(1, 2)), (-1, 5, 6, 2), False),
+    "Conv3D": (lambda: fnn.Conv3D(2, (2, 1, 2), strides=(1, 2, 1)), (-1, 3, 3, 2, 2), False),
+    "ConvTranspose1D": (lambda: fnn.ConvTranspose1D(2, 3, strides=2, padding=1, output_padding=1),
+                        (-1, 4, 2), False),
+    "ConvTranspose2D": (lambda: fnn.ConvTranspose2D(2, (2, 3), strides=(2, 1), dilation=(1, 2)),
+                        (-1, 3, 3, 2), False),
     "Dense": (lambda: fnn.Dense(3, w_init="he_normal"), (-1, 5), False),
     "Dropout": (lambda: fnn.Dropout(0.3), (-1, 5), True),
     # no dtypes given: a float64 run stays float64 (tests/test_dtypes.py checks the dtypes)
@@ -47,14 +54,18 @@ CASES = {
     "Gelu": (lambda: fnn.Gelu(approximate=True), (-1, 5), False),
     "GlobalAvgPool": (lambda: fnn.GlobalAvgPool(), (-1, 3, 3, 2), False),
     "GlobalMaxPool": (lambda: fnn.GlobalMaxPool(), (-1, 3, 3, 2), False),
+    "GroupNorm": (lambda: fnn.GroupNorm(2), (-1, 3, 4), False),
     "Identity": (lambda: fnn.Identity(), (-1, 5), False),
+    "InstanceNorm": (lambda: fnn.InstanceNorm(), (-1, 3, 2, 2), False),
     "LSTM": (lambda: fnn.LSTM(3, forget_bias=0.5), (-1, 4, 2), False),
     "LayerNorm": (lambda: fnn.LayerNorm(), (-1, 5), False),
     "LeakyRelu": (lambda: fnn.LeakyRelu(alpha=0.2), (-1, 5), False),
     "LogSoftmax": (lambda: fnn.LogSoftmax(), (-1, 5), False),
     "MaxPool1D": (lambda: fnn.MaxPool1D(2), (-1, 6, 2), False),
     "MaxPool2D": (lambda: fnn.MaxPool2D(2, strides=1), (-1, 4, 4, 2), False),
+    "MaxPool3D": (lambda: fnn.MaxPool3D((1, 2, 2)), (-1, 2, 4, 4, 2), False),
     "PRelu": (lambda: fnn.PRelu(per_channel=True), (-1, 5), False),
+    "RMSNorm": (lambda: fnn.RMSNorm(), (-1, 5), False),
     "RNN": (lambda: fnn.RNN({"GRUCell": {"units": 3}}), (-1, 4, 2), False),
     "RRelu": (lambda: fnn.RRelu(), (-1, 5), True),
     "Repeat": (lambda: fnn.repeat(fnn.serial(fnn.Dense(3), fnn.BatchNorm, fnn.Dropout(0.2)), 3),
@@ -69,6 +80,7 @@ CASES = {
     "StripMask": (lambda: fnn.serial(fnn.SimpleRNN(3), fnn.StripMask()), ((-1, 4, 2), (-1,)), False),
     "Swish": (lambda: fnn.Swish(learnable=True), (-1, 5), False),
     "Tanh": (lambda: fnn.Tanh(), (-1, 5), False),
+    "Upsample2D": (lambda: fnn.Upsample2D((2, 3), method="bilinear"), (-1, 2, 3, 2), False),
     "fan_in_concat": (lambda: fnn.fan_in_concat(), ((-1, 2), (-1, 3)), False),
     "fan_in_sum": (lambda: fnn.fan_in_sum(), ((-1, 3), (-1, 3)), False),
     "fan_out": (lambda: fnn.serial(fnn.fan_out(2), fnn.fan_in_sum()), (-1, 3), False),
@@ -130,6 +142,19 @@ def test_init_shapes_equal_apply_shapes_and_jit_equals_eager(kind):
     _, s_eager = layer.apply(params, state, x, **_apply_kwargs(train))
     for a, b in zip(jax.tree.leaves((y, s_eager)), jax.tree.leaves((y_jit, s_jit))):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_exports_with_a_symbolic_batch(kind):
+    """``jax.export`` with one symbolic batch for every input (what ``fnn.export`` does), in
+    inference mode, run on a batch of 2, equals ``apply``."""
+    layer, shape, train, params, state, x = _built(kind)
+    (b,) = jax.export.symbolic_shape("b")
+    specs = jax.tree.map(lambda a: jax.ShapeDtypeStruct((b, *a.shape[1:]), a.dtype), x)
+    serve = jax.jit(lambda x: layer.apply(params, state, x)[0])
+    exported = jax.export.export(serve)(specs)
+    for a, c in zip(jax.tree.leaves(exported.call(x)), jax.tree.leaves(layer.apply(params, state, x)[0])):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(c), rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("kind", KINDS)

@@ -145,12 +145,15 @@ def test_remat_rematerialises_each_copy():
 def test_summary_has_one_row_with_the_count():
     net = fnn.serial(fnn.Dense(8), fnn.repeat(fnn.serial(fnn.Dense(8), fnn.Tanh), 100))
     s = fnn.summary(net, (-1, 8))
-    row = next(r for r in s.rows if r.kind == "Repeat")
+    row = next(r for r in s.rows if r.kind == "Repeat x100")
     assert row.params == 100 * (8 * 8 + 8)
-    child = next(r for r in s.rows if r.path[:-1] == row.path)
-    assert child.path[-1] == "serial[100]" and child.params == 8 * 8 + 8   # one copy
+    # the repeated block adds no level: its path (and its layers') is the params path
+    block = next(r for r in s.rows if r.kind == "serial" and r.path == row.path)
+    assert block.params == 8 * 8 + 8   # one copy
+    assert [r.name for r in s.rows if r.kind == "Dense"] == ["serial/dense_0",
+                                                             "serial/repeat_0/dense_0"]
     assert s.trainable_params == 40 * 0 + (8 * 8 + 8) * 101
-    assert "serial[100]" in str(s)
+    assert "Repeat x100" in str(s)
 
 
 def test_spec_config_and_save_load_roundtrip(tmp_path):
@@ -193,7 +196,7 @@ def test_errors_name_the_place():
         fnn.serial(fnn.repeat(fnn.Dense(3), 2)).init(jax.random.key(0), (-1, 4))
     net = fnn.serial(fnn.repeat(fnn.serial(fnn.Dense(3), fnn.Tanh), 2))
     _, params, state = net.init(jax.random.key(0), (-1, 3))
-    with pytest.raises(LayerError, match=r"Dense layer 'repeat_0/serial\[2\]/dense_0'"):
+    with pytest.raises(LayerError, match=r"Dense layer 'repeat_0/dense_0'"):
         net.apply(params, state, jnp.ones((2, 5)))
     with pytest.raises(ValueError, match="times must be an int >= 1"):
         fnn.repeat(fnn.Dense(3), 0)

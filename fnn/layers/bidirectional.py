@@ -25,7 +25,8 @@ def _split_output(out: Any, shapes: bool) -> tuple[Any, Any, bool]:
     return (out[0], out[1], True) if isinstance(out, (tuple, list)) else (out, None, False)
 
 
-@layer_type("Bidirectional", sublayers="layer")
+@layer_type("Bidirectional", sublayers="layer",
+            layout=lambda args: [(("forward",), args["layer"])])  # "backward" is made inside
 def Bidirectional(layer: Layer, *, merge: str = "concat") -> Layer:
     """Run a recurrent layer forwards and a copy of it backwards, and merge the two outputs.
 

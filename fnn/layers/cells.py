@@ -50,7 +50,8 @@ class Cell:
         init: ``init(rng, input_shape) -> params``; ``input_shape`` is ``(-1, features)``
             (only the last axis is read).
         initial_carry: ``initial_carry(batch_size, dtype=float32) -> carry`` of zeros, each
-            array ``(batch_size, units)``.
+            array ``(batch_size, units)``; ``batch_size`` is an int or a symbolic dimension
+            (``jax.export`` with a dynamic batch).
         project: ``project(params, x) -> xp``: the input half, ``(..., features)`` to
             ``(..., gates * units)``.
         recur: ``recur(params, carry, xp_t) -> (new_carry, y_t)``: the recurrent half.
@@ -150,9 +151,12 @@ def _gate_params(inits: tuple[Callable, ...], keys: Any, kind: str, input_shape:
 
 
 def _zeros_carry(units: int, n_arrays: int) -> Callable:
-    def initial_carry(batch_size: int, dtype: Any = jnp.float32) -> Carry:
-        if not isinstance(batch_size, int) or batch_size < 0:
-            raise ValueError(f"initial_carry: batch_size must be an int >= 0, got {batch_size!r}")
+    def initial_carry(batch_size: Any, dtype: Any = jnp.float32) -> Carry:
+        # A symbolic batch (``jax.export`` with a dynamic batch) is a dimension, not an int.
+        if not (jax.export.is_symbolic_dim(batch_size)
+                or (isinstance(batch_size, int) and batch_size >= 0)):
+            raise ValueError(f"initial_carry: batch_size must be an int >= 0 or a symbolic "
+                             f"dimension, got {batch_size!r}")
         zeros = [jnp.zeros((batch_size, units), dtype) for _ in range(n_arrays)]
         return zeros[0] if n_arrays == 1 else tuple(zeros)
 

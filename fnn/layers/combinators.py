@@ -26,7 +26,7 @@ import jax.numpy as jnp
 
 from fnn.arguments import positive_int
 from fnn.core import (Layer, LayerError, apply_child, check_shape, child_keys, init_child,
-                      layer_type, split_rng)
+                      layer_type, numbered, split_rng, transparent)
 
 __all__ = ["serial", "parallel", "fan_out", "fan_in_concat", "fan_in_sum", "residual",
            "shared", "Identity"]
@@ -49,7 +49,7 @@ def _store(new_state: dict, key: str, s: Any) -> None:
         new_state[key] = s
 
 
-@layer_type("serial", sublayers="layers")
+@layer_type("serial", sublayers="layers", layout=numbered("layers"))
 def serial(*layers: Layer) -> Layer:
     """Compose layers in sequence: ``serial(a, b)(x) == b(a(x))``.
 
@@ -95,7 +95,7 @@ def _as_tuple(x: Any, n: int, what: str) -> tuple:
     return tuple(x)
 
 
-@layer_type("parallel", sublayers="layers")
+@layer_type("parallel", sublayers="layers", layout=numbered("layers"))
 def parallel(*layers: Layer) -> Layer:
     """Apply the i-th layer to the i-th element of a tuple input.
 
@@ -207,7 +207,16 @@ def Identity() -> Layer:
                  lambda params, state, x, *, rng=None, train=False: (x, state))
 
 
-@layer_type("residual", sublayers=("layers", "shortcut"))
+def _residual_layout(args):
+    """The body's layers under ``body`` (keyed as in ``serial``), the shortcut under ``shortcut``."""
+    layers = args.get("layers", ())
+    children = [(("body", key), layer) for key, layer in zip(child_keys(layers), layers)]
+    if args.get("shortcut") is not None:
+        children.append((("shortcut",), args["shortcut"]))
+    return children
+
+
+@layer_type("residual", sublayers=("layers", "shortcut"), layout=_residual_layout)
 def residual(*layers: Layer, shortcut: Layer | None = None) -> Layer:
     """A residual block: ``shortcut(x) + serial(*layers)(x)`` (``shortcut`` defaults to identity).
 
@@ -244,7 +253,7 @@ def residual(*layers: Layer, shortcut: Layer | None = None) -> Layer:
     return Layer(init, apply)
 
 
-@layer_type("shared", sublayers="layer")
+@layer_type("shared", sublayers="layer", layout=transparent("layer"))
 def shared(layer: Layer, num_inputs: int = 2) -> Layer:
     """Weight sharing: apply one ``layer``, with one set of params, to each input of a tuple.
 
@@ -257,7 +266,7 @@ def shared(layer: Layer, num_inputs: int = 2) -> Layer:
         >>> twin.init(jax.random.key(0), ((-1, 4), (-1, 4)))[0]
         ((-1, 8), (-1, 8))
     """
-    key = layer.name or "shared"
+    key = ""  # the params are the layer's own: no level of their own
 
     def init(rng, input_shape):
         shapes = _as_tuple(input_shape, num_inputs, "input shapes")

@@ -1,4 +1,5 @@
-"""Channels-last convolutions: ``Conv1D`` on ``(N, L, C)``, ``Conv2D`` on ``(N, H, W, C)``.
+"""Channels-last convolutions: ``Conv1D`` on ``(N, L, C)``, ``Conv2D`` on ``(N, H, W, C)``,
+``Conv3D`` on ``(N, D, H, W, C)``.
 
 For each spatial axis of input size ``n``, window ``k``, stride ``s``, dilation ``d`` the
 effective window is ``k_eff = (k - 1) * d + 1`` and the output size is
@@ -31,11 +32,11 @@ from fnn import initializers
 from fnn.core import Layer, LayerError, check_shape, layer_type
 from fnn.layers import conv_ops
 
-__all__ = ["Conv1D", "Conv2D"]
+__all__ = ["Conv1D", "Conv2D", "Conv3D"]
 
 Padding = str | tuple[tuple[int, int], ...]
 
-_AXES = {1: "length", 2: "height, width"}
+_AXES = {1: "length", 2: "height, width", 3: "depth, height, width"}
 
 
 # --------------------------------------------------------------------------- shape helpers
@@ -270,4 +271,37 @@ def Conv2D(features: int, kernel_size: int | Sequence[int], *, strides: int | Se
         ((-1, 28, 28, 32), (3, 3, 1, 32))
     """
     return _conv(2, "Conv2D", features, kernel_size, strides, padding, dilation, groups,
+                 use_bias, w_init, b_init)
+
+
+@layer_type("Conv3D")
+def Conv3D(features: int, kernel_size: int | Sequence[int], *, strides: int | Sequence[int] = 1,
+           padding: Any = "SAME", dilation: int | Sequence[int] = 1, groups: int = 1,
+           use_bias: bool = True, w_init: Any = "glorot_uniform", b_init: Any = "zeros") -> Layer:
+    """A 3-D convolution (cross-correlation) over depth, height and width, channels last.
+
+    Shapes: input ``(batch, depth, height, width, in)``; output
+    ``(batch, out_d, out_h, out_w, features)`` with the output sizes as in the module docstring.
+    Params: ``{"w": (kd, kh, kw, in // groups, features), "b": (features,)}`` (DHWIO layout;
+    PyTorch's ``Conv3d.weight`` ``(out, in // groups, kd, kh, kw)`` is
+    ``weight.permute(2, 3, 4, 1, 0)``, see docs/LAYERS.md).
+
+    Args:
+        features: output channels.
+        kernel_size: window, an int or ``(kd, kh, kw)``.
+        strides: an int or ``(sd, sh, sw)``.
+        padding: ``"SAME"`` (default), ``"VALID"``, an int, or one int / ``(lo, hi)`` per axis.
+        dilation: an int or ``(dd, dh, dw)``, spacing between kernel taps.
+        groups: grouped convolution; must divide input channels and ``features``.
+        use_bias: add a learned bias ``b``.
+        w_init, b_init: initializers, by name or as functions (fan-in of ``w`` is
+            ``kd * kh * kw * in // groups``).
+
+    Example:
+        >>> out_shape, params, _ = fnn.Conv3D(4, 3, strides=2).init(jax.random.key(0),
+        ...                                                         (-1, 8, 16, 16, 2))
+        >>> out_shape, params["w"].shape
+        ((-1, 4, 8, 8, 4), (3, 3, 3, 2, 4))
+    """
+    return _conv(3, "Conv3D", features, kernel_size, strides, padding, dilation, groups,
                  use_bias, w_init, b_init)

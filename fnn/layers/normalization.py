@@ -1,10 +1,20 @@
-"""Normalization layers: batch normalization (with running statistics) and layer normalization.
+"""Normalization layers: batch normalization (with running statistics), and the per-example
+norms: layer, group, instance and RMS normalization.
 
 * ``BatchNorm`` (Ioffe & Szegedy 2015) normalizes each feature over the batch (and the spatial
   axes of conv inputs) with the batch statistics in training, and with running averages of
   them at test. The running averages live in ``state``; ``axis_name`` averages the batch
   statistics across devices (synchronised batch norm under ``pmap``/``vmap``/``shard_map``).
 * ``LayerNorm`` (Ba et al. 2016) normalizes each example over its last axis; no state.
+* ``GroupNorm`` (Wu & He 2018) normalizes each example over its spatial axes and a group of
+  consecutive channels; ``InstanceNorm`` (Ulyanov et al. 2016) over its spatial axes, channel by
+  channel (``GroupNorm`` with one channel per group); ``RMSNorm`` (Zhang & Sennrich 2019)
+  divides each example's last axis by its root mean square, without centring. No state.
+
+**epsilon** is ``1e-5`` in every norm here: PyTorch's default (``BatchNorm*d``, ``LayerNorm``,
+``GroupNorm``, ``InstanceNorm*d``), kept for all of them so that a network ported from PyTorch
+computes the same numbers with the defaults, and one value is the rule (Flax uses ``1e-6``, and
+PyTorch's ``RMSNorm`` the dtype's machine epsilon: pass ``epsilon=`` to match those).
 
 Statistics are computed in float32 (or wider) whatever the input dtype, with the centred
 variance ``E[(x - mean)^2]`` rather than ``E[x^2] - mean^2``, which cancels catastrophically
@@ -33,7 +43,7 @@ from fnn import initializers
 from fnn.arguments import flag
 from fnn.core import Layer, LayerError, check_shape, layer_type
 
-__all__ = ["BatchNorm", "LayerNorm"]
+__all__ = ["BatchNorm", "LayerNorm", "GroupNorm", "InstanceNorm", "RMSNorm"]
 
 
 def _stat_dtype(dtype: Any) -> Any:
@@ -220,11 +230,141 @@ def LayerNorm(*, epsilon: float = 1e-5, use_scale: bool = True, use_offset: bool
         >>> round(float(y.mean()), 4), round(float(y.var()), 4)   # ~0 and ~1 (epsilon)
         (0.0, 1.0)
     """
+    return _per_example("LayerNorm", epsilon, use_scale, use_offset, min_rank=2,
+                        layout="(batch, ..., C)", statistics=lambda x: _standardize(x, (-1,),
+                                                                                    epsilon))
+
+
+@layer_type("GroupNorm")
+def GroupNorm(groups: int = 32, *, epsilon: float = 1e-5, use_scale: bool = True,
+              use_offset: bool = True) -> Layer:
+    """Group normalization: per example, over the spatial axes and ``C // groups`` consecutive
+    channels at a time (channel ``c`` is in group ``c // (C // groups)``, as in PyTorch).
+
+    ``y = scale * (x - m) / sqrt(v + epsilon) + offset`` with the mean ``m`` and biased variance
+    ``v`` of each (example, group); ``scale`` and ``offset`` are per channel. Independent of the
+    batch, the same in training and at test; no state. ``groups=1`` normalizes each example
+    over all its axes; ``groups=C`` is :func:`InstanceNorm`.
+
+    Shapes: output shape = input shape ``(batch, *spatial, C)`` (rank >= 2), ``groups``
+    dividing ``C``.
+    Params: ``{"scale": (C,), "offset": (C,)}`` (each only if enabled), initialised to 1 and 0.
+
+    Args:
+        groups: number of channel groups (32 in Wu & He 2018; PyTorch has no default).
+        epsilon: added to the variance, ``> 0``.
+        use_scale, use_offset: learn ``scale`` and ``offset`` (PyTorch's ``affine``).
+
+    Example:
+        >>> gn = fnn.GroupNorm(2)
+        >>> _, params, state = gn.init(jax.random.key(0), (-1, 5, 5, 4))
+        >>> y, _ = gn.apply(params, state, jnp.arange(100.0).reshape(1, 5, 5, 4))
+        >>> y.shape, round(float(y[..., :2].mean()), 4), round(float(y[..., :2].var()), 4)
+        ((1, 5, 5, 4), 0.0, 1.0)
+    """
+    if not isinstance(groups, int) or isinstance(groups, bool) or groups < 1:
+        raise ValueError(f"GroupNorm: groups must be a positive int, got {groups!r}")
+
+    def check(shape):
+        if shape[-1] % groups:
+            raise LayerError(f"groups={groups} must divide the {shape[-1]} channels, "
+                             f"got shape {shape}")
+
+    def statistics(x):
+        xg = x.reshape((*x.shape[:-1], groups, x.shape[-1] // groups))
+        axes = (*range(1, x.ndim - 1), x.ndim)
+        return _standardize(xg, axes, epsilon).reshape(x.shape)
+
+    return _per_example("GroupNorm", epsilon, use_scale, use_offset, min_rank=2,
+                        layout="(batch, *spatial, C)", statistics=statistics, check=check)
+
+
+@layer_type("InstanceNorm")
+def InstanceNorm(*, epsilon: float = 1e-5, use_scale: bool = True,
+                 use_offset: bool = True) -> Layer:
+    """Instance normalization: each channel of each example normalized over the spatial axes.
+
+    ``y = scale * (x - m) / sqrt(v + epsilon) + offset`` with the mean ``m`` and biased variance
+    ``v`` over the spatial axes of one (example, channel). No running statistics: the same in
+    training and at test (PyTorch's ``InstanceNorm*d`` default, ``track_running_stats=False``).
+    PyTorch's default ``affine=False`` is ``use_scale=False, use_offset=False``; the learned
+    ``scale``/``offset`` start at 1 and 0, so the two agree at initialisation.
+
+    Shapes: output shape = input shape ``(batch, *spatial, C)``, rank >= 3.
+    Params: ``{"scale": (C,), "offset": (C,)}`` (each only if enabled).
+
+    Args:
+        epsilon: added to the variance, ``> 0``.
+        use_scale, use_offset: learn ``scale`` and ``offset``.
+
+    Example:
+        >>> norm = fnn.InstanceNorm()
+        >>> _, params, state = norm.init(jax.random.key(0), (-1, 8, 3))
+        >>> y, _ = norm.apply(params, state, jnp.arange(24.0).reshape(1, 8, 3) ** 2)
+        >>> [abs(round(float(v), 4)) for v in y.mean(axis=1)[0]]
+        [0.0, 0.0, 0.0]
+    """
+    return _per_example("InstanceNorm", epsilon, use_scale, use_offset, min_rank=3,
+                        layout="(batch, *spatial, C)",
+                        statistics=lambda x: _standardize(x, tuple(range(1, x.ndim - 1)),
+                                                          epsilon))
+
+
+@layer_type("RMSNorm")
+def RMSNorm(*, epsilon: float = 1e-5, use_scale: bool = True) -> Layer:
+    """Root-mean-square normalization over the last axis, per example (no centring, no offset).
+
+    ``y = scale * x / sqrt(mean(x^2) + epsilon)``, the mean over each example's last axis
+    (PyTorch's ``nn.RMSNorm(C, eps=epsilon)``; its default ``eps=None`` is the dtype's machine
+    epsilon, fnn's ``1e-5`` is the rule of every norm here). No state.
+
+    Shapes: output shape = input shape ``(batch, ..., C)``.
+    Params: ``{"scale": (C,)}`` (if enabled), initialised to 1.
+
+    Args:
+        epsilon: added to the mean square, ``> 0``.
+        use_scale: learn ``scale``.
+
+    Example:
+        >>> norm = fnn.RMSNorm()
+        >>> _, params, state = norm.init(jax.random.key(0), (-1, 2))
+        >>> y, _ = norm.apply(params, state, jnp.array([[3.0, 4.0]]))   # rms = sqrt(12.5)
+        >>> [round(float(v), 4) for v in y[0]]
+        [0.8485, 1.1314]
+    """
+    def statistics(x):
+        return x * jax.lax.rsqrt(jnp.mean(jnp.square(x), axis=-1, keepdims=True) + epsilon)
+
+    return _per_example("RMSNorm", epsilon, use_scale, False, min_rank=2,
+                        layout="(batch, ..., C)", statistics=statistics)
+
+
+def _standardize(x: jax.Array, axes: tuple[int, ...], epsilon: float) -> jax.Array:
+    """``(x - mean) / sqrt(var + epsilon)`` over ``axes``, with the centred (biased) variance."""
+    mean = jnp.mean(x, axis=axes, keepdims=True)
+    var = jnp.mean(jnp.square(x - mean), axis=axes, keepdims=True)
+    return (x - mean) * jax.lax.rsqrt(var + epsilon)
+
+
+def _per_example(kind: str, epsilon: float, use_scale: bool, use_offset: bool, *,
+                 min_rank: int, layout: str, statistics: Any, check: Any = None) -> Layer:
+    """A norm without state: ``statistics`` normalizes ``x`` (in the statistics dtype), then a
+    per-channel ``scale`` and ``offset`` (last axis) are applied. ``check(shape)`` raises a
+    ``LayerError`` for a shape the norm cannot take, at init and apply."""
     if not _is_number(epsilon) or not epsilon > 0.0:
-        raise ValueError(f"LayerNorm: epsilon must be a positive number, got {epsilon!r}")
+        raise ValueError(f"{kind}: epsilon must be a positive number, got {epsilon!r}")
+    flag(kind, "use_scale", use_scale)
+    flag(kind, "use_offset", use_offset)
+
+    def check_input(shape: tuple[int, ...]) -> None:
+        if len(shape) < min_rank:
+            raise LayerError(f"expects inputs {layout} of rank >= {min_rank}, got shape {shape}")
+        if check is not None:
+            check(shape)
 
     def init(rng, input_shape):
         shape = check_shape(input_shape, min_rank=2)
+        check_input(shape)
         c = shape[-1]
         if c < 1:
             raise LayerError(f"needs a known feature size on the last axis, got shape {shape}")
@@ -236,16 +376,12 @@ def LayerNorm(*, epsilon: float = 1e-5, use_scale: bool = True, use_offset: bool
         return shape, params, {}
 
     def apply(params, state, x, *, rng=None, train=False):
-        if x.ndim < 2:
-            raise LayerError(f"expects inputs (batch, ..., C), got shape {tuple(x.shape)}")
+        check_input(tuple(x.shape))
         for k in ("scale", "offset"):
             if k in params and params[k].shape != (x.shape[-1],):
                 raise LayerError(f"expects inputs (batch, ..., {params[k].shape[0]}), "
                                  f"got shape {tuple(x.shape)}")
-        xs = x.astype(_stat_dtype(x.dtype))
-        mean = jnp.mean(xs, axis=-1, keepdims=True)
-        var = jnp.mean(jnp.square(xs - mean), axis=-1, keepdims=True)
-        y = (xs - mean) * jax.lax.rsqrt(var + epsilon)
+        y = statistics(x.astype(_stat_dtype(x.dtype)))
         if use_scale:
             y = y * params["scale"]
         if use_offset:

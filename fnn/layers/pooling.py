@@ -1,7 +1,7 @@
 """Pooling over channels-last inputs: windowed max / average, and global pooling.
 
 * ``MaxPool1D`` / ``AvgPool1D`` on ``(N, L, C)``, ``MaxPool2D`` / ``AvgPool2D`` on
-  ``(N, H, W, C)``: a window slides over the spatial axes of each channel separately.
+  ``(N, H, W, C)``, ``MaxPool3D`` / ``AvgPool3D`` on ``(N, D, H, W, C)``: a window slides over the spatial axes of each channel separately.
   Output sizes follow the same rules as the convolutions (see ``fnn.layers.conv``); strides
   default to the window (non-overlapping windows).
 * ``GlobalAvgPool`` / ``GlobalMaxPool``: reduce every spatial axis, ``(N, ..., C) -> (N, C)``.
@@ -32,10 +32,10 @@ from fnn.arguments import flag
 from fnn.core import Layer, LayerError, check_shape, layer_type
 from fnn.layers.conv import as_tuple, axis_pads, resolve_padding, spatial_output
 
-__all__ = ["MaxPool1D", "MaxPool2D", "AvgPool1D", "AvgPool2D", "GlobalAvgPool",
-           "GlobalMaxPool"]
+__all__ = ["MaxPool1D", "MaxPool2D", "MaxPool3D", "AvgPool1D", "AvgPool2D", "AvgPool3D",
+           "GlobalAvgPool", "GlobalMaxPool"]
 
-_AXES = {1: "length", 2: "height, width"}
+_AXES = {1: "length", 2: "height, width", 3: "depth, height, width"}
 
 
 def _max_identity(dtype: Any) -> np.ndarray:
@@ -206,6 +206,49 @@ def AvgPool2D(window: int | Sequence[int], strides: int | Sequence[int] | None =
         (-1, 4, 3, 3)
     """
     return _pool(2, "AvgPool2D", "avg", window, strides, padding, count_include_pad)
+
+
+@layer_type("MaxPool3D")
+def MaxPool3D(window: int | Sequence[int], strides: int | Sequence[int] | None = None,
+              padding: Any = "VALID") -> Layer:
+    """Max over sliding windows of depth, height and width, per channel.
+
+    Shapes: ``(batch, D, H, W, C) -> (batch, out_d, out_h, out_w, C)``. No params.
+
+    Args:
+        window: an int or ``(wd, wh, ww)``.
+        strides: an int or ``(sd, sh, sw)``; ``None`` (default) uses ``window``.
+        padding: ``"VALID"`` (default), ``"SAME"``, an int, or one int / ``(lo, hi)`` per axis;
+            padded positions are ``-inf``. Explicit pads must be smaller than the window.
+
+    Example:
+        >>> fnn.MaxPool3D(2).init(jax.random.key(0), (-1, 8, 28, 28, 4))[0]
+        (-1, 4, 14, 14, 4)
+    """
+    return _pool(3, "MaxPool3D", "max", window, strides, padding)
+
+
+@layer_type("AvgPool3D")
+def AvgPool3D(window: int | Sequence[int], strides: int | Sequence[int] | None = None,
+              padding: Any = "VALID", *, count_include_pad: bool = False) -> Layer:
+    """Mean over sliding windows of depth, height and width, per channel.
+
+    Shapes: ``(batch, D, H, W, C) -> (batch, out_d, out_h, out_w, C)``; integer inputs give
+    float32. A window that overlaps padding is divided by its count of real inputs (PyTorch's
+    ``count_include_pad=False``), or by the full window size with ``count_include_pad=True``
+    (PyTorch's default, ``torch.nn.AvgPool3d``).
+
+    Args:
+        window: an int or ``(wd, wh, ww)``.
+        strides: an int or ``(sd, sh, sw)``; ``None`` (default) uses ``window``.
+        padding: ``"VALID"`` (default), ``"SAME"``, an int, or one int / ``(lo, hi)`` per axis.
+        count_include_pad: divide by the window size, padding included (PyTorch's default).
+
+    Example:
+        >>> fnn.AvgPool3D((1, 2, 2)).init(jax.random.key(0), (-1, 5, 8, 8, 3))[0]
+        (-1, 5, 4, 4, 3)
+    """
+    return _pool(3, "AvgPool3D", "avg", window, strides, padding, count_include_pad)
 
 
 def _global(reduce: str) -> Layer:

@@ -35,7 +35,7 @@ from typing import Any, Mapping
 import jax
 import jax.numpy as jnp
 
-from fnn.core import Layer, LayerError, layer_type
+from fnn.core import Layer, LayerError, layer_type, transparent
 
 __all__ = ["DtypePolicy", "with_model_dtype", "DTYPES"]
 
@@ -89,7 +89,7 @@ def _nested_policy(layer: Layer) -> bool:
     return any(child.kind == "DtypePolicy" or _nested_policy(child) for child in layer.children)
 
 
-@layer_type("DtypePolicy", sublayers="layer")
+@layer_type("DtypePolicy", sublayers="layer", layout=transparent("layer"))
 def DtypePolicy(layer: Layer, *, params: str | None = None, compute: str | None = None,
                 output: str | None = None) -> Layer:
     """Run ``layer`` (a layer or a whole network) with a dtype policy.

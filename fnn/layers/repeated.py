@@ -33,18 +33,9 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from fnn.core import Layer, LayerError, apply_child, default_key, init_child, layer_type
+from fnn.core import Layer, LayerError, apply_child, init_child, layer_type, transparent
 
-__all__ = ["repeat", "copy_key"]
-
-
-def copy_key(layer: Layer, times: int) -> str:
-    """The key of the repeated child in error paths and summaries: ``"serial[1000]"``.
-
-    Params carry no extra level for it (the stacked child params are the repeat's params);
-    the key only says, in messages and in ``fnn.summary``, which layer is repeated how often.
-    """
-    return f"{default_key(layer)}[{times}]"
+__all__ = ["repeat"]
 
 
 def _check_int(value: Any, what: str, minimum: int) -> int:
@@ -53,7 +44,7 @@ def _check_int(value: Any, what: str, minimum: int) -> int:
     return value
 
 
-@layer_type("Repeat", sublayers="layer")
+@layer_type("Repeat", sublayers="layer", layout=transparent("layer"))
 def repeat(layer: Layer, times: int, *, unroll: int = 1, remat: bool = False) -> Layer:
     """``times`` copies of ``layer`` applied in sequence, params stacked, applied with ``lax.scan``.
 
@@ -91,7 +82,7 @@ def repeat(layer: Layer, times: int, *, unroll: int = 1, remat: bool = False) ->
     unroll = _check_int(unroll, "unroll", 1)
     if not isinstance(remat, bool):
         raise ValueError(f"Repeat: remat must be true or false, got {remat!r}")
-    key = copy_key(layer, times)
+    key = ""  # the stacked params are the repeat's own: no level of their own
 
     def init(rng, input_shape):
         found: dict[str, Any] = {}

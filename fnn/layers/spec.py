@@ -41,9 +41,16 @@ def _lookup(kind: str, path: str, modules: dict[str, str] | None = None
     close = difflib.get_close_matches(kind, list(registry), n=3, cutoff=0.5)
     close = close or [folded[k] for k in difflib.get_close_matches(key, list(folded), n=3)]
     module = (modules or {}).get(kind)
+    if module == "__main__":
+        raise SpecError(path, f"unknown layer {kind!r}: it was defined in a script (module "
+                              f"__main__) when the network was saved, and a script is not "
+                              f"importable; move its @fnn.layer_type definition into a module "
+                              f"(e.g. mylayers.py) and import that module before loading "
+                              f"(fnn commands: --import mylayers, or the config key imports)")
     if module:
         raise SpecError(path, f"unknown layer {kind!r}: it was registered by module {module!r}, "
-                              f"which this process has not imported; import {module} first")
+                              f"which this process has not imported; import {module} first "
+                              f"(fnn commands: --import {module}, or the config key imports)")
     hint = f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
     raise SpecError(path, f"unknown layer {kind!r}{hint} (known layers: {', '.join(sorted(registry))}); "
                           f"a layer of your own must be imported (registered) before it is used")

@@ -72,7 +72,7 @@ from fnn.train.run_folder import RunFolder
 from fnn.train.state import TrainState, init_train_state
 from fnn.train.step import eval_step_fn, train_step_fn
 from fnn.train.tracker import EarlyStopping, Tracker
-from fnn.finetune import load_pretrained, transfer, with_frozen_mask
+from fnn.finetune import keep_frozen, load_pretrained, transfer, with_frozen_mask
 
 __all__ = ["fit", "evaluate", "FitResult", "EarlyStopping", "TrainingDiverged", "Checkpointing",
            "Preempted", "batch_order", "prefetch"]
@@ -235,7 +235,8 @@ def fit(net: Layer, loss: Callable[..., jax.Array], optimizer: optax.GradientTra
         raise ValueError("train_data: a training batch needs targets 'y' next to 'x' (for an "
                          "autoencoder, y=x)")
     check_shapes(net, loss, first["x"], first["y"], metrics=metrics)
-    optimizer = with_frozen_mask(net, optimizer, train.input_shape)
+    optimizer = with_frozen_mask(net, optimizer)     # frozen layers: no update, no state
+    constraint = keep_frozen(net, constraint)         # ... and no max-norm projection
     if ema is not None:
         optimizer = with_ema(optimizer, ema)
     train_state = _initial_state(net, optimizer, train.input_shape, seed_key, train_state, init,

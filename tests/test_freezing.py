@@ -1,0 +1,190 @@
+"""Frozen means frozen: a frozen layer's params are bit-identical after training, under every
+optimizer (weight decay included), regularizer, constraint, dtype policy, ``repeat``, ``shared``
+and config path, with no optimizer state and unchanged batch-norm statistics (issue 19)."""
+
+from __future__ import annotations
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import fnn
+from fnn.finetune import frozen_mask, frozen_paths
+from fnn.losses import softmax_cross_entropy
+from fnn.train import fit
+from tests.blobs import blobs
+
+X, Y = blobs(96, d=6)
+DATA = {"x": X, "y": Y}
+
+
+def _train(net, optimizer, *, regularizer=None, constraint=None, epochs=3):
+    result = fit(net, softmax_cross_entropy, optimizer, DATA, epochs=epochs, batch_size=32,
+                 regularizer=regularizer, constraint=constraint, log=None)
+    return result.train_state
+
+
+def _leaves_under(tree, path):
+    for key in path:
+        tree = tree[key]
+    return tree
+
+
+def _assert_frozen(net, before, after, path):
+    """The leaves under ``path`` equal ``before`` bit for bit; some other leaf moved."""
+    chex.assert_trees_all_equal(_leaves_under(after, path), _leaves_under(before, path))
+    moved = [not np.array_equal(a, b) for a, b, f in zip(
+        jax.tree_util.tree_leaves(after), jax.tree_util.tree_leaves(before),
+        jax.tree_util.tree_leaves(frozen_mask(net, before))) if not f]
+    assert any(moved), "nothing trained"
+
+
+def _l2(params):
+    return 1e-2 * fnn.regularizers.l2(params)
+
+
+def _max_norm(params):
+    return fnn.regularizers.max_norm(params, 0.05)  # small enough to project every kernel
+
+
+CASES = {
+    # a frozen Dense inside a repeated block: vmap'ed init made the old identity match miss it
+    "repeat": (lambda: fnn.serial(fnn.Dense(8), fnn.repeat(fnn.serial(fnn.Dense(8), fnn.Tanh), 3),
+                                  fnn.Dense(3)),
+               "repeat_0/dense_0", ("repeat_0", "dense_0")),
+    # under a dtype policy that casts the params: the cast made new arrays
+    "dtype_policy": (lambda: fnn.DtypePolicy(fnn.serial(fnn.Dense(8), fnn.Relu, fnn.Dense(3)),
+                                             params="bfloat16"),
+                     "dense_0", ("dense_0",)),
+    "shared": (lambda: fnn.serial(fnn.fan_out(2), fnn.shared(fnn.serial(fnn.Dense(8), fnn.Relu,
+                                                                         name="tower")),
+                                  fnn.fan_in_concat(), fnn.Dense(3)),
+               "shared_0/dense_0", ("shared_0", "dense_0")),
+    "nested": (lambda: fnn.serial(fnn.serial(fnn.Dense(8), fnn.Relu, name="encoder"),
+                                  fnn.Dense(3, name="head")),
+               "encoder", ("encoder",)),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+@pytest.mark.parametrize("how", ["adamw", "l2", "max_norm"])
+def test_frozen_leaves_are_bit_identical(case, how):
+    make, name, path = CASES[case]
+    net = fnn.freeze(make(), name)
+    assert frozen_paths(net) == [path]
+    _, params, state = net.init(jax.random.key(0), (-1, 6))
+    optimizer = optax.adamw(1e-2, weight_decay=0.5) if how == "adamw" else optax.sgd(0.1)
+    ts = fit(net, softmax_cross_entropy, optimizer, DATA, epochs=3, batch_size=32, log=None,
+             init=(params, state),
+             regularizer=_l2 if how == "l2" else None,
+             constraint=_max_norm if how == "max_norm" else None).train_state
+    _assert_frozen(net, params, ts.params, path)
+
+
+def test_frozen_params_have_no_optimizer_state():
+    net = fnn.freeze(CASES["repeat"][0](), "repeat_0/dense_0")
+    ts = _train(net, optax.adam(1e-2), epochs=1)
+    # multi_transform keeps the trainable moments only: count the adam moment scalars
+    inner = ts.opt_state.inner_states["trainable"].inner_state[0]
+    counted = fnn.core.num_params(inner.mu)
+    frozen_count = fnn.core.num_params(_leaves_under(ts.params, ("repeat_0", "dense_0")))
+    assert counted == fnn.core.num_params(ts.params) - frozen_count
+
+
+def test_frozen_batch_norm_keeps_its_statistics_inside_a_repeat():
+    net = fnn.serial(fnn.Dense(8), fnn.repeat(fnn.serial(fnn.Dense(8), fnn.BatchNorm(), fnn.Tanh), 2),
+                     fnn.Dense(3))
+    frozen = fnn.freeze(net, "repeat_0/batch_norm_0")
+    _, params, state = frozen.init(jax.random.key(0), (-1, 6))
+    ts = fit(frozen, softmax_cross_entropy, optax.adam(1e-2), DATA, epochs=2, batch_size=32,
+             log=None, init=(params, state)).train_state
+    chex.assert_trees_all_equal(ts.model_state, state)
+    chex.assert_trees_all_equal(ts.params["repeat_0"]["batch_norm_0"],
+                                params["repeat_0"]["batch_norm_0"])
+
+
+def test_freeze_takes_the_paths_summary_prints():
+    net = CASES["repeat"][0]()
+    printed = [row.name.split("/", 1)[1] for row in fnn.summary(net, (-1, 6)).rows
+               if row.kind == "Dense"]
+    assert printed == ["dense_0", "repeat_0/dense_0", "dense_1"]
+    for name in printed:  # each path summary prints is a path freeze takes
+        assert tuple(name.split("/")) in frozen_paths(fnn.freeze(net, name))
+    # a name selects every layer whose path holds its keys (as optimizer.freeze does)
+    assert frozen_paths(fnn.freeze(net, "dense_0")) == [("dense_0",), ("repeat_0", "dense_0")]
+    assert frozen_paths(fnn.freeze(net, "repeat_0/dense_0")) == [("repeat_0", "dense_0")]
+    # the optimizer's freeze list takes the same paths, with the same matcher
+    from fnn.optim.masks import frozen_labels
+    _, params, _ = net.init(jax.random.key(0), (-1, 6))
+    labels = frozen_labels(params, (("repeat_0", "dense_0"),), "optimizer.freeze")
+    assert labels["repeat_0"]["dense_0"] == {"b": "frozen", "w": "frozen"}
+    assert labels["dense_0"] == {"b": "trainable", "w": "trainable"}
+
+
+def test_summary_counts_frozen_params_apart():
+    net = fnn.freeze(CASES["nested"][0](), "encoder")
+    s = fnn.summary(net, (-1, 6))
+    assert s.frozen_params == 6 * 8 + 8
+    assert s.trainable_params == 8 * 3 + 3
+    assert "Frozen params: 56" in str(s)
+
+
+def test_freeze_keeps_every_key_and_unfreeze_undoes_it():
+    net = fnn.serial(fnn.Dense(4), fnn.Dense(4), fnn.Relu, fnn.Dense(2))
+    frozen = fnn.freeze(net, "dense_1")
+    keys = lambda n: sorted(n.init(jax.random.key(0), (-1, 3))[1])
+    assert keys(frozen) == keys(net) == ["dense_0", "dense_1", "dense_2"]
+    assert [c.kind for c in frozen.children] == ["Dense", "Frozen", "Relu", "Dense"]
+    back = fnn.unfreeze(frozen)
+    assert [c.kind for c in back.children] == ["Dense", "Dense", "Relu", "Dense"]
+    assert keys(back) == keys(net)
+
+
+def test_a_name_that_matches_nothing_is_one_line_with_the_closest_keys():
+    net = CASES["repeat"][0]()
+    with pytest.raises(fnn.core.LayerNameError,
+                       match=r"^freeze: no layer 'repeat_0/dens_0' in the network; did you mean"):
+        fnn.freeze(net, "repeat_0/dens_0")
+
+
+def test_config_freeze_inside_a_repeat_with_adamw_and_l2_and_resume(tmp_path):
+    from fnn.run import train as train_run
+    raw = {"name": "frz", "seed": 0,
+           "model": [{"Dense": 8},
+                     {"Repeat": {"times": 2, "layer": [{"Dense": 8}, "Tanh"]}},
+                     {"Dense": 3}],
+           "model_dtype": {"params": "float32", "compute": "float32"},
+           "optimizer": {"name": "adamw", "learning_rate": 0.01, "weight_decay": 0.5},
+           "regularizers": {"l2": 0.01},
+           "data": {"name": "circles", "options": {"n": 120, "n_test": 40}, "validation": 0.25},
+           "training": {"epochs": 2, "batch_size": 30, "freeze": ["repeat_0/dense_0"]},
+           "output": {"plots": False, "progress": False}}
+    cfg = fnn.config.parse_config(raw, [f"output.dir={tmp_path / 'run'}"])
+    run = train_run(cfg, log=None)
+    net = fnn.run.build(cfg).net
+    params, _ = fnn.load_weights(run / "checkpoints" / "latest.safetensors")
+    first = params["repeat_0"]["dense_0"]
+    # resume for two more epochs: nothing changed, so the optimizer state is kept (no reset note)
+    lines = []
+    longer = fnn.config.parse_config(raw, [f"output.dir={tmp_path / 'run'}", "training.epochs=4"])
+    train_run(longer, resume=True, log=lines.append)
+    assert not any("optimizer" in line and "reset" in line for line in lines), lines
+    params, _ = fnn.load_weights(run / "checkpoints" / "latest.safetensors")
+    chex.assert_trees_all_equal(params["repeat_0"]["dense_0"], first)
+    assert fnn.summary(net, (-1, 2)).frozen_params == 2 * (8 * 8 + 8)
+
+
+@pytest.mark.parametrize("command", ["validate", "train"])
+def test_an_unknown_layer_in_training_freeze_is_one_line_before_anything(capsys, tmp_path, command):
+    from fnn.cli import main
+    from tests.test_engine import REPO
+    out = tmp_path / "run"
+    args = [command, str(REPO / "configs" / "xor.yaml"), "training.freeze=[dense_9]"]
+    assert main(args + (["--out", str(out)] if command == "train" else [])) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"fnn {command}: error: training.freeze: no layer 'dense_9' in the network; "
+                   f"did you mean dense_1, dense_0?"]
+    assert not out.exists()
