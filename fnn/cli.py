@@ -63,6 +63,9 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--allow-change", action="append", default=[], metavar="KEY",
                    help="with --resume: accept a config that differs from the run's in KEY "
                         "(or keys under it, e.g. optimizer); repeat for several")
+    t.add_argument("--profile", type=int, metavar="STEPS",
+                   help="write a jax.profiler trace of the first STEPS steps (compilation "
+                        "included) to <run folder>/profile (open with xprof or TensorBoard)")
     t.add_argument("--parallel", choices=("none", "pmap", "mesh", "fsdp"),
                    help="data parallelism over local devices (same as parallel.mode=...)")
     t.add_argument("--coordinator-address", help="host:port of process 0 (several processes)")
@@ -173,14 +176,21 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     A user's mistake (config, data file, checkpoint, run folder, disk) ends in one line
     ``fnn <command>: error: <where>: <what>`` and exit status 2; ``--debug`` (or ``FNN_DEBUG=1``)
-    shows the traceback instead. Anything else is a bug in fnn and keeps its traceback.
+    shows the traceback instead. A run stopped by SIGTERM/SIGINT (after writing its latest
+    checkpoint) prints the command that continues it and exits with status 75. Anything else is a bug in fnn and keeps its traceback.
     """
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv or os.environ.get("FNN_DEBUG", "") not in ("", "0")
     argv = [a for a in argv if a != "--debug"]
     args = _parser().parse_args(argv)
+    from fnn.train.checkpointing import PREEMPTED_STATUS, Preempted
+
     try:
         return _run(args)
+    except Preempted as e:  # SIGTERM/SIGINT: latest is written; say how to go on
+        again = " ".join(["fnn", *argv] + ([] if "--resume" in argv else ["--resume"]))
+        print(f"fnn {args.command}: {e}; continue with: {again}", file=sys.stderr)
+        return PREEMPTED_STATUS
     except Exception as e:  # noqa: BLE001 - sorted into user errors and bugs right here
         user = isinstance(e, _user_errors()) or (isinstance(e, OSError)
                                                    and e.errno in USER_ERRNOS)
@@ -220,9 +230,12 @@ def _run(args) -> int:
     cfg = load_config(args.config, overrides)
     if args.command == "train":
         from fnn.run import train
-        with _terminate_as_exit():
+        if args.profile is not None and args.profile < 1:
+            from fnn.config import ConfigError
+            raise ConfigError("--profile", f"must be a number of steps >= 1, got {args.profile}")
+        with _terminate_as_exit():  # fit's own handlers finish the step and save while training
             train(cfg, args.out, resume=args.resume, overwrite=args.overwrite,
-                  allow_change=args.allow_change)
+                  allow_change=args.allow_change, profile=args.profile)
         return 0
     # validate, summary, cv, sweep: every check a training run makes first (model selection
     # leaves the test set alone until it has chosen)

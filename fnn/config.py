@@ -114,8 +114,9 @@ _SECTIONS: dict[str, Any] = {
         },
         "divergence": {
             "factor": Field(NUM + (type(None),), 1e4,
-                            doc="stop when a step's loss exceeds factor x the first epoch's "
-                                "mean loss (null: only NaN/Inf stop the run)"),
+                            doc="stop when a step's loss exceeds factor x the loss at the "
+                                "start of training (median of the first steps; null: only "
+                                "NaN/Inf stop the run)"),
         },
         "pretrained": Field((str, type(None)), None, doc="checkpoint whose matching params start the run"),
         "freeze": Field((list,), [], doc="layers frozen with fnn.freeze: no updates, "
@@ -123,6 +124,23 @@ _SECTIONS: dict[str, Any] = {
         "diagnostics": {
             "every": Field((int, type(None)), None,
                            doc="log gradient-flow diagnostics every N steps (diagnostics.jsonl)"),
+        },
+        "accumulate": Field((int,), 1, doc="micro-batches per update (gradient accumulation); "
+                                           "batch_size must divide by it"),
+        "ema": {
+            "decay": Field(NUM + (type(None),), None,
+                           doc="moving average of the weights (e.g. 0.999) used for validation, "
+                               "best and fnn eval"),
+        },
+        "compile_cache": Field((bool,), True,
+                               doc="keep compiled steps in ~/.cache/fnn/jax for later runs "
+                                   "(FNN_COMPILE_CACHE=0 turns it off too)"),
+        "checkpoint": {
+            "every_steps": Field((int, type(None)), None,
+                                 doc="also write checkpoints/latest every N steps, inside epochs"),
+            "every_minutes": Field(NUM + (type(None),), None,
+                                   doc="also write checkpoints/latest every M minutes"),
+            "keep": Field((int,), 1, doc="step checkpoints (step-N.safetensors) kept"),
         },
     },
     "parallel": {
@@ -378,8 +396,30 @@ def validate(raw: dict[str, Any]) -> dict[str, Any]:
     every = cfg["training"]["diagnostics"]["every"]
     if every is not None and every < 1:
         raise ConfigError("training.diagnostics.every", f"must be >= 1 (or null), got {every}")
+    _check_checkpoint(cfg["training"]["checkpoint"])
+    decay = cfg["training"]["ema"]["decay"]
+    if decay is not None and not 0 < decay < 1:
+        raise ConfigError("training.ema.decay", f"must be between 0 and 1 (or null), got {decay}")
+    if decay is not None and cfg["training"]["freeze"]:
+        raise ConfigError("training.ema", "a moving average of a network with frozen layers "
+                                          "(training.freeze) is not supported yet; drop one")
+    k = cfg["training"]["accumulate"]
+    if k < 1 or cfg["training"]["batch_size"] % k:
+        raise ConfigError("training.accumulate", f"must be >= 1 and divide training.batch_size "
+                                                 f"({cfg['training']['batch_size']}), got {k}")
     _check_components(cfg)
     return cfg
+
+
+def _check_checkpoint(c: dict[str, Any]) -> None:
+    if c["every_steps"] is not None and c["every_steps"] < 1:
+        raise ConfigError("training.checkpoint.every_steps",
+                          f"must be >= 1 (or null), got {c['every_steps']}")
+    if c["every_minutes"] is not None and not c["every_minutes"] > 0:
+        raise ConfigError("training.checkpoint.every_minutes",
+                          f"must be > 0 (or null), got {c['every_minutes']}")
+    if c["keep"] < 1:
+        raise ConfigError("training.checkpoint.keep", f"must be >= 1, got {c['keep']}")
 
 
 def import_modules(names: Sequence[Any], where: Any) -> None:

@@ -2,7 +2,8 @@
 norms, update-to-weight ratios and activation statistics.
 
 :func:`gradient_flow` is the notebook entry point; :class:`Diagnostics` is what a training loop
-calls on diagnostic steps (it rewrites ``diagnostics.jsonl`` atomically and redraws ``gradflow.png``).
+calls on diagnostic steps (it appends to ``diagnostics.jsonl`` and redraws ``gradflow.png``
+now and then).
 Both run one extra compiled forward and backward pass on the given batch, separate from the
 train step, so a step without diagnostics runs exactly the code it ran before.
 
@@ -47,9 +48,9 @@ Example:
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import os
+import time
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
@@ -59,7 +60,7 @@ import numpy as np
 from jax import lax
 
 from fnn.core import Layer, apply_child, child_keys, default_key, split_keys, split_rng
-from fnn.files import atomic_write
+from fnn.logs import append_record, trim_records
 from fnn.regularizers import is_weight
 
 __all__ = ["gradient_flow", "make_gradient_flow", "GradientFlow", "LayerFlow", "Diagnostics",
@@ -377,12 +378,13 @@ class Diagnostics:
 
     The loop calls :meth:`due` with the step count and, when it says so, :meth:`record` with the
     train state and a training batch; ``record`` computes the diagnostics of that state (the
-    update ratio from the optimizer's actual next update), adds one line to
-    ``run_dir/diagnostics.jsonl`` and redraws ``run_dir/gradflow.png``. The file is rewritten
-    whole and atomically (:func:`fnn.files.atomic_write`), so a killed run leaves the old file
-    or the new one. A resumed run passes ``start_step``: the records of steps up to it are
-    read back from the file and kept, later ones (logged after the checkpoint it resumes from)
-    are dropped, so no step appears twice.
+    update ratio from the optimizer's actual next update) and appends one line to
+    ``run_dir/diagnostics.jsonl`` (:func:`fnn.logs.append_record`: a record costs the same at
+    the millionth step as at the first). ``gradflow.png`` is redrawn at most once per epoch and
+    at most every ``plot_seconds`` (the first record draws it); :meth:`finish` draws the last
+    records at the end of the run. A resumed run passes ``start_step``: the records of steps up
+    to it are kept, later ones (logged after the checkpoint it resumes from) and a line torn by
+    a kill are cut (:func:`fnn.logs.trim_records`), so no step appears twice.
 
     Example:
         >>> import os, tempfile
@@ -398,6 +400,7 @@ class Diagnostics:
         >>> for step in (99, 100, 101):
         ...     if diag.due(step):
         ...         record = diag.record(train_state, batch, step=step, epoch=1)
+        >>> diag.finish()
         >>> record["step"], sorted(record)
         (100, ['epoch', 'grad_norm_by_depth', 'layers', 'loss', 'step'])
         >>> sorted(os.listdir(run_dir))
@@ -405,15 +408,18 @@ class Diagnostics:
     """
 
     def __init__(self, net: Layer, loss: Callable[..., jax.Array], optimizer: Any, *,
-                 every: int, run_dir: str | os.PathLike | None, start_step: int = 0):
+                 every: int, run_dir: str | os.PathLike | None, start_step: int = 0,
+                 plot_seconds: float = 30.0):
         if isinstance(every, bool) or not isinstance(every, int) or every < 1:
             raise ValueError(f"training.diagnostics.every must be a positive int, got {every!r}")
         self.every = every
         self.run_dir = Path(run_dir) if run_dir is not None else None
         self.flow = make_gradient_flow(net, loss, train=False, optimizer=optimizer)
         self.records: list[dict[str, Any]] = (
-            _earlier_records(self.run_dir / "diagnostics.jsonl", start_step)
-            if self.run_dir is not None and start_step > 0 else [])
+            trim_records(self.run_dir / "diagnostics.jsonl", start_step)
+            if self.run_dir is not None else [])
+        self.plot_seconds = plot_seconds
+        self.plotted: tuple[float, Any, int] | None = None  # (time, epoch, records) last drawn
 
     def due(self, step: int, steps_done: int = 1) -> bool:
         """True when a multiple of ``every`` lies in the ``steps_done`` steps that ended at ``step``
@@ -435,25 +441,19 @@ class Diagnostics:
         record["grad_norm_by_depth"] = [_num(v) for v in flow.profile("grad_norm")]
         self.records.append(record)
         if self.run_dir is not None:
-            text = "".join(json.dumps(r, allow_nan=False) + "\n" for r in self.records)
-            atomic_write(self.run_dir / "diagnostics.jsonl", text.encode())
-            plot_gradient_flow(self.records, self.run_dir / "gradflow.png")
+            append_record(self.run_dir / "diagnostics.jsonl", record)
+            now = time.monotonic()
+            if self.plotted is None or (epoch != self.plotted[1]
+                                        and now - self.plotted[0] >= self.plot_seconds):
+                self._plot(now, epoch)
         return record
 
+    def finish(self) -> None:
+        """Draw ``gradflow.png`` with every record, if some came after the last drawing."""
+        if self.run_dir is not None and self.records and (
+                self.plotted is None or self.plotted[2] != len(self.records)):
+            self._plot(time.monotonic(), self.records[-1].get("epoch"))
 
-def _earlier_records(path: Path, start_step: int) -> list[dict[str, Any]]:
-    """The records of ``path`` (a ``diagnostics.jsonl``) with ``step <= start_step``; none when
-    the file is missing. A line that is not a JSON record raises ``ValueError`` naming the file
-    and line: fnn writes the file whole, so a bad line means it was edited or damaged."""
-    if not path.exists():
-        return []
-    kept = []
-    for number, line in enumerate(path.read_text().splitlines(), 1):
-        try:
-            record = json.loads(line)
-            step = int(record["step"])
-        except (ValueError, TypeError, KeyError) as e:
-            raise ValueError(f"{path}: line {number}: not a diagnostics record ({e})") from None
-        if step <= start_step:
-            kept.append(record)
-    return kept
+    def _plot(self, now: float, epoch: Any) -> None:
+        plot_gradient_flow(self.records, self.run_dir / "gradflow.png")
+        self.plotted = (now, epoch, len(self.records))

@@ -108,6 +108,9 @@ def build(cfg: dict[str, Any]) -> Experiment:
         except LayerNameError as e:
             raise ConfigError("training.freeze", e.detail) from None
     optimizer = optim.make_optimizer(cfg["optimizer"])
+    if cfg["training"]["ema"]["decay"] is not None:  # the average lives in the optimizer state
+        from fnn.train.ema import with_ema
+        optimizer = with_ema(optimizer, cfg["training"]["ema"]["decay"])
     penalty, constraint = _make_regularizer(cfg)
     metric = CLASSIFICATION.get(cfg["loss"]["name"])
     if metric is None and cfg["data"]["one_hot"] is not False:  # e.g. mse on one-hot digits
@@ -344,14 +347,15 @@ def train_model(cfg: dict[str, Any], train_data: dict[str, np.ndarray],
                 val_data: dict[str, np.ndarray] | None, run_dir: str | os.PathLike, *,
                 resume: bool = False, log: Callable[[str], None] | None = print,
                 parallel: Any = None, experiment: Experiment | None = None,
-                reset_optimizer: bool = False,
+                reset_optimizer: bool = False, profile: int | None = None,
                 callbacks: Sequence[Callable[[dict, Any], Any]] = ()) -> FitResult:
     """Train the model of ``cfg`` on ``train_data`` into ``run_dir``; the test set is not touched.
 
     Writes ``config.yaml``, ``summary.txt``, ``metrics.jsonl``, checkpoints and ``curves.png``
     (process 0 only). This is :func:`train` without the run-folder guard and the final test
     evaluation, which is what model selection (``fnn.selection``) needs. ``reset_optimizer``:
-    on resume, restore params and progress but start the optimizer state afresh.
+    on resume, restore params and progress but start the optimizer state afresh. ``profile``:
+    trace the first steps into ``run_dir/profile`` (``fnn train --profile STEPS``).
     ``callbacks``: called after each epoch, as in :func:`fnn.train.fit`.
     """
     from fnn.doctor import LiveHints
@@ -399,6 +403,8 @@ def train_model(cfg: dict[str, Any], train_data: dict[str, np.ndarray],
                  init=t["pretrained"],
                  eval_batch_size=t["eval_batch_size"], progress=cfg["output"]["progress"], log=log,
                  parallel=dp, diagnostics=t["diagnostics"]["every"],
+                 checkpoint=_checkpointing(t["checkpoint"]), accumulate=t["accumulate"],
+                 plateau=_plateau(cfg["optimizer"]), profile=profile,
                  callbacks=[*callbacks, *([LiveHints(exp.net, {"x": train_data["x"][:256]}, log)]
                                           if log else [])])
     if dp.is_main and cfg["output"]["plots"]:
@@ -407,9 +413,28 @@ def train_model(cfg: dict[str, Any], train_data: dict[str, np.ndarray],
     return result
 
 
+def _checkpointing(c: dict[str, Any]) -> Any:
+    """``training.checkpoint``: a :class:`~fnn.train.checkpointing.Checkpointing`, or ``None``
+    when neither ``every_steps`` nor ``every_minutes`` is set (checkpoints at epoch ends only)."""
+    from fnn.train.checkpointing import Checkpointing
+
+    if c["every_steps"] is None and c["every_minutes"] is None:
+        return None
+    return Checkpointing(c["every_steps"], c["every_minutes"], c["keep"])
+
+
+def _plateau(ocfg: dict[str, Any]) -> Any:
+    """``optimizer.schedule: {name: plateau, ...}``: a :class:`~fnn.train.plateau.Plateau`."""
+    from fnn.optim.schedules import plateau_options
+    from fnn.train.plateau import Plateau
+
+    options = plateau_options(ocfg.get("schedule"))
+    return None if options is None else Plateau(**options)
+
+
 def train(cfg: dict[str, Any], out: str | os.PathLike | None = None, *, resume: bool = False,
           overwrite: bool = False, allow_change: Sequence[str] = (),
-          log: Callable[[str], None] | None = print) -> Path:
+          log: Callable[[str], None] | None = print, profile: int | None = None) -> Path:
     """Train the run a config describes, then report its test metrics; returns the run folder.
 
     Everything a user can get wrong is checked first, before anything compiles and before the
@@ -425,7 +450,9 @@ def train(cfg: dict[str, Any], out: str | os.PathLike | None = None, *, resume: 
         ConfigError, RunFolderError: one line naming the key or the folder.
     """
     from fnn import checks, rundir
+    from fnn.compile_cache import enable_compile_cache
 
+    enable_compile_cache(cfg["training"]["compile_cache"], log)  # before anything compiles
     dp = data_parallel(cfg)
     data = load_data(cfg)
     run_dir = run_dir_of(cfg, out)
@@ -436,7 +463,8 @@ def train(cfg: dict[str, Any], out: str | os.PathLike | None = None, *, resume: 
                                    checkpoint_bytes=check.checkpoint_bytes)
     if not dp.is_main:  # process 0 alone opens (locks) and writes the folder
         train_model(cfg, data["train"], data.get("val"), run_dir, resume=resume, log=None,
-                    parallel=dp, experiment=exp, reset_optimizer=plan.reset_optimizer)
+                    parallel=dp, experiment=exp, reset_optimizer=plan.reset_optimizer,
+                    profile=profile)
         return run_dir
     with rundir.open_run_folder(plan) as opened:
         if log:
@@ -444,7 +472,7 @@ def train(cfg: dict[str, Any], out: str | os.PathLike | None = None, *, resume: 
         started = [lambda record, train_state: opened.started()] if opened.old_run else []
         train_model(cfg, data["train"], data.get("val"), run_dir, resume=resume, log=log,
                     parallel=dp, experiment=exp, reset_optimizer=plan.reset_optimizer,
-                    callbacks=started)
+                    callbacks=started, profile=profile)
         if "test" in data:  # the test set is evaluated once, by process 0
             evaluate_run(run_dir, data=data, experiment=exp, log=log)
     return run_dir

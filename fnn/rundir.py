@@ -8,10 +8,11 @@
   refused unless the run resumes it (``--resume``) or replaces it (``--overwrite``);
 * a resume whose config differs from the run's (the copy stored in the latest checkpoint, else
   ``config.yaml``) in anything but the run's length and presentation (``training.epochs``,
-  ``training.eval_batch_size``, ``name``, ``output.*``, ``parallel.*``) is refused with the list
-  of differing keys, unless each change is allowed explicitly (``--allow-change KEY``). An
-  allowed change of optimizer resets the stored optimizer state, and says so; a network whose
-  parameters no longer fit the checkpoint is refused naming the first layer that differs.
+  ``training.eval_batch_size``, ``training.checkpoint.*``, ``name``, ``output.*``,
+  ``parallel.*``) is refused with the list of differing keys, unless each change is allowed
+  explicitly (``--allow-change KEY``). An allowed change of optimizer resets the stored
+  optimizer state, and says so; a network whose parameters no longer fit the checkpoint is
+  refused naming the first layer that differs.
 
 One run per folder: a run holds the folder's lock file ``.fnn-lock`` (its pid, host and start
 time, created exclusively) while it runs; another run on the folder is refused naming the
@@ -87,7 +88,8 @@ LOCK = ".fnn-lock"  # {"pid", "host", "since", "ticks"} of the run using the fol
 OLD_RUN = ".fnn-old-"  # + time: where --overwrite keeps the old run until the new one started
 # config keys that name files a run reads: --overwrite refuses when one lies inside the folder
 READ_PATHS = ("training.pretrained", "data.path", "data.dir")
-FREE_TO_CHANGE = ("training.epochs", "training.eval_batch_size", "name", "output", "parallel")
+FREE_TO_CHANGE = ("training.epochs", "training.eval_batch_size", "training.checkpoint",
+                  "training.compile_cache", "name", "output", "parallel")
 
 
 class RunFolderError(ValueError):
@@ -417,6 +419,12 @@ def check_run_folder(run_dir: str | os.PathLike, cfg: Mapping[str, Any], *,
                              "folder")
     if plan.overwrite:
         _check_reads_outside(run_dir, cfg)
+    if plan.resume:
+        from fnn.logs import LogError, check_logs
+        try:
+            check_logs(run_dir)  # a damaged line of metrics.jsonl or diagnostics.jsonl
+        except LogError as e:
+            raise RunFolderError(f"cannot resume: {e}") from None
     stored, source = _stored_config(run_dir, latest) if resume else (None, "")
     if stored is None:
         return plan

@@ -8,6 +8,10 @@ import subprocess
 
 import pytest
 
+# Tests never write JAX's compilation cache into the real home (fnn train turns it on by
+# default); a test of the cache points FNN_COMPILE_CACHE at its own folder.
+os.environ.setdefault("FNN_COMPILE_CACHE", "0")
+
 
 @pytest.fixture
 def tmpfs(tmp_path):

@@ -169,7 +169,7 @@ def test_resumed_run_keeps_earlier_records_once(tmp_path):
     assert "stale" not in records[2]
     assert not list(tmp_path.glob(".diagnostics.jsonl.*"))                # no temporary left
     path.write_text(lines[0] + "\n{not json\n")
-    with pytest.raises(ValueError, match=r"diagnostics\.jsonl: line 2: not a diagnostics record"):
+    with pytest.raises(ValueError, match=r"diagnostics\.jsonl: line 2: not a log record"):
         fnn.train.fit(net, LOSS, optax.sgd(0.1), data, epochs=4, resume=True, **run)
 
 

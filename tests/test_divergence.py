@@ -1,5 +1,5 @@
-"""A loss that explodes (past ``divergence_factor`` times the first epoch's mean loss) stops the
-run naming the step, and a diverged epoch never becomes a checkpoint; metrics.jsonl is strict
+"""A loss that explodes (past ``divergence_factor`` times the loss at the start of training)
+stops the run naming the step, and a diverged epoch never becomes a checkpoint; metrics.jsonl is strict
 JSON (NaN and Inf written as null)."""
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ def test_an_exploding_loss_stops_the_run_at_its_step(tmp_path):
     # one step per epoch: losses l1, 9 l1, 81 l1, 729 l1: the 4th step is the first past 100 l1
     message = str(info.value)
     assert "exploded" in message and "at step 4 (epoch 4)" in message
-    assert "100 x the first epoch's mean loss" in message
+    assert "100 x the loss at the start of training" in message
     history = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in history] == [1, 2, 3]  # the diverged epoch is not recorded
     assert ckpt.read_metadata(tmp_path / "checkpoints" / "latest.safetensors")[

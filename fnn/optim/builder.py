@@ -29,7 +29,7 @@ from fnn.optim.checks import boolean, check_keys, choice, mapping, number
 from fnn.optim.masks import freeze_list, frozen_labels, weights_only
 from fnn.optim.rules import (ADAMW_WEIGHT_DECAY, CONVENTIONS, DECOUPLED_WEIGHT_DECAY,
                              DEFAULT_DECAY_MASK, RULES, Rule)
-from fnn.optim.schedules import make_schedule
+from fnn.optim.schedules import make_schedule, plateau_options
 
 __all__ = ["make_optimizer", "optimizer_names", "COMMON_KEYS"]
 
@@ -182,6 +182,8 @@ def make_optimizer(config: Mapping[str, Any], *, params: optax.Params | None = N
                 lambda tree: frozen_labels(tree, freeze, f"{where}.freeze"))
         return tx
 
+    if plateau_options(config.get("schedule"), f"{where}.schedule") is not None:
+        schedule = lr  # a number in the state, which the training loop lowers on a plateau
     return optax.inject_hyperparams(build)(learning_rate=schedule)
 
 

@@ -20,7 +20,7 @@ import optax
 from fnn.errors import ConfigError
 from fnn.optim.checks import boolean, check_keys, integer, mapping, number
 
-__all__ = ["make_schedule", "schedule_names"]
+__all__ = ["make_schedule", "schedule_names", "plateau_options"]
 
 
 def _float() -> jnp.dtype:
@@ -83,8 +83,31 @@ _SCHEDULES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "inverse_time": (("decay_rate", "decay_steps", "staircase"), ("decay_rate",)),
     "inverse_sqrt": (("decay_steps",), ()),
     "cosine": (("decay_steps", "alpha"), ("decay_steps",)),
+    "plateau": (("factor", "patience", "monitor", "mode", "min_delta", "min_lr"), ()),
 }
 _SCHEDULE_ALIASES = {"piecewise": "step", "piecewise_constant": "step"}
+
+
+def plateau_options(config: Any, where: str = "optimizer.schedule") -> dict[str, Any] | None:
+    """The checked options of a ``plateau`` schedule section (``None`` for another schedule):
+    ``{"factor", "patience", "monitor", "mode", "min_delta", "min_lr"}``."""
+    if not isinstance(config, Mapping) or config.get("name") != "plateau":
+        return None
+    if "warmup_steps" in config or "init_value" in config:
+        raise ValueError(f"{where}: the plateau schedule takes no warmup")
+    mode = config.get("mode", "auto")
+    if mode not in ("auto", "min", "max"):
+        raise ValueError(f"{where}.mode: must be auto, min or max, got {mode!r}")
+    monitor = config.get("monitor", "val_loss")
+    if not isinstance(monitor, str):
+        raise ValueError(f"{where}.monitor: must be a metric name such as val_loss, got "
+                         f"{monitor!r}")
+    return {"factor": number(config.get("factor", 0.1), f"{where}.factor", low=0.0, high=1.0,
+                             low_open=True, high_open=True),
+            "patience": integer(config.get("patience", 10), f"{where}.patience"),
+            "monitor": monitor, "mode": mode,
+            "min_delta": number(config.get("min_delta", 0.0), f"{where}.min_delta", low=0.0),
+            "min_lr": number(config.get("min_lr", 0.0), f"{where}.min_lr", low=0.0)}
 
 
 def schedule_names() -> list[str]:
@@ -110,6 +133,10 @@ def make_schedule(learning_rate: float, config: Mapping[str, Any] | str | None =
     * ``inverse_time`` (1/t): ``decay_rate``, ``decay_steps`` [1], ``staircase`` [false]:
       ``lr / (1 + decay_rate * t / decay_steps)``, ``t / decay_steps`` floored with staircase.
     * ``inverse_sqrt`` (1/sqrt(t)): ``decay_steps`` [1]: ``lr / sqrt(1 + t / decay_steps)``.
+    * ``plateau``: ``factor`` [0.1], ``patience`` [10], ``monitor`` [val_loss], ``mode``
+      [auto], ``min_delta`` [0], ``min_lr`` [0]: ``lr``, multiplied by ``factor`` by the
+      training loop after ``patience`` epochs without improvement of ``monitor``
+      (:mod:`fnn.train.plateau`; no warmup).
     * ``cosine``: ``decay_steps`` ``D``, ``alpha`` [0]:
       ``lr * ((1 - alpha) * (1 + cos(pi * min(t, D) / D)) / 2 + alpha)``
       (``optax.cosine_decay_schedule``).
@@ -158,7 +185,10 @@ def make_schedule(learning_rate: float, config: Mapping[str, Any] | str | None =
     def steps(key: str, default: int = 1) -> int:
         return integer(c.get(key, default), f"{where}.{key}")
 
-    if name == "constant":
+    if name == "plateau":  # the loop lowers a constant rate (fnn.train.plateau)
+        plateau_options(c, where)
+        main = optax.constant_schedule(lr)
+    elif name == "constant":
         main = optax.constant_schedule(lr)
     elif name == "step":
         main = _step(lr, c, where)

@@ -7,6 +7,7 @@ from fnn.train.checkpoint import (CheckpointError, UnverifiedCheckpointWarning, 
                                   save_weights)
 from fnn.train.contract import LossContractError, check_shapes, per_example
 from fnn.train.data import batch_source
+from fnn.train.checkpointing import Checkpointing, Preempted
 from fnn.train.loop import FitResult, TrainingDiverged, fit, prefetch
 from fnn.train.predict import evaluate, predict
 from fnn.train.run_folder import RunFolder

@@ -45,6 +45,7 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import time
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
@@ -54,29 +55,31 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from fnn.compile_cache import log_compile
 from fnn.core import Layer
+from fnn.logs import check_logs
 from fnn.data.pipeline import prefetch_to_device
 from fnn.optim import learning_rate_of
 from fnn.train.contract import check_mean_over_examples, check_shapes
+from fnn.train.checkpointing import BackgroundWriter, Checkpointing, Preempted, StopSignals
+from fnn.train.divergence import Divergence, TrainingDiverged
+from fnn.train.ema import averaged, weights_key, with_ema
 from fnn.train.data import (ArraySource, IterableSource, batch_source, check_batch_size,
                             fits_on_device, is_one_shot, num_rows, pad_batch)
+from fnn.train.plateau import Plateau
+from fnn.train.replay import locate_in_fit
 from fnn.train.parallel import DataParallel, as_data_parallel, synchronize
 from fnn.train.predict import evaluate
-from fnn.train.replay import locate_in_fit
 from fnn.train.run_folder import RunFolder
 from fnn.train.state import TrainState, init_train_state
 from fnn.train.step import eval_step_fn, train_step_fn
 from fnn.train.tracker import EarlyStopping, Tracker
 from fnn.finetune import keep_frozen, load_pretrained, transfer, with_frozen_mask
 
-__all__ = ["fit", "evaluate", "FitResult", "EarlyStopping", "TrainingDiverged", "batch_order",
-           "prefetch"]
+__all__ = ["fit", "evaluate", "FitResult", "EarlyStopping", "TrainingDiverged", "Checkpointing",
+           "Preempted", "batch_order", "prefetch"]
 
 MODES = ("auto", "epoch", "step")
-
-
-class TrainingDiverged(FloatingPointError):
-    """The loss became NaN or infinite; the message names the step and the last good checkpoint."""
 
 
 @dataclasses.dataclass
@@ -121,7 +124,9 @@ def fit(net: Layer, loss: Callable[..., jax.Array], optimizer: optax.GradientTra
         progress: bool = False, log: Callable[[str], None] | None = print,
         parallel: str | DataParallel | None = None,
         devices: int | Sequence[Any] | None = None,
-        diagnostics: int | None = None) -> FitResult:
+        diagnostics: int | None = None, checkpoint: Checkpointing | None = None,
+        accumulate: int = 1, ema: float | None = None,
+        plateau: Plateau | None = None, profile: int | None = None) -> FitResult:
     """Train ``net`` on ``train_data``; validate on ``val_data`` after every epoch.
 
     Args:
@@ -143,8 +148,9 @@ def fit(net: Layer, loss: Callable[..., jax.Array], optimizer: optax.GradientTra
         resume: continue from ``run_dir/checkpoints/latest.safetensors`` if it exists.
         reset_optimizer: on resume, restore everything but the optimizer state, which starts
             afresh (``optimizer.init`` of the restored params): resuming with another optimizer.
-        divergence_factor: stop when a step's loss exceeds this many times the first epoch's
-            mean loss (at least 1e-3), from the second epoch on; ``None``: only NaN/Inf stop.
+        divergence_factor: stop when a step's loss exceeds this many times the loss at the
+            start of training (the median of the first steps, at least 1e-3; see
+            :mod:`fnn.train.divergence`), from the second step on; ``None``: only NaN/Inf stop.
         metadata: JSON-able data saved in every checkpoint (e.g. the run's config).
         train_state: start from this state instead of a fresh init (copied: its arrays stay
             usable after ``fit``).
@@ -164,12 +170,38 @@ def fit(net: Layer, loss: Callable[..., jax.Array], optimizer: optax.GradientTra
         diagnostics: every this many steps, log gradient-flow diagnostics of the first
             training batch to ``run_dir/diagnostics.jsonl`` and ``gradflow.png``
             (:class:`fnn.diagnostics.Diagnostics`; in ``"epoch"`` mode at the end of the epochs
-            in which such a step falls). ``None``: none, no cost.
+            (or scan chunks) in which such a step falls). ``None``: none, no cost.
+        checkpoint: a :class:`~fnn.train.checkpointing.Checkpointing`: write ``latest`` inside
+            epochs too, every N steps and/or M minutes, in the background (``"epoch"`` mode
+            then scans each epoch in chunks). ``latest`` then holds the position inside the
+            epoch, and ``resume`` continues at the next step with the same final params, bit
+            for bit, as a run that was never stopped. With a ``run_dir``, SIGTERM or SIGINT
+            finishes the current step (chunk), writes ``latest`` and raises
+            :class:`~fnn.train.checkpointing.Preempted`; a second signal ends the process.
+
+        accumulate: split each batch into this many micro-batches, run in turn inside the
+            compiled step, and make one update of their summed gradients: the large batch's
+            update in the memory of a micro-batch (see :func:`fnn.train.step.train_step_fn`
+            for dropout and batch norm). ``batch_size`` must divide by it (per device).
+
+        ema: keep a moving average of the weights with this decay (e.g. 0.999) in the
+            optimizer state (:mod:`fnn.train.ema`); validation, and so ``best``, use it, and
+            :func:`fnn.load_weights` reads it from the checkpoints
+            (``fnn.train.ema.averaged(result.train_state.opt_state)`` after ``fit``).
+
+        plateau: a :class:`~fnn.train.plateau.Plateau`: lower the learning rate held in the
+            optimizer state (``schedule: plateau`` of :func:`fnn.optim.make_optimizer`) when
+            its monitored metric stops improving; its counter is kept in the checkpoints.
+
+        profile: write a ``jax.profiler`` trace of this many first steps (compilation
+            included) to ``run_dir/profile`` (stopped at the first step or scan chunk end
+            past them).
 
     Returns:
         A :class:`FitResult`; its train state is one unreplicated copy, whatever the devices.
 
     Raises:
+        Preempted: SIGTERM/SIGINT stopped the run after writing ``latest`` (with ``run_dir``).
         TrainingDiverged: the loss became NaN/Inf or exploded past ``divergence_factor``
             (the last good checkpoint is left intact; a diverged epoch is never saved).
         LossContractError: the loss cannot score the network's outputs against the targets
@@ -197,6 +229,10 @@ def fit(net: Layer, loss: Callable[..., jax.Array], optimizer: optax.GradientTra
     train = batch_source(train_data, steps_per_epoch, "train_data")
     val = None if val_data is None else batch_source(val_data, where="val_data")
     batch_size = _batch_size(train, batch_size, dp, log)
+    if batch_size is not None and accumulate != 1 and batch_size % (accumulate * dp.num_devices):
+        raise ValueError(f"training.accumulate: a batch of {batch_size} examples"
+                         + (f" over {dp.num_devices} devices" if dp.num_devices > 1 else "")
+                         + f" does not split into {accumulate} micro-batches")
     mode = _mode(mode, train)
     seed_key = jax.random.key(seed)
     first = train.first() if batch_size is None else train.rows(np.arange(batch_size))
@@ -206,37 +242,59 @@ def fit(net: Layer, loss: Callable[..., jax.Array], optimizer: optax.GradientTra
     check_shapes(net, loss, first["x"], first["y"], metrics=metrics)
     optimizer = with_frozen_mask(net, optimizer)     # frozen layers: no update, no state
     constraint = keep_frozen(net, constraint)         # ... and no max-norm projection
+    if ema is not None:
+        optimizer = with_ema(optimizer, ema)
     given_state = train_state  # None: a diverged first epoch replays a fresh init
     train_state = _initial_state(net, optimizer, train.input_shape, seed_key, train_state, init,
                                  log)
+    if weights_key(train_state.opt_state) is not None:  # what load_weights reads
+        metadata = {**(metadata or {}), "weights": weights_key(train_state.opt_state)}
     check_mean_over_examples(loss, lambda: net.apply(train_state.params, train_state.model_state,
                                                      first["x"])[0], first["y"])
 
+    if resume and run_dir is not None and dp.is_main:
+        check_logs(run_dir)  # a damaged log line is refused before anything is touched
     folder = RunFolder(run_dir, writes=dp.is_main)
     tracker = Tracker(early_stopping)
     history: list[dict[str, Any]] = []
-    if resume and folder.has("latest"):
+    resumed = resume and folder.has("latest")
+    divergence = Divergence(divergence_factor)
+    done: dict[str, Any] = {}
+    if resumed:
         train_state, done = folder.load("latest", train_state,
                                         skip=("opt_state",) if reset_optimizer else ())
         if reset_optimizer:
             train_state = train_state._replace(opt_state=optimizer.init(train_state.params))
         history = done["history"]
         tracker.load_state_dict(done)
+        if plateau is not None:
+            plateau.load_state_dict(done)
+        divergence = Divergence.from_progress(divergence_factor, done)
         if log:
+            inside = f", {done['offset']} steps into epoch {len(history) + 1}" \
+                if done.get("offset") else ""
             log(f"resumed from {folder.checkpoint('latest')} at epoch {len(history)} "
-                f"(step {int(train_state.step)})")
+                f"(step {int(train_state.step)}{inside})")
     start_epoch = len(history)
+    # where a checkpoint written inside an epoch left it: steps done, and their metrics
+    start_offset = int(done.get("offset", 0))
+    partial = {k: np.asarray(v, np.float32) for k, v in (done.get("partial") or {}).items()}
+    # metrics.jsonl: the resumed checkpoint's records (a torn last line and later ones cut)
+    folder.trim_metrics(int(train_state.step) if resumed else -1)
 
     train_net = dp.prepare_net(net)  # BatchNorm axis names for the mode
     step_fn = train_step_fn(train_net, loss, optimizer, regularizer=regularizer,
                             constraint=constraint, metrics=metrics, augment=augment,
-                            axis_name=dp.axis_name)
-    eval_step = dp.compile_eval(eval_step_fn(train_net, loss, metrics=metrics,
-                                             axis_name=dp.axis_name))
-    diag = _diagnostics(diagnostics, dp, net, loss, optimizer, folder, first,
+                            axis_name=dp.axis_name, accumulate=accumulate)
+    eval_step = log_compile(dp.compile_eval(eval_step_fn(train_net, loss, metrics=metrics,
+                                                         axis_name=dp.axis_name)),
+                            "eval_step", log)
+    diag, diag_log = _diagnostics(diagnostics, dp, net, loss, optimizer, folder, first,
                        start_step=int(train_state.step))
     run_epoch = _epoch_runner(dp, step_fn, train, mode, batch_size,
-                              jax.random.fold_in(seed_key, 1), start_epoch, progress, epochs, diag)
+                              jax.random.fold_in(seed_key, 1), start_epoch, progress, epochs, diag,
+                              chunk=checkpoint.scan_chunk if checkpoint is not None else None,
+                              log=log)
     if given_state is not None:  # the steps donate their input: keep the caller's arrays
         train_state = _copy(train_state)
     train_state = dp.place(train_state)
@@ -244,47 +302,130 @@ def fit(net: Layer, loss: Callable[..., jax.Array], optimizer: optax.GradientTra
         log(f"params and optimizer state: {dp.memory((train_state.params, train_state.opt_state))}")
     bar = _epoch_bar(progress and mode == "epoch", start_epoch, epochs)
     stopped_early = False
-    for epoch in range(start_epoch, epochs):
-        start, first_step = time.perf_counter(), int(dp.gather(train_state.step))
-        train_state, stacked, examples = run_epoch(train_state, epoch)
-        seconds = time.perf_counter() - start
-        _check_finite(np.asarray(stacked["loss"]), first_step, epoch, folder, history,
-                      divergence_factor, locate=lambda bad: locate_in_fit(
-                          bad, net=net, loss=loss, step_fn=step_fn, train=train,
-                          batch_size=batch_size, data_key=jax.random.fold_in(seed_key, 1),
-                          epoch=epoch, first_step=first_step, folder=folder,
-                          template=dp.unreplicate(train_state), augment=augment,
-                          initial=None if given_state is not None else lambda: _initial_state(
-                              net, optimizer, train.input_shape, seed_key, None, init, None),
-                          num_devices=dp.num_devices))
-        record = {"epoch": epoch + 1, "step": first_step + len(stacked["loss"]),
-                  "learning_rate": _learning_rate(dp, train_state.opt_state),
-                  **{f"train_{k}": float(np.mean(v)) for k, v in stacked.items()
-                     if k != "objective" or regularizer is not None}}
-        if val is not None:
-            scores = evaluate(eval_step, train_state.params, train_state.model_state, val,
-                              batch_size=eval_batch_size, parallel=dp)
-            record.update({f"val_{k}": v for k, v in scores.items()})
-        record.update(seconds=round(seconds, 4), examples_per_sec=round(examples / seconds, 1))
-        history.append(record)
-        improved = tracker.update(record, epoch + 1)
-        whole = dp.gather(train_state)  # every process (a collective under fsdp)
-        if folder.writes:  # one whole copy: the same file whatever the devices
-            folder.save_epoch(history, {"epoch": epoch, **tracker.state_dict()}, improved,
-                              whole, net, metadata)
-        if log:
-            log(_format_record(record, epochs))
-        if bar is not None:
-            bar.update(1)
-        # a copy: the next step donates train_state's buffers, and a callback may keep it
-        stop = any(bool(cb(record, _copy(whole))) for cb in callbacks)
-        if tracker.should_stop:
-            stopped_early = True
+    signals = StopSignals()
+    writer = (BackgroundWriter(lambda path, host, done: folder.save_to(path, host, net, done,
+                                                                       metadata),
+                               folder.checkpoint("latest").parent,
+                               checkpoint.keep if checkpoint is not None else 1)
+              if folder.writes else None)
+    last_saved = {"step": int(dp.gather(train_state.step)), "time": time.monotonic()}
+    checked = [0]  # losses of this epoch already given to the divergence check
+
+    tracing = {"until": None}  # the step at which a --profile trace stops
+
+    def trace_until(step: int) -> None:
+        if tracing["until"] is not None and step >= tracing["until"]:
+            tracing["until"] = None
+            jax.profiler.stop_trace()
             if log:
-                log(tracker.stop_message())
-            break
-        if stop:
-            break
+                log(f"profile: {step} steps traced to {folder.path / 'profile'}")
+
+    def extra_progress() -> dict[str, Any]:
+        return plateau.state_dict() if plateau is not None else {}
+
+    def after(ts, epoch, base, offset, chunks) -> bool:
+        """After a step (a scan chunk) of ``epoch``, ``offset`` steps into it: a step
+        checkpoint when due or asked to stop (then: stop)."""
+        stop = signals.received is not None
+        step = base + offset
+        trace_until(step)
+        if not stop and (checkpoint is None or not checkpoint.due(
+                step - last_saved["step"], time.monotonic() - last_saved["time"])):
+            return False
+        metrics = _concat(chunks)
+        divergence.update(metrics["loss"][checked[0]:], base + checked[0], epoch,
+                          _last_good(folder, epoch))  # a diverged state is never saved
+        checked[0] = len(metrics["loss"])
+        writer.write(dp.gather(ts),
+                     {"epoch": epoch - 1, "offset": offset, "history": list(history),
+                      "partial": {k: v.tolist() for k, v in metrics.items()},
+                      **tracker.state_dict(), **divergence.state_dict(), **extra_progress()},
+                     step, wait=stop)
+        last_saved.update(step=step, time=time.monotonic())
+        return stop
+
+    try:
+        if writer is not None:
+            signals.__enter__()
+            if profile is not None:
+                jax.profiler.start_trace(str(folder.path / "profile"))
+                tracing["until"] = int(dp.gather(train_state.step)) + profile
+        for epoch in range(start_epoch, epochs):
+            start, first_step = time.perf_counter(), int(dp.gather(train_state.step))
+            offset = start_offset if epoch == start_epoch else 0
+            base = first_step - offset  # the step at which this epoch began
+            checked[0] = offset
+            chunks = [partial] if offset else []
+            train_state, chunks, examples, stopped = run_epoch(
+                train_state, epoch, offset, chunks,
+                None if writer is None else
+                lambda ts, at, chunks: after(ts, epoch, base, at, chunks))
+            if stopped:
+                raise Preempted(
+                    f"stopped by {signals.name} at step {int(dp.gather(train_state.step))} "
+                    f"(epoch {epoch + 1}); latest checkpoint: {folder.checkpoint('latest')}")
+            stacked = _concat(chunks)
+            seconds = time.perf_counter() - start
+            divergence.update(stacked["loss"][checked[0]:], base + checked[0], epoch,
+                              _last_good(folder, epoch), locate=None if checkpoint is not None
+                              else lambda bad: locate_in_fit(   # name the layer: doctor.json
+                                  bad, net=net, loss=loss, step_fn=step_fn, train=train,
+                                  batch_size=batch_size, data_key=jax.random.fold_in(seed_key, 1),
+                                  epoch=epoch, first_step=base, folder=folder,
+                                  template=dp.gather(train_state), augment=augment,
+                                  initial=None if given_state is not None else
+                                  lambda: _initial_state(net, optimizer, train.input_shape,
+                                                         seed_key, None, init, None),
+                                  num_devices=dp.num_devices))
+            record = {"epoch": epoch + 1, "step": base + len(stacked["loss"]),
+                      "learning_rate": _learning_rate(dp, train_state.opt_state),
+                      **{f"train_{k}": float(np.mean(v)) for k, v in stacked.items()
+                         if k != "objective" or regularizer is not None}}
+            if val is not None:
+                scores = evaluate(eval_step, _weights(train_state), train_state.model_state, val,
+                                  batch_size=eval_batch_size, parallel=dp)
+                record.update({f"val_{k}": v for k, v in scores.items()})
+            record.update(seconds=round(seconds, 4), examples_per_sec=round(examples / seconds, 1))
+            history.append(record)
+            trace_until(record["step"])
+            improved = tracker.update(record, epoch + 1)
+            if plateau is not None:
+                opt_state, note = plateau.update(record, epoch + 1, train_state.opt_state)
+                train_state = train_state._replace(opt_state=opt_state)
+                if note and log:
+                    log(note)
+            whole = dp.gather(train_state)  # every process (a collective under fsdp)
+            if folder.writes:  # one whole copy: the same file whatever the devices
+                writer.wait()  # a step checkpoint in flight is written first
+                last_saved.update(step=record["step"], time=time.monotonic())
+                folder.save_epoch(history, {"epoch": epoch, **tracker.state_dict(),
+                                            **divergence.state_dict(), **extra_progress()},
+                                  improved, whole, net, metadata)
+            if log:
+                log(_format_record(record, epochs))
+            if bar is not None:
+                bar.update(1)
+            # a copy: the next step donates train_state's buffers, and a callback may keep it
+            stop = any(bool(cb(record, _copy(whole))) for cb in callbacks)
+            if signals.received is not None and epoch + 1 < epochs:
+                raise Preempted(f"stopped by {signals.name} at the end of epoch {epoch + 1} "
+                                f"(step {record['step']}); latest checkpoint: "
+                                f"{folder.checkpoint('latest')}")
+            if tracker.should_stop:
+                stopped_early = True
+                if log:
+                    log(tracker.stop_message())
+                break
+            if stop:
+                break
+    finally:
+        if tracing["until"] is not None:  # a run shorter than the steps to trace
+            trace_until(tracing["until"])
+        signals.__exit__()
+        if diag_log is not None:  # gradflow.png with the last records, whatever stopped the run
+            diag_log.finish()
+        if writer is not None:
+            writer.wait()
     if bar is not None:
         bar.close()
 
@@ -386,12 +527,13 @@ def _matching_opt_state(ts: TrainState, optimizer: optax.GradientTransformation)
 
 def _diagnostics(every: int | None, dp: DataParallel, net: Layer, loss: Callable,
                  optimizer: optax.GradientTransformation, folder: RunFolder, batch: dict,
-                 start_step: int) -> Callable | None:
+                 start_step: int) -> tuple[Callable | None, Any]:
     """``record(train_state, step, epoch, steps_in_epoch=None)``: gradient-flow diagnostics
-    when due (process 0 only), or ``None`` without ``diagnostics``. ``start_step``: the step
+    when due (process 0 only), and the :class:`~fnn.diagnostics.Diagnostics` (its ``finish``
+    draws the last records); ``(None, None)`` without ``diagnostics``. ``start_step``: the step
     a resumed run starts from (its earlier records are kept)."""
     if every is None or not dp.is_main:
-        return None
+        return None, None
     from fnn.diagnostics import Diagnostics
     diag = Diagnostics(net, loss, optimizer, every=every,
                        run_dir=folder.path if folder.writes else None, start_step=start_step)
@@ -401,36 +543,62 @@ def _diagnostics(every: int | None, dp: DataParallel, net: Layer, loss: Callable
         if due:
             diag.record(dp.gather(ts), batch, step=step, epoch=epoch + 1)
 
-    return record
+    return record, diag
 
 
 def _epoch_runner(dp: DataParallel, step_fn: Callable, train: ArraySource | IterableSource,
                   mode: str, batch_size: int | None, data_key: jax.Array, start_epoch: int,
-                  progress: bool, epochs: int, diag: Callable | None = None) -> Callable:
-    """``run(train_state, epoch) -> (train_state, metrics stacked over steps, examples)``."""
+                  progress: bool, epochs: int, diag: Callable | None = None,
+                  chunk: int | None = None, log: Callable[[str], None] | None = None
+                  ) -> Callable:
+    """``run(train_state, epoch, offset, chunks, after) -> (train_state, chunks, examples,
+    stopped)``: the steps of ``epoch`` from step ``offset`` on, their metrics appended to
+    ``chunks`` (one dict per step or scan chunk). ``after(train_state, offset, chunks)``
+    (``None``: not called) runs after each step, or each scan of ``chunk`` steps in epoch mode
+    (``chunk=None``: the epoch is one scan), and stops the epoch by returning true."""
     if mode == "epoch":
-        run = dp.compile_epoch(step_fn, train.num_examples, batch_size)
+        whole = log_compile(dp.compile_epoch(step_fn, train.num_examples, batch_size),
+                            "train_epoch", log)
         device_data = dp.put_data(train.arrays)
         steps = train.num_examples // batch_size
+        pieces: dict[int, Callable] = {}  # compiled scans by length
 
-        def run_scanned(ts, epoch):
-            first_step = int(dp.gather(ts.step)) if diag is not None else 0
-            ts, stacked = run(ts, device_data, jax.random.fold_in(data_key, epoch))
-            if diag is not None:
-                diag(ts, first_step + steps, epoch, steps)
-            return ts, jax.device_get(stacked), steps * batch_size
+        def run_scanned(ts, epoch, offset, chunks, after):
+            key, start = jax.random.fold_in(data_key, epoch), offset
+            while offset < steps:
+                length = steps - offset if chunk is None else min(chunk, steps - offset)
+                first_step = int(dp.gather(ts.step)) if diag is not None else 0
+                if length == steps:
+                    ts, stacked = whole(ts, device_data, key)
+                else:
+                    if length not in pieces:
+                        pieces[length] = log_compile(
+                            dp.compile_epoch(step_fn, train.num_examples, batch_size,
+                                             chunk=length), f"train_chunk ({length} steps)", log)
+                    ts, stacked = pieces[length](ts, device_data, key, np.int32(offset))
+                offset += length
+                chunks.append(jax.device_get(stacked))
+                if diag is not None:
+                    diag(ts, first_step + length, epoch, length)
+                if after is not None and offset < steps and after(ts, offset, chunks):
+                    return ts, chunks, (offset - start) * batch_size, True
+            return ts, chunks, (offset - start) * batch_size, False
 
         return run_scanned
-    run = dp.compile_step(step_fn)
+    run = log_compile(dp.compile_step(step_fn), "train_step", log)
 
-    def run_steps(ts, epoch):
+    def run_steps(ts, epoch, offset, chunks, after):
+        last = None  # the epoch's last step, where the epoch's end writes latest anyway
         if isinstance(train, ArraySource):
+            last = train.num_examples // batch_size
             order = np.asarray(batch_order(data_key, epoch, train.num_examples))
             rows = dp.local_slice(batch_size)
             host = (train.rows(order[i * batch_size:(i + 1) * batch_size][rows])
-                    for i in range(train.num_examples // batch_size))
-        else:
-            host = map(dp.local_part, (_fit_devices(b, dp) for b in train.epoch(epoch, start_epoch)))
+                    for i in range(offset, train.num_examples // batch_size))
+        else:  # a resumed epoch skips the batches it had trained on
+            host = itertools.islice(map(dp.local_part, (_fit_devices(b, dp) for b in
+                                                        train.epoch(epoch, start_epoch))),
+                                    offset, None)
         counted = [0]
 
         def count(batch):
@@ -441,19 +609,28 @@ def _epoch_runner(dp: DataParallel, step_fn: Callable, train: ArraySource | Iter
         if progress:
             from tqdm.auto import tqdm
             batches = tqdm(batches, desc=f"epoch {epoch + 1}/{epochs}", leave=False, unit="step")
-        collected = []
         first_step = int(dp.gather(ts.step)) if diag is not None else 0
+        done = 0
         for batch in batches:
             ts, m = run(ts, batch)
-            collected.append(m)
+            chunks.append(m)
+            done += 1
             if diag is not None:
-                diag(ts, first_step + len(collected), epoch)
-        if not collected:
+                diag(ts, first_step + done, epoch)
+            if after is not None and offset + done != last and after(ts, offset + done, chunks):
+                return ts, chunks, counted[0], True
+        if not chunks:
             raise ValueError(f"train_data: no batches in epoch {epoch + 1}")
-        return ts, jax.device_get(jax.tree_util.tree_map(lambda *xs: jnp.stack(xs),
-                                                         *collected)), counted[0]
+        return ts, chunks, counted[0], False
 
     return run_steps
+
+
+def _concat(chunks: list[dict[str, Any]]) -> dict[str, np.ndarray]:
+    """The metrics of an epoch's steps so far, one array per metric (host copies)."""
+    chunks = jax.device_get(chunks)
+    return {k: np.concatenate([np.asarray(c[k]).reshape(-1) for c in chunks])
+            for k in chunks[0]}
 
 
 def _fit_devices(batch: dict, dp: DataParallel) -> dict:
@@ -480,31 +657,16 @@ def _restored_best(ts: TrainState, early_stopping: EarlyStopping | None, tracker
     return folder.load("best", ts)[0] if folder.has("best") else ts
 
 
-def _check_finite(losses: np.ndarray, first_step: int, epoch: int, folder: RunFolder,
-                  history: list[dict[str, Any]], divergence_factor: float | None,
-                  locate: Callable[[int], str] | None = None) -> None:
-    """Stop on a NaN/Inf loss, or one past ``divergence_factor`` x the first epoch's mean loss.
-    ``locate(step)`` replays a non-finite step and names the layer (:mod:`fnn.train.replay`);
-    ``locate(-step)`` records an exploded one."""
-    last = (f"the last good checkpoint is {folder.checkpoint('latest')} (epoch {epoch})"
+def _weights(ts: TrainState) -> Any:
+    """The params to validate: the moving average with ``ema``, else the params."""
+    average = averaged(ts.opt_state)
+    return ts.params if average is None else average
+
+
+def _last_good(folder: RunFolder, epoch: int) -> str:
+    """Where a diverged run can go back to (for the divergence message)."""
+    return (f"the last good checkpoint is {folder.checkpoint('latest')} (epoch {epoch})"
             if folder.has("latest") else "no checkpoint was written yet")
-    if not np.all(np.isfinite(losses)):
-        bad = int(np.argmax(~np.isfinite(losses)))
-        where = locate(first_step + bad + 1) if locate is not None else ""
-        raise TrainingDiverged(f"the training loss became {losses[bad]} at step "
-                               f"{first_step + bad + 1} (epoch {epoch + 1}); "
-                               f"{where + '; ' if where else ''}{last}")
-    if divergence_factor is not None and history:
-        limit = divergence_factor * max(abs(history[0]["train_loss"]), 1e-3)
-        if np.any(np.abs(losses) > limit):
-            bad = int(np.argmax(np.abs(losses) > limit))
-            if locate is not None:  # doctor.json records the stop for `fnn doctor`
-                locate(-(first_step + bad + 1))
-            raise TrainingDiverged(
-                f"the training loss exploded to {losses[bad]:.4g} at step "
-                f"{first_step + bad + 1} (epoch {epoch + 1}), over {divergence_factor:g} x "
-                f"the first epoch's mean loss {history[0]['train_loss']:.4g} "
-                f"(training.divergence.factor); {last}")
 
 
 def _learning_rate(dp: DataParallel, opt_state: Any) -> float | None:

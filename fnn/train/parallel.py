@@ -287,13 +287,16 @@ class DataParallel:
         raise NotImplementedError
 
     def compile_epoch(self, step_fn: Callable, num_examples: int, batch_size: int, *,
-                      shuffle: bool = True, donate: bool = True) -> Callable:
+                      shuffle: bool = True, donate: bool = True,
+                      chunk: int | None = None) -> Callable:
         """A whole epoch as one compiled ``lax.scan``, like :func:`fnn.train.make_train_epoch`.
 
         ``epoch(train_state, data, epoch_key) -> (train_state, metrics)`` with ``data`` from
         :meth:`put_data` (every device holds the training set) and metrics stacked over the
         epoch's ``num_examples // batch_size`` steps: the same batches, in the same order, as
-        one device.
+        one device. ``chunk``: ``epoch(train_state, data, epoch_key, first_step)`` runs
+        ``chunk`` steps from ``first_step`` (:func:`fnn.train.step.epoch_fn`), so that a run
+        with step checkpoints can stop and save between chunks.
         """
         raise NotImplementedError
 
@@ -351,10 +354,11 @@ class OneDevice(DataParallel):
         return jax.jit(eval_fn)
 
     def compile_epoch(self, step_fn: Callable, num_examples: int, batch_size: int, *,
-                      shuffle: bool = True, donate: bool = True) -> Callable:
+                      shuffle: bool = True, donate: bool = True,
+                      chunk: int | None = None) -> Callable:
         from fnn.train.step import make_train_epoch
         return make_train_epoch(step_fn, num_examples, batch_size, shuffle=shuffle,
-                                donate=donate)
+                                donate=donate, chunk=chunk)
 
 
 class PmapParallel(DataParallel):
@@ -407,14 +411,16 @@ class PmapParallel(DataParallel):
                                     devices=self.devices))
 
     def compile_epoch(self, step_fn: Callable, num_examples: int, batch_size: int, *,
-                      shuffle: bool = True, donate: bool = True) -> Callable:
+                      shuffle: bool = True, donate: bool = True,
+                      chunk: int | None = None) -> Callable:
         from fnn.train.step import epoch_fn
 
         self.check_batch_size(batch_size)
         size = batch_size // self.num_devices  # each device takes its rows by its axis index
         epoch = epoch_fn(step_fn, num_examples, batch_size, shuffle=shuffle, rows=size,
-                         first_row=lambda: lax.axis_index(PMAP_AXIS) * size)
-        return self._paced(jax.pmap(epoch, axis_name=PMAP_AXIS, in_axes=(0, None, None),
+                         first_row=lambda: lax.axis_index(PMAP_AXIS) * size, chunk=chunk)
+        rest = (None, None) if chunk is None else (None, None, None)  # data, key[, first step]
+        return self._paced(jax.pmap(epoch, axis_name=PMAP_AXIS, in_axes=(0, *rest),
                                     out_axes=(0, None), donate_argnums=(0,) if donate else (),
                                     devices=self.devices))
 
@@ -493,16 +499,19 @@ class MeshParallel(DataParallel):
         return self._paced(jax.jit(eval_fn, out_shardings=self._replicated))
 
     def compile_epoch(self, step_fn: Callable, num_examples: int, batch_size: int, *,
-                      shuffle: bool = True, donate: bool = True) -> Callable:
+                      shuffle: bool = True, donate: bool = True,
+                      chunk: int | None = None) -> Callable:
         from fnn.train.step import epoch_fn
 
         self.check_batch_size(batch_size)
         # the gathered global batch is constrained to the data sharding: each device its rows
         epoch = epoch_fn(step_fn, num_examples, batch_size, shuffle=shuffle,
                          constrain=lambda batch: lax.with_sharding_constraint(batch,
-                                                                              self._sharded))
+                                                                              self._sharded),
+                         chunk=chunk)
         rep = self._replicated
-        return self._jit_per_state(epoch, (rep, rep), (rep,), donate)
+        rest = (rep, rep) if chunk is None else (rep, rep, rep)  # data, key[, first step]
+        return self._jit_per_state(epoch, rest, (rep,), donate)
 
 
 class FsdpParallel(MeshParallel):

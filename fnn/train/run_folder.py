@@ -2,7 +2,7 @@
 
 ::
 
-    <run_dir>/metrics.jsonl                one JSON object per epoch (rewritten atomically)
+    <run_dir>/metrics.jsonl                one JSON object per epoch (appended, see fnn.logs)
     <run_dir>/checkpoints/latest.safetensors   the train state after the last epoch
     <run_dir>/checkpoints/best.safetensors     the train state of the best epoch
 
@@ -29,10 +29,10 @@ Example:
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 from typing import Any
 
+from fnn import logs
 from fnn.core import Layer
 from fnn.train import checkpoint as ckpt
 from fnn.train.state import TrainState
@@ -65,18 +65,26 @@ class RunFolder:
         path = self.checkpoint(which)
         return path is not None and path.exists()
 
-    def write_metrics(self, history: list[dict[str, Any]]) -> None:
-        """Rewrite ``metrics.jsonl`` whole, so a resumed run never repeats or loses a line."""
-        if self.writes:  # strict JSON: NaN and +-Inf written as null
-            text = "".join(json.dumps({k: _strict(v) for k, v in r.items()}, allow_nan=False)
-                           + "\n" for r in history)
-            ckpt.atomic_write(self.path / "metrics.jsonl", text.encode())
+    def append_metrics(self, record: dict[str, Any]) -> None:
+        """Append one epoch's record to ``metrics.jsonl`` (a line, flushed; strict JSON)."""
+        if self.writes:
+            logs.append_record(self.path / "metrics.jsonl", record)
+
+    def trim_metrics(self, last_step: int) -> None:
+        """Keep the ``metrics.jsonl`` records up to ``last_step`` (the step a run starts from:
+        a resumed checkpoint's, or -1 for a fresh run); rewritten once, only if that changes it."""
+        if self.writes:
+            logs.trim_records(self.path / "metrics.jsonl", last_step)
 
     def save(self, which: str, ts: TrainState, net: Layer, progress: dict[str, Any],
              metadata: dict[str, Any] | None) -> None:
         """Write the train state and the loop's progress to ``checkpoints/<which>``."""
-        if not self.writes:
-            return
+        if self.writes:
+            self.save_to(self.checkpoint(which), ts, net, progress, metadata)
+
+    def save_to(self, path: Path, ts: TrainState, net: Layer, progress: dict[str, Any],
+                metadata: dict[str, Any] | None) -> None:
+        """Write a train-state checkpoint to ``path`` (atomic, checksummed), as :meth:`save`."""
         meta = {"kind": "train_state", "progress": progress, **(metadata or {})}
         try:
             spec = net.spec
@@ -84,13 +92,12 @@ class RunFolder:
             meta["spec"] = spec
         except (TypeError, ValueError):  # a hand-made layer or a function argument: weights only
             pass
-        ckpt.save_tree(self.checkpoint(which), {f: getattr(ts, f) for f in TrainState._fields},
-                       meta)
+        ckpt.save_tree(path, {f: getattr(ts, f) for f in TrainState._fields}, meta)
 
     def save_epoch(self, history: list[dict[str, Any]], progress: dict[str, Any], improved: bool,
                    ts: TrainState, net: Layer, metadata: dict[str, Any] | None) -> None:
         """After an epoch: the metrics log, ``latest``, and ``best`` when the epoch ``improved``."""
-        self.write_metrics(history)
+        self.append_metrics(history[-1])
         progress = {**progress, "history": history}
         for which in (("best", "latest") if improved else ("latest",)):
             self.save(which, ts, net, progress, metadata)
@@ -105,9 +112,3 @@ class RunFolder:
                                 ckpt.restore_like(getattr(template, f), arrays, f, source=path)
                                 for f in TrainState._fields))
         return restored, meta.get("progress", {})
-
-
-def _strict(value: Any) -> Any:
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value

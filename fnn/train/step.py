@@ -68,10 +68,55 @@ def train_step_fn(net: Layer, loss: Callable[..., jax.Array],
                   constraint: Callable[[Any], Any] | None = None,
                   metrics: Mapping[str, Metric] | None = None,
                   augment: Callable[[jax.Array, jax.Array], jax.Array] | None = None,
-                  axis_name: str | None = None) -> Callable[[TrainState, Batch], tuple[TrainState, dict]]:
-    """The un-jitted step ``(train_state, batch) -> (train_state, metrics)``; see :func:`make_train_step`."""
+                  axis_name: str | None = None, accumulate: int = 1
+                  ) -> Callable[[TrainState, Batch], tuple[TrainState, dict]]:
+    """The un-jitted step ``(train_state, batch) -> (train_state, metrics)``; see :func:`make_train_step`.
+
+    ``accumulate=K``: the batch is split into K micro-batches of consecutive rows, run one after
+    another in a ``lax.scan`` (the memory of one micro-batch), and their gradients summed into
+    one update: the large batch's mean loss and gradient, to float rounding. Each micro-batch
+    gets its own dropout key; batch norm normalizes each micro-batch by its own statistics and
+    updates its running averages once per micro-batch (so a net with batch norm differs from
+    the large batch).
+    """
     metrics = {name: per_example(fn) for name, fn in (metrics or {}).items()}
     loss = per_example(loss)
+    if isinstance(accumulate, bool) or not isinstance(accumulate, int) or accumulate < 1:
+        raise ValueError(f"accumulate: must be an int >= 1, got {accumulate!r}")
+
+    def accumulated(ts, batch, mask, count, step_rng):
+        """Data loss, metric means and model state over K micro-batches; gradients summed."""
+        n = mask.shape[0]
+        if n % accumulate:
+            raise ValueError(f"training.accumulate: a batch of {n} examples does not split into "
+                             f"{accumulate} micro-batches; use a batch size divisible by "
+                             f"{accumulate}")
+        micro = jax.tree_util.tree_map(
+            lambda a: a.reshape(accumulate, a.shape[0] // accumulate, *a.shape[1:]),
+            {"x": batch["x"], "y": batch["y"], "mask": mask})
+
+        def body(carry, inputs):
+            grads, model_state = carry
+            mb, k = inputs
+
+            def objective(params):
+                outputs, new_state = net.apply(params, model_state, mb["x"], train=True,
+                                               rng=jax.random.fold_in(step_rng, k))
+                values = _per_example(loss(outputs, mb["y"]), mb["mask"].shape[0], "the loss")
+                return jnp.sum(values * mb["mask"]) / count, (outputs, new_state)
+
+            (part, (outputs, new_state)), g = jax.value_and_grad(objective, has_aux=True)(
+                ts.params)
+            parts = {"loss": part}
+            for name, metric in metrics.items():
+                parts[name] = jnp.sum(_per_example(metric(outputs, mb["y"]), mb["mask"].shape[0],
+                                                   name) * mb["mask"]) / count
+            return (jax.tree_util.tree_map(jnp.add, grads, g), new_state), parts
+
+        zeros = jax.tree_util.tree_map(jnp.zeros_like, ts.params)
+        (grads, new_state), parts = lax.scan(body, (zeros, ts.model_state),
+                                             (micro, jnp.arange(accumulate)))
+        return grads, new_state, {k: v.sum() for k, v in parts.items()}
 
     def step(ts: TrainState, batch: Batch):
         rng, step_rng = jax.random.split(ts.rng)
@@ -100,12 +145,22 @@ def train_step_fn(net: Layer, loss: Callable[..., jax.Array],
                 total = total + regularizer(params) / devices
             return total, (data_loss, outputs, new_state)
 
-        (total, (data_loss, outputs, new_state)), grads = jax.value_and_grad(
-            objective, has_aux=True)(ts.params)
-        out = {"loss": data_loss, "objective": total}
-        for name, metric in metrics.items():
-            out[name] = jnp.sum(_per_example(metric(outputs, batch["y"]), mask.shape[0], name)
-                                * mask) / count
+        if accumulate == 1:
+            (total, (data_loss, outputs, new_state)), grads = jax.value_and_grad(
+                objective, has_aux=True)(ts.params)
+            out = {"loss": data_loss, "objective": total}
+            for name, metric in metrics.items():
+                out[name] = jnp.sum(_per_example(metric(outputs, batch["y"]), mask.shape[0],
+                                                 name) * mask) / count
+        else:
+            grads, new_state, parts = accumulated(ts, batch, mask, count, step_rng)
+            total = parts["loss"]
+            if regularizer is not None:  # once per update, not per micro-batch
+                penalty, penalty_grads = jax.value_and_grad(
+                    lambda p: regularizer(p) / devices)(ts.params)
+                total = total + penalty
+                grads = jax.tree_util.tree_map(jnp.add, grads, penalty_grads)
+            out = {"loss": parts.pop("loss"), "objective": total, **parts}
         if axis_name is not None:
             grads = lax.psum(grads, axis_name)
             out = lax.psum(out, axis_name)
@@ -191,21 +246,24 @@ def make_eval_step(net: Layer, loss: Callable[..., jax.Array], *,
 def epoch_fn(step_fn: Callable[[TrainState, Batch], tuple[TrainState, dict]],
              num_examples: int, batch_size: int, *, shuffle: bool = True,
              rows: int | None = None, first_row: Callable[[], jax.Array] | None = None,
-             constrain: Callable[[Batch], Batch] | None = None
-             ) -> Callable[[TrainState, Batch, jax.Array], tuple[TrainState, dict]]:
+             constrain: Callable[[Batch], Batch] | None = None, chunk: int | None = None
+             ) -> Callable[..., tuple[TrainState, dict]]:
     """The un-jitted epoch of :func:`make_train_epoch`: a ``lax.scan`` of ``step_fn`` over batches.
 
     Step ``i`` takes rows ``order[i * batch_size + first_row() : ... + rows]`` of the data, with
     ``order`` drawn from the epoch key. By default (``rows=batch_size``, ``first_row=0``) that is
     the whole global batch; a data-parallel device takes its own slice of it instead
     (``fnn.train.parallel``), and ``constrain`` may place the gathered batch (a sharding).
+    With ``chunk``, the function is ``epoch(ts, data, epoch_key, first_step)`` and runs the
+    ``chunk`` steps ``first_step, first_step + 1, ...`` of the epoch (the same batches as the
+    whole epoch's scan visits at those steps): an epoch in pieces, to stop or checkpoint between.
     """
     steps = num_examples // batch_size
     if steps < 1:
         raise ValueError(f"batch size {batch_size} is larger than the {num_examples} examples")
     rows = batch_size if rows is None else rows
 
-    def epoch(ts: TrainState, data: Batch, epoch_key: jax.Array):
+    def epoch(ts: TrainState, data: Batch, epoch_key: jax.Array, first_step: Any = 0):
         order = (jax.random.permutation(epoch_key, num_examples) if shuffle
                  else jnp.arange(num_examples))
         offset = 0 if first_row is None else first_row()
@@ -217,14 +275,16 @@ def epoch_fn(step_fn: Callable[[TrainState, Batch], tuple[TrainState, dict]],
                 batch = constrain(batch)
             return step_fn(ts, batch)
 
-        return lax.scan(body, ts, jnp.arange(steps))
+        return lax.scan(body, ts, jnp.arange(steps) if chunk is None
+                        else jnp.arange(chunk) + first_step)
 
     return epoch
 
 
 def make_train_epoch(step_fn: Callable[[TrainState, Batch], tuple[TrainState, dict]],
                      num_examples: int, batch_size: int, *, shuffle: bool = True,
-                     donate: bool = True) -> Callable[[TrainState, Batch, jax.Array], tuple[TrainState, dict]]:
+                     donate: bool = True, chunk: int | None = None
+                     ) -> Callable[..., tuple[TrainState, dict]]:
     """A whole epoch as one compiled ``lax.scan`` over steps, shuffling included.
 
     The data (a dict of arrays with ``num_examples`` rows) lives on the device; each epoch
@@ -238,6 +298,8 @@ def make_train_epoch(step_fn: Callable[[TrainState, Batch], tuple[TrainState, di
     Returns:
         ``epoch(train_state, data, epoch_key) -> (train_state, metrics)`` with each metric
         stacked over the epoch's steps, shape ``(steps,)``; jit-compiled, state donated.
+        With ``chunk``: ``epoch(train_state, data, epoch_key, first_step)`` runs ``chunk``
+        steps from ``first_step`` (see :func:`epoch_fn`).
     """
-    return jax.jit(epoch_fn(step_fn, num_examples, batch_size, shuffle=shuffle),
+    return jax.jit(epoch_fn(step_fn, num_examples, batch_size, shuffle=shuffle, chunk=chunk),
                    donate_argnums=(0,) if donate else ())
