@@ -30,7 +30,7 @@ from typing import Any, Callable, Mapping
 import jax
 import numpy as np
 
-from fnn.core import LayerError, LayerNameError
+from fnn.core import LayerError, LayerNameError, key_name, no_layer_error, under_layer
 from fnn.data.checks import data_file_problem
 from fnn.errors import ConfigError
 from fnn.train.contract import LossContractError, check_loss
@@ -138,27 +138,18 @@ def layer_keys(tree: Any) -> list[str]:
     return found
 
 
-def _has_layer(tree: Any, name: str) -> bool:
-    """``name`` (``"dense_0"`` or consecutive keys ``"block/dense_0"``) is on some path."""
-    parts = name.split("/")
-
-    def walk(node: Any, path: tuple[str, ...]) -> bool:
-        if not isinstance(node, Mapping):
-            return any(path[i:i + len(parts)] == tuple(parts) for i in range(len(path)))
-        return any(walk(v, path + (str(k),)) for k, v in node.items())
-    return walk(tree, ())
-
-
 def _check_layer_names(names: Any, params: Any, where: str) -> None:
+    """Each name selects some params, by the one matcher (:func:`fnn.core.under_layer`: its keys
+    consecutive on a leaf's layer path) and with the one message (:func:`fnn.core.no_layer_error`)."""
     if not names:
         return
-    known = layer_keys(params)
+    layer_paths = [tuple(key_name(k) for k in path[:-1])
+                   for path, _ in jax.tree_util.tree_flatten_with_path(params)[0]]
     for i, name in enumerate(names):
-        if not isinstance(name, str) or not _has_layer(params, name):
-            close = difflib.get_close_matches(str(name), known, n=1, cutoff=0.6)
-            hint = f"; did you mean {close[0]!r}?" if close else ""
-            raise ConfigError(f"{where}[{i}]", f"no layer with parameters named {name!r}{hint} "
-                                               f"(layers: {', '.join(known) or 'none'})")
+        parts = tuple(p for p in str(name).split("/") if p)
+        if not isinstance(name, str) or not any(under_layer(parts, p) for p in layer_paths):
+            e = no_layer_error(f"{where}[{i}]", str(name), [k for p in layer_paths for k in p])
+            raise ConfigError(e.where, e.detail)
 
 
 def _check_pretrained(path: str | None, params: Any) -> None:

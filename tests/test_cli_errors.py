@@ -71,7 +71,7 @@ CASES = [
      "optimizer.freeze", 2),
     ("regularized-unknown-layer", "validate", CSV,
      ["regularizers.l2=0.1", "regularizers.layers=[dense_7]"],
-     "regularizers.layers[0]: no layer with parameters named 'dense_7'", 2),
+     "regularizers.layers[0]: no layer 'dense_7' in params; did you mean", 2),
     ("regularizer-layers-without-penalty", "validate", CSV, ["regularizers.layers=[dense_0]"],
      "regularizers.layers: set, but no penalty is on", 2),
     ("mse-on-class-ids", "validate", CSV, ["loss.name=mse"],
