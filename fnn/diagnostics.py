@@ -136,7 +136,7 @@ class _Walk:
                                                            train=self.train)[0], x, one)
             x = jax.tree_util.tree_map(lambda a, o: jnp.asarray(a, o.dtype), x, out)
             return lax.scan(body, x, (params, state, rngs), length=times)
-        y, _ = apply_child("/".join(path) or layer.default_name, layer, params, state, x,
+        y, _ = apply_child("/".join(path) or default_key(layer), layer, params, state, x,
                            rng=rng, train=self.train)
         order = self.counter
         self.counter += 1
