@@ -36,6 +36,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from fnn.arguments import ArgumentError
 from fnn.core import draw
 
 __all__ = ["dot_product_attention", "attention_weights", "attention_mask", "rope",
@@ -77,7 +78,8 @@ def attention_mask(mask: Any, batch: int, time_q: int, time_k: int, *,
         m = jnp.asarray(mask)
         if m.ndim == 1 and m.shape == (batch,):
             if not jnp.issubdtype(m.dtype, jnp.integer):
-                raise ValueError(f"attention mask: lengths (batch,) must be integers, got dtype {m.dtype}")
+                raise ArgumentError("attention mask", f"lengths (batch,) must be integers, got "
+                                                      f"dtype {m.dtype}")
             allowed = (jnp.arange(time_k)[None, :] < m[:, None])[:, None, None, :]
         elif m.ndim == 2 and m.shape == (batch, time_k):
             allowed = m.astype(bool)[:, None, None, :]
@@ -87,9 +89,10 @@ def attention_mask(mask: Any, batch: int, time_q: int, time_k: int, *,
                 and m.shape[3] == time_k:
             allowed = m.astype(bool)
         else:
-            raise ValueError(f"attention mask: expects lengths ({batch},), a key mask ({batch}, "
-                             f"{time_k}) or a mask ({batch}, [heads,] {time_q}, {time_k}), got "
-                             f"shape {tuple(m.shape)}")
+            raise ArgumentError("attention mask", f"expects lengths ({batch},), a key mask "
+                                                  f"({batch}, {time_k}) or a mask ({batch}, "
+                                                  f"[heads,] {time_q}, {time_k}), got shape "
+                                                  f"{tuple(m.shape)}")
     if causal:
         offset = time_k - time_q
         tri = jnp.arange(time_k)[None, :] <= jnp.arange(time_q)[:, None] + offset

@@ -260,8 +260,8 @@ def MultiHeadAttention(num_heads: int, head_dim: int | None = None, out_features
             k = apply_rope(k, jnp.arange(k.shape[1]), mode=rope)
         try:
             allowed = attention_mask(mask, x.shape[0], q.shape[1], k.shape[1], causal=causal)
-        except ValueError as e:
-            raise LayerError(str(e).removeprefix("attention mask: ")) from None
+        except ArgumentError as e:  # a mask of the wrong shape: the layer names its path
+            raise LayerError(e.detail) from None
         weights = None
         if return_weights:
             weights = attention_weights(q, k, mask=allowed)
