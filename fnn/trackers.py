@@ -252,7 +252,8 @@ class TensorBoardTracker:
 
     The config is written as hyper-parameters (the HParams tab) and as text, the summary as
     text. A resumed run opens the writer with ``purge_step`` past ``resume_from``, so
-    TensorBoard drops the steps the earlier run wrote after its checkpoint.
+    TensorBoard drops the steps the earlier run wrote after its checkpoint (a fresh run in a
+    used folder purges from step 0: the old files are hidden).
     """
 
     def __init__(self, logdir: str | os.PathLike | None = None, flush_secs: int = 30):
@@ -267,8 +268,10 @@ class TensorBoardTracker:
         from tensorboardX.summary import hparams
 
         self.logdir = self.logdir or Path(run_dir) / "tensorboard"
+        # TensorBoard drops the steps >= purge_step of the files written before: all of them
+        # for a fresh run in a used folder, those past the checkpoint for a resumed one
         self.writer = SummaryWriter(str(self.logdir), flush_secs=self.flush_secs,
-                                    purge_step=None if resume_from is None else resume_from + 1)
+                                    purge_step=0 if resume_from is None else resume_from + 1)
         if resume_from is not None:
             return
         if config is not None:
