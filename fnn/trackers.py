@@ -1,6 +1,7 @@
 """Trackers: a run's events sent to TensorBoard, MLflow or a CSV file while it trains.
 
-One small event interface, :class:`RunTracker` (``start``, ``scalars``, ``close``), and three
+One small event interface, :class:`RunTracker` (``start``, ``scalars``, ``flush``, ``close``),
+and three
 adapters over it: :class:`CSVTracker` (no dependency: ``<run>/scalars.csv``, one
 ``step,name,value`` row per value), :class:`TensorBoardTracker` (``tensorboardX``, no
 TensorFlow: event files in ``<run>/tensorboard``) and :class:`MLflowTracker` (``mlflow-skinny``:
@@ -68,13 +69,17 @@ class RunTracker(Protocol):
 
     ``start(run_dir, config, summary, resume_from)``: ``resume_from`` is ``None`` for a fresh
     run, else the step through which earlier events are kept (later ones are dropped).
-    ``scalars(step, values)``: named floats at a training step. ``close()``: flush and end.
+    ``scalars(step, values)``: named floats at a training step (may be buffered).
+    ``flush()``: make what was sent durable (called once per epoch, before its checkpoint).
+    ``close()``: flush and end.
     """
 
     def start(self, run_dir: Path, config: Mapping[str, Any] | None, summary: str | None,
               resume_from: int | None) -> None: ...
 
     def scalars(self, step: int, values: Mapping[str, float]) -> None: ...
+
+    def flush(self) -> None: ...
 
     def close(self) -> None: ...
 
@@ -105,7 +110,7 @@ def make_tracker(spec: str | RunTracker, where: str = "trackers") -> RunTracker:
                 "mlflow": MLflowTracker}[spec]()
     if not isinstance(spec, RunTracker):
         raise ValueError(f"{where}: {spec!r} is neither a tracker name ({', '.join(NAMES)}) nor "
-                         "an object with start, scalars and close")
+                         "an object with start, scalars, flush and close")
     return spec
 
 
@@ -172,6 +177,8 @@ class Trackers:
             self._send(step, {f"step/{k}": v[step - base - 1] for k, v in stacked.items()})
         self._send(int(record["step"]),
                    {f"epoch/{k}": v for k, v in record.items() if k not in ("epoch", "step")})
+        for t in self.trackers:
+            t.flush()
 
     def diagnostics(self, record: Mapping[str, Any]) -> None:
         """A :class:`fnn.diagnostics.Diagnostics` record: each layer's gradient norm."""
@@ -238,7 +245,9 @@ class CSVTracker:
         writer = csv.writer(out, lineterminator="\n")
         for name, value in values.items():
             writer.writerow([step, name, repr(float(value))])
-        self.file.write(out.getvalue())  # one call: a kill tears at most the last row
+        self.file.write(out.getvalue())  # whole rows: a kill tears at most the last one
+
+    def flush(self) -> None:
         self.file.flush()
 
     def close(self) -> None:
@@ -286,6 +295,8 @@ class TensorBoardTracker:
     def scalars(self, step: int, values: Mapping[str, float]) -> None:
         for name, value in values.items():
             self.writer.add_scalar(name, value, step)
+
+    def flush(self) -> None:
         self.writer.flush()
 
     def close(self) -> None:
@@ -314,6 +325,7 @@ class MLflowTracker:
         self.client: Any = None
         self.run_id: str | None = None
         self.logged: dict[str, int] = {}  # per metric: the last step the MLflow run holds
+        self.pending: list[Any] = []  # metrics sent since the last flush
 
     def start(self, run_dir: Path, config: Mapping[str, Any] | None, summary: str | None,
               resume_from: int | None) -> None:
@@ -354,13 +366,18 @@ class MLflowTracker:
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
-        metrics = [Metric(k, v, now, step) for k, v in values.items()
-                   if step > self.logged.get(k, -1)]
-        for i in range(0, len(metrics), 1000):  # MLflow takes 1000 metrics per call
-            self.client.log_batch(self.run_id, metrics=metrics[i:i + 1000])
+        self.pending += [Metric(k, v, now, step) for k, v in values.items()
+                         if step > self.logged.get(k, -1)]
+
+    def flush(self) -> None:
+        """One ``log_batch`` call per 1000 metrics (MLflow's limit) sent since the last."""
+        for i in range(0, len(self.pending), 1000):
+            self.client.log_batch(self.run_id, metrics=self.pending[i:i + 1000])
+        self.pending = []
 
     def close(self) -> None:
         if self.client is not None and self.run_id is not None:
+            self.flush()
             self.client.set_terminated(self.run_id)
             self.client = None
 

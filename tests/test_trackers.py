@@ -287,6 +287,9 @@ def test_a_tracker_object_gets_the_events():
         def scalars(self, step, values):
             self.events.append((step, sorted(values)))
 
+        def flush(self):
+            self.events.append("flush")
+
         def close(self):
             self.events.append("close")
 
@@ -296,6 +299,6 @@ def test_a_tracker_object_gets_the_events():
     events.epoch(3, {"loss": np.array([1.0, 2.0, 3.0])}, {"epoch": 2, "step": 6, "val_loss": 1.0})
     events.close()
     assert rec.events == [("start", None), (4, ["step/loss"]), (6, ["step/loss"]),
-                          (6, ["epoch/val_loss"]), "close"]
+                          (6, ["epoch/val_loss"]), "flush", "close"]
     with pytest.raises(ValueError, match=r"trackers\[0\]: 3 is neither a tracker name"):
         Trackers([3])
