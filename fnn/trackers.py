@@ -293,8 +293,12 @@ class TensorBoardTracker:
             self.writer.add_text("summary", _code(summary), 0)
 
     def scalars(self, step: int, values: Mapping[str, float]) -> None:
-        for name, value in values.items():
-            self.writer.add_scalar(name, value, step)
+        from tensorboardX.proto.summary_pb2 import Summary
+
+        # one event per step with every value (what add_scalar writes, one value at a time)
+        self.writer.file_writer.add_summary(
+            Summary(value=[Summary.Value(tag=k, simple_value=v) for k, v in values.items()]),
+            step)
 
     def flush(self) -> None:
         self.writer.flush()
