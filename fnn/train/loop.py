@@ -301,10 +301,6 @@ def fit(net: Layer, loss: Callable[..., jax.Array], optimizer: optax.GradientTra
     eval_step = log_compile(dp.compile_eval(eval_step_fn(train_net, loss, metrics=metrics,
                                                          axis_name=dp.axis_name)),
                             "eval_step", log)
-    if events:  # a resumed run keeps the events of the epochs its checkpoint holds
-        events.start(folder.path, (metadata or {}).get("config"),
-                     str(summary(net, train.input_shape)),
-                     (history[-1]["step"] if history else 0) if resumed else None)
     diag, diag_log = _diagnostics(diagnostics, dp, net, loss, optimizer, folder, first,
                        start_step=int(train_state.step), events=events)
     run_epoch = _epoch_runner(dp, step_fn, train, mode, batch_size,
@@ -361,6 +357,10 @@ def fit(net: Layer, loss: Callable[..., jax.Array], optimizer: optax.GradientTra
         return stop
 
     try:
+        if events:  # a resumed run keeps the events of the epochs its checkpoint holds
+            events.start(folder.path, (metadata or {}).get("config"),
+                         str(summary(net, train.input_shape)),
+                         (history[-1]["step"] if history else 0) if resumed else None)
         if writer is not None:
             signals.__enter__()
             if profile is not None:
