@@ -302,3 +302,36 @@ def test_a_tracker_object_gets_the_events():
                           (6, ["epoch/val_loss"]), "flush", "close"]
     with pytest.raises(ValueError, match=r"trackers\[0\]: 3 is neither a tracker name"):
         Trackers([3])
+
+
+def test_a_config_run_and_its_resume_fill_the_same_trackers(tmp_path):
+    """``fnn train`` with output.trackers, then ``--resume`` for more epochs: one MLflow run,
+    one CSV file, TensorBoard steps once each, all equal to metrics.jsonl."""
+    names = _optional()
+    xor = Path(__file__).parents[1] / "configs" / "xor.yaml"
+    overrides = ["output.plots=false", f"output.trackers={json.dumps(names)}",
+                 "output.log_every=1", "output.mlflow.experiment=xor-test"]
+    run_dir = tmp_path / "xor"
+    fnn.run.train(fnn.config.load_config(xor, ["training.epochs=3", *overrides]), run_dir,
+                  log=None)
+    first_run = (run_dir / "mlflow.json").read_text() if "mlflow" in names else None
+    fnn.run.train(fnn.config.load_config(xor, ["training.epochs=5", *overrides]), run_dir,
+                  resume=True, log=None)
+    records = _metrics(run_dir)
+    assert [r["step"] for r in records] == [1, 2, 3, 4, 5]  # one full batch per epoch
+    for name, read in _readers(names).items():
+        events = read(run_dir)
+        for key in ("epoch/train_loss", "epoch/learning_rate", "step/loss"):
+            assert [s for s, _ in events[key]] == [1, 2, 3, 4, 5], (name, key)
+        np.testing.assert_allclose([v for _, v in events["epoch/train_loss"]],
+                                   [r["train_loss"] for r in records], rtol=1e-6)
+    if first_run is not None:
+        assert (run_dir / "mlflow.json").read_text() == first_run
+        _, params = _mlflow(run_dir)
+        assert params["name"] == "xor" and params["optimizer.name"] == "momentum"
+        from mlflow.tracking import MlflowClient
+
+        saved = json.loads(first_run)
+        client = MlflowClient(tracking_uri=saved["tracking_uri"])
+        experiment = client.get_run(saved["run_id"]).info.experiment_id
+        assert client.get_experiment(experiment).name == "xor-test"
