@@ -320,6 +320,8 @@ class MLflowTracker:
 
     The MLflow run id is written to ``<run>/mlflow.json``; a resumed fnn run continues that
     MLflow run and skips the steps it already holds (a resumed run recomputes them bit for bit).
+    MLflow 3 refuses its file store unless ``MLFLOW_ALLOW_FILE_STORE=true``: for a ``file:`` URI
+    this tracker sets it in the process's environment when it is not set already.
     """
 
     def __init__(self, tracking_uri: str | None = None, experiment: str | None = None,
