@@ -154,6 +154,15 @@ _SECTIONS: dict[str, Any] = {
         "dir": Field((str, type(None)), None, doc="run folder (default runs/<name>)"),
         "plots": Field((bool,), True, doc="write curves.png"),
         "progress": Field((bool,), True, doc="progress bars"),
+        "trackers": Field((list,), [], doc="send the run's events to tensorboard, mlflow "
+                                          "and/or csv (fnn.trackers)"),
+        "log_every": Field((int,), 10, doc="per-step values to the trackers every N steps"),
+        "mlflow": {
+            "tracking_uri": Field((str, type(None)), None,
+                                  doc="MLflow tracking URI (default: file store <run>/mlruns)"),
+            "experiment": Field((str, type(None)), None,
+                                doc="MLflow experiment (default: fnn)"),
+        },
     },
 }
 SCHEMA = _SECTIONS
@@ -397,6 +406,7 @@ def validate(raw: dict[str, Any]) -> dict[str, Any]:
     if every is not None and every < 1:
         raise ConfigError("training.diagnostics.every", f"must be >= 1 (or null), got {every}")
     _check_checkpoint(cfg["training"]["checkpoint"])
+    _check_trackers(cfg["output"])
     decay = cfg["training"]["ema"]["decay"]
     if decay is not None and not 0 < decay < 1:
         raise ConfigError("training.ema.decay", f"must be between 0 and 1 (or null), got {decay}")
@@ -409,6 +419,25 @@ def validate(raw: dict[str, Any]) -> dict[str, Any]:
                                                  f"({cfg['training']['batch_size']}), got {k}")
     _check_components(cfg)
     return cfg
+
+
+def _check_trackers(out: dict[str, Any]) -> None:
+    """``output.trackers``: known names, each once, their libraries installed."""
+    from fnn.trackers import check_available
+
+    if out["log_every"] < 1:
+        raise ConfigError("output.log_every", f"must be >= 1, got {out['log_every']}")
+    for i, name in enumerate(out["trackers"]):
+        where = f"output.trackers[{i}]"
+        if not isinstance(name, str):
+            raise ConfigError(where, f"must be a tracker name (tensorboard, mlflow, csv), "
+                                     f"got {name!r}")
+        if name in out["trackers"][:i]:
+            raise ConfigError(where, f"{name!r} is listed twice")
+        try:
+            check_available(name, where)
+        except ValueError as e:
+            raise ConfigError(where, str(e).split(": ", 1)[1]) from None
 
 
 def _check_checkpoint(c: dict[str, Any]) -> None:

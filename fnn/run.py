@@ -46,6 +46,7 @@ from fnn.layers.precision import with_model_dtype
 from fnn.layers.spec import from_spec
 from fnn.train.parallel import DataParallel, initialize
 from fnn.summary import summary
+from fnn.trackers import from_config as trackers_from_config
 from fnn.train import checkpoint as ckpt
 from fnn.train.loop import EarlyStopping, FitResult, evaluate, fit
 from fnn.train.step import binary_correct, correct, make_eval_step
@@ -405,6 +406,8 @@ def train_model(cfg: dict[str, Any], train_data: dict[str, np.ndarray],
                  parallel=dp, diagnostics=t["diagnostics"]["every"],
                  checkpoint=_checkpointing(t["checkpoint"]), accumulate=t["accumulate"],
                  plateau=_plateau(cfg["optimizer"]), profile=profile,
+                 trackers=trackers_from_config(cfg["output"]),
+                 log_every=cfg["output"]["log_every"],
                  callbacks=[*callbacks, *([LiveHints(exp.net, {"x": train_data["x"][:256]}, log)]
                                           if log else [])])
     if dp.is_main and cfg["output"]["plots"]:

@@ -57,6 +57,7 @@ import optax
 
 from fnn.compile_cache import log_compile
 from fnn.core import Layer
+from fnn.summary import summary
 from fnn.logs import check_logs
 from fnn.data.pipeline import prefetch_to_device
 from fnn.optim import learning_rate_of
@@ -74,6 +75,7 @@ from fnn.train.run_folder import RunFolder
 from fnn.train.state import TrainState, init_train_state
 from fnn.train.step import eval_step_fn, train_step_fn
 from fnn.train.tracker import EarlyStopping, Tracker
+from fnn.trackers import RunTracker, Trackers
 from fnn.finetune import keep_frozen, load_pretrained, transfer, with_frozen_mask
 
 __all__ = ["fit", "evaluate", "FitResult", "EarlyStopping", "TrainingDiverged", "Checkpointing",
@@ -126,7 +128,8 @@ def fit(net: Layer, loss: Callable[..., jax.Array], optimizer: optax.GradientTra
         devices: int | Sequence[Any] | None = None,
         diagnostics: int | None = None, checkpoint: Checkpointing | None = None,
         accumulate: int = 1, ema: float | None = None,
-        plateau: Plateau | None = None, profile: int | None = None) -> FitResult:
+        plateau: Plateau | None = None, profile: int | None = None,
+        trackers: Sequence[str | RunTracker] = (), log_every: int = 10) -> FitResult:
     """Train ``net`` on ``train_data``; validate on ``val_data`` after every epoch.
 
     Args:
@@ -197,6 +200,12 @@ def fit(net: Layer, loss: Callable[..., jax.Array], optimizer: optax.GradientTra
             included) to ``run_dir/profile`` (stopped at the first step or scan chunk end
             past them).
 
+        trackers, log_every: send the run's events to ``"tensorboard"``, ``"mlflow"``,
+            ``"csv"`` (names, or :class:`fnn.trackers.RunTracker` objects) in ``run_dir``:
+            per-step values every ``log_every`` steps, epoch records, the diagnostics, and
+            ``metadata["config"]`` (see :mod:`fnn.trackers`). A missing library is refused
+            here, before anything compiles.
+
     Returns:
         A :class:`FitResult`; its train state is one unreplicated copy, whatever the devices.
 
@@ -226,6 +235,9 @@ def fit(net: Layer, loss: Callable[..., jax.Array], optimizer: optax.GradientTra
     _check_passes(train_data, val_data, epochs, steps_per_epoch, eval_batch_size)
     dp = as_data_parallel(parallel, devices)
     log, progress = (log, progress) if dp.is_main else (None, False)
+    events = Trackers(trackers if dp.is_main else (), log_every)
+    if events and run_dir is None:
+        raise ValueError("fit: trackers write into the run folder: pass run_dir too")
     train = batch_source(train_data, steps_per_epoch, "train_data")
     val = None if val_data is None else batch_source(val_data, where="val_data")
     batch_size = _batch_size(train, batch_size, dp, log)
@@ -290,7 +302,7 @@ def fit(net: Layer, loss: Callable[..., jax.Array], optimizer: optax.GradientTra
                                                          axis_name=dp.axis_name)),
                             "eval_step", log)
     diag, diag_log = _diagnostics(diagnostics, dp, net, loss, optimizer, folder, first,
-                       start_step=int(train_state.step))
+                       start_step=int(train_state.step), events=events)
     run_epoch = _epoch_runner(dp, step_fn, train, mode, batch_size,
                               jax.random.fold_in(seed_key, 1), start_epoch, progress, epochs, diag,
                               chunk=checkpoint.scan_chunk if checkpoint is not None else None,
@@ -345,6 +357,10 @@ def fit(net: Layer, loss: Callable[..., jax.Array], optimizer: optax.GradientTra
         return stop
 
     try:
+        if events:  # a resumed run keeps the events of the epochs its checkpoint holds
+            events.start(folder.path, (metadata or {}).get("config"),
+                         str(summary(net, train.input_shape)),
+                         (history[-1]["step"] if history else 0) if resumed else None)
         if writer is not None:
             signals.__enter__()
             if profile is not None:
@@ -387,6 +403,8 @@ def fit(net: Layer, loss: Callable[..., jax.Array], optimizer: optax.GradientTra
                 record.update({f"val_{k}": v for k, v in scores.items()})
             record.update(seconds=round(seconds, 4), examples_per_sec=round(examples / seconds, 1))
             history.append(record)
+            events.epoch(base, {k: v for k, v in stacked.items() if f"train_{k}" in record},
+                         record)  # before the checkpoint that holds them
             trace_until(record["step"])
             improved = tracker.update(record, epoch + 1)
             if plateau is not None:
@@ -426,6 +444,7 @@ def fit(net: Layer, loss: Callable[..., jax.Array], optimizer: optax.GradientTra
             diag_log.finish()
         if writer is not None:
             writer.wait()
+        events.close()
     if bar is not None:
         bar.close()
 
@@ -527,7 +546,7 @@ def _matching_opt_state(ts: TrainState, optimizer: optax.GradientTransformation)
 
 def _diagnostics(every: int | None, dp: DataParallel, net: Layer, loss: Callable,
                  optimizer: optax.GradientTransformation, folder: RunFolder, batch: dict,
-                 start_step: int) -> tuple[Callable | None, Any]:
+                 start_step: int, events: Trackers) -> tuple[Callable | None, Any]:
     """``record(train_state, step, epoch, steps_in_epoch=None)``: gradient-flow diagnostics
     when due (process 0 only), and the :class:`~fnn.diagnostics.Diagnostics` (its ``finish``
     draws the last records); ``(None, None)`` without ``diagnostics``. ``start_step``: the step
@@ -541,7 +560,7 @@ def _diagnostics(every: int | None, dp: DataParallel, net: Layer, loss: Callable
     def record(ts, step, epoch, steps_in_epoch=None):
         due = diag.due(step) if steps_in_epoch is None else diag.due(step, steps_in_epoch)
         if due:
-            diag.record(dp.gather(ts), batch, step=step, epoch=epoch + 1)
+            events.diagnostics(diag.record(dp.gather(ts), batch, step=step, epoch=epoch + 1))
 
     return record, diag
 
