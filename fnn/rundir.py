@@ -82,7 +82,8 @@ __all__ = ["RunFolderError", "RunFolderPlan", "check_run_folder", "open_run_fold
 # Every file fnn writes in a run folder (run.py, run_folder.py, diagnostics.py, plots, fnn eval):
 # what --overwrite moves aside and removes; anything else in the folder is kept.
 RUN_FILES = ("config.yaml", "summary.txt", "metrics.jsonl", "test.json", "curves.png",
-             "diagnostics.jsonl", "gradflow.png")
+             "diagnostics.jsonl", "gradflow.png", "doctor.json", "scalars.csv", "mlflow.json",
+             "model.stablehlo", "model.onnx")
 CHECKPOINTS = "checkpoints"
 LOCK = ".fnn-lock"  # {"pid", "host", "since", "ticks"} of the run using the folder
 OLD_RUN = ".fnn-old-"  # + time: where --overwrite keeps the old run until the new one started
