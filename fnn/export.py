@@ -28,7 +28,6 @@ Example:
 from __future__ import annotations
 
 import hashlib
-import importlib.metadata
 import json
 import os
 import struct
@@ -57,13 +56,10 @@ class ExportError(ValueError):
 
 
 def fnn_version() -> str:
-    """fnn's version: the installed package's metadata, else ``fnn.__version__``."""
-    try:
-        return importlib.metadata.version("fnn")
-    except importlib.metadata.PackageNotFoundError:
-        import fnn
+    """fnn's version, from its one source (:func:`fnn.version.version`)."""
+    from fnn.version import version
 
-        return fnn.__version__
+    return version()
 
 
 class ExportedModel:

@@ -279,8 +279,12 @@ class TensorBoardTracker:
         self.logdir = self.logdir or Path(run_dir) / "tensorboard"
         # TensorBoard drops the steps >= purge_step of the files written before: all of them
         # for a fresh run in a used folder, those past the checkpoint for a resumed one
+        # event files are named by the second they are opened and the host: a resume within
+        # the same second would write over the first run's file, so each start gets its own
+        # suffix (TensorBoard reads every file in the folder, in name order)
         self.writer = SummaryWriter(str(self.logdir), flush_secs=self.flush_secs,
-                                    purge_step=0 if resume_from is None else resume_from + 1)
+                                    purge_step=0 if resume_from is None else resume_from + 1,
+                                    filename_suffix=f".{time.time_ns()}.{os.getpid()}")
         if resume_from is not None:
             return
         if config is not None:

@@ -39,6 +39,9 @@ def _inputs(kind: str, shape, seed: int = 0):
     rng = np.random.default_rng(seed)
     if kind == "StripMask":
         return (jnp.asarray(rng.normal(size=(2,) + shape[0][1:]), jnp.float32), jnp.array([4, 2]))
+    if kind == "MultiHeadAttention":  # (queries, context, context lengths)
+        return (jnp.asarray(rng.normal(size=(2,) + shape[0][1:]), jnp.float32),
+                jnp.asarray(rng.normal(size=(2,) + shape[1][1:]), jnp.float32), jnp.array([5, 2]))
     if isinstance(shape, tuple) and all(isinstance(d, int) for d in shape):
         concrete = (2,) + shape[1:]
         if kind == "Embedding":
