@@ -188,3 +188,35 @@ def test_an_unknown_layer_in_training_freeze_is_one_line_before_anything(capsys,
     assert err == [f"fnn {command}: error: training.freeze: no layer 'dense_9' in the network; "
                    f"did you mean dense_1, dense_0?"]
     assert not out.exists()
+
+
+_PARALLEL_WORKER = r"""
+import sys, chex, jax, optax, numpy as np, fnn
+from fnn.train import fit
+from tests.blobs import blobs
+assert jax.device_count() == 2, jax.devices()
+x, y = blobs(96, d=6)
+net = fnn.freeze(fnn.serial(fnn.Dense(8), fnn.repeat(fnn.serial(fnn.Dense(8), fnn.Tanh), 2),
+                            fnn.Dense(3)), "repeat_0/dense_0")
+_, params, state = net.init(jax.random.key(0), (-1, 6))
+for mode in ("pmap", "mesh", "fsdp"):
+    ts = fit(net, fnn.losses.softmax_cross_entropy, optax.adamw(1e-2, weight_decay=0.5),
+             {"x": x, "y": y}, epochs=2, batch_size=32, log=None, init=(params, state),
+             parallel=mode).train_state
+    chex.assert_trees_all_equal(ts.params["repeat_0"]["dense_0"], params["repeat_0"]["dense_0"])
+    assert not np.array_equal(ts.params["dense_1"]["w"], params["dense_1"]["w"]), mode
+print("ok")
+"""
+
+
+def test_frozen_leaves_stay_bit_identical_under_pmap_mesh_and_fsdp():
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2",
+           "JAX_PLATFORMS": "cpu", "PYTHONPATH": str(root)}
+    proc = subprocess.run([sys.executable, "-c", _PARALLEL_WORKER], env=env, cwd=root, text=True,
+                          capture_output=True, timeout=600)
+    assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr[-3000:]
