@@ -30,7 +30,7 @@ from typing import Any, Callable, Mapping
 import jax
 import numpy as np
 
-from fnn.core import LayerError, LayerNameError, key_name, no_layer_error, under_layer
+from fnn.core import LayerError, LayerNameError, check_layer_names, leaf_layer_paths
 from fnn.data.checks import data_file_problem
 from fnn.errors import ConfigError
 from fnn.train.contract import LossContractError, check_loss
@@ -139,17 +139,15 @@ def layer_keys(tree: Any) -> list[str]:
 
 
 def _check_layer_names(names: Any, params: Any, where: str) -> None:
-    """Each name selects some params, by the one matcher (:func:`fnn.core.under_layer`: its keys
-    consecutive on a leaf's layer path) and with the one message (:func:`fnn.core.no_layer_error`)."""
+    """Each name selects some params (:func:`fnn.core.check_layer_names`), as a config error."""
     if not names:
         return
-    layer_paths = [tuple(key_name(k) for k in path[:-1])
-                   for path, _ in jax.tree_util.tree_flatten_with_path(params)[0]]
+    layer_paths = leaf_layer_paths(params)
     for i, name in enumerate(names):
-        parts = tuple(p for p in str(name).split("/") if p)
-        if not isinstance(name, str) or not any(under_layer(parts, p) for p in layer_paths):
-            e = no_layer_error(f"{where}[{i}]", str(name), [k for p in layer_paths for k in p])
-            raise ConfigError(e.where, e.detail)
+        try:
+            check_layer_names([name], layer_paths, f"{where}[{i}]")
+        except LayerNameError as e:
+            raise ConfigError(e.where, e.detail) from None
 
 
 def _check_pretrained(path: str | None, params: Any) -> None:

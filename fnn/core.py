@@ -647,18 +647,15 @@ def select_layers(net: Layer, names: Sequence[str], where: str) -> list[tuple[tu
         fnn.core.LayerNameError: freeze: no layer 'encoder/dense_1' in the network; did you mean dense_0?
     """
     rows = layer_paths(net)
-    chosen: list[tuple[tuple[str, ...], Layer]] = []
-    for name in names:
-        parts = tuple(p for p in str(name).split("/") if p)
-        hits = [(path, layer) for path, layer in rows if parts and under_layer(parts, path)]
-        if not hits:
+    wanted = [tuple(p for p in str(name).split("/") if p) for name in names]
+    for name, parts in zip(names, wanted):
+        if not any(parts and under_layer(parts, path) for path, _ in rows):
             raise no_layer_error(where, name, [k for path, _ in rows for k in path],
                                  container="the network")
-        chosen.extend(hits)
-    order = {id(layer): i for i, (_, layer) in enumerate(rows)}
     outermost: list[tuple[tuple[str, ...], Layer]] = []
-    for path, layer in sorted(chosen, key=lambda hit: order[id(hit[1])]):  # root first
-        if not any(path[:len(p)] == p for p, _ in outermost):  # inside one already chosen
+    for path, layer in rows:  # root first: a wrapper or an ancestor comes before what it holds
+        if any(parts and under_layer(parts, path) for parts in wanted) and \
+                not any(path[:len(p)] == p for p, _ in outermost):
             outermost.append((path, layer))
     return outermost
 
@@ -980,6 +977,34 @@ def under_layer(name_parts: Sequence[str], layer_keys: Sequence[str]) -> bool:
     """
     keys, parts, n = tuple(layer_keys), tuple(name_parts), len(name_parts)
     return any(keys[i:i + n] == parts for i in range(len(keys) - n + 1))
+
+
+def leaf_layer_paths(tree: Any) -> list[tuple[str, ...]]:
+    """The layer path of every leaf of a params (or state) tree, in leaf order: its keys without
+    the leaf's own name (``("block", "dense_0")`` for ``block/dense_0/w``).
+
+    Example:
+        >>> leaf_layer_paths({"block": {"dense_0": {"b": 0.0, "w": 1.0}}})
+        [('block', 'dense_0'), ('block', 'dense_0')]
+    """
+    return [tuple(key_name(k) for k in path[:-1])
+            for path, _ in jax.tree_util.tree_flatten_with_path(tree)[0]]
+
+
+def check_layer_names(names: Sequence[str], layer_paths: Sequence[Sequence[str]], where: str) -> None:
+    """Every name (``"dense_0"``, ``"block/dense_0"``) matches some layer path by
+    :func:`under_layer`, or :func:`no_layer_error` is raised: the one check behind
+    ``optimizer.freeze``, ``regularizers.layers`` and ``fnn validate``.
+
+    Example:
+        >>> check_layer_names(["dense_9"], [("dense_0",), ("dense_1",)], "freeze")
+        Traceback (most recent call last):
+        fnn.core.LayerNameError: freeze: no layer 'dense_9' in params; did you mean dense_1, dense_0?
+    """
+    for name in names:
+        parts = tuple(str(name).split("/"))
+        if not any(under_layer(parts, keys) for keys in layer_paths):
+            raise no_layer_error(where, str(name), [k for keys in layer_paths for k in keys])
 
 
 def no_layer_error(where: str, name: str, layer_keys: Sequence[str],

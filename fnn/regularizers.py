@@ -43,7 +43,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from fnn.core import key_name, lookup, no_layer_error, under_layer
+from fnn.core import check_layer_names, key_name, lookup, under_layer
 
 __all__ = ["is_weight", "weights_only", "all_params", "layers", "l1", "l2", "elastic_net",
            "max_norm", "get", "names"]
@@ -134,9 +134,7 @@ def _path(keypath: Sequence[Any]) -> Path:
 def _check_names_found(pred: Predicate, paths: list[Path], where: str) -> None:
     if not isinstance(pred, _Layers):
         return
-    for name, parts in zip(pred.names, pred.parts):
-        if not any(pred.matches(parts, p) for p in paths):
-            raise no_layer_error(where, name, [k for p in paths for k in p[:-1]])
+    check_layer_names(pred.names, [p[:-1] for p in paths], where)  # layer keys: no leaf name
 
 
 def _selected(params: Any, select: Select, where: str) -> list[tuple[Path, jax.Array]]:

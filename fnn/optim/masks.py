@@ -18,7 +18,7 @@ from typing import Any, Sequence
 import jax
 import optax
 
-from fnn.core import key_name, no_layer_error, under_layer
+from fnn.core import check_layer_names, leaf_layer_paths, under_layer
 from fnn.errors import ConfigError
 
 __all__ = ["weights_only", "frozen_labels", "freeze_list"]
@@ -52,14 +52,11 @@ def frozen_labels(params: optax.Params, freeze: Sequence[tuple[str, ...]], where
     Raises:
         ValueError: ``"<where>: no layer 'x' in params; did you mean ...?"``.
     """
-    leaves, treedef = jax.tree_util.tree_flatten_with_path(params)
-    layer_paths = [tuple(key_name(k) for k in kp[:-1]) for kp, _ in leaves]
-    for parts in freeze:
-        if not any(under_layer(parts, keys) for keys in layer_paths):
-            raise no_layer_error(where, "/".join(parts), [k for keys in layer_paths for k in keys])
+    layer_paths = leaf_layer_paths(params)
+    check_layer_names(["/".join(parts) for parts in freeze], layer_paths, where)
     labels = ["frozen" if any(under_layer(p, keys) for p in freeze) else "trainable"
               for keys in layer_paths]
-    return jax.tree_util.tree_unflatten(treedef, labels)
+    return jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(params), labels)
 
 
 def freeze_list(value: Any, where: str) -> tuple[tuple[str, ...], ...]:
