@@ -36,7 +36,7 @@ from fnn.errors import ConfigError
 from fnn.train.contract import LossContractError, check_loss
 
 __all__ = ["check_data_options", "check_loss_options", "check_run", "RunCheck",
-           "layer_keys", "monitored_keys", "available_memory", "tree_bytes", "first_mismatch"]
+           "monitored_keys", "available_memory", "tree_bytes", "first_mismatch"]
 
 
 # --------------------------------------------------------------------------- options
@@ -123,20 +123,6 @@ def check_loss_options(cfg: Mapping[str, Any]) -> None:
 
 
 # --------------------------------------------------------------------------- network
-
-def layer_keys(tree: Any) -> list[str]:
-    """Every key on a path to a leaf of a params pytree, outermost first, once each."""
-    found: list[str] = []
-
-    def walk(node: Any) -> None:
-        if isinstance(node, Mapping):
-            for key, value in node.items():
-                if isinstance(value, Mapping) and value and str(key) not in found:
-                    found.append(str(key))
-                walk(value)
-    walk(tree)
-    return found
-
 
 def _check_layer_names(names: Any, params: Any, where: str) -> None:
     """Each name selects some params (:func:`fnn.core.check_layer_names`), as a config error."""

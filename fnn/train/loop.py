@@ -424,7 +424,8 @@ def fit(net: Layer, loss: Callable[..., jax.Array], optimizer: optax.GradientTra
             if bar is not None:
                 bar.update(1)
             # a copy: the next step donates train_state's buffers, and a callback may keep it
-            stop = any(bool(cb(record, _copy(whole))) for cb in callbacks)
+            kept = _copy(whole) if callbacks else None  # one copy, shared by the callbacks
+            stop = any(bool(cb(record, kept)) for cb in callbacks)
             if signals.received is not None and epoch + 1 < epochs:
                 raise Preempted(f"stopped by {signals.name} at the end of epoch {epoch + 1} "
                                 f"(step {record['step']}); latest checkpoint: "
