@@ -35,7 +35,7 @@ from fnn.attention import attention_weights, sinusoidal_positions
 from fnn.core import (Layer, LayerError, apply_child, check_shape, draw, init_child, layer_type,
                       split_rng)
 from fnn.layers.conv import as_tuple
-from fnn.layers.dense import Dense
+from fnn.layers.dense import Dense, kernel_params
 from fnn.layers.dropout import Dropout
 from fnn.layers.normalization import LayerNorm
 from fnn.layers.sequences import check_mask_shape
@@ -541,10 +541,8 @@ def PatchEmbed(patch: int | tuple[int, int], features: int, *, use_bias: bool = 
         if len(shape) != 4 or min(shape[1:]) < 1:
             raise LayerError(f"expects images (batch, H, W, C) of known size, got shape {shape}")
         check(shape)
-        w_rng, b_rng = jax.random.split(rng)
-        params = {"w": w_initializer(w_rng, (ph * pw * shape[3], features), jnp.float32)}
-        if use_bias:
-            params["b"] = b_initializer(b_rng, (features,), jnp.float32)
+        params = kernel_params(rng, w_initializer, b_initializer,
+                               (ph * pw * shape[3], features), use_bias)
         n = (shape[1] // ph) * (shape[2] // pw)
         return (shape[0], n, features), params, {}
 

@@ -32,6 +32,7 @@ from fnn import initializers
 from fnn.core import Layer, LayerError, check_shape, layer_type
 from fnn.arguments import ArgumentError
 from fnn.layers import conv_ops
+from fnn.layers.dense import kernel_params
 
 __all__ = ["Conv1D", "Conv2D", "Conv3D"]
 
@@ -188,10 +189,8 @@ def _conv(ndim: int, kind: str, features: int, kernel_size: Any, strides: Any, p
         shape = check_shape(input_shape)
         channels = check_input(shape)
         spatial = spatial_output(shape[1:-1], window, stride, dil, pad, shape)
-        w_rng, b_rng = jax.random.split(rng)
-        params = {"w": w_initializer(w_rng, (*window, channels // groups, features), jnp.float32)}
-        if use_bias:
-            params["b"] = b_initializer(b_rng, (features,), jnp.float32)
+        params = kernel_params(rng, w_initializer, b_initializer,
+                               (*window, channels // groups, features), use_bias)
         return (shape[0], *spatial, features), params, {}
 
     def apply(params, state, x, *, rng=None, train=False):

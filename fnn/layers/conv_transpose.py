@@ -43,6 +43,7 @@ from fnn.arguments import ArgumentError
 from fnn.core import Layer, LayerError, check_shape, layer_type
 from fnn.layers import conv_ops
 from fnn.layers.conv import as_tuple, resolve_padding
+from fnn.layers.dense import kernel_params
 
 __all__ = ["ConvTranspose1D", "ConvTranspose2D"]
 
@@ -129,10 +130,8 @@ def _conv_transpose(ndim: int, kind: str, features: int, kernel_size: Any, strid
         channels = shape[-1]
         if channels < 1:
             raise LayerError(f"needs a known channel count on the last axis, got shape {shape}")
-        w_rng, b_rng = jax.random.split(rng)
-        params = {"w": w_initializer(w_rng, (*window, channels, features), jnp.float32)}
-        if use_bias:
-            params["b"] = b_initializer(b_rng, (features,), jnp.float32)
+        params = kernel_params(rng, w_initializer, b_initializer, (*window, channels, features),
+                               use_bias)
         return (shape[0], *spatial, features), params, {}
 
     def apply(params, state, x, *, rng=None, train=False):

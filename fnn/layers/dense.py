@@ -11,7 +11,26 @@ from fnn import initializers
 from fnn.arguments import flag, positive_int
 from fnn.core import Layer, LayerError, check_shape, layer_type
 
-__all__ = ["Dense"]
+__all__ = ["Dense"]  # kernel_params is for layer modules, not the fnn namespace
+
+
+def kernel_params(rng: jax.Array, w_initializer: Any, b_initializer: Any,
+                  kernel_shape: tuple[int, ...], use_bias: bool) -> dict[str, jax.Array]:
+    """``{"w": kernel_shape, "b": (kernel_shape[-1],)}`` (``b`` only with ``use_bias``) drawn
+    in float32, ``w`` and ``b`` from two keys split off ``rng``: the params of ``Dense``, the
+    convolutions and ``PatchEmbed``, whose last kernel axis is the output width.
+
+    Example:
+        >>> init = fnn.initializers.get("zeros")
+        >>> {k: v.shape for k, v in kernel_params(jax.random.key(0), init, init, (3, 3, 2, 8),
+        ...                                       True).items()}
+        {'w': (3, 3, 2, 8), 'b': (8,)}
+    """
+    w_rng, b_rng = jax.random.split(rng)
+    params = {"w": w_initializer(w_rng, tuple(kernel_shape), jnp.float32)}
+    if use_bias:
+        params["b"] = b_initializer(b_rng, (kernel_shape[-1],), jnp.float32)
+    return params
 
 
 @layer_type("Dense")
@@ -42,10 +61,7 @@ def Dense(features: int, *, use_bias: bool = True, w_init: Any = "glorot_uniform
         fan_in = shape[-1]
         if fan_in < 1:
             raise LayerError(f"needs a known feature size on the last axis, got shape {shape}")
-        w_rng, b_rng = jax.random.split(rng)
-        params = {"w": w_initializer(w_rng, (fan_in, features), jnp.float32)}
-        if use_bias:
-            params["b"] = b_initializer(b_rng, (features,), jnp.float32)
+        params = kernel_params(rng, w_initializer, b_initializer, (fan_in, features), use_bias)
         return shape[:-1] + (features,), params, {}
 
     def apply(params, state, x, *, rng=None, train=False):
