@@ -4,6 +4,10 @@ healthy twins that must get no warning; NaN/Inf localisation; the CLI's exit sta
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -13,7 +17,7 @@ import pytest
 
 import fnn
 from fnn.doctor import examine, format_findings, localize
-from fnn.train.loop import TrainingDiverged
+from fnn.train.loop import TrainingDiverged, batch_order
 
 from blobs import blobs
 
@@ -193,6 +197,76 @@ def test_learning_rate_10_divergence_is_localised_to_a_layer_and_step(tmp_path):
     assert top.severity == "error" and "optimizer.learning_rate" in top.fix
 
 
+# ------------------------------------------------- non-finite runs with step checkpoints, devices
+
+BAD_STEP = 11  # the planted example's step: after the step checkpoints of steps 4 and 8 (or 5, 10)
+
+
+def _planted_log_run(run: Path, every_steps: int, mode: str = "auto", parallel=None):
+    """A run whose first layer takes ``log`` of its input: every input is positive but one
+    example, placed (by the run's own data order) in the first row of step BAD_STEP; step
+    checkpoints every ``every_steps`` steps. Returns (stop message, doctor.json, example)."""
+    data = _data()
+    x = np.abs(data["train"]["x"]) + 0.5
+    order = np.asarray(batch_order(jax.random.fold_in(jax.random.key(0), 1), 0, len(x)))
+    planted = int(order[(BAD_STEP - 1) * 32])   # batch size 32: row 0 of step BAD_STEP
+    x[planted, 3] = -1.0
+    net = fnn.serial(DoctorLog(), fnn.Dense(16), fnn.Tanh, fnn.Dense(4))
+    with pytest.raises(TrainingDiverged) as e:
+        fnn.train.fit(net, fnn.losses.softmax_cross_entropy, optax.sgd(0.1),
+                      {"x": x, "y": data["train"]["y"]}, epochs=2, batch_size=32, run_dir=run,
+                      log=None, mode=mode, parallel=parallel,
+                      checkpoint=fnn.train.Checkpointing(every_steps=every_steps))
+    return str(e.value), json.loads((run / "doctor.json").read_text()), planted
+
+
+@pytest.mark.parametrize("every_steps, mode", [(4, "epoch"), (5, "step")])
+def test_a_nan_after_step_checkpoints_is_replayed_from_the_last_one(tmp_path, every_steps, mode):
+    run = tmp_path / "run"
+    message, report, planted = _planted_log_run(run, every_steps, mode)
+    last_checkpoint = BAD_STEP // every_steps * every_steps   # 8 or 10: inside epoch 1
+    assert report["from_step"] == last_checkpoint
+    assert report["step"] == BAD_STEP and report["epoch"] == 1
+    fault = report["fault"]
+    assert (fault["layer"], fault["direction"], fault["rows"]) == ("doctor_log_0", "forward", [0])
+    assert report["examples"] == [planted]
+    assert (f"first non-finite value at step {BAD_STEP}: forward NaN in layer 'doctor_log_0'"
+            in message)
+    assert examine(run)[0].code == "non_finite"
+
+
+def test_a_nan_on_two_simulated_devices_is_named(tmp_path):
+    """mesh and pmap on 2 CPU devices (a subprocess: the device count is fixed before jax is
+    imported); the replay runs on one device on the same global batch."""
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2",
+           "JAX_PLATFORMS": "cpu"}
+    proc = subprocess.run([sys.executable, __file__, str(tmp_path)], env=env, text=True,
+                          capture_output=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for parallel in ("mesh", "pmap"):
+        message, report, planted = json.loads((tmp_path / f"{parallel}.json").read_text())
+        assert report["from_step"] == 8 and report["step"] == BAD_STEP, (parallel, report)
+        assert report["fault"]["layer"] == "doctor_log_0", (parallel, report)
+        assert report["fault"]["direction"] == "forward" and report["examples"] == [planted]
+        assert f"step {BAD_STEP}: forward NaN in layer 'doctor_log_0'" in message
+
+
+def test_a_nan_in_an_iterable_run_says_why_it_is_not_localised(tmp_path):
+    data = _data()
+    x = data["train"]["x"].copy()
+    x[5, 0] = np.nan
+    batches = [{"x": x[i:i + 32], "y": data["train"]["y"][i:i + 32]} for i in range(0, 128, 32)]
+    run = tmp_path / "run"
+    with pytest.raises(TrainingDiverged) as e:
+        fnn.train.fit(_mlp(), fnn.losses.softmax_cross_entropy, optax.sgd(0.1), batches,
+                      epochs=1, run_dir=run, log=None)
+    report = json.loads((run / "doctor.json").read_text())
+    assert report["fault"] is None and report["from_step"] is None
+    assert "iterable" in report["note"] and "cannot be drawn again" in report["note"]
+    assert f"not localised: {report['note']}" in str(e.value)
+    assert "\n" not in str(e.value)
+
+
 # --------------------------------------------------------------------------- localize
 
 def _numpy_log_rows(x, w, b):
@@ -308,3 +382,11 @@ def test_a_stop_the_run_trained_past_is_info(tmp_path):
     (run / "metrics.jsonl").write_text("".join(
         json.dumps({"epoch": i, "step": 4 * i, "train_loss": 1.0 / i}) + "\n" for i in (1, 2)))
     assert "divergence" not in _warnings(examine(run))
+
+
+if __name__ == "__main__":  # the two-device worker of test_a_nan_on_two_simulated_devices_is_named
+    out = Path(sys.argv[1])
+    assert jax.device_count() == 2, jax.devices()
+    for parallel in ("mesh", "pmap"):
+        result = _planted_log_run(out / parallel, 4, parallel=parallel)
+        (out / f"{parallel}.json").write_text(json.dumps(result))

@@ -335,6 +335,25 @@ def fit(net: Layer, loss: Callable[..., jax.Array], optimizer: optax.GradientTra
     def extra_progress() -> dict[str, Any]:
         return plateau.state_dict() if plateau is not None else {}
 
+    def locate(epoch: int, base: int, ts: TrainState) -> Callable[[int], str]:
+        """``bad_step -> clause``: replays a non-finite step of ``epoch`` (which began at step
+        ``base``; ``ts`` is a live state, for shapes) on one device and names the layer that
+        made it (doctor.json), from the last good checkpoint (an epoch's or a step's)."""
+        def one_device_step() -> Callable:
+            if dp.axis_name is None:  # one device, or a mesh: the step sees the global batch
+                return step_fn
+            return train_step_fn(net, loss, optimizer, regularizer=regularizer,
+                                 constraint=constraint, metrics=metrics, augment=augment,
+                                 accumulate=accumulate)
+
+        return lambda bad: locate_in_fit(
+            bad, net=net, loss=loss, step_fn=one_device_step(), train=train,
+            batch_size=batch_size, data_key=jax.random.fold_in(seed_key, 1), epoch=epoch,
+            first_step=base, folder=folder, template=dp.gather(ts), augment=augment,
+            initial=None if given_state is not None else
+            lambda: _initial_state(net, optimizer, train.input_shape, seed_key, None, init, None),
+            pending=None if writer is None else writer.wait)
+
     def after(ts, epoch, base, offset, chunks) -> bool:
         """After a step (a scan chunk) of ``epoch``, ``offset`` steps into it: a step
         checkpoint when due or asked to stop (then: stop)."""
@@ -346,7 +365,8 @@ def fit(net: Layer, loss: Callable[..., jax.Array], optimizer: optax.GradientTra
             return False
         metrics = _concat(chunks)
         divergence.update(metrics["loss"][checked[0]:], base + checked[0], epoch,
-                          _last_good(folder, epoch))  # a diverged state is never saved
+                          _last_good(folder, epoch),  # a diverged state is never saved
+                          locate=locate(epoch, base, ts))
         checked[0] = len(metrics["loss"])
         writer.write(dp.gather(ts),
                      {"epoch": epoch - 1, "offset": offset, "history": list(history),
@@ -383,16 +403,7 @@ def fit(net: Layer, loss: Callable[..., jax.Array], optimizer: optax.GradientTra
             stacked = _concat(chunks)
             seconds = time.perf_counter() - start
             divergence.update(stacked["loss"][checked[0]:], base + checked[0], epoch,
-                              _last_good(folder, epoch), locate=None if checkpoint is not None
-                              else lambda bad: locate_in_fit(   # name the layer: doctor.json
-                                  bad, net=net, loss=loss, step_fn=step_fn, train=train,
-                                  batch_size=batch_size, data_key=jax.random.fold_in(seed_key, 1),
-                                  epoch=epoch, first_step=base, folder=folder,
-                                  template=dp.gather(train_state), augment=augment,
-                                  initial=None if given_state is not None else
-                                  lambda: _initial_state(net, optimizer, train.input_shape,
-                                                         seed_key, None, init, None),
-                                  num_devices=dp.num_devices))
+                              _last_good(folder, epoch), locate=locate(epoch, base, train_state))
             record = {"epoch": epoch + 1, "step": base + len(stacked["loss"]),
                       "learning_rate": _learning_rate(dp, train_state.opt_state),
                       **{f"train_{k}": float(np.mean(v)) for k, v in stacked.items()

@@ -1,9 +1,12 @@
 """Replay the step where a training run's loss turned non-finite, and say which layer did it.
 
 When :func:`fnn.train.fit` stops on a NaN/Inf loss, :func:`replay_divergence` starts again from
-the epoch's first state (the last good checkpoint, or the run's initial state in its first
-epoch), runs the epoch's steps on the same batches with the same rngs until the first step whose
-loss or updated params are non-finite, and replays that step with :func:`fnn.localize.localize`.
+the last good checkpoint (the previous epoch's ``latest``, or a step checkpoint inside the
+failing epoch; the run's initial state in its first epoch without one), runs the epoch's steps
+from there on the same batches with the same rngs until the first step whose loss or updated
+params are non-finite, and replays that step with :func:`fnn.localize.localize`. A
+data-parallel run is replayed on one device: the global batch and the rngs are the same.
+Batches of an iterable or a ``Loader`` cannot be drawn again: the report says so.
 The result goes to ``run_dir/doctor.json`` (written atomically; ``fnn doctor`` prints it) and
 to the stop message.
 
@@ -11,10 +14,11 @@ to the stop message.
 
     {"step": 7, "epoch": 1, "fault": {"layer": "block/log_0", "kind": "Log",
      "direction": "forward", "rows": [3, 5], "copy": null, "value": "nan", "where": ""},
-     "examples": [812, 4021], "note": ""}
+     "examples": [812, 4021], "from_step": 4, "note": ""}
 
 ``rows`` are positions in the step's batch, ``examples`` the same examples' indices in the
-training arrays.
+training arrays, ``from_step`` the step count of the state the replay started from (``null``:
+no replay; ``note`` says why).
 """
 
 from __future__ import annotations
@@ -50,11 +54,12 @@ def replay_divergence(net: Layer, loss: Callable, step_fn: Callable, start: Any,
 
     Args:
         net, loss, step_fn: the network, the loss and the un-jitted train step of the run.
-        start: the train state at the start of the epoch (``None``: it cannot be had; only a
-            note is written).
-        batch_rows: ``i -> indices`` of the training examples of the epoch's ``i``-th step.
+        start: the last good train state (``None``: it cannot be had; only a note is
+            written).
+        batch_rows: ``i -> indices`` of the training examples of the ``i``-th step after
+            ``start`` (from 0).
         rows_of: ``indices -> batch`` (host arrays ``{"x", "y"}``).
-        first_step: the step count at the start of the epoch.
+        first_step: the step count of ``start``.
         bad_step: the (1-based) step whose loss was non-finite.
         epoch: the epoch (0-based).
         augment: the run's augmentation (applied with the step's rng, as the step does).
@@ -62,8 +67,9 @@ def replay_divergence(net: Layer, loss: Callable, step_fn: Callable, start: Any,
         note: why ``start`` is ``None``.
     """
     report: dict[str, Any] = {"step": bad_step, "epoch": epoch + 1, "fault": None,
-                              "examples": [], "note": note}
+                              "examples": [], "from_step": None, "note": note}
     if start is not None and batch_rows is not None:
+        report["from_step"] = first_step
         try:
             _replay(net, loss, step_fn, start, batch_rows, rows_of, first_step, bad_step,
                     augment, report)
@@ -118,35 +124,56 @@ def _clause(report: dict[str, Any], run_dir: str | Path | None) -> str:
 def locate_in_fit(bad_step: int, *, net: Layer, loss: Callable, step_fn: Callable, train: Any,
                   batch_size: int | None, data_key: jax.Array, epoch: int, first_step: int,
                   folder: Any, template: Any, initial: Callable[[], Any] | None,
-                  augment: Callable | None, num_devices: int) -> str:
-    """:func:`replay_divergence` for :func:`fnn.train.fit`: the epoch's first state is the
-    ``latest`` checkpoint (``template`` gives its shapes) or, in the first epoch of a run
-    without one, ``initial()``; the batches are drawn as ``fit`` draws them. A negative
-    ``bad_step`` is a loss that exploded (finite): it is recorded, not replayed."""
+                  augment: Callable | None, pending: Callable[[], None] | None = None) -> str:
+    """:func:`replay_divergence` for :func:`fnn.train.fit`.
+
+    The replay starts from the last good checkpoint, whichever it is: ``latest`` (``template``
+    gives its shapes) written at the end of the previous epoch, or a step checkpoint
+    (``training.checkpoint``) written inside the failing epoch, whose step count gives its
+    offset in the epoch; in the first epoch of a run without one, ``initial()``. The batches
+    are drawn as ``fit`` draws them (the epoch's order from ``data_key``), from that offset on.
+
+    ``step_fn`` is a one-device step: a data-parallel run (``pmap``, ``mesh``, ``fsdp``) is
+    replayed on one device, on the same global batch with the same rngs (fnn's randomness does
+    not depend on the device count), so the same values up to the rounding of the reductions.
+
+    Args:
+        bad_step: the (1-based) step whose loss was non-finite; negative: a loss that exploded
+            (finite), recorded, not replayed.
+        first_step: the step count at the start of ``epoch``.
+        pending: waits for a checkpoint being written in the background (it is a good one).
+    """
     from fnn.train.data import ArraySource
     from fnn.train.loop import batch_order
 
-    start, note = None, ""
+    start, note, at = None, "", first_step
     if bad_step < 0:
         bad_step = -bad_step
         note = ("the loss exploded past training.divergence.factor (finite: nothing to "
                 "localise)")
     elif not isinstance(train, ArraySource) or batch_size is None:
-        note = "the training data is a Loader or an iterable: its batches cannot be replayed"
-    elif num_devices > 1:
-        note = "a data-parallel step is not replayed: rerun on one device (parallel.mode: none)"
-    elif folder.has("latest"):
-        start = folder.load("latest", template)[0]
-    elif initial is not None and epoch == 0:
-        start = initial()
+        note = ("the training data is an iterable or a Loader (a stream): its batches cannot "
+                "be drawn again; call fnn.doctor.localize on the failing step's batch")
     else:
-        note = "no checkpoint of the epoch's start (fit(..., run_dir=...))"
+        if pending is not None:
+            pending()
+        if folder.has("latest"):
+            start = folder.load("latest", template)[0]
+            at = int(np.asarray(start.step))
+            if not first_step <= at < bad_step:
+                start, note = None, (f"the latest checkpoint (step {at}) is not inside the "
+                                     f"failing epoch (steps {first_step + 1}-{bad_step})")
+        elif initial is not None and epoch == 0:
+            start = initial()
+        else:
+            note = "no checkpoint of the epoch's start (fit(..., run_dir=...))"
     batch_rows = rows_of = None
     if start is not None:
         order = np.asarray(batch_order(data_key, epoch, train.num_examples))
+        order = order[(at - first_step) * batch_size:]  # from the checkpoint's step on
         batch_rows = lambda i: order[i * batch_size:(i + 1) * batch_size]  # noqa: E731
         rows_of = train.rows
     return replay_divergence(net, loss, step_fn, start, batch_rows, rows_of,
-                             first_step=first_step, bad_step=bad_step, epoch=epoch,
+                             first_step=at, bad_step=bad_step, epoch=epoch,
                              augment=augment, run_dir=folder.path if folder.writes else None,
                              note=note)
