@@ -155,18 +155,12 @@ def locate_in_fit(bad_step: int, *, net: Layer, loss: Callable, step_fn: Callabl
         note = ("the training data is an iterable or a Loader (a stream): its batches cannot "
                 "be drawn again; call fnn.doctor.localize on the failing step's batch")
     else:
-        if pending is not None:
-            pending()
-        if folder.has("latest"):
-            start = folder.load("latest", template)[0]
-            at = int(np.asarray(start.step))
-            if not first_step <= at < bad_step:
-                start, note = None, (f"the latest checkpoint (step {at}) is not inside the "
-                                     f"failing epoch (steps {first_step + 1}-{bad_step})")
-        elif initial is not None and epoch == 0:
-            start = initial()
-        else:
-            note = "no checkpoint of the epoch's start (fit(..., run_dir=...))"
+        try:
+            start, at, note = _replay_start(folder, template, initial, epoch, first_step,
+                                         bad_step, pending)
+        except Exception as e:  # noqa: BLE001 - the stop's own message must not be lost to it
+            note = (f"the last good checkpoint could not be read ({type(e).__name__}: "
+                    f"{' '.join(str(e).split())})")
     batch_rows = rows_of = None
     if start is not None:
         order = np.asarray(batch_order(data_key, epoch, train.num_examples))
@@ -177,3 +171,23 @@ def locate_in_fit(bad_step: int, *, net: Layer, loss: Callable, step_fn: Callabl
                              first_step=at, bad_step=bad_step, epoch=epoch,
                              augment=augment, run_dir=folder.path if folder.writes else None,
                              note=note)
+
+
+def _replay_start(folder: Any, template: Any, initial: Callable[[], Any] | None, epoch: int,
+               first_step: int, bad_step: int, pending: Callable[[], None] | None
+               ) -> tuple[Any, int, str]:
+    """``(state, its step count, note)``: the ``latest`` checkpoint when it lies inside the
+    failing epoch (``first_step <= step < bad_step``), else the initial state in the first
+    epoch, else ``(None, first_step, why)``."""
+    if pending is not None:
+        pending()
+    if folder.has("latest"):
+        start = folder.load("latest", template)[0]
+        at = int(np.asarray(start.step))
+        if first_step <= at < bad_step:
+            return start, at, ""
+        return None, first_step, (f"the latest checkpoint (step {at}) is not inside the failing "
+                                  f"epoch (steps {first_step + 1}-{bad_step})")
+    if initial is not None and epoch == 0:
+        return initial(), first_step, ""
+    return None, first_step, "no checkpoint of the epoch's start (fit(..., run_dir=...))"
