@@ -371,6 +371,62 @@ def test_thresholds_on_written_records(tmp_path):
     assert _warnings(oscillating) == {"learning_rate_high"}
 
 
+# The shipped configs' records, as measured on full runs (docs/DOCTOR.md, "Healthy runs"):
+# (train_loss, val_loss) per epoch, and the last diagnostics record's per-layer values.
+CNN_CURVE = [(0.2471, 0.3447), (0.0795, 0.0576), (0.0555, 0.0506), (0.0447, 0.0466),
+             (0.0374, 0.0494), (0.0312, 0.0461), (0.0269, 0.0376), (0.0238, 0.0375)]
+CNN_LAYERS = [  # configs/mnist_cnn.yaml at step 3432 (epoch 8); relu_2 57% dead since epoch 1
+    {"layer": "conv2d_0", "kind": "Conv2D", "grad_norm": 1.24, "weight_norm": 1.43,
+     "update_ratio": 3.97e-4},
+    {"layer": "relu_0", "kind": "Relu", "rms": 0.62, "dead_fraction": 0.0},
+    {"layer": "conv2d_1", "kind": "Conv2D", "grad_norm": 0.572, "weight_norm": 7.12,
+     "update_ratio": 5.57e-4},
+    {"layer": "relu_1", "kind": "Relu", "rms": 0.75, "dead_fraction": 0.0},
+    {"layer": "dense_0", "kind": "Dense", "grad_norm": 0.602, "weight_norm": 17.9,
+     "update_ratio": 5.0e-4},
+    {"layer": "relu_2", "kind": "Relu", "rms": 2.5, "dead_fraction": 0.570312},
+    {"layer": "dense_1", "kind": "Dense", "grad_norm": 0.208, "weight_norm": 4.51,
+     "update_ratio": 1.24e-4}]
+# configs/mnist_mlp.yaml: the validation loss wobbles by a few % after epoch 8 (lowest at
+# epoch 17, +3% at epoch 20) while the training loss keeps falling: not overfitting
+MLP_CURVE = [(0.2743, 0.1173), (0.1273, 0.1034), (0.0965, 0.0789), (0.077, 0.0689),
+             (0.065, 0.0737), (0.0555, 0.0665), (0.0476, 0.075), (0.0406, 0.0636),
+             (0.0345, 0.0709), (0.0311, 0.0642), (0.0247, 0.0632), (0.022, 0.0617),
+             (0.02, 0.0646), (0.0162, 0.0581), (0.0147, 0.0598), (0.0134, 0.0587),
+             (0.0126, 0.0576), (0.0108, 0.0593), (0.0098, 0.0607), (0.0095, 0.0592)]
+MLP_LAYERS = [  # configs/mnist_mlp.yaml at step 1716 (epoch 4): 4% of relu_1 dead
+    {"layer": "dense_0", "kind": "Dense", "grad_norm": 0.38, "weight_norm": 30.0,
+     "update_ratio": 3.36e-3},
+    {"layer": "relu_0", "kind": "Relu", "dead_fraction": 0.01375},
+    {"layer": "dense_1", "kind": "Dense", "grad_norm": 0.121, "weight_norm": 30.0,
+     "update_ratio": 3.6e-3},
+    {"layer": "relu_1", "kind": "Relu", "dead_fraction": 0.03875},
+    {"layer": "dense_2", "kind": "Dense", "grad_norm": 0.215, "weight_norm": 5.0,
+     "update_ratio": 2.74e-3}]
+
+
+@pytest.mark.parametrize("curve, layers, info", [(CNN_CURVE, CNN_LAYERS, ["dead_relu"]),
+                                                 (MLP_CURVE, MLP_LAYERS, [])])
+def test_the_shipped_healthy_configs_records_get_no_warning(tmp_path, capsys, curve, layers,
+                                                            info):
+    from fnn.cli import main
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "metrics.jsonl").write_text("".join(
+        json.dumps({"epoch": i + 1, "step": 429 * (i + 1), "train_loss": t, "val_loss": v})
+        + "\n" for i, (t, v) in enumerate(curve)))
+    depth = [layer["grad_norm"] for layer in layers if "grad_norm" in layer]
+    (run / "diagnostics.jsonl").write_text(json.dumps(
+        {"step": 429 * len(curve), "epoch": len(curve), "loss": curve[-1][0], "layers": layers,
+         "grad_norm_by_depth": depth}) + "\n")
+    findings = examine(run)
+    assert [(f.code, f.severity) for f in findings] == [(code, "info") for code in info] + [
+        ("no_checkpoint", "info")]   # records only: the checkpoint checks are not part of it
+    assert main(["doctor", str(run)]) == 0
+    assert capsys.readouterr().out.startswith("no problem found")
+
+
 def test_a_stop_the_run_trained_past_is_info(tmp_path):
     run = tmp_path / "resumed"
     run.mkdir()
