@@ -81,6 +81,7 @@ def test_vanishing_gradients_in_a_30_layer_sigmoid_mlp(tmp_path):
     assert ratio < 1e-3   # sigmoid' <= 1/4 per layer: 30 layers lose many orders of magnitude
 
 
+@pytest.mark.filterwarnings("error::UserWarning")  # gradflow.png of all-zero gradients draws
 def test_dead_relu_units_with_biases_at_minus_5(tmp_path):
     data = _data()
     net = _mlp(b_init=fnn.initializers.constant(-5.0))
