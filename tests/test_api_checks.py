@@ -128,7 +128,7 @@ def test_fit_over_a_generator_for_several_epochs_needs_steps_per_epoch_at_the_ca
     gen = (_endless(drawn) if endless else
            ({"x": data["x"][i:i + 8], "y": data["y"][i:i + 8]} for i in range(0, 48, 8)))
     with pytest.raises(ValueError) as e:
-        _fit(gen, epochs=3, run_dir=tmp_path / "run")
+        _fit(gen, epochs=3, run=tmp_path / "run")
     assert _one_line(e.value).startswith("fit: train_data is a generator (a one-shot iterator) "
                                          "and epochs is 3: pass steps_per_epoch=N")
     assert drawn == [] and not (tmp_path / "run").exists()  # nothing read, nothing written
@@ -162,7 +162,7 @@ def test_fit_refuses_epochs_that_are_not_a_positive_int(epochs):
 def test_fit_refuses_a_bad_eval_batch_size_before_the_first_epoch(tmp_path):
     with pytest.raises(ValueError) as e:
         _fit(_data(), val_data=_data(16, seed=1), epochs=2, eval_batch_size=0,
-             run_dir=tmp_path / "run")
+             run=tmp_path / "run")
     assert _one_line(e.value) == "fit: eval_batch_size must be an int >= 1, got 0"
     assert not (tmp_path / "run").exists()
 
@@ -192,7 +192,7 @@ def test_train_states_a_callback_keeps_stay_usable_and_right_after_fit(mode):
 def test_a_train_state_given_to_fit_stays_usable():
     _, ts = init_train_state(NET, optax.adam(1e-2), (-1, 3), jax.random.key(0))
     before = [np.asarray(leaf).copy() for leaf in jax.tree_util.tree_leaves(ts.params)]
-    _fit(_data(), epochs=2, train_state=ts)
+    _fit(_data(), epochs=2, init=ts)
     for want, leaf in zip(before, jax.tree_util.tree_leaves(ts.params)):
         np.testing.assert_array_equal(np.asarray(leaf), want)  # not deleted, not changed
 
@@ -218,7 +218,7 @@ def test_checkpoints_record_the_version_that_wrote_them(tmp_path):
     _, params, state = NET.init(jax.random.key(0), (-1, 3))
     fnn.save(tmp_path / "model.safetensors", NET, params, state, input_shape=(-1, 3))
     fnn.save_weights(tmp_path / "weights.safetensors", params, state)
-    result = _fit(_data(), epochs=1, run_dir=tmp_path / "run")
+    result = _fit(_data(), epochs=1, run=tmp_path / "run")
     for path in (tmp_path / "model.safetensors", tmp_path / "weights.safetensors",
                  tmp_path / "run" / "checkpoints" / "latest.safetensors"):
         assert ckpt.written_by(path) == _pyproject_version()
