@@ -157,7 +157,7 @@ def test_resumed_run_keeps_earlier_records_once(tmp_path):
     run = dict(batch_size=16, mode="step", log=None)
     folder = fnn.train.RunOptions(tmp_path, diagnostics=3)
     resumed = fnn.train.RunOptions(tmp_path, diagnostics=3, resume=True)
-    fnn.train.fit(net, LOSS, optax.sgd(0.1), data, epochs=2, run=folder, **run)       # checkpoint at step 8
+    fnn.train.fit(net, LOSS, optax.sgd(0.1), data, epochs=2, run=folder, **run)  # checkpoint: step 8
     path = tmp_path / "diagnostics.jsonl"
     first = path.read_text().splitlines()
     assert [json.loads(line)["step"] for line in first] == [3, 6]

@@ -450,7 +450,8 @@ def test_plateau_state_is_checkpointed_and_resumed(tmp_path):
     fit(_net(), LOSS, _plateau_optimizer(), data, val, epochs=4, run=tmp_path,
         plateau=plateau(), **run)                    # stopped after the first lowering...
     resumed = fit(_net(), LOSS, _plateau_optimizer(), data, val, epochs=6,
-                  run=RunOptions(tmp_path, resume=True), plateau=plateau(), **run)   # ...and its counter resumed
+                  run=RunOptions(tmp_path, resume=True), plateau=plateau(), **run)  # ...and its
+    # counter resumed
     assert [r["learning_rate"] for r in resumed.history] == rates
     assert _same(resumed.train_state.params, full.train_state.params)
 

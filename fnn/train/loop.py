@@ -14,15 +14,15 @@ otherwise. Both modes draw each epoch's order of an array data set from ``(seed,
 same way, so they visit the same batches. A batch size larger than the training set trains on
 the whole set as one batch (with a notice).
 
-With a ``run`` folder (:class:`~fnn.train.run_options.RunOptions`) the loop keeps a :class:`~fnn.train.run_folder.RunFolder`: ``metrics.jsonl``,
-``checkpoints/latest.safetensors`` after every epoch and ``checkpoints/best.safetensors`` when
-the monitored metric improves (:class:`~fnn.train.tracker.Tracker`);
-``RunOptions(dir, resume=True)`` continues from ``latest`` and ends with the same params, bit for bit, as a run that was never
-stopped.
+With a ``run`` folder (:class:`~fnn.train.run_options.RunOptions`) the loop keeps a
+:class:`~fnn.train.run_folder.RunFolder`: ``metrics.jsonl``, ``checkpoints/latest.safetensors``
+after every epoch and ``checkpoints/best.safetensors`` when the monitored metric improves
+(:class:`~fnn.train.tracker.Tracker`); ``RunOptions(dir, resume=True)`` continues from
+``latest`` and ends with the same params, bit for bit, as a run that was never stopped.
 
-``parallel="pmap"``, ``"mesh"`` or ``"fsdp"`` (or ``DataParallel(mode, devices)``) runs the same step
-data-parallel; the loop does not branch on the mode: :class:`~fnn.train.parallel.DataParallel`
-(one object per mode) compiles, places and gathers for every mode alike (``"none"`` is one
+``parallel="pmap"``, ``"mesh"`` or ``"fsdp"`` (or ``DataParallel(mode, devices)``) runs the
+same step data-parallel; the loop does not branch on the mode:
+:class:`~fnn.train.parallel.DataParallel` (one object per mode) compiles, places and gathers for every mode alike (``"none"`` is one
 device). See ``docs/DISTRIBUTED.md``.
 
 Example:
@@ -76,7 +76,7 @@ from fnn.train.run_options import RunOptions, as_run_options
 from fnn.train.state import TrainState, init_train_state
 from fnn.train.step import eval_step_fn, train_step_fn
 from fnn.train.tracker import EarlyStopping, Tracker
-from fnn.trackers import RunTracker, Trackers
+from fnn.trackers import Trackers
 from fnn.finetune import keep_frozen, load_pretrained, transfer, with_frozen_mask
 
 __all__ = ["fit", "evaluate", "FitResult", "EarlyStopping", "TrainingDiverged", "Checkpointing",
@@ -273,8 +273,9 @@ def fit(net: Layer, loss: Callable[..., jax.Array], optimizer: optax.GradientTra
     eval_step = log_compile(dp.compile_eval(eval_step_fn(train_net, loss, metrics=metrics,
                                                          axis_name=dp.axis_name)),
                             "eval_step", log)
-    diag, diag_log = _diagnostics(None if run is None else run.diagnostics, dp, net, loss, optimizer, folder, first,
-                       start_step=int(train_state.step), events=events)
+    diag, diag_log = _diagnostics(None if run is None else run.diagnostics, dp, net, loss,
+                                  optimizer, folder, first, start_step=int(train_state.step),
+                                  events=events)
     run_epoch = _epoch_runner(dp, step_fn, train, mode, batch_size,
                               jax.random.fold_in(seed_key, 1), start_epoch, progress, epochs, diag,
                               chunk=checkpoint.scan_chunk if checkpoint is not None else None,
