@@ -6,6 +6,8 @@
   ``fit`` is called, before anything is written (an endless one must not hang);
 * a train state a callback keeps, or one passed in, stays usable after ``fit`` (the steps
   donate their own buffers, never the caller's);
+* ``fit``'s run folder is one ``RunOptions`` record (``run=``), checked field by field in one
+  line; the keywords it replaced are Python's ordinary ``TypeError``;
 * ``fnn.__version__`` (the one in pyproject.toml), ``fnn --version``, and the version each
   checkpoint records.
 """
@@ -195,6 +197,40 @@ def test_a_train_state_given_to_fit_stays_usable():
     _fit(_data(), epochs=2, init=ts)
     for want, leaf in zip(before, jax.tree_util.tree_leaves(ts.params)):
         np.testing.assert_array_equal(np.asarray(leaf), want)  # not deleted, not changed
+
+
+# --------------------------------------------------------------------------- RunOptions
+
+@pytest.mark.parametrize("kw, message", [
+    ({"log_every": 0}, "RunOptions.log_every: must be an int >= 1, got 0"),
+    ({"diagnostics": 2.5}, "RunOptions.diagnostics: must be an int >= 1 (or None), got 2.5"),
+    ({"profile": True}, "RunOptions.profile: must be an int >= 1 (or None), got True"),
+    ({"resume": "yes"}, "RunOptions.resume: must be True or False, got 'yes'"),
+    ({"metadata": [1]}, "RunOptions.metadata: must be a dict (or None), got list"),
+    ({"checkpoint": 100}, "RunOptions.checkpoint: must be a fnn.train.Checkpointing (or None), "
+                          "got 100"),
+    ({"trackers": "csv"}, "RunOptions.trackers: must be a list of tracker names or objects, "
+                          "got 'csv' (e.g. trackers=['csv'])"),
+])
+def test_run_options_refuse_a_bad_field_in_one_line(kw, message):
+    with pytest.raises(ValueError) as e:
+        fnn.train.RunOptions("runs/x", **kw)
+    assert str(e.value) == message
+
+
+def test_run_takes_a_folder_or_run_options_and_the_old_keywords_are_gone(tmp_path):
+    result = _fit(_data(), epochs=1, run=str(tmp_path / "a"))         # a str: RunOptions(str)
+    assert (tmp_path / "a" / "checkpoints" / "latest.safetensors").exists()
+    resumed = _fit(_data(), epochs=2, run=fnn.train.RunOptions(tmp_path / "a", resume=True),
+                   parallel=fnn.train.DataParallel("mesh", 1))
+    assert [r["epoch"] for r in resumed.history] == [1, 2]
+    assert result.history[0] == resumed.history[0]                    # read back, not rerun
+    with pytest.raises(ValueError, match="^fit: run must be a folder .str or Path. or a "
+                                         "fnn.train.RunOptions, got int$"):
+        _fit(_data(), epochs=1, run=3)
+    for old in ("run_dir", "resume", "devices", "train_state", "checkpoint", "trackers"):
+        with pytest.raises(TypeError, match=f"unexpected keyword argument '{old}'"):
+            _fit(_data(), epochs=1, **{old: None})
 
 
 # --------------------------------------------------------------------------- releases
