@@ -42,8 +42,9 @@ def _data(n_train=384, n_val=192, seed=0, d=8, classes=4):
 def _run(tmp_path, net, optimizer, data, *, epochs=8, batch_size=32, diagnostics=6, **kw):
     run = tmp_path / "run"
     fnn.train.fit(net, fnn.losses.softmax_cross_entropy, optimizer, data["train"], data["val"],
-                  epochs=epochs, batch_size=batch_size, run_dir=run, log=None,
-                  metrics={"accuracy": fnn.train.correct}, diagnostics=diagnostics, **kw)
+                  epochs=epochs, batch_size=batch_size, log=None,
+                  run=fnn.train.RunOptions(run, diagnostics=diagnostics),
+                  metrics={"accuracy": fnn.train.correct}, **kw)
     return run
 
 
@@ -149,7 +150,7 @@ def _diverge(tmp_path, net, optimizer, data, loss=fnn.losses.softmax_cross_entro
     run = tmp_path / "run"
     with pytest.raises(TrainingDiverged) as e:
         fnn.train.fit(net, loss, optimizer, data["train"], data["val"], epochs=epochs,
-                      batch_size=32, run_dir=run, log=None)
+                      batch_size=32, run=run, log=None)
     return run, str(e.value), json.loads((run / "doctor.json").read_text())
 
 
