@@ -46,8 +46,9 @@ def _data(n_train=384, n_val=192, seed=0, d=8, classes=4):
 def _run(tmp_path, net, optimizer, data, *, epochs=8, batch_size=32, diagnostics=6, **kw):
     run = tmp_path / "run"
     fnn.train.fit(net, fnn.losses.softmax_cross_entropy, optimizer, data["train"], data["val"],
-                  epochs=epochs, batch_size=batch_size, run_dir=run, log=None,
-                  metrics={"accuracy": fnn.train.correct}, diagnostics=diagnostics, **kw)
+                  epochs=epochs, batch_size=batch_size, log=None,
+                  run=fnn.train.RunOptions(run, diagnostics=diagnostics),
+                  metrics={"accuracy": fnn.train.correct}, **kw)
     return run
 
 
@@ -85,6 +86,7 @@ def test_vanishing_gradients_in_a_30_layer_sigmoid_mlp(tmp_path):
     assert ratio < 1e-3   # sigmoid' <= 1/4 per layer: 30 layers lose many orders of magnitude
 
 
+@pytest.mark.filterwarnings("error::UserWarning")  # gradflow.png of all-zero gradients draws
 def test_dead_relu_units_with_biases_at_minus_5(tmp_path):
     data = _data()
     net = _mlp(b_init=fnn.initializers.constant(-5.0))
@@ -152,7 +154,7 @@ def _diverge(tmp_path, net, optimizer, data, loss=fnn.losses.softmax_cross_entro
     run = tmp_path / "run"
     with pytest.raises(TrainingDiverged) as e:
         fnn.train.fit(net, loss, optimizer, data["train"], data["val"], epochs=epochs,
-                      batch_size=32, run_dir=run, log=None)
+                      batch_size=32, run=run, log=None)
     return run, str(e.value), json.loads((run / "doctor.json").read_text())
 
 
@@ -214,9 +216,9 @@ def _planted_log_run(run: Path, every_steps: int, mode: str = "auto", parallel=N
     net = fnn.serial(DoctorLog(), fnn.Dense(16), fnn.Tanh, fnn.Dense(4))
     with pytest.raises(TrainingDiverged) as e:
         fnn.train.fit(net, fnn.losses.softmax_cross_entropy, optax.sgd(0.1),
-                      {"x": x, "y": data["train"]["y"]}, epochs=2, batch_size=32, run_dir=run,
-                      log=None, mode=mode, parallel=parallel,
-                      checkpoint=fnn.train.Checkpointing(every_steps=every_steps))
+                      {"x": x, "y": data["train"]["y"]}, epochs=2, batch_size=32, log=None,
+                      mode=mode, parallel=parallel, run=fnn.train.RunOptions(
+                          run, checkpoint=fnn.train.Checkpointing(every_steps=every_steps)))
     return str(e.value), json.loads((run / "doctor.json").read_text()), planted
 
 
@@ -259,7 +261,7 @@ def test_a_nan_in_an_iterable_run_says_why_it_is_not_localised(tmp_path):
     run = tmp_path / "run"
     with pytest.raises(TrainingDiverged) as e:
         fnn.train.fit(_mlp(), fnn.losses.softmax_cross_entropy, optax.sgd(0.1), batches,
-                      epochs=1, run_dir=run, log=None)
+                      epochs=1, run=run, log=None)
     report = json.loads((run / "doctor.json").read_text())
     assert report["fault"] is None and report["from_step"] is None
     assert "iterable" in report["note"] and "cannot be drawn again" in report["note"]

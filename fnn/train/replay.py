@@ -190,4 +190,4 @@ def _replay_start(folder: Any, template: Any, initial: Callable[[], Any] | None,
                                   f"epoch (steps {first_step + 1}-{bad_step})")
     if initial is not None and epoch == 0:
         return initial(), first_step, ""
-    return None, first_step, "no checkpoint of the epoch's start (fit(..., run_dir=...))"
+    return None, first_step, "no checkpoint of the epoch's start (fit(..., run=...))"
