@@ -190,7 +190,9 @@ class Trackers:
             t.close()
 
     def _send(self, step: int, values: Mapping[str, Any]) -> None:
-        clean = {k: float(v) for k, v in values.items()
+        # a float32 value as its shortest decimal (0.1, not 0.10000000149011612)
+        clean = {k: float(str(v)) if isinstance(v, np.floating) else float(v)
+                 for k, v in values.items()
                  if isinstance(v, (int, float, np.number)) and not isinstance(v, bool)
                  and math.isfinite(float(v))}
         if clean:
