@@ -75,10 +75,10 @@ def train_step_fn(net: Layer, loss: Callable[..., jax.Array],
                   ) -> Callable[[TrainState, Batch], tuple[TrainState, dict]]:
     """The un-jitted step ``(train_state, batch) -> (train_state, metrics)``; see :func:`make_train_step`.
 
-    ``step_stats=True``: the metrics also hold ``"grad_norm"``, the global norm
-    (``optax.tree.norm``, what ``optax.global_norm`` was) of the gradient handed to the optimizer (summed over devices and
-    micro-batches, the regularizer's included, before any clipping in the optimizer), the
-    params of :func:`fnn.freeze` layers left out; and ``"learning_rate"``, the rate this
+    ``step_stats=True``: the metrics also hold ``"grad_norm"``, the global L2 norm
+    (``optax.tree.norm``, formerly ``optax.global_norm``) of the gradient handed to the
+    optimizer (summed over devices and micro-batches, the regularizer's included, before any
+    clipping in the optimizer), the params of :func:`fnn.freeze` layers left out; and ``"learning_rate"``, the rate this
     step's update used (:func:`fnn.optim.learning_rate_of` of the new optimizer state; absent
     when the optimizer holds none). One reduction more; the params are the same bit for bit.
 
