@@ -47,6 +47,9 @@ import io
 import json
 import math
 import os
+import re
+import socket
+import struct
 import time
 from pathlib import Path
 from typing import Any, Mapping, Protocol, Sequence, runtime_checkable
@@ -262,57 +265,90 @@ class TensorBoardTracker:
     """Event files in ``<run>/tensorboard`` (``tensorboard --logdir runs``), via tensorboardX.
 
     The config is written as hyper-parameters (the HParams tab) and as text, the summary as
-    text. A resumed run opens the writer with ``purge_step`` past ``resume_from``, so
-    TensorBoard drops the steps the earlier run wrote after its checkpoint (a fresh run in a
-    used folder purges from step 0: the old files are hidden).
+    text; with diagnostics on, each layer's weights and gradients as histograms
+    (:meth:`histograms`). A resumed run starts its event file with a restart marker at the
+    step past ``resume_from`` (what tensorboardX's ``purge_step`` writes), so TensorBoard
+    drops the steps the earlier run wrote after its checkpoint (a fresh run in a used folder
+    purges from step 0: the old files are hidden).
+
+    The events are framed here (TFRecord: length, data, masked CRC32C, with tensorboardX's
+    protos and checksum) and appended to the file in one write per epoch, from the calling
+    thread: tensorboardX's ``SummaryWriter`` puts each event through a process queue to a
+    writer thread and ``fsync``s at every flush, several times the whole work of the
+    events. :meth:`flush` hands the file to the system as ``metrics.jsonl`` is (a killed
+    process loses nothing; no ``fsync``).
     """
 
-    def __init__(self, logdir: str | os.PathLike | None = None, flush_secs: int = 30):
+    def __init__(self, logdir: str | os.PathLike | None = None):
         check_available("tensorboard", "TensorBoardTracker")
         self.logdir = None if logdir is None else Path(logdir)
-        self.flush_secs = flush_secs
-        self.writer: Any = None
+        self.file: Any = None
+        self.pending: list[bytes] = []  # framed events not yet written
 
     def start(self, run_dir: Path, config: Mapping[str, Any] | None, summary: str | None,
               resume_from: int | None) -> None:
-        from tensorboardX import SummaryWriter
-        from tensorboardX.summary import hparams
+        from tensorboardX.proto.event_pb2 import Event, SessionLog
+        from tensorboardX.summary import hparams, text
 
         self.logdir = self.logdir or Path(run_dir) / "tensorboard"
-        # TensorBoard drops the steps >= purge_step of the files written before: all of them
-        # for a fresh run in a used folder, those past the checkpoint for a resumed one
-        # event files are named by the second they are opened and the host: a resume within
-        # the same second would write over the first run's file, so each start gets its own
-        # suffix (TensorBoard reads every file in the folder, in name order)
-        self.writer = SummaryWriter(str(self.logdir), flush_secs=self.flush_secs,
-                                    purge_step=0 if resume_from is None else resume_from + 1,
-                                    filename_suffix=f".{time.time_ns()}.{os.getpid()}")
-        if resume_from is not None:
-            return
-        if config is not None:
-            flat = {k: (v if isinstance(v, (int, float, str, bool)) else json.dumps(v))
-                    for k, v in flatten(config).items()}
-            for summary_proto in hparams(flat, {}):
-                self.writer.file_writer.add_summary(summary_proto)
-            self.writer.add_text("config", _code(json.dumps(config, indent=2, default=str)), 0)
-        if summary is not None:
-            self.writer.add_text("summary", _code(summary), 0)
+        self.logdir.mkdir(parents=True, exist_ok=True)
+        # TensorBoard reads every events.out.tfevents.* file of the folder, in name order: the
+        # time and host as tensorboardX names them, then the nanosecond and pid, so a resume
+        # within the same second gets a file of its own, after the first run's
+        name = (f"events.out.tfevents.{int(time.time())}.{socket.gethostname()}"
+                f".{time.time_ns()}.{os.getpid()}")
+        self.file = open(self.logdir / name, "ab")
+        purge = 0 if resume_from is None else resume_from + 1
+        self._event(Event(wall_time=time.time(), file_version="brain.Event:2"))
+        self._event(Event(wall_time=time.time(), step=purge,  # later steps before it: dropped
+                          session_log=SessionLog(status=SessionLog.START)))
+        if resume_from is None:
+            if config is not None:
+                flat = {k: (v if isinstance(v, (int, float, str, bool)) else json.dumps(v))
+                        for k, v in flatten(config).items()}
+                for summary_proto in hparams(flat, {}):
+                    self._event(Event(wall_time=time.time(), summary=summary_proto))
+                self._event(Event(wall_time=time.time(), summary=text(
+                    "config", _code(json.dumps(config, indent=2, default=str)))))
+            if summary is not None:
+                self._event(Event(wall_time=time.time(), summary=text("summary", _code(summary))))
+        self.flush()
 
     def scalars(self, step: int, values: Mapping[str, float]) -> None:
+        from tensorboardX.proto.event_pb2 import Event
         from tensorboardX.proto.summary_pb2 import Summary
 
         # one event per step with every value (what add_scalar writes, one value at a time)
-        self.writer.file_writer.add_summary(
-            Summary(value=[Summary.Value(tag=k, simple_value=v) for k, v in values.items()]),
-            step)
+        self._event(Event(wall_time=time.time(), step=step, summary=Summary(
+            value=[Summary.Value(tag=k, simple_value=v) for k, v in values.items()])))
+
+    def histograms(self, step: int, values: Mapping[str, np.ndarray]) -> None:
+        """One histogram per name (``add_histogram``'s, with its default bins) at ``step``."""
+        from tensorboardX.proto.event_pb2 import Event
+        from tensorboardX.summary import histogram
+
+        for name, array in values.items():
+            self._event(Event(wall_time=time.time(), step=step,
+                              summary=histogram(name, np.asarray(array), "tensorflow")))
+
+    def _event(self, event: Any) -> None:
+        from tensorboardX.record_writer import masked_crc32c
+
+        data = event.SerializeToString()
+        header = struct.pack("<Q", len(data))
+        self.pending.append(b"".join((header, struct.pack("<I", masked_crc32c(header)), data,
+                                      struct.pack("<I", masked_crc32c(data)))))
 
     def flush(self) -> None:
-        self.writer.flush()
+        self.file.write(b"".join(self.pending))  # whole records: a kill tears the last one
+        self.pending = []
+        self.file.flush()
 
     def close(self) -> None:
-        if self.writer is not None:
-            self.writer.close()
-            self.writer = None
+        if self.file is not None:
+            self.flush()
+            self.file.close()
+            self.file = None
 
 
 class MLflowTracker:
@@ -328,6 +364,14 @@ class MLflowTracker:
     MLflow run and skips the steps it already holds (a resumed run recomputes them bit for bit).
     MLflow 3 refuses its file store unless ``MLFLOW_ALLOW_FILE_STORE=true``: for a ``file:`` URI
     this tracker sets it in the process's environment when it is not set already.
+
+    Metrics are sent at :meth:`flush` (once per epoch). To a local file store they are appended
+    to the run's metric files (``<store>/<experiment>/<run>/metrics/<key>``, one
+    ``timestamp value step`` line per value, as the store writes them) in one write per key:
+    MLflow's own file store lists the experiment folders twice and opens the file once for
+    every value (about 60 us a value, 15 ms an epoch of 47 logged steps). Any other tracking
+    URI, or a key with characters outside MLflow's ``[A-Za-z0-9_-. /:]``, goes through
+    ``log_batch`` (1000 metrics a call).
     """
 
     def __init__(self, tracking_uri: str | None = None, experiment: str | None = None,
@@ -337,7 +381,9 @@ class MLflowTracker:
         self.client: Any = None
         self.run_id: str | None = None
         self.logged: dict[str, int] = {}  # per metric: the last step the MLflow run holds
-        self.pending: list[Any] = []  # metrics sent since the last flush
+        self.pending: list[tuple[str, float, int, int]] = []  # (key, value, time, step) to send
+        self.metrics_dir: Path | None = None  # a local file store's folder of the run's metrics
+        self.made: set[Path] = set()  # folders under metrics_dir known to exist
 
     def start(self, run_dir: Path, config: Mapping[str, Any] | None, summary: str | None,
               resume_from: int | None) -> None:
@@ -356,12 +402,14 @@ class MLflowTracker:
             for key in self.client.get_run(self.run_id).data.metrics:
                 history = self.client.get_metric_history(self.run_id, key)
                 self.logged[key] = max((m.step for m in history), default=-1)
+            self.metrics_dir = self._metrics_dir(uri)
             return
         name = self.experiment or "fnn"
         found = self.client.get_experiment_by_name(name)
         experiment_id = found.experiment_id if found else self.client.create_experiment(name)
         run = self.client.create_run(experiment_id, run_name=self.run_name or run_dir.name)
         self.run_id = run.info.run_id
+        self.metrics_dir = self._metrics_dir(uri)
         atomic_write(saved, (json.dumps({"run_id": self.run_id, "tracking_uri": uri}) + "\n")
                      .encode())
         if config is not None:
@@ -374,17 +422,44 @@ class MLflowTracker:
         if summary is not None:
             self.client.log_text(self.run_id, summary, "summary.txt")
 
-    def scalars(self, step: int, values: Mapping[str, float]) -> None:
-        from mlflow.entities import Metric
+    def _metrics_dir(self, uri: str) -> Path | None:
+        """The run's metrics folder of a local file store, ``None`` for any other store."""
+        if not uri.startswith("file:"):
+            return None
+        from urllib.parse import urlparse
+        from urllib.request import url2pathname
 
+        experiment = self.client.get_run(self.run_id).info.experiment_id
+        root = Path(url2pathname(urlparse(uri).path))
+        folder = root / experiment / self.run_id / "metrics"
+        return folder if folder.is_dir() else None
+
+    def scalars(self, step: int, values: Mapping[str, float]) -> None:
         now = int(time.time() * 1000)
-        self.pending += [Metric(k, v, now, step) for k, v in values.items()
+        self.pending += [(k, v, now, step) for k, v in values.items()
                          if step > self.logged.get(k, -1)]
 
     def flush(self) -> None:
-        """One ``log_batch`` call per 1000 metrics (MLflow's limit) sent since the last."""
-        for i in range(0, len(self.pending), 1000):
-            self.client.log_batch(self.run_id, metrics=self.pending[i:i + 1000])
+        """Send the metrics given since the last flush (see the class docstring)."""
+        from mlflow.entities import Metric
+
+        lines: dict[str, list[str]] = {}
+        batch = []
+        for key, value, stamp, step in self.pending:
+            if self.metrics_dir is not None and _FILE_KEY.fullmatch(key) \
+                    and ".." not in key.split("/"):
+                lines.setdefault(key, []).append(f"{stamp} {value} {step}\n")
+            else:
+                batch.append(Metric(key, value, stamp, step))
+        for key, rows in lines.items():
+            path = self.metrics_dir / key
+            if path.parent not in self.made:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                self.made.add(path.parent)
+            with open(path, "a", encoding="utf-8") as f:
+                f.write("".join(rows))
+        for i in range(0, len(batch), 1000):  # MLflow takes 1000 metrics per call
+            self.client.log_batch(self.run_id, metrics=batch[i:i + 1000])
         self.pending = []
 
     def close(self) -> None:
@@ -392,6 +467,9 @@ class MLflowTracker:
             self.flush()
             self.client.set_terminated(self.run_id)
             self.client = None
+
+
+_FILE_KEY = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_\-. /:]{0,249}")  # MLflow's metric names
 
 
 def _read_run_id(path: Path) -> str:
