@@ -183,10 +183,25 @@ class Trackers:
         for t in self.trackers:
             t.flush()
 
-    def diagnostics(self, record: Mapping[str, Any]) -> None:
-        """A :class:`fnn.diagnostics.Diagnostics` record: each layer's gradient norm."""
-        self._send(int(record["step"]), {f"grad_norm/{layer['layer']}": layer.get("grad_norm")
-                                         for layer in record["layers"]})
+    @property
+    def histograms(self) -> bool:
+        """Whether a tracker takes histograms (has a ``histograms(step, values)`` method)."""
+        return any(hasattr(t, "histograms") for t in self.trackers)
+
+    def diagnostics(self, record: Mapping[str, Any], params: Any = None,
+                    grads: Any = None) -> None:
+        """A :class:`fnn.diagnostics.Diagnostics` record: each layer's gradient norm, to every
+        tracker; and to those with a ``histograms`` method, each layer's weights
+        (``weight/<layer>``) and their gradients (``grad/<layer>``) -- the leaves
+        :func:`fnn.regularizers.is_weight` names, as the norms count them -- when given."""
+        step = int(record["step"])
+        self._send(step, {f"grad_norm/{layer['layer']}": layer.get("grad_norm")
+                          for layer in record["layers"]})
+        takers = [t for t in self.trackers if hasattr(t, "histograms")]
+        if takers and params is not None and grads is not None:
+            values = {**_by_layer(params, "weight"), **_by_layer(grads, "grad")}
+            for t in takers:
+                t.histograms(step, values)
 
     def close(self) -> None:
         for t in self.trackers:
@@ -323,13 +338,16 @@ class TensorBoardTracker:
             value=[Summary.Value(tag=k, simple_value=v) for k, v in values.items()])))
 
     def histograms(self, step: int, values: Mapping[str, np.ndarray]) -> None:
-        """One histogram per name (``add_histogram``'s, with its default bins) at ``step``."""
+        """One histogram per name at ``step`` (``add_histogram``, with numpy's ``"auto"`` bins)."""
         from tensorboardX.proto.event_pb2 import Event
         from tensorboardX.summary import histogram
 
         for name, array in values.items():
-            self._event(Event(wall_time=time.time(), step=step,
-                              summary=histogram(name, np.asarray(array), "tensorflow")))
+            array = np.asarray(array)
+            array = array[np.isfinite(array)]  # a NaN has no bin; an empty layer no histogram
+            if array.size:
+                self._event(Event(wall_time=time.time(), step=step,
+                                  summary=histogram(name, array, "auto")))
 
     def _event(self, event: Any) -> None:
         from tensorboardX.record_writer import masked_crc32c
@@ -467,6 +485,22 @@ class MLflowTracker:
             self.flush()
             self.client.set_terminated(self.run_id)
             self.client = None
+
+
+def _by_layer(tree: Any, prefix: str) -> dict[str, np.ndarray]:
+    """``{"<prefix>/<layer path>": the values of its weight leaves, as one float64 array}``."""
+    import jax
+
+    from fnn.core import key_name
+    from fnn.regularizers import is_weight
+
+    parts: dict[str, list[np.ndarray]] = {}
+    for keys, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
+        path = tuple(key_name(k) for k in keys)
+        if is_weight(path):
+            parts.setdefault(f"{prefix}/{'/'.join(path[:-1])}", []).append(
+                np.asarray(leaf, np.float64).reshape(-1))
+    return {name: np.concatenate(arrays) for name, arrays in parts.items()}
 
 
 _FILE_KEY = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_\-. /:]{0,249}")  # MLflow's metric names

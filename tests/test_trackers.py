@@ -416,3 +416,27 @@ def test_per_step_values_change_neither_the_params_nor_metrics_jsonl(tmp_path, m
     records = [_metrics(tmp_path / "with"), _metrics(tmp_path / "without")]
     assert [sorted(r) for r in records[0]] == [sorted(r) for r in records[1]]
     assert "learning_rate" in records[0][0] and "train_grad_norm" not in records[0][0]
+
+
+def test_tensorboard_gets_each_layers_weights_and_gradients_as_histograms(tmp_path):
+    """Read back with tbparse: at every diagnostic step, one histogram per layer of its weights
+    (the final params at the last step) and of their gradients (whose norm is the one
+    diagnostics.jsonl holds); the csv tracker keeps the norms as scalars only."""
+    pytest.importorskip("tensorboardX", reason="the TensorBoard tracker needs fnn[tensorboard]")
+    tbparse = pytest.importorskip("tbparse", reason="reading histograms back needs tbparse")
+    result = _fit(tmp_path, ["tensorboard", "csv"], epochs=2, mode="step", diagnostics=2)
+    frame = tbparse.SummaryReader(str(tmp_path / "tensorboard"),
+                                  extra_columns={"min", "max", "num", "sum_squares"}).histograms
+    diag = [json.loads(line) for line in (tmp_path / "diagnostics.jsonl").read_text().splitlines()]
+    params = result.train_state.params
+    for layer in ("dense_0", "dense_1"):
+        weights = frame[frame.tag == f"weight/{layer}"]
+        grads = frame[frame.tag == f"grad/{layer}"]
+        assert list(weights.step) == list(grads.step) == [2, 4, 6, 8]
+        last = weights[weights.step == 8].iloc[0]
+        w = np.asarray(params[layer]["w"])
+        assert (last["num"], last["min"], last["max"]) == (w.size, w.min(), w.max())
+        assert sum(last["counts"]) == w.size
+        norms = [l["grad_norm"] for r in diag for l in r["layers"] if l["layer"] == layer]
+        np.testing.assert_allclose(np.sqrt(grads["sum_squares"].to_numpy()), norms, rtol=1e-5)
+    assert not any(name.startswith(("weight/", "grad/")) for name in _csv(tmp_path))

@@ -563,12 +563,15 @@ def _diagnostics(every: int | None, dp: DataParallel, net: Layer, loss: Callable
         return None, None
     from fnn.diagnostics import Diagnostics
     diag = Diagnostics(net, loss, optimizer, every=every,
-                       run_dir=folder.path if folder.writes else None, start_step=start_step)
+                       run_dir=folder.path if folder.writes else None, start_step=start_step,
+                       keep_grads=events.histograms)
 
     def record(ts, step, epoch, steps_in_epoch=None):
         due = diag.due(step) if steps_in_epoch is None else diag.due(step, steps_in_epoch)
         if due:
-            events.diagnostics(diag.record(dp.gather(ts), batch, step=step, epoch=epoch + 1))
+            whole = dp.gather(ts)
+            events.diagnostics(diag.record(whole, batch, step=step, epoch=epoch + 1),
+                               whole.params, diag.last_grads)
 
     return record, diag
 
