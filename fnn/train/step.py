@@ -78,9 +78,10 @@ def train_step_fn(net: Layer, loss: Callable[..., jax.Array],
     ``step_stats=True``: the metrics also hold ``"grad_norm"``, the global L2 norm
     (``optax.tree.norm``, formerly ``optax.global_norm``) of the gradient handed to the
     optimizer (summed over devices and micro-batches, the regularizer's included, before any
-    clipping in the optimizer), the params of :func:`fnn.freeze` layers left out; and ``"learning_rate"``, the rate this
-    step's update used (:func:`fnn.optim.learning_rate_of` of the new optimizer state; absent
-    when the optimizer holds none). One reduction more; the params are the same bit for bit.
+    clipping in the optimizer), the params of :func:`fnn.freeze` layers left out; and
+    ``"learning_rate"``, the rate this step's update used (:func:`fnn.optim.learning_rate_of`
+    of the new optimizer state; absent when the optimizer holds none). One reduction more;
+    the params are the same bit for bit.
 
     ``accumulate=K``: the batch is split into K micro-batches of consecutive rows, run one after
     another in a ``lax.scan`` (the memory of one micro-batch), and their gradients summed into
