@@ -1,8 +1,7 @@
 """Trackers: a run's events sent to TensorBoard, MLflow or a CSV file while it trains.
 
-One small event interface, :class:`RunTracker` (``start``, ``scalars``, ``flush``, ``close``),
-and three
-adapters over it: :class:`CSVTracker` (no dependency: ``<run>/scalars.csv``, one
+One small event interface, :class:`RunTracker` (``start``, ``scalars``, ``flush``, ``close``;
+a tracker may also have ``histograms(step, {name: array})``), and three adapters over it: :class:`CSVTracker` (no dependency: ``<run>/scalars.csv``, one
 ``step,name,value`` row per value), :class:`TensorBoardTracker` (``tensorboardX``, no
 TensorFlow: event files in ``<run>/tensorboard``) and :class:`MLflowTracker` (``mlflow-skinny``:
 a local ``file:`` store ``<run>/mlruns``, or any tracking URI; the MLflow run id is kept in
@@ -10,12 +9,22 @@ a local ``file:`` store ``<run>/mlruns``, or any tracking URI; the MLflow run id
 
 :class:`Trackers` turns what the training loop has into events, the same for every adapter:
 
-* per-step scalars every ``log_every`` steps, ``step/<metric>`` (``step/loss``,
-  ``step/accuracy``...), from the per-step values an epoch returns (written after the epoch,
-  in ``epoch`` mode as in ``step`` mode);
+* per-step scalars every ``log_every`` steps, from the per-step values an epoch returns
+  (written after the epoch, in ``epoch`` mode as in ``step`` mode): ``step/loss`` and
+  ``step/<metric>`` (``step/accuracy``...); ``step/learning_rate``, the rate that step's update
+  used, and ``step/grad_norm``, the global norm of the gradient it applied (frozen layers left
+  out; see :func:`fnn.train.step.train_step_fn`'s ``step_stats``), computed in the compiled
+  step when ``fit`` has trackers; ``step/examples_per_sec``: in ``epoch`` mode the epoch's
+  rate (the record's ``examples_per_sec``), in ``step`` mode the rate over the ``log_every``
+  steps up to that step, timed when its loss is ready (one wait per ``log_every`` steps;
+  none for the steps a resumed epoch had trained before it stopped);
 * the epoch record at its step, ``epoch/<key>`` (``epoch/train_loss``, ``epoch/val_accuracy``,
-  ``epoch/learning_rate``, ``epoch/examples_per_sec``...), the values of ``metrics.jsonl``;
-* the diagnostics, when they are on: ``grad_norm/<layer>`` per layer at each diagnostic step;
+  ``epoch/learning_rate``, ``epoch/examples_per_sec``...), the values of ``metrics.jsonl``
+  (which gets no per-step values);
+* the diagnostics, when they are on, at each diagnostic step: to every tracker
+  ``grad_norm/<layer>``, each layer's gradient norm, as a scalar; to TensorBoard also
+  histograms of each layer's weights and gradients, ``weight/<layer>`` and ``grad/<layer>``
+  (MLflow and CSV have no histograms: they keep the norms only);
 * at the start of a fresh run, the resolved config (hyper-parameters) and the summary text.
 
 A resumed run passes the step of the last epoch its checkpoint holds: every adapter drops what

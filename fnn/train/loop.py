@@ -205,7 +205,11 @@ def fit(net: Layer, loss: Callable[..., jax.Array], optimizer: optax.GradientTra
 
         trackers, log_every: send the run's events to ``"tensorboard"``, ``"mlflow"``,
             ``"csv"`` (names, or :class:`fnn.trackers.RunTracker` objects) in ``run_dir``:
-            per-step values every ``log_every`` steps, epoch records, the diagnostics, and
+            per-step values every ``log_every`` steps (loss, metrics, learning rate, gradient
+            norm -- computed in the train step when there are trackers, which leaves the
+            params unchanged bit for bit -- and examples/s: the epoch's rate in ``"epoch"``
+            mode, the rate over the last ``log_every`` steps in ``"step"`` mode), epoch
+            records, the diagnostics (TensorBoard: with per-layer histograms), and
             ``metadata["config"]`` (see :mod:`fnn.trackers`). A missing library is refused
             here, before anything compiles.
 
