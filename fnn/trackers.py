@@ -13,8 +13,8 @@ a local ``file:`` store ``<run>/mlruns``, or any tracking URI; the MLflow run id
   (written after the epoch, in ``epoch`` mode as in ``step`` mode): ``step/loss`` and
   ``step/<metric>`` (``step/accuracy``...); ``step/learning_rate``, the rate that step's update
   used, and ``step/grad_norm``, the global norm of the gradient it applied (frozen layers left
-  out; see :func:`fnn.train.step.train_step_fn`'s ``step_stats``), computed in the compiled
-  step when ``fit`` has trackers; ``step/examples_per_sec``: in ``epoch`` mode the epoch's
+  out; see :func:`fnn.train.step.train_step_fn`'s ``stats_every``), computed in the compiled
+  step, at the logged steps only, when ``fit`` has trackers; ``step/examples_per_sec``: in ``epoch`` mode the epoch's
   rate (the record's ``examples_per_sec``), in ``step`` mode the rate over the ``log_every``
   steps up to that step, timed when its loss is ready (one wait per ``log_every`` steps;
   none for the steps a resumed epoch had trained before it stopped);

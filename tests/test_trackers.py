@@ -196,9 +196,12 @@ def test_a_resumed_run_continues_without_a_duplicated_step(tmp_path):
         _check_against_metrics(events, records, 3, 5 * STEPS_PER_EPOCH)
 
 
-def test_a_run_resumed_inside_an_epoch_sends_that_epoch_whole(tmp_path, monkeypatch):
+@pytest.mark.parametrize("log_every, sent", [(1, [1, 2, 3, 4]), (3, [3])])
+def test_a_run_resumed_inside_an_epoch_sends_that_epoch_whole(tmp_path, monkeypatch, log_every,
+                                                              sent):
     """SIGTERM 1 step into epoch 2: latest holds step 6 and the events end at epoch 1; the
-    resumed run sends epoch 2 whole, and its per-step values equal an unstopped run's."""
+    resumed run sends epoch 2 whole, and its per-step values equal an unstopped run's (with
+    log_every 3 the checkpoint's partial epoch holds NaN gradient norms of unlogged steps)."""
     import os
     import signal
 
@@ -212,17 +215,20 @@ def test_a_run_resumed_inside_an_epoch_sends_that_epoch_whole(tmp_path, monkeypa
             os.kill(os.getpid(), signal.SIGTERM)
         return original(self, *args, **kwargs)
 
-    run = dict(checkpoint=Checkpointing(every_steps=1), log_every=1)
+    run = dict(checkpoint=Checkpointing(every_steps=1), log_every=log_every)
     monkeypatch.setattr(checkpointing.BackgroundWriter, "write", write)
     with pytest.raises(Preempted, match="at step 6"):
         _fit(tmp_path / "stopped", ["csv"], epochs=3, **run)
-    assert [s for s, _ in _csv(tmp_path / "stopped")["step/loss"]] == [1, 2, 3, 4]
+    assert [s for s, _ in _csv(tmp_path / "stopped")["step/loss"]] == sent
     monkeypatch.setattr(checkpointing.BackgroundWriter, "write", original)
     _fit(tmp_path / "stopped", ["csv"], epochs=3, resume=True, **run)
     _fit(tmp_path / "straight", ["csv"], epochs=3, **run)
     events = _csv(tmp_path / "stopped")
-    _check_against_metrics(events, _metrics(tmp_path / "stopped"), 1, 3 * STEPS_PER_EPOCH)
-    assert events["step/loss"] == _csv(tmp_path / "straight")["step/loss"]
+    _check_against_metrics(events, _metrics(tmp_path / "stopped"), log_every,
+                           3 * STEPS_PER_EPOCH)
+    straight = _csv(tmp_path / "straight")
+    for key in ("step/loss", "step/grad_norm", "step/learning_rate"):
+        assert events[key] == straight[key], key
 
 
 def test_a_fresh_run_in_a_used_folder_starts_its_events_afresh(tmp_path):

@@ -305,7 +305,7 @@ def fit(net: Layer, loss: Callable[..., jax.Array], optimizer: optax.GradientTra
     step_fn = train_step_fn(train_net, loss, optimizer, regularizer=regularizer,
                             constraint=constraint, metrics=metrics, augment=augment,
                             axis_name=dp.axis_name, accumulate=accumulate,
-                            step_stats=bool(trackers))  # the same program on every process
+                            stats_every=log_every if trackers else None)  # on every process
     eval_step = log_compile(dp.compile_eval(eval_step_fn(train_net, loss, metrics=metrics,
                                                          axis_name=dp.axis_name)),
                             "eval_step", log)
