@@ -410,9 +410,6 @@ def validate(raw: dict[str, Any]) -> dict[str, Any]:
     decay = cfg["training"]["ema"]["decay"]
     if decay is not None and not 0 < decay < 1:
         raise ConfigError("training.ema.decay", f"must be between 0 and 1 (or null), got {decay}")
-    if decay is not None and cfg["training"]["freeze"]:
-        raise ConfigError("training.ema", "a moving average of a network with frozen layers "
-                                          "(training.freeze) is not supported yet; drop one")
     k = cfg["training"]["accumulate"]
     if k < 1 or cfg["training"]["batch_size"] % k:
         raise ConfigError("training.accumulate", f"must be >= 1 and divide training.batch_size "

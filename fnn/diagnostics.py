@@ -367,7 +367,8 @@ def plot_gradient_flow(records: Sequence[Mapping[str, Any]], path: str | os.Path
         values = np.asarray(r["grad_norm_by_depth"], np.float64)
         ax.plot(np.arange(1, len(values) + 1), values, color=cmap(i / max(len(records) - 1, 1)),
                 label=f"step {r['step']}" if i in (0, len(records) - 1) else None)
-    ax.set_yscale("log")
+    positive = any(np.any(np.asarray(r["grad_norm_by_depth"], np.float64) > 0) for r in records)
+    ax.set_yscale("log" if positive else "linear")  # all-zero gradients (every unit dead)
     ax.set_xlabel("weight layer (input to output)")
     ax.set_ylabel("gradient norm")
     ax.set_title("gradient flow")

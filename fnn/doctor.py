@@ -499,7 +499,8 @@ def examine(run_dir: str | Path, *, data: Mapping[str, Any] | None = None, net: 
                                 "no diagnostics recorded: gradients, dead and saturated units "
                                 "and update ratios not judged",
                                 f"{diag_path.name} is missing",
-                                "training.diagnostics.every: 100 (fit(..., diagnostics=100))"))
+                                "training.diagnostics.every: 100 "
+                                "(fit(..., run=RunOptions(dir, diagnostics=100)))"))
     found = {f.code for f in findings}
     if not any(f.code in ("non_finite", "divergence") for f in findings):
         findings += _curves(history, found, _run_config(run))

@@ -49,6 +49,7 @@ from fnn.summary import summary
 from fnn.trackers import from_config as trackers_from_config
 from fnn.train import checkpoint as ckpt
 from fnn.train.loop import EarlyStopping, FitResult, evaluate, fit
+from fnn.train.run_options import RunOptions
 from fnn.train.step import binary_correct, correct, make_eval_step
 
 __all__ = ["Experiment", "build", "load_data", "train", "evaluate_run", "run_dir_of",
@@ -394,20 +395,20 @@ def train_model(cfg: dict[str, Any], train_data: dict[str, np.ndarray],
     es = t["early_stopping"]
     early = (EarlyStopping(es["monitor"], es["mode"], es["patience"], es["min_delta"],
                            es["restore_best"]) if es["enabled"] else None)
+    run = RunOptions(run_dir, resume=resume, reset_optimizer=reset_optimizer,
+                     metadata={"config": cfg, "input_shape": list(input_shape)},
+                     checkpoint=_checkpointing(t["checkpoint"]),
+                     diagnostics=t["diagnostics"]["every"], profile=profile,
+                     trackers=trackers_from_config(cfg["output"]),
+                     log_every=cfg["output"]["log_every"])
     result = fit(exp.net, exp.loss, exp.optimizer, train_data, val_data,
                  epochs=t["epochs"], batch_size=batch_size, seed=cfg["seed"],
                  regularizer=exp.regularizer, constraint=exp.constraint, metrics=exp.metrics,
                  augment=exp.augment, mode=t["mode"], early_stopping=early,
-                 run_dir=run_dir, resume=resume, reset_optimizer=reset_optimizer,
-                 divergence_factor=t["divergence"]["factor"],
-                 metadata={"config": cfg, "input_shape": list(input_shape)},
-                 init=t["pretrained"],
+                 divergence_factor=t["divergence"]["factor"], init=t["pretrained"],
+                 accumulate=t["accumulate"],
+                 plateau=_plateau(cfg["optimizer"]), run=run, parallel=dp,
                  eval_batch_size=t["eval_batch_size"], progress=cfg["output"]["progress"], log=log,
-                 parallel=dp, diagnostics=t["diagnostics"]["every"],
-                 checkpoint=_checkpointing(t["checkpoint"]), accumulate=t["accumulate"],
-                 plateau=_plateau(cfg["optimizer"]), profile=profile,
-                 trackers=trackers_from_config(cfg["output"]),
-                 log_every=cfg["output"]["log_every"],
                  callbacks=[*callbacks, *([LiveHints(exp.net, {"x": train_data["x"][:256]}, log)]
                                           if log else [])])
     if dp.is_main and cfg["output"]["plots"]:

@@ -61,8 +61,8 @@ def _epoch_times(trackers: list[str], epochs: int, data: dict, root: Path) -> li
     net = fnn.serial(fnn.Dense(256), fnn.Relu, fnn.Dense(10))
     fit(net, fnn.losses.softmax_cross_entropy,
         optax.inject_hyperparams(optax.adam)(learning_rate=1e-3), data, epochs=epochs,
-        batch_size=BATCH, mode="epoch", run_dir=tempfile.mkdtemp(dir=root), log=None,
-        trackers=trackers, log_every=10,
+        batch_size=BATCH, mode="epoch", log=None,
+        run=fnn.train.RunOptions(tempfile.mkdtemp(dir=root), trackers=trackers, log_every=10),
         callbacks=[lambda record, ts: marks.append(time.perf_counter())])
     return list(np.diff(marks))  # epochs 2..N
 

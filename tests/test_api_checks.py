@@ -6,6 +6,8 @@
   ``fit`` is called, before anything is written (an endless one must not hang);
 * a train state a callback keeps, or one passed in, stays usable after ``fit`` (the steps
   donate their own buffers, never the caller's);
+* ``fit``'s run folder is one ``RunOptions`` record (``run=``), checked field by field in one
+  line; the keywords it replaced are Python's ordinary ``TypeError``;
 * ``fnn.__version__`` (the one in pyproject.toml), ``fnn --version``, and the version each
   checkpoint records.
 """
@@ -128,7 +130,7 @@ def test_fit_over_a_generator_for_several_epochs_needs_steps_per_epoch_at_the_ca
     gen = (_endless(drawn) if endless else
            ({"x": data["x"][i:i + 8], "y": data["y"][i:i + 8]} for i in range(0, 48, 8)))
     with pytest.raises(ValueError) as e:
-        _fit(gen, epochs=3, run_dir=tmp_path / "run")
+        _fit(gen, epochs=3, run=tmp_path / "run")
     assert _one_line(e.value).startswith("fit: train_data is a generator (a one-shot iterator) "
                                          "and epochs is 3: pass steps_per_epoch=N")
     assert drawn == [] and not (tmp_path / "run").exists()  # nothing read, nothing written
@@ -162,7 +164,7 @@ def test_fit_refuses_epochs_that_are_not_a_positive_int(epochs):
 def test_fit_refuses_a_bad_eval_batch_size_before_the_first_epoch(tmp_path):
     with pytest.raises(ValueError) as e:
         _fit(_data(), val_data=_data(16, seed=1), epochs=2, eval_batch_size=0,
-             run_dir=tmp_path / "run")
+             run=tmp_path / "run")
     assert _one_line(e.value) == "fit: eval_batch_size must be an int >= 1, got 0"
     assert not (tmp_path / "run").exists()
 
@@ -192,9 +194,43 @@ def test_train_states_a_callback_keeps_stay_usable_and_right_after_fit(mode):
 def test_a_train_state_given_to_fit_stays_usable():
     _, ts = init_train_state(NET, optax.adam(1e-2), (-1, 3), jax.random.key(0))
     before = [np.asarray(leaf).copy() for leaf in jax.tree_util.tree_leaves(ts.params)]
-    _fit(_data(), epochs=2, train_state=ts)
+    _fit(_data(), epochs=2, init=ts)
     for want, leaf in zip(before, jax.tree_util.tree_leaves(ts.params)):
         np.testing.assert_array_equal(np.asarray(leaf), want)  # not deleted, not changed
+
+
+# --------------------------------------------------------------------------- RunOptions
+
+@pytest.mark.parametrize("kw, message", [
+    ({"log_every": 0}, "RunOptions.log_every: must be an int >= 1, got 0"),
+    ({"diagnostics": 2.5}, "RunOptions.diagnostics: must be an int >= 1 (or None), got 2.5"),
+    ({"profile": True}, "RunOptions.profile: must be an int >= 1 (or None), got True"),
+    ({"resume": "yes"}, "RunOptions.resume: must be True or False, got 'yes'"),
+    ({"metadata": [1]}, "RunOptions.metadata: must be a dict (or None), got list"),
+    ({"checkpoint": 100}, "RunOptions.checkpoint: must be a fnn.train.Checkpointing (or None), "
+                          "got 100"),
+    ({"trackers": "csv"}, "RunOptions.trackers: must be a list of tracker names or objects, "
+                          "got 'csv' (e.g. trackers=['csv'])"),
+])
+def test_run_options_refuse_a_bad_field_in_one_line(kw, message):
+    with pytest.raises(ValueError) as e:
+        fnn.train.RunOptions("runs/x", **kw)
+    assert str(e.value) == message
+
+
+def test_run_takes_a_folder_or_run_options_and_the_old_keywords_are_gone(tmp_path):
+    result = _fit(_data(), epochs=1, run=str(tmp_path / "a"))         # a str: RunOptions(str)
+    assert (tmp_path / "a" / "checkpoints" / "latest.safetensors").exists()
+    resumed = _fit(_data(), epochs=2, run=fnn.train.RunOptions(tmp_path / "a", resume=True),
+                   parallel=fnn.train.DataParallel("mesh", 1))
+    assert [r["epoch"] for r in resumed.history] == [1, 2]
+    assert result.history[0] == resumed.history[0]                    # read back, not rerun
+    with pytest.raises(ValueError, match="^fit: run must be a folder .str or Path. or a "
+                                         "fnn.train.RunOptions, got int$"):
+        _fit(_data(), epochs=1, run=3)
+    for old in ("run_dir", "resume", "devices", "train_state", "checkpoint", "trackers"):
+        with pytest.raises(TypeError, match=f"unexpected keyword argument '{old}'"):
+            _fit(_data(), epochs=1, **{old: None})
 
 
 # --------------------------------------------------------------------------- releases
@@ -218,7 +254,7 @@ def test_checkpoints_record_the_version_that_wrote_them(tmp_path):
     _, params, state = NET.init(jax.random.key(0), (-1, 3))
     fnn.save(tmp_path / "model.safetensors", NET, params, state, input_shape=(-1, 3))
     fnn.save_weights(tmp_path / "weights.safetensors", params, state)
-    result = _fit(_data(), epochs=1, run_dir=tmp_path / "run")
+    result = _fit(_data(), epochs=1, run=tmp_path / "run")
     for path in (tmp_path / "model.safetensors", tmp_path / "weights.safetensors",
                  tmp_path / "run" / "checkpoints" / "latest.safetensors"):
         assert ckpt.written_by(path) == _pyproject_version()

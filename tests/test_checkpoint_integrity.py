@@ -177,7 +177,7 @@ def test_altered_metadata_is_refused(tmp_path, field):
 def test_fit_cleans_temporaries_and_resume_refuses_a_damaged_checkpoint(tmp_path):
     x = np.random.default_rng(0).normal(size=(40, 5)).astype(np.float32)
     y = (x[:, 0] > 0).astype(np.int32)
-    kw = dict(epochs=1, batch_size=20, seed=0, log=None, run_dir=tmp_path, progress=False)
+    kw = dict(epochs=1, batch_size=20, seed=0, log=None, run=tmp_path, progress=False)
     net = fnn.serial(fnn.Dense(2))
     import optax
     stale = [tmp_path / ".metrics.jsonl.a1b2c3d4.tmp",
@@ -194,7 +194,7 @@ def test_fit_cleans_temporaries_and_resume_refuses_a_damaged_checkpoint(tmp_path
     latest.write_bytes(bytes(data))
     with pytest.raises(ckpt.CheckpointError, match="'params/dense_0/w'"):
         fit(net, fnn.losses.softmax_cross_entropy, optax.sgd(0.1), {"x": x, "y": y},
-            resume=True, **{**kw, "epochs": 2})
+            **{**kw, "epochs": 2, "run": fnn.train.RunOptions(tmp_path, resume=True)})
 
 
 def test_an_fnn_0_1_checkpoint_loads_with_one_warning(tmp_path):

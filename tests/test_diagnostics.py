@@ -143,7 +143,7 @@ def test_fit_writes_diagnostics_every_n_steps(tmp_path):
     for mode, expected in (("step", [3, 6]), ("epoch", [4, 8])):
         out = tmp_path / mode
         fnn.train.fit(net, LOSS, optax.sgd(0.1), data, epochs=2, batch_size=16, mode=mode,
-                      run_dir=out, log=None, diagnostics=3)
+                      run=fnn.train.RunOptions(out, diagnostics=3), log=None)
         lines = [json.loads(line) for line in (out / "diagnostics.jsonl").read_text().splitlines()]
         # step mode: at steps 3 and 6; epoch mode (4 steps an epoch): after epochs holding 3, 6
         assert [r["step"] for r in lines] == expected
@@ -154,14 +154,16 @@ def test_resumed_run_keeps_earlier_records_once(tmp_path):
     rng = np.random.default_rng(0)
     data = {"x": rng.normal(size=(64, 6)).astype(np.float32), "y": rng.integers(0, 3, 64)}
     net = fnn.serial(fnn.Dense(8), fnn.repeat(fnn.serial(fnn.Dense(8), fnn.Tanh), 3), fnn.Dense(3))
-    run = dict(batch_size=16, mode="step", run_dir=tmp_path, log=None, diagnostics=3)
-    fnn.train.fit(net, LOSS, optax.sgd(0.1), data, epochs=2, **run)       # checkpoint at step 8
+    run = dict(batch_size=16, mode="step", log=None)
+    folder = fnn.train.RunOptions(tmp_path, diagnostics=3)
+    resumed = fnn.train.RunOptions(tmp_path, diagnostics=3, resume=True)
+    fnn.train.fit(net, LOSS, optax.sgd(0.1), data, epochs=2, run=folder, **run)  # checkpoint: step 8
     path = tmp_path / "diagnostics.jsonl"
     first = path.read_text().splitlines()
     assert [json.loads(line)["step"] for line in first] == [3, 6]
     # a record logged after the checkpoint by a run that was then killed
     path.write_text("\n".join(first + [json.dumps({"step": 9, "stale": True})]) + "\n")
-    fnn.train.fit(net, LOSS, optax.sgd(0.1), data, epochs=3, resume=True, **run)
+    fnn.train.fit(net, LOSS, optax.sgd(0.1), data, epochs=3, run=resumed, **run)
     lines = path.read_text().splitlines()
     assert lines[:2] == first                                             # kept byte for byte
     records = [json.loads(line) for line in lines]
@@ -170,7 +172,7 @@ def test_resumed_run_keeps_earlier_records_once(tmp_path):
     assert not list(tmp_path.glob(".diagnostics.jsonl.*"))                # no temporary left
     path.write_text(lines[0] + "\n{not json\n")
     with pytest.raises(ValueError, match=r"diagnostics\.jsonl: line 2: not a log record"):
-        fnn.train.fit(net, LOSS, optax.sgd(0.1), data, epochs=4, resume=True, **run)
+        fnn.train.fit(net, LOSS, optax.sgd(0.1), data, epochs=4, run=resumed, **run)
 
 
 def test_config_checks_diagnostics_every():

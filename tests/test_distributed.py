@@ -60,7 +60,7 @@ def _worker(out: Path, port: int, process_id: int) -> None:
     assert initialize(f"127.0.0.1:{port}", num_processes=PROCESSES, process_id=process_id)
     assert jax.process_count() == PROCESSES and jax.device_count() == PROCESSES
     for name, (parallel, _, _) in RUNS.items():
-        result = _fit(name, parallel, run_dir=out / f"{name}_run_{process_id}",
+        result = _fit(name, parallel, run=out / f"{name}_run_{process_id}",
                       log=lambda line: print(f"LOG {line}", flush=True))
         fnn.save_weights(out / f"{name}_{process_id}.safetensors", result.train_state.params)
         if process_id == 0:

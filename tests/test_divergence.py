@@ -32,7 +32,7 @@ def test_an_exploding_loss_stops_the_run_at_its_step(tmp_path):
     data = _data()
     with pytest.raises(TrainingDiverged) as info:
         fit(fnn.Dense(1), _mse, optax.sgd(1.0), data, data, epochs=8, batch_size=4,
-            run_dir=tmp_path, divergence_factor=100.0, log=None)
+            run=tmp_path, divergence_factor=100.0, log=None)
     # one step per epoch: losses l1, 9 l1, 81 l1, 729 l1: the 4th step is the first past 100 l1
     message = str(info.value)
     assert "exploded" in message and "at step 4 (epoch 4)" in message
@@ -58,7 +58,7 @@ def test_metrics_jsonl_is_strict_json_with_null_for_nan(tmp_path):
     data = _data()
     nan_metric = {"odd": lambda outputs, targets: jnp.full((outputs.shape[0],), jnp.nan)}
     fit(fnn.Dense(1), _mse, optax.sgd(0.01), data, data, epochs=2, batch_size=4,
-        metrics=nan_metric, run_dir=tmp_path, log=None)
+        metrics=nan_metric, run=tmp_path, log=None)
 
     def refuse(constant):
         raise ValueError(f"not strict JSON: {constant}")

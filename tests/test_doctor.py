@@ -42,8 +42,9 @@ def _data(n_train=384, n_val=192, seed=0, d=8, classes=4):
 def _run(tmp_path, net, optimizer, data, *, epochs=8, batch_size=32, diagnostics=6, **kw):
     run = tmp_path / "run"
     fnn.train.fit(net, fnn.losses.softmax_cross_entropy, optimizer, data["train"], data["val"],
-                  epochs=epochs, batch_size=batch_size, run_dir=run, log=None,
-                  metrics={"accuracy": fnn.train.correct}, diagnostics=diagnostics, **kw)
+                  epochs=epochs, batch_size=batch_size, log=None,
+                  run=fnn.train.RunOptions(run, diagnostics=diagnostics),
+                  metrics={"accuracy": fnn.train.correct}, **kw)
     return run
 
 
@@ -81,6 +82,7 @@ def test_vanishing_gradients_in_a_30_layer_sigmoid_mlp(tmp_path):
     assert ratio < 1e-3   # sigmoid' <= 1/4 per layer: 30 layers lose many orders of magnitude
 
 
+@pytest.mark.filterwarnings("error::UserWarning")  # gradflow.png of all-zero gradients draws
 def test_dead_relu_units_with_biases_at_minus_5(tmp_path):
     data = _data()
     net = _mlp(b_init=fnn.initializers.constant(-5.0))
@@ -148,7 +150,7 @@ def _diverge(tmp_path, net, optimizer, data, loss=fnn.losses.softmax_cross_entro
     run = tmp_path / "run"
     with pytest.raises(TrainingDiverged) as e:
         fnn.train.fit(net, loss, optimizer, data["train"], data["val"], epochs=epochs,
-                      batch_size=32, run_dir=run, log=None)
+                      batch_size=32, run=run, log=None)
     return run, str(e.value), json.loads((run / "doctor.json").read_text())
 
 

@@ -220,3 +220,61 @@ def test_frozen_leaves_stay_bit_identical_under_pmap_mesh_and_fsdp():
     proc = subprocess.run([sys.executable, "-c", _PARALLEL_WORKER], env=env, cwd=root, text=True,
                           capture_output=True, timeout=600)
     assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr[-3000:]
+
+
+# --------------------------------------------------------------------------- EMA with frozen layers
+
+def test_ema_averages_the_trained_layers_and_takes_frozen_ones_as_they_are(tmp_path):
+    """One step an epoch, so the callbacks see the params after every step: the trained leaves'
+    average equals a NumPy EMA of them (float64), the frozen leaves are the initial params bit
+    for bit in what validation, ``best`` and ``fnn.load_weights`` use, and the optimizer state
+    holds no average of the frozen leaves at all."""
+    from fnn.train import checkpoint as ckpt
+    from fnn.train.ema import ema_weights
+    decay = 0.8
+    net = fnn.freeze(fnn.serial(fnn.Dense(8), fnn.Tanh, fnn.Dense(3)), "dense_0")
+    _, params, state = net.init(jax.random.key(0), (-1, 6))
+    seen = []
+    val = {"x": X[:32], "y": Y[:32]}
+    result = fit(net, softmax_cross_entropy, optax.sgd(0.5), DATA, val, epochs=4, batch_size=96,
+                 ema=decay, init=(params, state), run=tmp_path, log=None,
+                 callbacks=[lambda record, ts: seen.append(jax.device_get(ts.params))])
+    average = {k: np.asarray(v, np.float64) for k, v in params["dense_1"].items()}
+    for p in seen:
+        average = {k: decay * average[k] + (1 - decay) * np.asarray(p["dense_1"][k], np.float64)
+                   for k in average}
+    ts = result.train_state
+    weights = ema_weights(ts.params, ts.opt_state)
+    for k in average:
+        np.testing.assert_allclose(weights["dense_1"][k], average[k], rtol=1e-5, atol=1e-7)
+    assert not np.allclose(weights["dense_1"]["w"], ts.params["dense_1"]["w"])  # an average
+    for name in ("latest", "best"):
+        path = tmp_path / "checkpoints" / f"{name}.safetensors"
+        loaded, _ = fnn.load_weights(path, net, input_shape=(-1, 6))
+        chex.assert_trees_all_equal(loaded["dense_0"], params["dense_0"])  # bit-identical
+        stored = [k for k in ckpt.load_tree(path) if k.startswith("opt_state")]
+        assert not any("dense_0" in k for k in stored), stored  # no average, no state
+    chex.assert_trees_all_equal(weights["dense_0"], params["dense_0"])
+    scores = fnn.train.evaluate(fnn.train.make_eval_step(net, softmax_cross_entropy), weights,
+                                ts.model_state, val)
+    assert result.history[-1]["val_loss"] == pytest.approx(scores["loss"], rel=1e-6)
+
+
+def test_config_ema_with_freeze_trains_and_loads_the_frozen_layer_unchanged(tmp_path):
+    from fnn.run import train as train_run
+    from fnn.train import checkpoint as ckpt
+    raw = {"name": "ema_frz", "seed": 0, "model": [{"Dense": 8}, "Tanh", {"Dense": 3}],
+           "optimizer": {"name": "sgd", "learning_rate": 0.5},
+           "data": {"name": "circles", "options": {"n": 120, "n_test": 40}, "validation": 0.25},
+           "training": {"epochs": 3, "batch_size": 30, "freeze": ["dense_0"],
+                        "ema": {"decay": 0.5}},
+           "output": {"plots": False, "progress": False}}
+    run = train_run(fnn.config.parse_config(raw, [f"output.dir={tmp_path / 'run'}"]), log=None)
+    path = run / "checkpoints" / "latest.safetensors"
+    arrays, weights_key = ckpt.load_tree(path), ckpt.read_metadata(path)["weights"]
+    weights, _ = fnn.load_weights(path)
+    for leaf in ("w", "b"):
+        assert np.array_equal(weights["dense_0"][leaf], arrays[f"params/dense_0/{leaf}"])
+        assert f"{weights_key}/dense_0/{leaf}" not in arrays
+        assert np.array_equal(weights["dense_1"][leaf], arrays[f"{weights_key}/dense_1/{leaf}"])
+    assert not np.array_equal(weights["dense_1"]["w"], arrays["params/dense_1/w"])

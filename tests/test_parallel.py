@@ -142,14 +142,14 @@ def _worker(out: Path) -> None:
         report[f"long_{mode}"] = losses
         _save(out / f"long_{mode}.safetensors", ts)
 
-    pmap8 = _fit("pmap", epochs=3, run_dir=out / "pmap8")  # epoch mode; resumed on 1 later
+    pmap8 = _fit("pmap", epochs=3, run=out / "pmap8")  # epoch mode; resumed on 1 later
     report["fit_pmap_epoch"] = _history(pmap8)
     _save(out / "fit_pmap_epoch.safetensors", pmap8.train_state)
 
     resumed = out / "resumed8"  # a 1-device checkpoint of epoch 2, continued on 8 in mesh mode
     (resumed / "checkpoints").mkdir(parents=True)
     shutil.copy(out / "one_epoch2.safetensors", resumed / "checkpoints" / "latest.safetensors")
-    mesh8 = _fit("mesh", mode="step", run_dir=resumed, resume=True)
+    mesh8 = _fit("mesh", mode="step", run=fnn.train.RunOptions(resumed, resume=True))
     report["fit_mesh_step_resumed"] = _history(mesh8)
     _save(out / "fit_mesh_step_resumed.safetensors", mesh8.train_state)
 
@@ -196,7 +196,7 @@ def runs(tmp_path_factory):
             shutil.copy(out / "one" / "checkpoints" / "latest.safetensors",
                         out / "one_epoch2.safetensors")
 
-    one = _fit(None, run_dir=out / "one", callbacks=[keep_epoch2])
+    one = _fit(None, run=out / "one", callbacks=[keep_epoch2])
     one_steps, one_steps_ts = _steps(DataParallel(None))
     one_long, one_long_ts = _steps(DataParallel(None), LONG_STEPS)
     # a deadlock aborts the worker after 30 s instead of XLA's default 40 s
@@ -273,7 +273,7 @@ def test_eight_device_checkpoint_resumes_on_one_device(runs):
     assert meta["progress"]["epoch"] == 2  # three epochs done on 8 devices
     arrays = ckpt.load_tree(run_dir / "checkpoints" / "latest.safetensors")
     assert arrays["params/dense_0/w"].shape == (64, 10)  # one copy, no device axis
-    resumed = _fit(None, run_dir=run_dir, resume=True)
+    resumed = _fit(None, run=fnn.train.RunOptions(run_dir, resume=True))
     _assert_same_history(_history(resumed), _history(runs["one"]))
     chex.assert_trees_all_close(resumed.train_state.params, runs["one"].train_state.params,
                                 rtol=RTOL, atol=ATOL)

@@ -19,7 +19,7 @@ import pytest
 
 import fnn
 from fnn import logs
-from fnn.train import Checkpointing, fit
+from fnn.train import Checkpointing, RunOptions, fit
 from fnn.train import checkpoint as ckpt
 from fnn.train.checkpointing import PREEMPTED_STATUS
 
@@ -29,7 +29,7 @@ CHILD = textwrap.dedent('''
     import os, signal, sys, threading
     import numpy as np, optax
     import fnn
-    from fnn.train import Checkpointing, Preempted, checkpointing, fit
+    from fnn.train import Checkpointing, Preempted, RunOptions, checkpointing, fit
 
     mode, run_dir, epochs, signal_at, signals = (sys.argv[1], sys.argv[2], int(sys.argv[3]),
                                                  int(sys.argv[4]), int(sys.argv[5]))
@@ -47,8 +47,8 @@ CHILD = textwrap.dedent('''
     {setup}
     try:
         fit(net(), fnn.losses.softmax_cross_entropy, optax.adam(1e-2), data(), epochs=epochs,
-            batch_size=8, mode=mode, run_dir=run_dir, checkpoint=Checkpointing(every_steps=2),
-            seed=3, log=None)
+            batch_size=8, mode=mode, seed=3, log=None,
+            run=RunOptions(run_dir, checkpoint=Checkpointing(every_steps=2)))
     except Preempted as e:
         print(e)
         sys.exit({status})
@@ -84,8 +84,9 @@ def _reference(mode, epochs):
 
 def _resume(run_dir, mode, epochs):
     return fit(net(), fnn.losses.softmax_cross_entropy, optax.adam(1e-2), data(), epochs=epochs,
-               batch_size=8, mode=mode, run_dir=run_dir, resume=True, seed=3, log=None,
-               checkpoint=Checkpointing(every_steps=2)).train_state
+               batch_size=8, mode=mode, seed=3, log=None,
+               run=RunOptions(run_dir, resume=True, checkpoint=Checkpointing(every_steps=2))
+               ).train_state
 
 
 def _assert_same(a, b):

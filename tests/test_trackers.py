@@ -35,10 +35,13 @@ def _net():
 
 
 def _fit(run_dir, trackers, epochs, **kw):
+    """``kw``: fit's keywords and RunOptions' (resume, checkpoint, diagnostics, log_every)."""
     kw = {"batch_size": 16, "log": None, "mode": "epoch", "log_every": 3, **kw}
+    run = fnn.train.RunOptions(run_dir, trackers=trackers, metadata={"config": CONFIG},
+                               **{k: kw.pop(k) for k in ("resume", "checkpoint", "diagnostics",
+                                                         "log_every") if k in kw})
     return fit(_net(), LOSS, optax.inject_hyperparams(optax.sgd)(learning_rate=0.1), _data(),
-               _data(32, seed=1), epochs=epochs,
-               run_dir=run_dir, trackers=trackers, metadata={"config": CONFIG},
+               _data(32, seed=1), epochs=epochs, run=run,
                metrics={"accuracy": fnn.train.correct}, **kw)
 
 
@@ -259,8 +262,9 @@ def test_a_missing_extra_is_one_line_before_training(tmp_path, monkeypatch, name
                             f"installed: pip install 'fnn[{extra}]'")
     compiled = []
     with pytest.raises(ValueError, match=rf"^trackers\[0\]: .*pip install 'fnn\[{extra}\]'$"):
-        fit(_net(), LOSS, optax.sgd(0.1), _data(), epochs=1, run_dir=tmp_path, log=None,
-            trackers=[name], callbacks=[lambda r, ts: compiled.append(r)])
+        fit(_net(), LOSS, optax.sgd(0.1), _data(), epochs=1, log=None,
+            run=fnn.train.RunOptions(tmp_path, trackers=[name]),
+            callbacks=[lambda r, ts: compiled.append(r)])
     assert not compiled and not any(tmp_path.iterdir())
 
 
@@ -279,7 +283,10 @@ def test_bad_tracker_keys_are_one_line(trackers, log_every, message):
 
 
 def test_trackers_need_a_run_folder():
-    with pytest.raises(ValueError, match="trackers write into the run folder: pass run_dir"):
+    with pytest.raises(ValueError, match=r"^RunOptions.dir: must be a folder \(a str or Path\), "
+                                         "got None"):
+        fnn.train.RunOptions(None, trackers=["csv"])
+    with pytest.raises(TypeError, match="trackers"):   # no longer a keyword of fit
         fit(_net(), LOSS, optax.sgd(0.1), _data(), epochs=1, log=None, trackers=["csv"])
 
 
@@ -352,7 +359,7 @@ def _steps_fit(run_dir, mode, trackers=("csv",), net=None, **kw):
     params = []
     result = fit(net or _net(), LOSS, optax.inject_hyperparams(optax.sgd)(learning_rate=schedule),
                  _data(), _data(32, seed=1), epochs=4, batch_size=64, mode=mode, log=None,
-                 run_dir=run_dir, trackers=list(trackers), log_every=1,
+                 run=fnn.train.RunOptions(run_dir, trackers=list(trackers), log_every=1),
                  metrics={"accuracy": fnn.train.correct},
                  callbacks=[lambda r, ts: params.append(ts.params)], **kw)
     return result, params

@@ -143,11 +143,11 @@ def test_resume_gives_the_same_params_bit_for_bit(tmp_path):
     train, val = {"x": x[:200], "y": y[:200]}, {"x": x[200:], "y": y[200:]}
     kw = dict(batch_size=32, metrics={"accuracy": correct}, log=None, seed=3)
     full = fit(_net(), softmax_cross_entropy, optax.adam(1e-2), train, val, epochs=4,
-               run_dir=tmp_path / "full", **kw)
+               run=tmp_path / "full", **kw)
     fit(_net(), softmax_cross_entropy, optax.adam(1e-2), train, val, epochs=2,
-        run_dir=tmp_path / "cut", **kw)  # "killed" after epoch 2
+        run=tmp_path / "cut", **kw)  # "killed" after epoch 2
     resumed = fit(_net(), softmax_cross_entropy, optax.adam(1e-2), train, val, epochs=4,
-                  run_dir=tmp_path / "cut", resume=True, **kw)
+                  run=fnn.train.RunOptions(tmp_path / "cut", resume=True), **kw)
     chex.assert_trees_all_equal(full.train_state.params, resumed.train_state.params)
     chex.assert_trees_all_equal(full.train_state.opt_state, resumed.train_state.opt_state)
     lines = (tmp_path / "cut" / "metrics.jsonl").read_text().splitlines()
@@ -163,13 +163,13 @@ def test_nan_loss_stops_with_step_and_keeps_last_good_checkpoint(tmp_path):
     train = {"x": x, "y": y.astype(np.float32)[:, None]}
     net = fnn.serial(fnn.Dense(4), fnn.Dense(1))
     x_bad = train["x"].copy()
-    fit(net, mse, optax.sgd(1e-3), train, epochs=1, batch_size=16, run_dir=tmp_path, log=None)
+    fit(net, mse, optax.sgd(1e-3), train, epochs=1, batch_size=16, run=tmp_path, log=None)
     latest = tmp_path / "checkpoints" / "latest.safetensors"
     before = latest.read_bytes()
     x_bad[40] = np.inf  # poisons the batch holding example 40 in epoch 2
     with pytest.raises(TrainingDiverged, match=r"step \d+ \(epoch 2\).*latest.safetensors"):
         fit(net, mse, optax.sgd(1e-3), {"x": x_bad, "y": train["y"]}, epochs=2, batch_size=16,
-            run_dir=tmp_path, resume=True, log=None)
+            run=fnn.train.RunOptions(tmp_path, resume=True), log=None)
     assert latest.read_bytes() == before
 
 
@@ -178,7 +178,7 @@ def test_early_stopping_restores_best(tmp_path):
     train, val = {"x": x[:200], "y": y[:200]}, {"x": x[200:], "y": y[200:]}
     es = EarlyStopping(monitor="val_loss", patience=2, min_delta=10.0)  # nothing beats epoch 1
     result = fit(_net(), softmax_cross_entropy, optax.adam(1e-2), train, val, epochs=10,
-                 batch_size=32, early_stopping=es, run_dir=tmp_path, log=None)
+                 batch_size=32, early_stopping=es, run=tmp_path, log=None)
     assert result.stopped_early and len(result.history) == 3 and result.best_epoch == 1
     best_params, _ = fnn.load_weights(tmp_path / "checkpoints" / "best.safetensors")
     chex.assert_trees_all_equal(result.train_state.params, best_params)
@@ -191,6 +191,6 @@ def test_frozen_layers_do_not_move():
     _, ts = init_train_state(net, opt, (-1, 6), jax.random.key(0))
     before = jax.device_get(ts.params)
     result = fit(net, softmax_cross_entropy, opt, {"x": x, "y": y}, epochs=2, batch_size=16,
-                 train_state=ts, log=None)
+                 init=ts, log=None)
     chex.assert_trees_all_equal(result.train_state.params["dense_0"], before["dense_0"])
     assert not np.allclose(result.train_state.params["dense_1"]["w"], before["dense_1"]["w"])

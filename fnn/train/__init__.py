@@ -11,6 +11,7 @@ from fnn.train.checkpointing import Checkpointing, Preempted
 from fnn.train.loop import FitResult, TrainingDiverged, fit, prefetch
 from fnn.train.predict import evaluate, predict
 from fnn.train.run_folder import RunFolder
+from fnn.train.run_options import RunOptions
 from fnn.train.state import TrainState, init_train_state
 from fnn.train.step import (binary_correct, correct, eval_step_fn, make_eval_step,
                             make_train_epoch, make_train_step, train_step_fn)

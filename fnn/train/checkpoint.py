@@ -422,7 +422,7 @@ def save_weights(path: str | os.PathLike, params: Any, state: Any = None) -> Non
 def load_weights(path: str | os.PathLike, net: Layer | None = None, *,
                  input_shape: Any = None) -> tuple[dict, dict]:
     """Load ``(params, state)`` saved by :func:`save_weights`, :func:`save` or a training run
-    (of a run with ``training.ema``, the averaged params).
+    (of a run with ``training.ema``, the averaged params; a frozen layer's params as they are).
 
     With ``net``, the weights are checked against the params and state that ``net`` has for
     ``input_shape`` (default: the ``input_shape`` stored in the checkpoint; shapes only, no
@@ -449,10 +449,11 @@ def load_weights(path: str | os.PathLike, net: Layer | None = None, *,
     """
     path = Path(path)
     arrays, meta = read_checkpoint(path)
-    weights = meta.get("weights", "params")  # a run with a moving average: the averaged params
-    if not isinstance(weights, str) or not any(k.startswith(weights + "/") for k in arrays):
-        weights = "params"
-    params, state = nest(arrays, weights, source=path), nest(arrays, "model_state", source=path)
+    weights = meta.get("weights")  # a run with a moving average: the averaged params, where
+    if isinstance(weights, str) and weights != "params":  # held (not those of frozen layers)
+        arrays = {**arrays, **{"params/" + k[len(weights) + 1:]: v for k, v in arrays.items()
+                               if k.startswith(weights + "/")}}
+    params, state = nest(arrays, "params", source=path), nest(arrays, "model_state", source=path)
     if net is not None:
         shape = input_shape if input_shape is not None else meta.get("input_shape")
         if shape is None:

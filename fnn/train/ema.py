@@ -9,6 +9,10 @@ reads them from a checkpoint written with it (:func:`weights_key`). The average 
 params the optimizer produced (a ``constraint`` such as max-norm is applied to the params, not
 to their average); batch-norm statistics are not averaged.
 
+``fit`` puts the average inside the frozen-layer mask (:func:`fnn.finetune.with_frozen_mask`):
+it covers the trained leaves only, and :func:`ema_weights` (what validation, ``best`` and
+:func:`fnn.load_weights` use) takes a frozen layer's leaves from the params as they are.
+
 Example:
     >>> opt = with_ema(optax.sgd(1.0), decay=0.5)
     >>> params = {"w": jnp.zeros(2)}
@@ -28,7 +32,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-__all__ = ["EmaState", "with_ema", "averaged", "weights_key"]
+__all__ = ["EmaState", "with_ema", "averaged", "ema_weights", "weights_key"]
 
 
 class EmaState(NamedTuple):
@@ -75,9 +79,35 @@ def _find(opt_state: Any) -> tuple[str, EmaState] | None:
 
 def averaged(opt_state: Any) -> Any:
     """The averaged params held in an optimizer state of :func:`with_ema` (anywhere inside
-    it), else ``None``."""
+    it; under a mask, the masked-out leaves are ``optax.MaskedNode``), else ``None``."""
     found = _find(opt_state)
     return None if found is None else found[1].ema
+
+
+def ema_weights(params: Any, opt_state: Any) -> Any:
+    """The weights to evaluate: each leaf of ``params`` replaced by its moving average where
+    ``opt_state`` holds one (leaves of frozen layers, masked out of the optimizer, have none
+    and are ``params``' own, bit for bit); ``params`` itself without :func:`with_ema`.
+
+    Example:
+        >>> opt = optax.multi_transform(
+        ...     {"train": with_ema(optax.sgd(1.0), decay=0.5), "frozen": optax.set_to_zero()},
+        ...     {"w": "train", "frozen_w": "frozen"})
+        >>> params = {"w": jnp.zeros(2), "frozen_w": jnp.full(2, 0.1)}
+        >>> state = opt.init(params)
+        >>> updates, state = opt.update({"w": -jnp.ones(2), "frozen_w": jnp.ones(2)}, state,
+        ...                             params)
+        >>> params = optax.apply_updates(params, updates)
+        >>> ema_weights(params, state)          # w: 0.5 * 0 + 0.5 * 1; frozen_w as it is
+        {'frozen_w': Array([0.1, 0.1], dtype=float32), 'w': Array([0.5, 0.5], dtype=float32)}
+    """
+    average = averaged(opt_state)
+    if average is None:
+        return params
+    by_path = {jax.tree_util.keystr(path): leaf
+               for path, leaf in jax.tree_util.tree_flatten_with_path(average)[0]}
+    return jax.tree_util.tree_map_with_path(
+        lambda path, p: by_path.get(jax.tree_util.keystr(path), p), params)
 
 
 def weights_key(opt_state: Any) -> str | None:

@@ -14,15 +14,15 @@ otherwise. Both modes draw each epoch's order of an array data set from ``(seed,
 same way, so they visit the same batches. A batch size larger than the training set trains on
 the whole set as one batch (with a notice).
 
-With ``run_dir`` the loop keeps a :class:`~fnn.train.run_folder.RunFolder`: ``metrics.jsonl``,
-``checkpoints/latest.safetensors`` after every epoch and ``checkpoints/best.safetensors`` when
-the monitored metric improves (:class:`~fnn.train.tracker.Tracker`); ``resume=True``
-continues from ``latest`` and ends with the same params, bit for bit, as a run that was never
-stopped.
+With a ``run`` folder (:class:`~fnn.train.run_options.RunOptions`) the loop keeps a
+:class:`~fnn.train.run_folder.RunFolder`: ``metrics.jsonl``, ``checkpoints/latest.safetensors``
+after every epoch and ``checkpoints/best.safetensors`` when the monitored metric improves
+(:class:`~fnn.train.tracker.Tracker`); ``RunOptions(dir, resume=True)`` continues from
+``latest`` and ends with the same params, bit for bit, as a run that was never stopped.
 
-``parallel="pmap"``, ``"mesh"`` or ``"fsdp"`` (with ``devices``) runs the same step
-data-parallel; the loop does not branch on the mode: :class:`~fnn.train.parallel.DataParallel`
-(one object per mode) compiles, places and gathers for every mode alike (``"none"`` is one
+``parallel="pmap"``, ``"mesh"`` or ``"fsdp"`` (or ``DataParallel(mode, devices)``) runs the
+same step data-parallel; the loop does not branch on the mode:
+:class:`~fnn.train.parallel.DataParallel` (one object per mode) compiles, places and gathers for every mode alike (``"none"`` is one
 device). See ``docs/DISTRIBUTED.md``.
 
 Example:
@@ -65,7 +65,7 @@ from fnn.optim import learning_rate_of
 from fnn.train.contract import check_mean_over_examples, check_shapes
 from fnn.train.checkpointing import BackgroundWriter, Checkpointing, Preempted, StopSignals
 from fnn.train.divergence import Divergence, TrainingDiverged
-from fnn.train.ema import averaged, weights_key, with_ema
+from fnn.train.ema import ema_weights, weights_key, with_ema
 from fnn.train.data import (ArraySource, IterableSource, batch_source, check_batch_size,
                             fits_on_device, is_one_shot, num_rows, pad_batch)
 from fnn.train.plateau import Plateau
@@ -73,14 +73,15 @@ from fnn.train.replay import locate_in_fit
 from fnn.train.parallel import DataParallel, as_data_parallel, synchronize
 from fnn.train.predict import evaluate
 from fnn.train.run_folder import RunFolder
+from fnn.train.run_options import RunOptions, as_run_options
 from fnn.train.state import TrainState, init_train_state
 from fnn.train.step import eval_step_fn, train_step_fn
 from fnn.train.tracker import EarlyStopping, Tracker
-from fnn.trackers import RunTracker, Trackers
+from fnn.trackers import Trackers
 from fnn.finetune import keep_frozen, load_pretrained, transfer, with_frozen_mask
 
 __all__ = ["fit", "evaluate", "FitResult", "EarlyStopping", "TrainingDiverged", "Checkpointing",
-           "Preempted", "batch_order", "prefetch"]
+           "Preempted", "RunOptions", "batch_order", "prefetch"]
 
 MODES = ("auto", "epoch", "step")
 # per-step values the trackers get that are not averaged into the epoch record
@@ -116,23 +117,17 @@ def prefetch(batches: Iterable[Any], size: int = 2, sharding: Any = None,
 def fit(net: Layer, loss: Callable[..., jax.Array], optimizer: optax.GradientTransformation,
         train_data: Any = None, val_data: Any = None, *, x: Any = None, y: Any = None,
         epochs: int, batch_size: int | None = None, steps_per_epoch: int | None = None,
-        seed: int = 0, regularizer: Callable[[Any], jax.Array] | None = None,
+        seed: int = 0, mode: str = "auto", metrics: Mapping[str, Callable] | None = None,
+        regularizer: Callable[[Any], jax.Array] | None = None,
         constraint: Callable[[Any], Any] | None = None,
-        metrics: Mapping[str, Callable] | None = None,
         augment: Callable[[jax.Array, Any], Any] | None = None,
-        mode: str = "auto", early_stopping: EarlyStopping | None = None,
-        run_dir: str | Path | None = None, resume: bool = False, reset_optimizer: bool = False,
-        divergence_factor: float | None = 1e4,
-        metadata: dict[str, Any] | None = None,
-        train_state: TrainState | None = None, init: Any = None, eval_batch_size: int = 1024,
-        callbacks: Sequence[Callable[[dict, TrainState], Any]] = (),
-        progress: bool = False, log: Callable[[str], None] | None = print,
-        parallel: str | DataParallel | None = None,
-        devices: int | Sequence[Any] | None = None,
-        diagnostics: int | None = None, checkpoint: Checkpointing | None = None,
         accumulate: int = 1, ema: float | None = None,
-        plateau: Plateau | None = None, profile: int | None = None,
-        trackers: Sequence[str | RunTracker] = (), log_every: int = 10) -> FitResult:
+        early_stopping: EarlyStopping | None = None, divergence_factor: float | None = 1e4,
+        plateau: Plateau | None = None, init: Any = None,
+        run: RunOptions | str | Path | None = None,
+        parallel: str | DataParallel | None = None, eval_batch_size: int = 1024,
+        callbacks: Sequence[Callable[[dict, TrainState], Any]] = (),
+        log: Callable[[str], None] | None = print, progress: bool = False) -> FitResult:
     """Train ``net`` on ``train_data``; validate on ``val_data`` after every epoch.
 
     Args:
@@ -147,77 +142,47 @@ def fit(net: Layer, loss: Callable[..., jax.Array], optimizer: optax.GradientTra
             ``batch_size`` (default 32) is for arrays; a Loader or iterable brings its own.
         steps_per_epoch: batches per epoch read from an iterable that runs across epochs
             (required for a generator when ``epochs > 1``: refused when ``fit`` is called).
-        regularizer, constraint, metrics, augment: as in :func:`fnn.train.make_train_step`.
         mode: ``"auto"``, ``"epoch"`` (scanned epochs, arrays on the device) or ``"step"``.
-        early_stopping: an :class:`EarlyStopping`, or ``None`` to train all epochs.
-        run_dir: where ``metrics.jsonl`` and checkpoints go (``None``: nothing is written).
-        resume: continue from ``run_dir/checkpoints/latest.safetensors`` if it exists.
-        reset_optimizer: on resume, restore everything but the optimizer state, which starts
-            afresh (``optimizer.init`` of the restored params): resuming with another optimizer.
-        divergence_factor: stop when a step's loss exceeds this many times the loss at the
-            start of training (the median of the first steps, at least 1e-3; see
-            :mod:`fnn.train.divergence`), from the second step on; ``None``: only NaN/Inf stop.
-        metadata: JSON-able data saved in every checkpoint (e.g. the run's config).
-        train_state: start from this state instead of a fresh init (copied: its arrays stay
-            usable after ``fit``).
-        init: pretrained weights to start from: a ``(params, state)`` pair or a checkpoint path;
-            every param whose path and shape match is copied (:func:`fnn.transfer`).
-        callbacks: called as ``cb(record, train_state)`` after each epoch; a truthy return stops.
-            The train state is a copy a callback may keep (the training steps donate their
-            own buffers, which would leave a kept reference deleted).
-        progress: a tqdm bar over the steps of each epoch (step mode) or over epochs.
-        log: where notices and one-line epoch summaries go (``None``: silent).
-        parallel, devices: ``None``/``"none"`` (one device), ``"pmap"``, ``"mesh"`` or
-            ``"fsdp"`` over ``devices`` (see :mod:`fnn.train.parallel`), or a ``DataParallel``.
-            ``batch_size`` is the global batch and must divide by the number of devices; a
-            batch of an iterable that does not is padded with masked rows (exact for losses and
-            metrics; batch-norm statistics see the padding). Only process 0 writes ``run_dir``
-            and logs; ``callbacks`` run on every process and must decide alike.
-        diagnostics: every this many steps, log gradient-flow diagnostics of the first
-            training batch to ``run_dir/diagnostics.jsonl`` and ``gradflow.png``
-            (:class:`fnn.diagnostics.Diagnostics`; in ``"epoch"`` mode at the end of the epochs
-            (or scan chunks) in which such a step falls). ``None``: none, no cost.
-        checkpoint: a :class:`~fnn.train.checkpointing.Checkpointing`: write ``latest`` inside
-            epochs too, every N steps and/or M minutes, in the background (``"epoch"`` mode
-            then scans each epoch in chunks). ``latest`` then holds the position inside the
-            epoch, and ``resume`` continues at the next step with the same final params, bit
-            for bit, as a run that was never stopped. With a ``run_dir``, SIGTERM or SIGINT
-            finishes the current step (chunk), writes ``latest`` and raises
-            :class:`~fnn.train.checkpointing.Preempted`; a second signal ends the process.
-
+        metrics, regularizer, constraint, augment: as in :func:`fnn.train.make_train_step`.
         accumulate: split each batch into this many micro-batches, run in turn inside the
             compiled step, and make one update of their summed gradients: the large batch's
             update in the memory of a micro-batch (see :func:`fnn.train.step.train_step_fn`
             for dropout and batch norm). ``batch_size`` must divide by it (per device).
-
-        ema: keep a moving average of the weights with this decay (e.g. 0.999) in the
-            optimizer state (:mod:`fnn.train.ema`); validation, and so ``best``, use it, and
-            :func:`fnn.load_weights` reads it from the checkpoints
-            (``fnn.train.ema.averaged(result.train_state.opt_state)`` after ``fit``).
-
+        ema: keep a moving average of the trained weights with this decay (e.g. 0.999) in the
+            optimizer state (:mod:`fnn.train.ema`); validation, and so ``best``, use it (frozen
+            layers' weights as they are), and :func:`fnn.load_weights` reads it from the
+            checkpoints (``fnn.train.ema.ema_weights(ts.params, ts.opt_state)`` after ``fit``).
+        early_stopping: an :class:`EarlyStopping`, or ``None`` to train all epochs.
+        divergence_factor: stop when a step's loss exceeds this many times the loss at the
+            start of training (the median of the first steps, at least 1e-3; see
+            :mod:`fnn.train.divergence`), from the second step on; ``None``: only NaN/Inf stop.
         plateau: a :class:`~fnn.train.plateau.Plateau`: lower the learning rate held in the
             optimizer state (``schedule: plateau`` of :func:`fnn.optim.make_optimizer`) when
             its monitored metric stops improving; its counter is kept in the checkpoints.
-
-        profile: write a ``jax.profiler`` trace of this many first steps (compilation
-            included) to ``run_dir/profile`` (stopped at the first step or scan chunk end
-            past them).
-
-        trackers, log_every: send the run's events to ``"tensorboard"``, ``"mlflow"``,
-            ``"csv"`` (names, or :class:`fnn.trackers.RunTracker` objects) in ``run_dir``:
-            per-step values every ``log_every`` steps (loss, metrics, learning rate, gradient
-            norm -- computed in the train step when there are trackers, which leaves the
-            params unchanged bit for bit -- and examples/s: the epoch's rate in ``"epoch"``
-            mode, the rate over the last ``log_every`` steps in ``"step"`` mode), epoch
-            records, the diagnostics (TensorBoard: with per-layer histograms), and
-            ``metadata["config"]`` (see :mod:`fnn.trackers`). A missing library is refused
-            here, before anything compiles.
+        init: where to start: pretrained weights, a ``(params, state)`` pair or a checkpoint
+            path (every param whose path and shape match is copied, :func:`fnn.transfer`), or
+            a :class:`TrainState` to continue from exactly (copied: its arrays stay usable).
+        run: the run folder, a :class:`~fnn.train.run_options.RunOptions` (resume,
+            checkpoints, diagnostics, trackers, profile) or just its path; ``None``: nothing
+            is written.
+        parallel: ``None``/``"none"`` (one device), ``"pmap"``, ``"mesh"`` or ``"fsdp"`` over
+            all local devices, or a :class:`DataParallel` (``DataParallel("mesh", 4)``: four).
+            ``batch_size`` is the global batch and must divide by the number of devices; a
+            batch of an iterable that does not is padded with masked rows (exact for losses and
+            metrics; batch-norm statistics see the padding). Only process 0 writes the run
+            folder and logs; ``callbacks`` run on every process and must decide alike.
+        eval_batch_size: the batch of validation.
+        callbacks: called as ``cb(record, train_state)`` after each epoch; a truthy return stops.
+            The train state is a copy a callback may keep (the training steps donate their
+            own buffers, which would leave a kept reference deleted).
+        log: where notices and one-line epoch summaries go (``None``: silent).
+        progress: a tqdm bar over the steps of each epoch (step mode) or over epochs.
 
     Returns:
         A :class:`FitResult`; its train state is one unreplicated copy, whatever the devices.
 
     Raises:
-        Preempted: SIGTERM/SIGINT stopped the run after writing ``latest`` (with ``run_dir``).
+        Preempted: SIGTERM/SIGINT stopped the run after writing ``latest`` (with a ``run``).
         TrainingDiverged: the loss became NaN/Inf or exploded past ``divergence_factor``
             (the last good checkpoint is left intact; a diverged epoch is never saved).
         LossContractError: the loss cannot score the network's outputs against the targets
@@ -240,11 +205,14 @@ def fit(net: Layer, loss: Callable[..., jax.Array], optimizer: optax.GradientTra
         raise ValueError("fit: give the training data as train_data or as x= and y=, once")
     train_data = {"x": x, "y": y} if train_data is None else train_data
     _check_passes(train_data, val_data, epochs, steps_per_epoch, eval_batch_size)
-    dp = as_data_parallel(parallel, devices)
+    run = as_run_options(run)
+    run_dir, resume, metadata = (None, False, None) if run is None else \
+        (run.dir, run.resume, run.metadata)
+    checkpoint = None if run is None else run.checkpoint
+    dp = as_data_parallel(parallel)
     log, progress = (log, progress) if dp.is_main else (None, False)
-    events = Trackers(trackers if dp.is_main else (), log_every)
-    if events and run_dir is None:
-        raise ValueError("fit: trackers write into the run folder: pass run_dir too")
+    events = Trackers(run.trackers if run is not None and dp.is_main else (),
+                      10 if run is None else run.log_every)
     train = batch_source(train_data, steps_per_epoch, "train_data")
     val = None if val_data is None else batch_source(val_data, where="val_data")
     batch_size = _batch_size(train, batch_size, dp, log)
@@ -259,13 +227,13 @@ def fit(net: Layer, loss: Callable[..., jax.Array], optimizer: optax.GradientTra
         raise ValueError("train_data: a training batch needs targets 'y' next to 'x' (for an "
                          "autoencoder, y=x)")
     check_shapes(net, loss, first["x"], first["y"], metrics=metrics)
+    if ema is not None:  # inside the mask: an average of the trained weights only
+        optimizer = with_ema(optimizer, ema)
     optimizer = with_frozen_mask(net, optimizer)     # frozen layers: no update, no state
     constraint = keep_frozen(net, constraint)         # ... and no max-norm projection
-    if ema is not None:
-        optimizer = with_ema(optimizer, ema)
-    given_state = train_state  # None: a diverged first epoch replays a fresh init
-    train_state = _initial_state(net, optimizer, train.input_shape, seed_key, train_state, init,
-                                 log)
+    # a given train state: continued exactly (None: a diverged first epoch replays a fresh init)
+    given_state = init if isinstance(init, TrainState) else None
+    train_state = _initial_state(net, optimizer, train.input_shape, seed_key, init, log)
     if weights_key(train_state.opt_state) is not None:  # what load_weights reads
         metadata = {**(metadata or {}), "weights": weights_key(train_state.opt_state)}
     check_mean_over_examples(loss, lambda: net.apply(train_state.params, train_state.model_state,
@@ -281,8 +249,8 @@ def fit(net: Layer, loss: Callable[..., jax.Array], optimizer: optax.GradientTra
     done: dict[str, Any] = {}
     if resumed:
         train_state, done = folder.load("latest", train_state,
-                                        skip=("opt_state",) if reset_optimizer else ())
-        if reset_optimizer:
+                                        skip=("opt_state",) if run.reset_optimizer else ())
+        if run.reset_optimizer:
             train_state = train_state._replace(opt_state=optimizer.init(train_state.params))
         history = done["history"]
         tracker.load_state_dict(done)
@@ -305,12 +273,14 @@ def fit(net: Layer, loss: Callable[..., jax.Array], optimizer: optax.GradientTra
     step_fn = train_step_fn(train_net, loss, optimizer, regularizer=regularizer,
                             constraint=constraint, metrics=metrics, augment=augment,
                             axis_name=dp.axis_name, accumulate=accumulate,
-                            stats_every=log_every if trackers else None)  # on every process
+                            stats_every=(events.log_every if run is not None and run.trackers
+                                         else None))  # the same program on every process
     eval_step = log_compile(dp.compile_eval(eval_step_fn(train_net, loss, metrics=metrics,
                                                          axis_name=dp.axis_name)),
                             "eval_step", log)
-    diag, diag_log = _diagnostics(diagnostics, dp, net, loss, optimizer, folder, first,
-                       start_step=int(train_state.step), events=events)
+    diag, diag_log = _diagnostics(None if run is None else run.diagnostics, dp, net, loss,
+                                  optimizer, folder, first, start_step=int(train_state.step),
+                                  events=events)
     step_rates: dict[int, float] = {}  # step mode: examples/s of the log_every steps to a step
     run_epoch = _epoch_runner(dp, step_fn, train, mode, batch_size,
                               jax.random.fold_in(seed_key, 1), start_epoch, progress, epochs, diag,
@@ -373,9 +343,9 @@ def fit(net: Layer, loss: Callable[..., jax.Array], optimizer: optax.GradientTra
                          (history[-1]["step"] if history else 0) if resumed else None)
         if writer is not None:
             signals.__enter__()
-            if profile is not None:
+            if run.profile is not None:
                 jax.profiler.start_trace(str(folder.path / "profile"))
-                tracing["until"] = int(dp.gather(train_state.step)) + profile
+                tracing["until"] = int(dp.gather(train_state.step)) + run.profile
         for epoch in range(start_epoch, epochs):
             start, first_step = time.perf_counter(), int(dp.gather(train_state.step))
             offset = start_offset if epoch == start_epoch else 0
@@ -401,7 +371,7 @@ def fit(net: Layer, loss: Callable[..., jax.Array], optimizer: optax.GradientTra
                                   template=dp.gather(train_state), augment=augment,
                                   initial=None if given_state is not None else
                                   lambda: _initial_state(net, optimizer, train.input_shape,
-                                                         seed_key, None, init, None),
+                                                         seed_key, init, None),
                                   num_devices=dp.num_devices))
             record = {"epoch": epoch + 1, "step": base + len(stacked["loss"]),
                       "learning_rate": _learning_rate(dp, train_state.opt_state),
@@ -409,7 +379,8 @@ def fit(net: Layer, loss: Callable[..., jax.Array], optimizer: optax.GradientTra
                          if (k != "objective" or regularizer is not None)
                          and k not in STEP_ONLY}}
             if val is not None:
-                scores = evaluate(eval_step, _weights(train_state), train_state.model_state, val,
+                weights = ema_weights(train_state.params, train_state.opt_state)
+                scores = evaluate(eval_step, weights, train_state.model_state, val,
                                   batch_size=eval_batch_size, parallel=dp)
                 record.update({f"val_{k}": v for k, v in scores.items()})
             record.update(seconds=round(seconds, 4), examples_per_sec=round(examples / seconds, 1))
@@ -528,14 +499,12 @@ def _mode(mode: str | None, train: ArraySource | IterableSource) -> str:
 
 
 def _initial_state(net: Layer, optimizer: optax.GradientTransformation, input_shape: Any,
-                   seed_key: jax.Array, train_state: TrainState | None, init: Any,
-                   log: Callable[[str], None] | None) -> TrainState:
-    """The given train state (with an optimizer state that fits ``optimizer``), else a fresh
-    init, with ``init``'s pretrained weights transferred where path and shape match."""
-    if train_state is not None:
-        if init is not None:
-            raise ValueError("fit: give train_state or init, not both")
-        return _matching_opt_state(train_state, optimizer)
+                   seed_key: jax.Array, init: Any, log: Callable[[str], None] | None
+                   ) -> TrainState:
+    """``init`` if it is a train state (with an optimizer state that fits ``optimizer``), else
+    a fresh init, with ``init``'s pretrained weights transferred where path and shape match."""
+    if isinstance(init, TrainState):
+        return _matching_opt_state(init, optimizer)
     rng = jax.random.fold_in(seed_key, 0)
     if init is None:
         return init_train_state(net, optimizer, input_shape, rng)[1]
@@ -720,10 +689,6 @@ def _restored_best(ts: TrainState, early_stopping: EarlyStopping | None, tracker
     return folder.load("best", ts)[0] if folder.has("best") else ts
 
 
-def _weights(ts: TrainState) -> Any:
-    """The params to validate: the moving average with ``ema``, else the params."""
-    average = averaged(ts.opt_state)
-    return ts.params if average is None else average
 
 
 def _last_good(folder: RunFolder, epoch: int) -> str:

@@ -576,13 +576,7 @@ def wait_for_results(compiled: Callable) -> Callable:
     return call
 
 
-def as_data_parallel(parallel: "str | DataParallel | None",
-                     devices: int | Sequence[Any] | None = None) -> DataParallel:
-    """A :class:`DataParallel` from a mode name (or ``None``), or the one given."""
-    if isinstance(parallel, DataParallel):
-        if devices is not None:
-            raise ValueError("give devices to DataParallel(...), not next to it")
-        return parallel
-    return DataParallel(parallel, devices)
-
-
+def as_data_parallel(parallel: "str | DataParallel | None") -> DataParallel:
+    """A :class:`DataParallel` from a mode name (or ``None``: one device) over all local
+    devices, or the one given."""
+    return parallel if isinstance(parallel, DataParallel) else DataParallel(parallel)

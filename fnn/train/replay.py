@@ -140,7 +140,7 @@ def locate_in_fit(bad_step: int, *, net: Layer, loss: Callable, step_fn: Callabl
     elif initial is not None and epoch == 0:
         start = initial()
     else:
-        note = "no checkpoint of the epoch's start (fit(..., run_dir=...))"
+        note = "no checkpoint of the epoch's start (fit(..., run=...))"
     batch_rows = rows_of = None
     if start is not None:
         order = np.asarray(batch_order(data_key, epoch, train.num_examples))
