@@ -187,6 +187,7 @@ class GradientFlow:
     loss: float
     layers: tuple[LayerFlow, ...]
     depth_keys: tuple[tuple[int, int, int], ...]  # (group, copy, order) sort keys, per layer
+    grads: Any = None  # the gradients (host arrays), with make_gradient_flow(keep_grads=True)
 
     def __getitem__(self, path: str) -> LayerFlow:
         for layer in self.layers:
@@ -260,12 +261,14 @@ def _layer_norms(tree: Any, sites: Mapping[tuple[str, ...], _Site]) -> dict[tupl
 
 
 def make_gradient_flow(net: Layer, loss: Callable[..., jax.Array], *, train: bool = False,
-                       optimizer: Any = None, jit: bool = True) -> Callable[..., GradientFlow]:
+                       optimizer: Any = None, jit: bool = True,
+                       keep_grads: bool = False) -> Callable[..., GradientFlow]:
     """A reusable ``flow(params, state, batch, *, rng=None, updates=None, lr=None, opt_state=None)``.
 
     Compiled once per batch shape (``jit=True``); :func:`gradient_flow` is the one-shot form.
     With an optax ``optimizer``, ``flow(..., opt_state=s)`` takes ``update_ratio`` from the
     update the optimizer would make from ``s`` with these gradients (nothing is applied).
+    ``keep_grads``: the result's ``grads`` holds the gradients too (for histograms).
     """
 
     def compute(params, state, batch, rng, updates, lr, opt_state):
@@ -294,7 +297,7 @@ def make_gradient_flow(net: Layer, loss: Callable[..., jax.Array], *, train: boo
             for path in g_norm:
                 stats[path]["update_ratio"] = lr * g_norm[path] / jnp.maximum(w_norm[path], 1e-30)
         compute.sites = walk.sites   # static: read after tracing
-        return value, stats
+        return value, stats, (grads if keep_grads else None)
 
     compiled = jax.jit(compute) if jit else compute
 
@@ -302,7 +305,7 @@ def make_gradient_flow(net: Layer, loss: Callable[..., jax.Array], *, train: boo
              opt_state=None) -> GradientFlow:
         if opt_state is not None and optimizer is None:
             raise ValueError("gradient flow: opt_state= needs make_gradient_flow(..., optimizer=)")
-        value, stats = compiled(params, state, batch, rng, updates, lr, opt_state)
+        value, stats, grads = compiled(params, state, batch, rng, updates, lr, opt_state)
         stats = jax.device_get(stats)
         sites = compute.sites
         order = sorted(stats, key=lambda p: (sites[p].group, sites[p].order) if p in sites
@@ -313,7 +316,8 @@ def make_gradient_flow(net: Layer, loss: Callable[..., jax.Array], *, train: boo
             layers.append(LayerFlow("/".join(path) or default_key(net), site.kind, site.copies,
                                     {k: np.asarray(v) for k, v in stats[path].items()}))
             keys.append((site.group, 0, site.order))
-        return GradientFlow(float(value), tuple(layers), tuple(keys))
+        return GradientFlow(float(value), tuple(layers), tuple(keys),
+                            None if grads is None else jax.device_get(grads))
 
     return flow
 
@@ -410,12 +414,14 @@ class Diagnostics:
 
     def __init__(self, net: Layer, loss: Callable[..., jax.Array], optimizer: Any, *,
                  every: int, run_dir: str | os.PathLike | None, start_step: int = 0,
-                 plot_seconds: float = 30.0):
+                 plot_seconds: float = 30.0, keep_grads: bool = False):
         if isinstance(every, bool) or not isinstance(every, int) or every < 1:
             raise ValueError(f"training.diagnostics.every must be a positive int, got {every!r}")
         self.every = every
         self.run_dir = Path(run_dir) if run_dir is not None else None
-        self.flow = make_gradient_flow(net, loss, train=False, optimizer=optimizer)
+        self.flow = make_gradient_flow(net, loss, train=False, optimizer=optimizer,
+                                       keep_grads=keep_grads)
+        self.last_grads: Any = None  # keep_grads: the gradients of the last record (host)
         self.records: list[dict[str, Any]] = (
             trim_records(self.run_dir / "diagnostics.jsonl", start_step)
             if self.run_dir is not None else [])
@@ -430,10 +436,12 @@ class Diagnostics:
     def record(self, train_state: Any, batch: Any, *, step: int, epoch: int | None = None
                ) -> dict[str, Any]:
         """Compute the diagnostics of ``train_state`` on ``batch``, append them to
-        ``diagnostics.jsonl`` and redraw ``gradflow.png``; returns the JSON record."""
+        ``diagnostics.jsonl`` and redraw ``gradflow.png``; returns the JSON record (with
+        ``keep_grads``, the gradients are left in :attr:`last_grads`)."""
         x, y = _batch_xy(batch)
         flow = self.flow(train_state.params, train_state.model_state, {"x": x, "y": y},
                          opt_state=train_state.opt_state)
+        self.last_grads = flow.grads
         record: dict[str, Any] = {"step": int(step)}
         if epoch is not None:
             record["epoch"] = int(epoch)

@@ -524,14 +524,29 @@ def evaluate_run(run_dir: str | os.PathLike, *, checkpoint: str = "best", data=N
     """Test metrics of a run's ``best`` (or ``latest``) checkpoint; writes ``test.json``.
 
     The folder's ``config.yaml`` must describe the network the checkpoint holds: a mismatch is
-    refused naming the first layer that differs, before anything compiles.
+    refused naming the first layer that differs, before anything compiles. Called on its own
+    (``fnn eval``: no ``experiment``), it holds the folder's lock while it runs, as ``fnn
+    train`` does, and a folder another run is using is refused in one line
+    (:class:`fnn.rundir.RunFolderError`); ``fnn train`` passes its ``experiment`` and holds
+    the lock already.
     """
     from fnn import rundir
 
     run_dir = Path(run_dir)
-    cfg_path = run_dir / "config.yaml"
-    if not cfg_path.is_file():
+    if not (run_dir / "config.yaml").is_file():
         raise FileNotFoundError(f"{run_dir} is not a run folder (no config.yaml)")
+    if experiment is not None:
+        return _evaluate(run_dir, checkpoint, data, experiment, log)
+    with rundir.take_lock(run_dir)[0]:
+        return _evaluate(run_dir, checkpoint, data, None, log)
+
+
+def _evaluate(run_dir: Path, checkpoint: str, data: Any, experiment: Experiment | None,
+              log: Callable[[str], None] | None) -> dict[str, float]:
+    """:func:`evaluate_run`'s work, in a folder whose lock this process holds."""
+    from fnn import rundir
+
+    cfg_path = run_dir / "config.yaml"
     try:
         cfg = load_config(cfg_path)
     except ConfigError as e:  # the run's own config: name its file

@@ -20,7 +20,9 @@ holder, and the lock of a run that died (same host, process gone) is taken over,
 
 Only then does :func:`open_run_folder` touch the folder: it takes the lock, removes the
 temporary files of writes that were killed, and for ``--overwrite`` moves the old run's files
-(``RUN_FILES`` and the checkpoints: what fnn wrote; anything else stays and is listed) into
+(``RUN_FILES``, the checkpoints and the folders ``RUN_FOLDERS`` -- ``tensorboard/``,
+``mlruns/``, ``profile/`` -- and an MLflow file store the config puts inside the folder: what
+fnn wrote; anything else stays and is listed) into
 ``.fnn-old-<time>/``, removed once the new run has started cleanly (:meth:`OpenRun.started`,
 after its first epoch) and put back if it fails before. ``--overwrite`` is refused when the
 config reads a file inside the folder (``training.pretrained``, ``data.path``).
@@ -76,14 +78,17 @@ from typing import Any, Mapping, Sequence
 
 __all__ = ["RunFolderError", "RunFolderPlan", "check_run_folder", "open_run_folder",
            "OpenRun", "LockHolder", "lock_holder", "take_lock", "RunLock", "config_changes",
-           "FREE_TO_CHANGE", "RUN_FILES", "LOCK", "stale_temporary_files",
-           "check_checkpoint_files"]
+           "FREE_TO_CHANGE", "RUN_FILES", "RUN_FOLDERS", "LOCK", "stale_temporary_files",
+           "check_checkpoint_files", "check_unlocked"]
 
 # Every file fnn writes in a run folder (run.py, run_folder.py, diagnostics.py, plots, fnn eval):
 # what --overwrite moves aside and removes; anything else in the folder is kept.
 RUN_FILES = ("config.yaml", "summary.txt", "metrics.jsonl", "test.json", "curves.png",
              "diagnostics.jsonl", "gradflow.png", "doctor.json", "scalars.csv", "mlflow.json",
              "model.stablehlo", "model.onnx")
+# Folders fnn's trackers and --profile write in a run folder (fnn.trackers, fit's profile):
+# --overwrite moves them aside with the files
+RUN_FOLDERS = ("tensorboard", "mlruns", "profile")
 CHECKPOINTS = "checkpoints"
 LOCK = ".fnn-lock"  # {"pid", "host", "since", "ticks"} of the run using the folder
 OLD_RUN = ".fnn-old-"  # + time: where --overwrite keeps the old run until the new one started
@@ -189,6 +194,18 @@ def _held_error(run_dir: Path, holder: LockHolder) -> RunFolderError:
                           f"to end, or choose another folder with --out{ended}")
 
 
+def check_unlocked(run_dir: str | os.PathLike) -> None:
+    """Refuse, writing nothing, a folder whose lock a live run holds (a stale lock is no
+    refusal: :func:`take_lock` takes it over).
+
+    Raises:
+        RunFolderError: another run is using the folder (naming its pid, host and start).
+    """
+    holder = lock_holder(run_dir) if Path(run_dir).is_dir() else None
+    if holder is not None and not holder.is_stale():
+        raise _held_error(Path(run_dir), holder)
+
+
 class RunLock:
     """This process's lock on a run folder; :meth:`release` (or leaving a ``with`` block)
     removes the lock file if it is still this process's."""
@@ -286,6 +303,7 @@ class RunFolderPlan:
     reset_optimizer: bool = False  # resume the params, start the optimizer state afresh
     changes: list[str] = dataclasses.field(default_factory=list)  # allowed config changes
     notes: list[str] = dataclasses.field(default_factory=list)  # to tell the user
+    folders: tuple[str, ...] = RUN_FOLDERS  # the folders --overwrite moves with the files
 
 
 def _flatten(value: Any, path: str, out: dict[str, Any]) -> dict[str, Any]:
@@ -408,12 +426,11 @@ def check_run_folder(run_dir: str | os.PathLike, cfg: Mapping[str, Any], *,
                              "--overwrite replaces it; give one of them")
     _check_writable(run_dir, 3 * checkpoint_bytes)  # latest, best, one being written
     check_checkpoint_files(run_dir)
-    holder = lock_holder(run_dir) if run_dir.is_dir() else None
-    if holder is not None and not holder.is_stale():  # a stale one is taken over when opened
-        raise _held_error(run_dir, holder)
+    check_unlocked(run_dir)  # a stale lock is taken over when the folder is opened
     held = _holds_run(run_dir) if run_dir.is_dir() else []
     latest = run_dir / CHECKPOINTS / "latest.safetensors"
-    plan = RunFolderPlan(run_dir, resume and latest.is_file(), overwrite and bool(held))
+    plan = RunFolderPlan(run_dir, resume and latest.is_file(), overwrite and bool(held),
+                         folders=RUN_FOLDERS + _mlflow_store(run_dir, cfg))
     if held and not resume and not overwrite:
         raise RunFolderError(f"{run_dir}: already holds a run ({', '.join(held)}); pass --resume "
                              "to continue it, --overwrite to replace it, or --out for a new "
@@ -464,6 +481,24 @@ def check_checkpoint_files(run_dir: str | os.PathLike) -> None:
         if kind not in ("a regular file", "nothing"):
             raise RunFolderError(f"{path}: {kind}, not a checkpoint file; move it away (fnn "
                                  "keeps the run's checkpoints under this name)")
+
+
+def _mlflow_store(run_dir: Path, cfg: Mapping[str, Any]) -> tuple[str, ...]:
+    """The top folder of run_dir that holds ``output.mlflow.tracking_uri``'s file store, when
+    the config puts one inside the run folder (other than ``mlruns``, the default)."""
+    uri = ((cfg.get("output") or {}).get("mlflow") or {}).get("tracking_uri")
+    if not isinstance(uri, str) or "://" in uri and not uri.startswith("file:"):
+        return ()
+    from urllib.parse import urlparse
+    from urllib.request import url2pathname
+
+    path = Path(url2pathname(urlparse(uri).path)) if uri.startswith("file:") else Path(uri)
+    try:
+        inside = path.resolve().relative_to(run_dir.resolve())
+    except ValueError:
+        return ()
+    top = inside.parts[0] if inside.parts else ""
+    return (top,) if top and top not in RUN_FOLDERS + (CHECKPOINTS,) else ()
 
 
 def _check_reads_outside(run_dir: Path, cfg: Mapping[str, Any]) -> None:
@@ -537,6 +572,8 @@ class OpenRun:
     removed_temporary: list[Path] = dataclasses.field(default_factory=list)
     old_run: Path | None = None  # where --overwrite moved the replaced run's files
     kept: list[str] = dataclasses.field(default_factory=list)  # not fnn's: left in place
+    folders: tuple[str, ...] = RUN_FOLDERS  # fnn's folders, moved aside with the files
+    moved: bool = False  # the old run was moved aside whole (False: a move failed halfway)
 
     def started(self) -> None:
         """The new run has started cleanly (its first epoch is saved): remove the old run."""
@@ -548,11 +585,14 @@ class OpenRun:
         """Put the old run back (removing what the new run wrote), if it is still aside."""
         if self.old_run is None:
             return
-        old = {p.relative_to(self.old_run) for p in _fnn_files(self.old_run)}
-        for path in _fnn_files(self.path):
-            if path.relative_to(self.path) not in old:
-                path.unlink()
-        _move_run_files(self.old_run, self.path)  # over the new run's files of the same names
+        if self.moved:  # what is in the folder now is the new run's: removed
+            old = {p.relative_to(self.old_run) for p in _fnn_files(self.old_run)}
+            for path in _fnn_files(self.path):
+                if path.relative_to(self.path) not in old:
+                    path.unlink()
+            for path in _fnn_folders(self.path, self.folders):
+                shutil.rmtree(path)
+        _move_run_files(self.old_run, self.path, self.folders)  # over the new run's files
         shutil.rmtree(self.old_run)
         self.old_run = None
 
@@ -575,8 +615,14 @@ def _fnn_files(folder: Path) -> list[Path]:
     return found
 
 
-def _move_run_files(source: Path, target: Path) -> None:
-    for path in _fnn_files(source):
+def _fnn_folders(folder: Path, names: Sequence[str]) -> list[Path]:
+    """The folders of ``names`` (``RUN_FOLDERS``...) that are in ``folder``."""
+    return [folder / name for name in names if (folder / name).is_dir()
+            and not (folder / name).is_symlink()]
+
+
+def _move_run_files(source: Path, target: Path, folders: Sequence[str] = ()) -> None:
+    for path in _fnn_files(source) + _fnn_folders(source, folders):
         dest = target / path.relative_to(source)
         dest.parent.mkdir(exist_ok=True)
         os.replace(path, dest)
@@ -604,16 +650,17 @@ def open_run_folder(plan: RunFolderPlan) -> OpenRun:
     """
     run_dir = plan.path
     lock, stale_lock = take_lock(run_dir)
-    opened = OpenRun(run_dir, lock, stale_lock)
+    opened = OpenRun(run_dir, lock, stale_lock, folders=plan.folders)
     try:
         opened.removed_temporary = stale_temporary_files(run_dir)
         for p in opened.removed_temporary:
             p.unlink(missing_ok=True)
-        if plan.overwrite and _fnn_files(run_dir):
+        if plan.overwrite and (_fnn_files(run_dir) or _fnn_folders(run_dir, plan.folders)):
             stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%S.%fZ")
             opened.old_run = run_dir / f"{OLD_RUN}{stamp}"
             opened.old_run.mkdir()
-            _move_run_files(run_dir, opened.old_run)
+            _move_run_files(run_dir, opened.old_run, plan.folders)
+            opened.moved = True
             opened.kept = [n for n in _not_fnn_files(run_dir) if n != opened.old_run.name + "/"]
     except BaseException:
         try:

@@ -349,3 +349,85 @@ def test_overwrite_removes_the_old_run_once_the_first_epoch_is_saved(run, capsys
     assert len(aside[0]) == 1 and aside[1] == []  # kept during epoch 1, removed after it
     assert "seed: 1" in (run / "config.yaml").read_text()  # the new run stays: --resume it
     assert not (run / "diagnostics.jsonl").exists() and rundir.lock_holder(run) is None
+
+
+# --------------------------------------------------------------------------- run folders (issue 22)
+
+def _foreign_lock(folder: Path) -> None:
+    """A lock held by a run on another host: never stale, so always refused."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / rundir.LOCK).write_text(json.dumps({"pid": 4242, "host": "gpu-node-7",
+                                                  "since": "2026-12-04 20:00:00 UTC"}))
+
+
+def _tracker_folders(run: Path) -> None:
+    """What the trackers, --profile and an MLflow store the config names leave in a folder."""
+    for name in ("tensorboard/events.out.tfevents.1.host", "mlruns/0/meta.yaml",
+                 "profile/plugins/trace.json.gz", "store/1/meta.yaml"):
+        (run / name).parent.mkdir(parents=True, exist_ok=True)
+        (run / name).write_text("old")
+
+
+def test_overwrite_moves_the_trackers_and_profile_folders_aside_too(run, capsys):
+    _tracker_folders(run)
+    code, stdout, err = _train(capsys, run, f"output.mlflow.tracking_uri=file:{run / 'store'}",
+                               "--overwrite")
+    assert code == 0, err
+    assert "kept (not written by fnn)" not in stdout
+    assert sorted(p.name for p in run.iterdir()) == ["checkpoints", "config.yaml",
+                                                      "metrics.jsonl", "summary.txt",
+                                                      "test.json"]
+
+
+def test_overwrite_puts_the_old_folders_back_when_the_new_run_fails(run, capsys, monkeypatch):
+    import fnn.run
+    _tracker_folders(run)
+    before = _snapshot(run)
+
+    def fails_in_epoch_1(*args, **kwargs):
+        assert not (run / "tensorboard").exists() and not (run / "store").exists()
+        (run / "tensorboard").mkdir()  # the new run's events
+        (run / "tensorboard" / "events.out.tfevents.2.host").write_text("new")
+        raise KeyboardInterrupt
+    monkeypatch.setattr(fnn.run, "fit", fails_in_epoch_1)
+    with pytest.raises(KeyboardInterrupt):
+        _train(capsys, run, f"output.mlflow.tracking_uri=file:{run / 'store'}", "--overwrite")
+    assert _snapshot(run) == before
+
+
+def test_eval_takes_the_run_lock(run, capsys):
+    assert cli.main(["eval", str(run)]) == 0
+    assert rundir.lock_holder(run) is None  # released
+    capsys.readouterr()
+    before = _snapshot(run)
+    _foreign_lock(run)
+    assert cli.main(["eval", str(run)]) == 2
+    _one_line(capsys.readouterr().err, "fnn eval: error:",
+              "another run is using this folder (pid 4242 on gpu-node-7")
+    assert {k: v for k, v in _snapshot(run).items() if k != rundir.LOCK} == before
+
+
+@pytest.mark.parametrize("command", [["cv", XOR, *BASE, "--folds", "2"],
+                                     ["sweep", XOR, *BASE, "data.validation=1",
+                                      "--grid", "seed=0,1"]])
+def test_cv_and_sweep_refuse_an_output_folder_another_run_holds(tmp_path, capsys, command):
+    out = tmp_path / "out"
+    _foreign_lock(out)
+    assert cli.main([*command, "--out", str(out)]) == 2
+    _one_line(capsys.readouterr().err, f"fnn {command[0]}: error:",
+              "another run is using this folder (pid 4242 on gpu-node-7")
+    assert [p.name for p in out.iterdir()] == [rundir.LOCK]
+
+
+def test_cv_holds_its_folder_and_each_folds_run_folder_locked(tmp_path, capsys, monkeypatch):
+    import fnn.run
+    out, seen = tmp_path / "out", []
+
+    def train_model(cfg, train, val, run_dir, *, log):
+        seen.append((rundir.lock_holder(out).pid, rundir.lock_holder(run_dir).pid))
+        raise KeyboardInterrupt
+    monkeypatch.setattr(fnn.run, "train_model", train_model)
+    with pytest.raises(KeyboardInterrupt):
+        cli.main(["cv", XOR, *BASE, "--folds", "2", "--out", str(out)])
+    assert seen == [(os.getpid(), os.getpid())]
+    assert rundir.lock_holder(out) is None and rundir.lock_holder(out / "fold_1") is None

@@ -9,6 +9,7 @@ import sys
 from collections import defaultdict
 from pathlib import Path
 
+import jax
 import numpy as np
 import optax
 import pytest
@@ -198,9 +199,12 @@ def test_a_resumed_run_continues_without_a_duplicated_step(tmp_path):
         _check_against_metrics(events, records, 3, 5 * STEPS_PER_EPOCH)
 
 
-def test_a_run_resumed_inside_an_epoch_sends_that_epoch_whole(tmp_path, monkeypatch):
+@pytest.mark.parametrize("log_every, sent", [(1, [1, 2, 3, 4]), (3, [3])])
+def test_a_run_resumed_inside_an_epoch_sends_that_epoch_whole(tmp_path, monkeypatch, log_every,
+                                                              sent):
     """SIGTERM 1 step into epoch 2: latest holds step 6 and the events end at epoch 1; the
-    resumed run sends epoch 2 whole, and its per-step values equal an unstopped run's."""
+    resumed run sends epoch 2 whole, and its per-step values equal an unstopped run's (with
+    log_every 3 the checkpoint's partial epoch holds NaN gradient norms of unlogged steps)."""
     import os
     import signal
 
@@ -214,17 +218,20 @@ def test_a_run_resumed_inside_an_epoch_sends_that_epoch_whole(tmp_path, monkeypa
             os.kill(os.getpid(), signal.SIGTERM)
         return original(self, *args, **kwargs)
 
-    run = dict(checkpoint=Checkpointing(every_steps=1), log_every=1)
+    run = dict(checkpoint=Checkpointing(every_steps=1), log_every=log_every)
     monkeypatch.setattr(checkpointing.BackgroundWriter, "write", write)
     with pytest.raises(Preempted, match="at step 6"):
         _fit(tmp_path / "stopped", ["csv"], epochs=3, **run)
-    assert [s for s, _ in _csv(tmp_path / "stopped")["step/loss"]] == [1, 2, 3, 4]
+    assert [s for s, _ in _csv(tmp_path / "stopped")["step/loss"]] == sent
     monkeypatch.setattr(checkpointing.BackgroundWriter, "write", original)
     _fit(tmp_path / "stopped", ["csv"], epochs=3, resume=True, **run)
     _fit(tmp_path / "straight", ["csv"], epochs=3, **run)
     events = _csv(tmp_path / "stopped")
-    _check_against_metrics(events, _metrics(tmp_path / "stopped"), 1, 3 * STEPS_PER_EPOCH)
-    assert events["step/loss"] == _csv(tmp_path / "straight")["step/loss"]
+    _check_against_metrics(events, _metrics(tmp_path / "stopped"), log_every,
+                           3 * STEPS_PER_EPOCH)
+    straight = _csv(tmp_path / "straight")
+    for key in ("step/loss", "step/grad_norm", "step/learning_rate"):
+        assert events[key] == straight[key], key
 
 
 def test_a_fresh_run_in_a_used_folder_starts_its_events_afresh(tmp_path):
@@ -342,3 +349,107 @@ def test_a_config_run_and_its_resume_fill_the_same_trackers(tmp_path):
         client = MlflowClient(tracking_uri=saved["tracking_uri"])
         experiment = client.get_run(saved["run_id"]).info.experiment_id
         assert client.get_experiment(experiment).name == "xor-test"
+
+
+# --------------------------------------------------------------------------- per-step values
+
+def _steps_fit(run_dir, mode, trackers=("csv",), net=None, **kw):
+    """One full batch per epoch (64 examples), so each epoch's callback sees each step's params."""
+    schedule = optax.exponential_decay(0.1, transition_steps=1, decay_rate=0.5)
+    params = []
+    result = fit(net or _net(), LOSS, optax.inject_hyperparams(optax.sgd)(learning_rate=schedule),
+                 _data(), _data(32, seed=1), epochs=4, batch_size=64, mode=mode, log=None,
+                 run=fnn.train.RunOptions(run_dir, trackers=list(trackers), log_every=1),
+                 metrics={"accuracy": fnn.train.correct},
+                 callbacks=[lambda r, ts: params.append(ts.params)], **kw)
+    return result, params
+
+
+def _flat(tree):
+    return np.concatenate([np.ravel(np.asarray(a, np.float64))
+                           for a in jax.tree_util.tree_leaves(tree)])
+
+
+@pytest.mark.parametrize("mode", ["epoch", "step"])
+def test_per_step_learning_rate_and_gradient_norm_match_the_updates(tmp_path, mode):
+    """Plain SGD: step k moves the params by lr_k * grad_k, so the gradient norm is
+    |p_k - p_(k-1)| / lr_k (a finite difference of the params), and lr_k = 0.1 * 0.5**(k-1)."""
+    from fnn.train.state import init_train_state
+
+    net = _net()
+    _, start = init_train_state(net, optax.sgd(0.1), (-1, 6),
+                                jax.random.fold_in(jax.random.key(0), 0))  # fit's init
+    _, params = _steps_fit(tmp_path, mode, net=net)
+    events = _csv(tmp_path)
+    lrs = 0.1 * 0.5 ** np.arange(4)
+    assert [s for s, _ in events["step/learning_rate"]] == [1, 2, 3, 4]
+    np.testing.assert_allclose([v for _, v in events["step/learning_rate"]], lrs, rtol=1e-6)
+    moved = [_flat(b) - _flat(a) for a, b in zip([start.params] + params[:-1], params)]
+    np.testing.assert_allclose([v for _, v in events["step/grad_norm"]],
+                               [np.linalg.norm(d) / lr for d, lr in zip(moved, lrs)], rtol=1e-4)
+    rates = events["step/examples_per_sec"]
+    assert [s for s, _ in rates] == [1, 2, 3, 4] and all(v > 0 for _, v in rates)
+    if mode == "epoch":  # the epoch's own rate
+        np.testing.assert_allclose([v for _, v in rates],
+                                   [r["examples_per_sec"] for r in _metrics(tmp_path)], rtol=1e-6)
+
+
+def test_the_gradient_norm_leaves_frozen_layers_out(tmp_path):
+    """An L2 penalty gives the frozen layer a gradient the optimizer never applies: the norm
+    is still that of the params' move (frozen params do not move)."""
+    net = fnn.freeze(_net(), "dense_0")
+    _, params = _steps_fit(tmp_path, "epoch", net=net,
+                           regularizer=lambda p: 0.1 * fnn.regularizers.l2(p))
+    from fnn.train.state import init_train_state
+
+    _, start = init_train_state(net, optax.sgd(0.1), (-1, 6),
+                                jax.random.fold_in(jax.random.key(0), 0))
+    lrs = 0.1 * 0.5 ** np.arange(4)
+    moved = [_flat(b) - _flat(a) for a, b in zip([start.params] + params[:-1], params)]
+    assert np.all(_flat(params[-1]["dense_0"]) == _flat(start.params["dense_0"]))
+    np.testing.assert_allclose([v for _, v in _csv(tmp_path)["step/grad_norm"]],
+                               [np.linalg.norm(d) / lr for d, lr in zip(moved, lrs)], rtol=1e-4)
+
+
+def test_step_mode_examples_per_sec_every_log_every_steps(tmp_path):
+    _fit(tmp_path, ["csv"], epochs=2, mode="step", log_every=2)
+    rates = _csv(tmp_path)["step/examples_per_sec"]
+    assert [s for s, _ in rates] == [2, 4, 6, 8] and all(v > 0 for _, v in rates)
+
+
+@pytest.mark.parametrize("mode", ["epoch", "step"])
+def test_per_step_values_change_neither_the_params_nor_metrics_jsonl(tmp_path, mode):
+    """The step with trackers computes more; the params it produces are the same, bit for bit,
+    and metrics.jsonl keeps its keys (learning_rate from the optimizer state, no grad_norm)."""
+    with_events, _ = _steps_fit(tmp_path / "with", mode)
+    without, _ = _steps_fit(tmp_path / "without", mode, trackers=())
+    for a, b in zip(jax.tree_util.tree_leaves(with_events.train_state.params),
+                    jax.tree_util.tree_leaves(without.train_state.params)):
+        assert np.array_equal(np.asarray(a), np.asarray(b))
+    records = [_metrics(tmp_path / "with"), _metrics(tmp_path / "without")]
+    assert [sorted(r) for r in records[0]] == [sorted(r) for r in records[1]]
+    assert "learning_rate" in records[0][0] and "train_grad_norm" not in records[0][0]
+
+
+def test_tensorboard_gets_each_layers_weights_and_gradients_as_histograms(tmp_path):
+    """Read back with tbparse: at every diagnostic step, one histogram per layer of its weights
+    (the final params at the last step) and of their gradients (whose norm is the one
+    diagnostics.jsonl holds); the csv tracker keeps the norms as scalars only."""
+    pytest.importorskip("tensorboardX", reason="the TensorBoard tracker needs fnn[tensorboard]")
+    tbparse = pytest.importorskip("tbparse", reason="reading histograms back needs tbparse")
+    result = _fit(tmp_path, ["tensorboard", "csv"], epochs=2, mode="step", diagnostics=2)
+    frame = tbparse.SummaryReader(str(tmp_path / "tensorboard"),
+                                  extra_columns={"min", "max", "num", "sum_squares"}).histograms
+    diag = [json.loads(line) for line in (tmp_path / "diagnostics.jsonl").read_text().splitlines()]
+    params = result.train_state.params
+    for layer in ("dense_0", "dense_1"):
+        weights = frame[frame.tag == f"weight/{layer}"]
+        grads = frame[frame.tag == f"grad/{layer}"]
+        assert list(weights.step) == list(grads.step) == [2, 4, 6, 8]
+        last = weights[weights.step == 8].iloc[0]
+        w = np.asarray(params[layer]["w"])
+        assert (last["num"], last["min"], last["max"]) == (w.size, w.min(), w.max())
+        assert sum(last["counts"]) == w.size
+        norms = [l["grad_norm"] for r in diag for l in r["layers"] if l["layer"] == layer]
+        np.testing.assert_allclose(np.sqrt(grads["sum_squares"].to_numpy()), norms, rtol=1e-5)
+    assert not any(name.startswith(("weight/", "grad/")) for name in _csv(tmp_path))

@@ -16,8 +16,8 @@ from fnn.selection.errors import SelectionError
 from fnn.selection.ranking import check_metric, default_metric, kept_record, val_metrics
 from fnn.selection.report import format_cv_table, write_cv
 from fnn.selection.results import CVResult, FoldResult
-from fnn.selection.training import (Log, check_fresh_dir, check_trial, fresh_dir, prefixed_log,
-                                    train_model)
+from fnn.selection.training import (Log, check_fresh_dir, check_trial, locked_fresh_dir,
+                                    prefixed_log, train_model)
 
 __all__ = ["cross_validate"]
 
@@ -85,36 +85,37 @@ def cross_validate(cfg: dict[str, Any], folds: int = 5, *, out: str | os.PathLik
     train_idx, val_idx = assignment[0]  # every fold's run has the same shapes: check one
     check_trial(cfg, {"train": {"x": x[train_idx], "y": y[train_idx]},
                       "val": {"x": x[val_idx], "y": y[val_idx]}}, metric)
-    out_dir = fresh_dir(out_dir)  # only now, with every check passed
-    if log:
-        log(f"cross-validation: {folds} folds of {n} examples -> {out_dir}")
-    results: list[FoldResult] = []
-    for i, (train_idx, val_idx) in enumerate(assignment, start=1):
-        train = {"x": x[train_idx], "y": y[train_idx]}
-        val = {"x": x[val_idx], "y": y[val_idx]}
-        if cfg["data"]["standardize"]:
-            from fnn.data.tabular import Standardizer
-            scaler = Standardizer.fit(train["x"])
-            train["x"], val["x"] = scaler.transform(train["x"]), scaler.transform(val["x"])
+    out_dir, lock = locked_fresh_dir(out_dir)  # only now: every check passed
+    with lock:
         if log:
-            log(f"fold {i}/{folds}: training on {len(train_idx)}, validating on {len(val_idx)}")
-        result = train_model(cfg, train, val, out_dir / f"fold_{i}",
-                             log=prefixed_log(log, f"[fold {i}/{folds}]"))
-        record = kept_record(result)
-        results.append(FoldResult(i, train_idx, val_idx, int(record["epoch"]),
-                                  val_metrics(record), out_dir / f"fold_{i}"))
-        metric = metric or default_metric(record)
-        if metric not in record:  # check_trial refused this before any folder; a guard
-            raise SelectionError(f"--metric: {metric!r} is not logged; choose one of "
-                                 f"{sorted(val_metrics(record))}")
-    names = [k for k in results[0].metrics if all(k in f.metrics for f in results)]
-    summary = {}
-    for name in names:
-        values = np.array([f.metrics[name] for f in results], np.float64)
-        summary[name] = {"mean": float(values.mean()), "std": float(values.std(ddof=1))}
-    cv = CVResult(metric, results, summary, n, out_dir)
-    write_cv(cv, cfg)
-    if log:
-        log(format_cv_table(cv))
-        log(f"{metric}: {cv.mean:.4f} ± {cv.std:.4f} (mean ± std over {folds} folds)")
-    return cv
+            log(f"cross-validation: {folds} folds of {n} examples -> {out_dir}")
+        results: list[FoldResult] = []
+        for i, (train_idx, val_idx) in enumerate(assignment, start=1):
+            train = {"x": x[train_idx], "y": y[train_idx]}
+            val = {"x": x[val_idx], "y": y[val_idx]}
+            if cfg["data"]["standardize"]:
+                from fnn.data.tabular import Standardizer
+                scaler = Standardizer.fit(train["x"])
+                train["x"], val["x"] = scaler.transform(train["x"]), scaler.transform(val["x"])
+            if log:
+                log(f"fold {i}/{folds}: training on {len(train_idx)}, validating on {len(val_idx)}")
+            result = train_model(cfg, train, val, out_dir / f"fold_{i}",
+                                 log=prefixed_log(log, f"[fold {i}/{folds}]"))
+            record = kept_record(result)
+            results.append(FoldResult(i, train_idx, val_idx, int(record["epoch"]),
+                                      val_metrics(record), out_dir / f"fold_{i}"))
+            metric = metric or default_metric(record)
+            if metric not in record:  # check_trial refused this before any folder; a guard
+                raise SelectionError(f"--metric: {metric!r} is not logged; choose one of "
+                                     f"{sorted(val_metrics(record))}")
+        names = [k for k in results[0].metrics if all(k in f.metrics for f in results)]
+        summary = {}
+        for name in names:
+            values = np.array([f.metrics[name] for f in results], np.float64)
+            summary[name] = {"mean": float(values.mean()), "std": float(values.std(ddof=1))}
+        cv = CVResult(metric, results, summary, n, out_dir)
+        write_cv(cv, cfg)
+        if log:
+            log(format_cv_table(cv))
+            log(f"{metric}: {cv.mean:.4f} ± {cv.std:.4f} (mean ± std over {folds} folds)")
+        return cv

@@ -18,8 +18,8 @@ from fnn.selection.report import (format_sweep_table, format_value, plot_sweep, 
                                   write_sweep_json)
 from fnn.selection.results import SweepResult, Trial
 from fnn.selection.spaces import check_key
-from fnn.selection.training import (Log, check_fresh_dir, check_trial, fresh_dir, prefixed_log,
-                                    train_model)
+from fnn.selection.training import (Log, check_fresh_dir, check_trial, locked_fresh_dir,
+                                    prefixed_log, train_model)
 from fnn.train import loop
 
 __all__ = ["sweep"]
@@ -125,44 +125,47 @@ def sweep(cfg: dict[str, Any], settings: Sequence[Mapping[str, Any]], *,
             check_trial(trial_cfg, data, metric)
         except ConfigError as e:
             raise ConfigError(e.path, f"{e.detail} (in sweep trial {i}: {dict(setting)})") from None
-    out_dir = fresh_dir(out_dir)  # only now, with every trial checked
-    width = max(2, len(str(len(configs) - 1)))
-    keys = list(dict.fromkeys(k for s in settings for k in s))
-    trials = [Trial(i, dict(s), out_dir / f"trial_{i:0{width}d}") for i, s in enumerate(settings)]
-    if log:
-        log(f"sweep: {len(trials)} trials -> {out_dir}")
-    for trial, trial_cfg in zip(trials, configs):
-        data, has_test = _trial_data(trial_cfg, cache, has_test)
+    out_dir, lock = locked_fresh_dir(out_dir)  # only now: every trial checked
+    with lock:
+        width = max(2, len(str(len(configs) - 1)))
+        keys = list(dict.fromkeys(k for s in settings for k in s))
+        trials = [Trial(i, dict(s), out_dir / f"trial_{i:0{width}d}")
+                  for i, s in enumerate(settings)]
         if log:
-            shown = ", ".join(f"{k}={format_value(v)}" for k, v in trial.setting.items())
-            log(f"trial {trial.index + 1}/{len(trials)}: {shown or '(base config)'}")
-        try:
-            result = train_model(trial_cfg, data["train"], data["val"], trial.run_dir,
-                                 log=prefixed_log(log, f"[trial {trial.index + 1}/{len(trials)}]"))
-        except loop.TrainingDiverged as e:
-            trial.error = f"diverged: {e}"
+            log(f"sweep: {len(trials)} trials -> {out_dir}")
+        for trial, trial_cfg in zip(trials, configs):
+            data, has_test = _trial_data(trial_cfg, cache, has_test)
             if log:
-                log(f"trial {trial.index + 1} failed: {trial.error}")
-        else:
-            record = kept_record(result)
-            metric = metric or default_metric(record)
-            if metric not in record:
-                raise SelectionError(f"--metric: {metric!r} is not logged; choose one of "
-                                     f"{sorted(val_metrics(record))}")
-            trial.epoch, trial.metrics = int(record["epoch"]), val_metrics(record)
-            trial.score = float(record[metric])
-        write_sweep_csv(out_dir, keys, trials, metric)
-    metric = metric or "val_loss"
-    mode = metric_mode(metric, mode)
-    best = choose_best(trials, mode)  # the choice is made here, before any test metric exists
-    test = None
-    if log:
-        log(format_sweep_table(keys, trials, metric, best))
-        log(f"best: trial {best.index} ({best.run_dir}) with {metric} {best.score:.4f}")
-    if evaluate_test and has_test:
-        test = fnn_run.evaluate_run(best.run_dir, log=log)
-    swept = SweepResult(metric, mode, trials, best, test, out_dir)
-    write_sweep_json(swept, keys, cfg)
-    if keys:
-        plot_sweep(trials, keys, metric, out_dir / "sweep.png", best=best, title=cfg["name"])
-    return swept
+                shown = ", ".join(f"{k}={format_value(v)}" for k, v in trial.setting.items())
+                log(f"trial {trial.index + 1}/{len(trials)}: {shown or '(base config)'}")
+            try:
+                result = train_model(
+                    trial_cfg, data["train"], data["val"], trial.run_dir,
+                    log=prefixed_log(log, f"[trial {trial.index + 1}/{len(trials)}]"))
+            except loop.TrainingDiverged as e:
+                trial.error = f"diverged: {e}"
+                if log:
+                    log(f"trial {trial.index + 1} failed: {trial.error}")
+            else:
+                record = kept_record(result)
+                metric = metric or default_metric(record)
+                if metric not in record:
+                    raise SelectionError(f"--metric: {metric!r} is not logged; choose one of "
+                                         f"{sorted(val_metrics(record))}")
+                trial.epoch, trial.metrics = int(record["epoch"]), val_metrics(record)
+                trial.score = float(record[metric])
+            write_sweep_csv(out_dir, keys, trials, metric)
+        metric = metric or "val_loss"
+        mode = metric_mode(metric, mode)
+        best = choose_best(trials, mode)  # the choice is made here, before any test metric exists
+        test = None
+        if log:
+            log(format_sweep_table(keys, trials, metric, best))
+            log(f"best: trial {best.index} ({best.run_dir}) with {metric} {best.score:.4f}")
+        if evaluate_test and has_test:
+            test = fnn_run.evaluate_run(best.run_dir, log=log)
+        swept = SweepResult(metric, mode, trials, best, test, out_dir)
+        write_sweep_json(swept, keys, cfg)
+        if keys:
+            plot_sweep(trials, keys, metric, out_dir / "sweep.png", best=best, title=cfg["name"])
+        return swept

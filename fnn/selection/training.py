@@ -9,13 +9,14 @@ from typing import Any, Callable
 
 import numpy as np
 
+from fnn import rundir
 from fnn import run as fnn_run
 from fnn.checks import check_run, monitored_keys
 from fnn.selection.errors import SelectionError
 from fnn.train import loop
 
-__all__ = ["Log", "check_fresh_dir", "fresh_dir", "prefixed_log", "train_model", "check_trial",
-           "logged_val_metrics"]
+__all__ = ["Log", "check_fresh_dir", "fresh_dir", "locked_fresh_dir", "prefixed_log",
+           "train_model", "check_trial", "logged_val_metrics"]
 
 Log = Callable[[str], None] | None
 
@@ -25,10 +26,18 @@ def check_fresh_dir(path: str | os.PathLike) -> Path:
     a ``FileExistsError`` otherwise. Writes nothing: call it before any other check, and
     :func:`fresh_dir` once every check has passed."""
     path = Path(path)
-    if path.exists() and (not path.is_dir() or any(path.iterdir())):
+    if path.is_dir():
+        rundir.check_unlocked(path)  # another cv or sweep writing there: named in one line
+    _check_empty(path)
+    return path
+
+
+def _check_empty(path: Path) -> None:
+    """Refuse a file, or a folder with anything but a lock file in it."""
+    if path.exists() and (not path.is_dir() or any(p.name != rundir.LOCK
+                                                   for p in path.iterdir())):
         raise FileExistsError(f"{path} already exists and is not empty; pass --out with a new "
                               "folder")
-    return path
 
 
 def fresh_dir(path: str | os.PathLike) -> Path:
@@ -45,6 +54,30 @@ def fresh_dir(path: str | os.PathLike) -> Path:
     path = check_fresh_dir(path)
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+def locked_fresh_dir(path: str | os.PathLike) -> tuple[Path, rundir.RunLock]:
+    """:func:`fresh_dir` holding the folder's lock (:func:`fnn.rundir.take_lock`), which
+    ``fnn cv`` and ``fnn sweep`` keep until they end: of two started on one folder, the second
+    is refused in one line. Release the lock (or use it as a ``with`` block) when done.
+
+    Example:
+        >>> import pathlib, tempfile
+        >>> out, lock = locked_fresh_dir(pathlib.Path(tempfile.mkdtemp()) / "cv")
+        >>> check_fresh_dir(out)
+        Traceback (most recent call last):
+        fnn.rundir.RunFolderError: .../cv: another run is using this folder (pid ...); wait for
+        it to end, or choose another folder with --out
+        >>> lock.release()
+    """
+    path = check_fresh_dir(path)
+    lock = rundir.take_lock(path)[0]  # creates the folder
+    try:
+        _check_empty(path)  # nothing came in between
+    except BaseException:
+        lock.release()
+        raise
+    return path, lock
 
 
 def prefixed_log(log: Log, prefix: str) -> Log:
@@ -66,9 +99,11 @@ def train_model(cfg: dict[str, Any], train: dict[str, np.ndarray],
 
     ``train`` and ``val`` are ``{"x": (n, ...), "y": (n, ...)}`` arrays; see
     :func:`fnn.run.train_model` (:func:`fnn.selection.cross_validate` and
-    :func:`fnn.selection.sweep` show it at work).
+    :func:`fnn.selection.sweep` show it at work). The run folder's lock is held while it
+    trains, as ``fnn train`` holds it.
     """
-    return fnn_run.train_model(cfg, train, val, run_dir, log=log)
+    with rundir.take_lock(run_dir)[0]:
+        return fnn_run.train_model(cfg, train, val, run_dir, log=log)
 
 
 def logged_val_metrics(cfg: dict[str, Any]) -> list[str]:

@@ -44,6 +44,7 @@ Example:
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import itertools
 import time
@@ -83,6 +84,8 @@ __all__ = ["fit", "evaluate", "FitResult", "EarlyStopping", "TrainingDiverged", 
            "Preempted", "RunOptions", "batch_order", "prefetch"]
 
 MODES = ("auto", "epoch", "step")
+# per-step values the trackers get that are not averaged into the epoch record
+STEP_ONLY = ("grad_norm", "learning_rate", "examples_per_sec")
 
 
 @dataclasses.dataclass
@@ -269,17 +272,21 @@ def fit(net: Layer, loss: Callable[..., jax.Array], optimizer: optax.GradientTra
     train_net = dp.prepare_net(net)  # BatchNorm axis names for the mode
     step_fn = train_step_fn(train_net, loss, optimizer, regularizer=regularizer,
                             constraint=constraint, metrics=metrics, augment=augment,
-                            axis_name=dp.axis_name, accumulate=accumulate)
+                            axis_name=dp.axis_name, accumulate=accumulate,
+                            stats_every=(events.log_every if run is not None and run.trackers
+                                         else None))  # the same program on every process
     eval_step = log_compile(dp.compile_eval(eval_step_fn(train_net, loss, metrics=metrics,
                                                          axis_name=dp.axis_name)),
                             "eval_step", log)
     diag, diag_log = _diagnostics(None if run is None else run.diagnostics, dp, net, loss,
                                   optimizer, folder, first, start_step=int(train_state.step),
                                   events=events)
+    step_rates: dict[int, float] = {}  # step mode: examples/s of the log_every steps to a step
     run_epoch = _epoch_runner(dp, step_fn, train, mode, batch_size,
                               jax.random.fold_in(seed_key, 1), start_epoch, progress, epochs, diag,
                               chunk=checkpoint.scan_chunk if checkpoint is not None else None,
-                              log=log)
+                              log=log, rates=step_rates if events else None,
+                              rate_every=events.log_every)
     if given_state is not None:  # the steps donate their input: keep the caller's arrays
         train_state = _copy(train_state)
     train_state = dp.place(train_state)
@@ -380,7 +387,8 @@ def fit(net: Layer, loss: Callable[..., jax.Array], optimizer: optax.GradientTra
             record = {"epoch": epoch + 1, "step": base + len(stacked["loss"]),
                       "learning_rate": _learning_rate(dp, train_state.opt_state),
                       **{f"train_{k}": float(np.mean(v)) for k, v in stacked.items()
-                         if k != "objective" or regularizer is not None}}
+                         if (k != "objective" or regularizer is not None)
+                         and k not in STEP_ONLY}}
             if val is not None:
                 weights = ema_weights(train_state.params, train_state.opt_state)
                 scores = evaluate(eval_step, weights, train_state.model_state, val,
@@ -388,7 +396,7 @@ def fit(net: Layer, loss: Callable[..., jax.Array], optimizer: optax.GradientTra
                 record.update({f"val_{k}": v for k, v in scores.items()})
             record.update(seconds=round(seconds, 4), examples_per_sec=round(examples / seconds, 1))
             history.append(record)
-            events.epoch(base, {k: v for k, v in stacked.items() if f"train_{k}" in record},
+            events.epoch(base, _per_step(stacked, record, base, mode, step_rates),
                          record)  # before the checkpoint that holds them
             trace_until(record["step"])
             improved = tracker.update(record, epoch + 1)
@@ -539,12 +547,15 @@ def _diagnostics(every: int | None, dp: DataParallel, net: Layer, loss: Callable
         return None, None
     from fnn.diagnostics import Diagnostics
     diag = Diagnostics(net, loss, optimizer, every=every,
-                       run_dir=folder.path if folder.writes else None, start_step=start_step)
+                       run_dir=folder.path if folder.writes else None, start_step=start_step,
+                       keep_grads=events.histograms)
 
     def record(ts, step, epoch, steps_in_epoch=None):
         due = diag.due(step) if steps_in_epoch is None else diag.due(step, steps_in_epoch)
         if due:
-            events.diagnostics(diag.record(dp.gather(ts), batch, step=step, epoch=epoch + 1))
+            whole = dp.gather(ts)
+            events.diagnostics(diag.record(whole, batch, step=step, epoch=epoch + 1),
+                               whole.params, diag.last_grads)
 
     return record, diag
 
@@ -552,13 +563,17 @@ def _diagnostics(every: int | None, dp: DataParallel, net: Layer, loss: Callable
 def _epoch_runner(dp: DataParallel, step_fn: Callable, train: ArraySource | IterableSource,
                   mode: str, batch_size: int | None, data_key: jax.Array, start_epoch: int,
                   progress: bool, epochs: int, diag: Callable | None = None,
-                  chunk: int | None = None, log: Callable[[str], None] | None = None
-                  ) -> Callable:
+                  chunk: int | None = None, log: Callable[[str], None] | None = None,
+                  rates: dict[int, float] | None = None, rate_every: int = 10) -> Callable:
     """``run(train_state, epoch, offset, chunks, after) -> (train_state, chunks, examples,
     stopped)``: the steps of ``epoch`` from step ``offset`` on, their metrics appended to
     ``chunks`` (one dict per step or scan chunk). ``after(train_state, offset, chunks)``
     (``None``: not called) runs after each step, or each scan of ``chunk`` steps in epoch mode
-    (``chunk=None``: the epoch is one scan), and stops the epoch by returning true."""
+    (``chunk=None``: the epoch is one scan), and stops the epoch by returning true.
+
+    ``rates`` (step mode): at each step that is a multiple of ``rate_every``, the examples/s
+    since the previous such step (or the epoch's start) go to ``rates[step]``, timed when
+    that step's loss is ready (one wait for the device per ``rate_every`` steps)."""
     if mode == "epoch":
         whole = log_compile(dp.compile_epoch(step_fn, train.num_examples, batch_size),
                             "train_epoch", log)
@@ -603,21 +618,31 @@ def _epoch_runner(dp: DataParallel, step_fn: Callable, train: ArraySource | Iter
                                                         train.epoch(epoch, start_epoch))),
                                     offset, None)
         counted = [0]
+        sizes: collections.deque[int] = collections.deque()  # rows of the batches made
 
         def count(batch):
-            counted[0] += _rows(batch) * dp.process_count
+            rows = _rows(batch) * dp.process_count
+            counted[0] += rows
+            sizes.append(rows)
             return batch
 
         batches = prefetch(map(count, host), put=dp.put_batch)
         if progress:
             from tqdm.auto import tqdm
             batches = tqdm(batches, desc=f"epoch {epoch + 1}/{epochs}", leave=False, unit="step")
-        first_step = int(dp.gather(ts.step)) if diag is not None else 0
-        done = 0
+        first_step = int(dp.gather(ts.step)) if diag is not None or rates is not None else 0
+        done, window = 0, [time.perf_counter(), 0]  # since when, and examples since
         for batch in batches:
             ts, m = run(ts, batch)
             chunks.append(m)
             done += 1
+            if rates is not None:
+                window[1] += sizes.popleft()
+                if (first_step + done) % rate_every == 0:
+                    jax.block_until_ready(m["loss"])
+                    now = time.perf_counter()
+                    rates[first_step + done] = window[1] / max(now - window[0], 1e-9)
+                    window[:] = [now, 0]
             if diag is not None:
                 diag(ts, first_step + done, epoch)
             if after is not None and offset + done != last and after(ts, offset + done, chunks):
@@ -627,6 +652,21 @@ def _epoch_runner(dp: DataParallel, step_fn: Callable, train: ArraySource | Iter
         return ts, chunks, counted[0], False
 
     return run_steps
+
+
+def _per_step(stacked: dict[str, np.ndarray], record: dict[str, Any], base: int, mode: str,
+              rates: dict[int, float]) -> dict[str, np.ndarray]:
+    """What the trackers get per step: the record's metrics, the learning rate and gradient
+    norm, and examples/s -- the epoch's rate in epoch mode; in step mode the rate measured
+    over the ``log_every`` steps up to each multiple of ``log_every`` (NaN, not sent, at the
+    other steps and at the steps a resumed epoch had trained before it stopped)."""
+    out = {k: v for k, v in stacked.items() if f"train_{k}" in record or k in STEP_ONLY}
+    n = len(stacked["loss"])
+    if mode == "epoch":
+        out["examples_per_sec"] = np.full(n, record["examples_per_sec"])
+    else:
+        out["examples_per_sec"] = np.array([rates.pop(base + i + 1, np.nan) for i in range(n)])
+    return out
 
 
 def _concat(chunks: list[dict[str, Any]]) -> dict[str, np.ndarray]:

@@ -61,7 +61,12 @@ class RunOptions:
             epochs or scan chunks in which such a step falls). ``None``: none, no cost.
         trackers: send the run's events to ``"tensorboard"``, ``"mlflow"``, ``"csv"`` (names,
             or :class:`fnn.trackers.RunTracker` objects) in ``dir``: per-step values every
-            ``log_every`` steps, epoch records, the diagnostics and ``metadata["config"]``.
+            ``log_every`` steps (loss, metrics, learning rate, gradient norm -- computed in
+            the train step at those steps when there are trackers, which leaves the params
+            unchanged bit for bit -- and examples/s: the epoch's rate in ``"epoch"`` mode, the
+            rate over the last ``log_every`` steps in ``"step"`` mode), epoch records, the
+            diagnostics (TensorBoard: with per-layer histograms) and ``metadata["config"]``
+            (see :mod:`fnn.trackers`).
         log_every: the step interval of the trackers' per-step values.
         profile: write a ``jax.profiler`` trace of this many first steps (compilation
             included) to ``dir/profile``.

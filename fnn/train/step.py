@@ -35,6 +35,8 @@ from jax import lax
 
 from fnn.metrics import binary_correct, correct  # noqa: F401  (re-exported as fnn.train.correct)
 from fnn.core import Layer
+from fnn.finetune import frozen_mask, frozen_paths
+from fnn.optim.learning_rate import learning_rate_of
 from fnn.train.contract import per_example
 from fnn.train.keys import augment_per_example, example_keys
 from fnn.train.state import TrainState
@@ -68,9 +70,20 @@ def train_step_fn(net: Layer, loss: Callable[..., jax.Array],
                   constraint: Callable[[Any], Any] | None = None,
                   metrics: Mapping[str, Metric] | None = None,
                   augment: Callable[[jax.Array, jax.Array], jax.Array] | None = None,
-                  axis_name: str | None = None, accumulate: int = 1
+                  axis_name: str | None = None, accumulate: int = 1,
+                  stats_every: int | None = None
                   ) -> Callable[[TrainState, Batch], tuple[TrainState, dict]]:
     """The un-jitted step ``(train_state, batch) -> (train_state, metrics)``; see :func:`make_train_step`.
+
+    ``stats_every=N``: the metrics also hold ``"grad_norm"``, the global L2 norm
+    (``optax.tree.norm``, formerly ``optax.global_norm``) of the gradient handed to the
+    optimizer (summed over devices and micro-batches, the regularizer's included, before any
+    clipping in the optimizer), the params of :func:`fnn.freeze` layers left out, at the
+    steps whose number (counted from 1) is a multiple of ``N`` and NaN at the others (a
+    ``lax.cond``: the reduction runs on those steps only; on the CPU a norm over 200k
+    weights costs a fifth of a small MLP's step); and ``"learning_rate"``, the rate this
+    step's update used (:func:`fnn.optim.learning_rate_of` of the new optimizer state; absent
+    when the optimizer holds none), at every step. The params are the same bit for bit.
 
     ``accumulate=K``: the batch is split into K micro-batches of consecutive rows, run one after
     another in a ``lax.scan`` (the memory of one micro-batch), and their gradients summed into
@@ -83,6 +96,17 @@ def train_step_fn(net: Layer, loss: Callable[..., jax.Array],
     loss = per_example(loss)
     if isinstance(accumulate, bool) or not isinstance(accumulate, int) or accumulate < 1:
         raise ValueError(f"accumulate: must be an int >= 1, got {accumulate!r}")
+    if stats_every is not None and (isinstance(stats_every, bool)
+                                    or not isinstance(stats_every, int) or stats_every < 1):
+        raise ValueError(f"stats_every: must be an int >= 1 or None, got {stats_every!r}")
+    has_frozen = stats_every is not None and bool(frozen_paths(net))
+
+    def grad_norm(grads):
+        if has_frozen:
+            grads = jax.tree_util.tree_map(lambda frozen, g: jnp.zeros_like(g) if frozen else g,
+                                           frozen_mask(net, grads), grads)
+        return optax.tree.norm(grads).astype(jnp.float32)
+
 
     def accumulated(ts, batch, mask, count, step_rng):
         """Data loss, metric means and model state over K micro-batches; gradients summed."""
@@ -168,6 +192,12 @@ def train_step_fn(net: Layer, loss: Callable[..., jax.Array],
         params = optax.apply_updates(ts.params, updates)
         if constraint is not None:
             params = constraint(params)
+        if stats_every is not None:  # after the psum: the same on every device
+            out["grad_norm"] = lax.cond((ts.step + 1) % stats_every == 0, grad_norm,
+                                        lambda g: jnp.float32(jnp.nan), grads)
+            lr = learning_rate_of(opt_state)
+            if lr is not None:
+                out["learning_rate"] = jnp.asarray(lr)
         return TrainState(params, new_state, opt_state, ts.step + 1, rng), out
 
     return step
