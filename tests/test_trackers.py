@@ -431,6 +431,7 @@ def test_per_step_values_change_neither_the_params_nor_metrics_jsonl(tmp_path, m
     assert "learning_rate" in records[0][0] and "train_grad_norm" not in records[0][0]
 
 
+@pytest.mark.filterwarnings("ignore:The inplace keyword")  # tbparse 0.0.9 under pandas 3
 def test_tensorboard_gets_each_layers_weights_and_gradients_as_histograms(tmp_path):
     """Read back with tbparse: at every diagnostic step, one histogram per layer of its weights
     (the final params at the last step) and of their gradients (whose norm is the one
