@@ -11,8 +11,6 @@ same global batches on one device and on 4 and 8 devices with model axes of 2 an
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -22,6 +20,7 @@ import optax
 import pytest
 
 import fnn
+from device_worker import run_worker
 from fnn.config import ConfigError
 from fnn.losses import softmax_cross_entropy
 from fnn.train.parallel import DataParallel
@@ -122,13 +121,7 @@ if __name__ == "__main__":
 
 @pytest.fixture(scope="module")
 def report(tmp_path_factory):
-    out = tmp_path_factory.mktemp("fsdp_model")
-    env = {**os.environ, "JAX_PLATFORMS": "cpu",
-           "XLA_FLAGS": f"--xla_force_host_platform_device_count={DEVICES}"}
-    proc = subprocess.run([sys.executable, __file__, str(out)], env=env, capture_output=True,
-                          text=True, timeout=900, cwd=Path(__file__).resolve().parents[1])
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
-    return json.loads((out / "report.json").read_text())
+    return run_worker(__file__, tmp_path_factory.mktemp("fsdp_model"), DEVICES)
 
 
 @pytest.mark.parametrize("name", ["cnn", "transformer"])

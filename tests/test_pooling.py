@@ -196,3 +196,21 @@ def test_bad_inputs():
         GlobalAvgPool().init(KEY, (-1, 3))
     with pytest.raises(LayerError, match=r"GlobalMaxPool layer: .*got shape \(4, 3\)"):
         GlobalMaxPool().apply({}, {}, jnp.ones((4, 3)))
+
+
+def test_tiled_max_pool_gradient_goes_to_the_first_maximum_of_each_window():
+    # ties (a constant background, as in MNIST) and distinct values; the reference is a NumPy
+    # loop: each window's gradient goes whole to its first maximum in row-major order
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(2, 6, 4, 3)).astype(np.float32)
+    x[0, :4, :4, 0] = 1.5                      # four windows of four tied values
+    x[1, 2, 2, 1] = x[1, 3, 3, 1] = 9.0        # two tied, not the first position of the window
+    cot = rng.normal(size=(2, 3, 2, 3)).astype(np.float32)
+    got = jax.grad(lambda v: jnp.sum(MaxPool2D(2).apply({}, {}, v)[0] * cot))(jnp.asarray(x))
+    want = np.zeros_like(x)
+    for n, i, j, c in np.ndindex(*cot.shape):
+        window = x[n, 2 * i:2 * i + 2, 2 * j:2 * j + 2, c]
+        a, b = np.unravel_index(np.argmax(window), (2, 2))   # np.argmax: the first maximum
+        want[n, 2 * i + a, 2 * j + b, c] = cot[n, i, j, c]
+    np.testing.assert_array_equal(np.asarray(got), want)
+
