@@ -392,7 +392,7 @@ def train_model(cfg: dict[str, Any], train_data: dict[str, np.ndarray],
                 + (f" in {dp.process_count} processes" if dp.process_count > 1 else "")
                 + (f" (mesh {dp.num_devices // dp.model} data x {dp.model} model)"
                    if dp.model > 1 else "")
-                + f", {batch_size // dp.num_devices} examples per device per step")
+                + f", {batch_size // (dp.num_devices // dp.model)} examples per device per step")
     es = t["early_stopping"]
     early = (EarlyStopping(es["monitor"], es["mode"], es["patience"], es["min_delta"],
                            es["restore_best"]) if es["enabled"] else None)

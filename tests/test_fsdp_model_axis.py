@@ -164,9 +164,9 @@ def test_state_per_device_falls_as_one_over_the_device_count(report, name, n, m)
 
 def test_a_config_run_logs_the_mesh_and_the_state_per_device(report):
     log = "\n".join(report["log"])
-    assert "data parallel: fsdp over 8 devices (mesh 4 data x 2 model)" in log
-    # Dense(64) and Dense(32) kernels (2 x 64 = 128 and 64 x 32 elements): only the 2,048-
-    # element one and its two Adam moments are split, 1 / 8 of them per device
+    # a batch of 16 over 4 rows of the mesh: 4 examples on each device
+    assert ("data parallel: fsdp over 8 devices (mesh 4 data x 2 model), 4 examples per device "
+            "per step") in log
     assert "params and optimizer state:" in log and "MiB per device (max over 8)" in log
 
 
