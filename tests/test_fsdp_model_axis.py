@@ -177,8 +177,9 @@ def test_bad_model_axes_are_named():
     with pytest.raises(ConfigError, match="parallel.model: must be a positive int, got 0"):
         DataParallel("fsdp", model=0)
     n = jax.local_device_count()
-    with pytest.raises(ConfigError, match=f"parallel.model: {n + 1} does not divide the {n} "
-                                          "devices; use one of 1"):
+    devices = "1 device" if n == 1 else f"{n} devices"
+    with pytest.raises(ConfigError, match=f"parallel.model: {n + 1} does not divide the "
+                                          f"{devices}; use one of 1"):
         DataParallel("fsdp", model=n + 1)
     assert DataParallel("fsdp", model=1).mesh.axis_names == ("data",)  # today's fsdp
 

@@ -599,7 +599,7 @@ def _model_axis(model: Any, refusing_mode: str | None, per_process: int,
     if per_process % model:
         counts = [m for m in range(1, per_process + 1) if per_process % m == 0]
         where = (f"the {per_process} devices of each of {processes} processes" if processes > 1
-                 else f"the {per_process} devices")
+                 else f"the {per_process} device{'s' if per_process > 1 else ''}")
         raise ConfigError("parallel.model", f"{model} does not divide {where}; use one of "
                                             f"{', '.join(map(str, counts))}")
     return model
