@@ -146,6 +146,8 @@ _SECTIONS: dict[str, Any] = {
     "parallel": {
         "mode": Field((str,), "none", choices=("none", "pmap", "mesh", "fsdp")),
         "devices": Field((int, type(None)), None, doc="local devices to use (default: all)"),
+        "model": Field((int,), 1, doc="devices along the model axis of a 2-D (data x model) "
+                                      "mesh, fsdp only; must divide the device count"),
         "coordinator_address": Field((str, type(None)), None),
         "num_processes": Field((int, type(None)), None),
         "process_id": Field((int, type(None)), None),

@@ -336,7 +336,7 @@ def data_parallel(cfg: dict[str, Any]) -> DataParallel:
                 if p[key] is not None and (key != "num_processes" or p[key] != 1):
                     raise ConfigError(f"parallel.{key}", "several processes need "
                                                          "parallel.mode pmap, mesh or fsdp")
-        dp = DataParallel(p["mode"], p["devices"])
+        dp = DataParallel(p["mode"], p["devices"], model=p["model"])
         dp.check_batch_size(cfg["training"]["batch_size"], "training.batch_size")
     except ConfigError:  # carries its key path (parallel.devices, training.batch_size...)
         raise
@@ -391,7 +391,9 @@ def train_model(cfg: dict[str, Any], train_data: dict[str, np.ndarray],
         if dp.mode != "none":
             log(f"data parallel: {dp.mode} over {dp.num_devices} devices"
                 + (f" in {dp.process_count} processes" if dp.process_count > 1 else "")
-                + f", {batch_size // dp.num_devices} examples per device per step")
+                + (f" (mesh {dp.num_devices // dp.model} data x {dp.model} model)"
+                   if dp.model > 1 else "")
+                + f", {batch_size // (dp.num_devices // dp.model)} examples per device per step")
     es = t["early_stopping"]
     early = (EarlyStopping(es["monitor"], es["mode"], es["patience"], es["min_delta"],
                            es["restore_best"]) if es["enabled"] else None)

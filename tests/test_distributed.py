@@ -12,6 +12,7 @@ batch norm and dropout in ``fsdp`` mode, are killed mid-run, resume from the che
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -29,6 +30,7 @@ from fnn.losses import softmax_cross_entropy
 from fnn.train import correct, fit
 
 PROCESSES = 2
+DIAGNOSTICS_EVERY = 4
 RTOL, ATOL = 1e-5, 1e-6
 RUNS = {  # name: (parallel, fit mode, epochs); 512 examples / batch 32 = 16 steps an epoch
     "mesh_epoch": ("mesh", "epoch", 13),  # 208 steps
@@ -67,8 +69,27 @@ def _worker(out: Path, port: int, process_id: int) -> None:
             (out / f"{name}_val_loss.txt").write_text(repr(result.history[-1]["val_loss"]))
 
 
+def _diagnostics_fit(parallel, run_dir: Path, log=None):
+    """fsdp with gradient-flow diagnostics every 4 of 16 steps; Dense(256)'s (5, 256) kernel
+    is sharded, so gathering the state for a record is a collective of every process."""
+    train, _ = _data()
+    net = fnn.serial(fnn.Dense(256), fnn.Tanh, fnn.Dense(3))
+    return fit(net, softmax_cross_entropy, optax.adam(3e-3), train, epochs=1, batch_size=32,
+               seed=0, mode="step", parallel=parallel, diagnostics=DIAGNOSTICS_EVERY,
+               run_dir=run_dir,
+               progress=False, log=log)
+
+
+def _diagnostics_worker(out: Path, port: int, process_id: int) -> None:
+    from fnn.train.parallel import initialize
+
+    assert initialize(f"127.0.0.1:{port}", num_processes=PROCESSES, process_id=process_id)
+    _diagnostics_fit("fsdp", out / f"diag_run_{process_id}")
+
+
 if __name__ == "__main__":
-    _worker(Path(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]))
+    work = _diagnostics_worker if sys.argv[4:] == ["diagnostics"] else _worker
+    work(Path(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]))
     sys.exit(0)
 
 
@@ -80,24 +101,32 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_two_processes_end_with_the_params_of_one(tmp_path):
+def _run_processes(tmp_path: Path, *args: str, timeout: float = 240) -> list[str]:
+    """This file as ``PROCESSES`` worker processes on loopback; their outputs, once all
+    exited 0."""
     port = _free_port()
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
     env["JAX_PLATFORMS"] = "cpu"
-    procs = [subprocess.Popen([sys.executable, __file__, str(tmp_path), str(port), str(i)],
+    procs = [subprocess.Popen([sys.executable, __file__, str(tmp_path), str(port), str(i),
+                               *args],
                               env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                               text=True, cwd=Path(__file__).resolve().parents[1])
              for i in range(PROCESSES)]
     outputs = []
     try:
         for p in procs:
-            outputs.append(p.communicate(timeout=240)[0])
+            outputs.append(p.communicate(timeout=timeout)[0])
     finally:
         for p in procs:
             if p.poll() is None:
                 p.kill()
     for i, (p, text) in enumerate(zip(procs, outputs)):
         assert p.returncode == 0, f"process {i} failed:\n{text[-5000:]}"
+    return outputs
+
+
+def test_two_processes_end_with_the_params_of_one(tmp_path):
+    outputs = _run_processes(tmp_path)
 
     for name in RUNS:
         one = _fit(name, None, log=None)
@@ -113,6 +142,23 @@ def test_two_processes_end_with_the_params_of_one(tmp_path):
         assert not (tmp_path / f"{name}_run_1").exists()
     assert "LOG epoch 13/13" in outputs[0] and "LOG epoch 5/5" in outputs[0]
     assert "LOG " not in outputs[1]
+
+
+def test_diagnostics_with_two_fsdp_processes_record_what_one_process_does(tmp_path):
+    # every process takes part in gathering the sharded state; process 0 alone writes
+    _run_processes(tmp_path, "diagnostics", timeout=120)
+    one = tmp_path / "one"
+    _diagnostics_fit(None, one)
+
+    def records(run):
+        return [json.loads(line) for line in (run / "diagnostics.jsonl").read_text().splitlines()]
+
+    got, want = records(tmp_path / "diag_run_0"), records(one)
+    assert [r["step"] for r in got] == [4, 8, 12, 16] == [r["step"] for r in want]
+    np.testing.assert_allclose([r["loss"] for r in got], [r["loss"] for r in want], rtol=RTOL)
+    np.testing.assert_allclose([r["grad_norm_by_depth"] for r in got],
+                               [r["grad_norm_by_depth"] for r in want], rtol=1e-4)
+    assert not (tmp_path / "diag_run_1").exists()
 
 
 # --------------------------------------------------------------------------- fsdp, killed, resumed

@@ -196,3 +196,53 @@ def test_bad_inputs():
         GlobalAvgPool().init(KEY, (-1, 3))
     with pytest.raises(LayerError, match=r"GlobalMaxPool layer: .*got shape \(4, 3\)"):
         GlobalMaxPool().apply({}, {}, jnp.ones((4, 3)))
+
+
+def test_tiled_max_pool_gradient_goes_to_the_first_maximum_of_each_window():
+    # ties (a constant background, as in MNIST) and distinct values; the reference is a NumPy
+    # loop: each window's gradient goes whole to its first maximum in row-major order
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(2, 6, 4, 3)).astype(np.float32)
+    x[0, :4, :4, 0] = 1.5                      # four windows of four tied values
+    x[1, 2, 2, 1] = x[1, 3, 3, 1] = 9.0        # two tied, not the first position of the window
+    cot = rng.normal(size=(2, 3, 2, 3)).astype(np.float32)
+    got = jax.grad(lambda v: jnp.sum(MaxPool2D(2).apply({}, {}, v)[0] * cot))(jnp.asarray(x))
+    want = np.zeros_like(x)
+    for n, i, j, c in np.ndindex(*cot.shape):
+        window = x[n, 2 * i:2 * i + 2, 2 * j:2 * j + 2, c]
+        a, b = np.unravel_index(np.argmax(window), (2, 2))   # np.argmax: the first maximum
+        want[n, 2 * i + a, 2 * j + b, c] = cot[n, i, j, c]
+    np.testing.assert_array_equal(np.asarray(got), want)
+
+
+
+def test_max_pool_gradient_does_not_jump_with_last_bit_changes_of_the_inputs():
+    # An MNIST-shaped CNN in float64: moving the inputs by 1e-14 (relative) moves the gradient
+    # by about as much. When max-pooling's gradient found each window's maximum by comparing
+    # values with their max, XLA computed those values in two differently rounded fusions and
+    # some windows lost their gradient -- a different set for each rounding: the gradient moved
+    # by 10% and float64 runs on different device counts parted after one step.
+    from fnn.layers.combinators import serial
+    from fnn.layers.conv import Conv2D
+    from fnn.layers.normalization import BatchNorm
+    from fnn.layers.activations import Relu
+    from fnn.layers.reshape import Flatten
+    from fnn.layers.dense import Dense
+    from fnn.layers.precision import DtypePolicy
+    from fnn.losses import softmax_cross_entropy
+
+    rng = np.random.default_rng(0)
+    x = np.zeros((32, 28, 28, 1))
+    x[:, 6:22, 8:20] = rng.random((32, 16, 12, 1)) * (rng.random((32, 16, 12, 1)) > 0.5)
+    y = rng.integers(0, 10, size=32)
+    with jax.enable_x64(True):
+        net = DtypePolicy(serial(Conv2D(32, 3), BatchNorm(), Relu, MaxPool2D(2),
+                                 Conv2D(64, 3), BatchNorm(), Relu, MaxPool2D(2),
+                                 Flatten(), Dense(10)), params="float64")
+        _, params, state = net.init(jax.random.key(0), (-1, 28, 28, 1))
+        grad = jax.jit(jax.grad(lambda p, x: softmax_cross_entropy(
+            net.apply(p, state, x, train=True)[0], y).mean()))
+        moved = x * (1 + 1e-14 * rng.normal(size=x.shape))
+        for a, b in zip(jax.tree_util.tree_leaves(grad(params, x)),
+                        jax.tree_util.tree_leaves(grad(params, moved))):
+            np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=0, atol=1e-10)

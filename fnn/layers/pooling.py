@@ -63,15 +63,39 @@ def _tiled_max(x: jax.Array, win: tuple[int, ...]) -> jax.Array:
     """Max over non-overlapping windows that tile the input exactly, as a reshape and a reduce.
 
     Same values as ``reduce_window``; its gradient is an elementwise mask instead of XLA's
-    ``select_and_scatter``, which is several times slower on CPU. (A window with tied maxima
-    shares the gradient among them, where ``select_and_scatter`` gives it all to one.)
+    ``select_and_scatter``, which is several times slower on CPU. As ``select_and_scatter`` (and
+    PyTorch), a window with tied maxima gives the whole gradient to the first of them (in
+    row-major window order, :func:`_first_max`): sharing it among the ties would make the
+    gradient jump when a last-bit rounding difference breaks a tie, and split runs apart on
+    different device counts even in float64 (docs/DISTRIBUTED.md).
     """
     n, *spatial, c = x.shape
     split = [n]
     for size, k in zip(spatial, win):
         split += [size // k, k]
     y = x.reshape(*split, c)
-    return jnp.max(y, axis=tuple(2 + 2 * i for i in range(len(win))))
+    d = len(win)
+    # (n, *out, c, window): the window's axes last, flattened
+    order = (0, *(1 + 2 * i for i in range(d)), 2 * d + 1, *(2 + 2 * i for i in range(d)))
+    z = y.transpose(order).reshape(n, *(size // k for size, k in zip(spatial, win)), c, -1)
+    return _first_max(z)
+
+
+@jax.custom_jvp
+def _first_max(z: jax.Array) -> jax.Array:
+    """``max(z, axis=-1)``, whose tangent is that of the first maximum along the last axis."""
+    return jnp.max(z, axis=-1)
+
+
+@_first_max.defjvp
+def _first_max_jvp(primals: tuple, tangents: tuple) -> tuple:
+    (z,), (t,) = primals, tangents
+    # the position comes from one argmax, not from comparing z with its max: XLA may compute z
+    # twice in two fusions that round differently, and ``z == max(z)`` then finds no position
+    # in some windows, whose gradient was lost (the CNN's float64 runs parted after one step)
+    first = jnp.argmax(z, axis=-1)
+    pick = jnp.arange(z.shape[-1]) == first[..., None]
+    return jnp.max(z, axis=-1), jnp.sum(jnp.where(pick, t, jnp.zeros_like(t)), axis=-1)
 
 
 def _pool(ndim: int, kind: str, reduce: str, window: Any, strides: Any, padding: Any,

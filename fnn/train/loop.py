@@ -540,10 +540,12 @@ def _diagnostics(every: int | None, dp: DataParallel, net: Layer, loss: Callable
                  optimizer: optax.GradientTransformation, folder: RunFolder, batch: dict,
                  start_step: int, events: Trackers) -> tuple[Callable | None, Any]:
     """``record(train_state, step, epoch, steps_in_epoch=None)``: gradient-flow diagnostics
-    when due (process 0 only), and the :class:`~fnn.diagnostics.Diagnostics` (its ``finish``
-    draws the last records); ``(None, None)`` without ``diagnostics``. ``start_step``: the step
-    a resumed run starts from (its earlier records are kept)."""
-    if every is None or not dp.is_main:
+    when due, and the :class:`~fnn.diagnostics.Diagnostics` (its ``finish`` draws the last
+    records; ``None`` but on process 0); ``(None, None)`` without ``diagnostics``.
+    ``start_step``: the step a resumed run starts from (its earlier records are kept).
+    Every process gathers the state when a record is due (under ``fsdp`` the gather is a
+    collective that needs them all); process 0 alone computes and writes the record."""
+    if every is None:
         return None, None
     from fnn.diagnostics import Diagnostics
     diag = Diagnostics(net, loss, optimizer, every=every,
@@ -554,10 +556,11 @@ def _diagnostics(every: int | None, dp: DataParallel, net: Layer, loss: Callable
         due = diag.due(step) if steps_in_epoch is None else diag.due(step, steps_in_epoch)
         if due:
             whole = dp.gather(ts)
-            events.diagnostics(diag.record(whole, batch, step=step, epoch=epoch + 1),
-                               whole.params, diag.last_grads)
+            if dp.is_main:
+                events.diagnostics(diag.record(whole, batch, step=step, epoch=epoch + 1),
+                                   whole.params, diag.last_grads)
 
-    return record, diag
+    return record, diag if dp.is_main else None
 
 
 def _epoch_runner(dp: DataParallel, step_fn: Callable, train: ArraySource | IterableSource,

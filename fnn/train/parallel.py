@@ -21,6 +21,9 @@ the training loop calls the interface and never asks which mode it has.
   sharded over the ``"data"`` axis too (:mod:`fnn.train.sharding`: the largest dimension that
   divides, small leaves replicated); ``jax.jit`` in/out shardings make XLA all-gather the
   kernels and reduce-scatter their gradients. Each device holds ``1 / N`` of the large leaves.
+  ``DataParallel("fsdp", model=M)`` adds a ``"model"`` axis (:data:`MODEL_AXIS`): a mesh of
+  ``N / M`` x ``M`` devices, the batch split over ``"data"`` only, and each kernel's output
+  features (its last axis) split over ``"model"`` as well.
 
 Randomness does not depend on the mode or the device count: the step draws every example's
 dropout mask and augmentation from a key folded from its index in the global batch
@@ -77,11 +80,12 @@ from fnn.train.sharding import bytes_per_device, tree_shardings
 
 __all__ = ["DataParallel", "OneDevice", "PmapParallel", "MeshParallel", "FsdpParallel",
            "as_data_parallel", "initialize", "synchronize", "wait_for_results",
-           "with_batch_norm_axis", "MODES", "PMAP_AXIS", "MESH_AXIS"]
+           "with_batch_norm_axis", "MODES", "PMAP_AXIS", "MESH_AXIS", "MODEL_AXIS"]
 
 MODES = ("none", "pmap", "mesh", "fsdp")
 PMAP_AXIS = "batch"
 MESH_AXIS = "data"
+MODEL_AXIS = "model"
 
 # --------------------------------------------------------------------------- networks
 
@@ -140,6 +144,9 @@ class DataParallel:
         devices: the local devices to use: a count (the first ``devices`` of each process)
             or a list of this process's devices; ``None``: all (one for ``"none"``).
             Several processes need a count, the same on every process.
+        model: devices along the ``"model"`` axis of a 2-D mesh (``"fsdp"`` only); it must
+            divide the device count (and each process's, with several processes). ``1``: no
+            model axis.
 
     Attributes:
         mode: the mode.
@@ -149,7 +156,9 @@ class DataParallel:
         process_index, process_count: this process and how many there are.
         axis_name: the axis name to give ``train_step_fn``/``eval_step_fn``: ``"batch"``
             under ``pmap``, else ``None``.
-        mesh: the ``Mesh`` of the ``mesh`` and ``fsdp`` modes (``None`` otherwise).
+        mesh: the ``Mesh`` of the ``mesh`` and ``fsdp`` modes (``None`` otherwise): axes
+            ``("data",)``, or ``("data", "model")`` with a model axis.
+        model: the size of the model axis (1 without one).
         waits_for_each_call: whether the compiled step, evaluation and epoch return only once
             their results are computed; ``True`` on several CPU devices (where XLA deadlocks
             when dispatch runs 32 steps ahead, see :func:`wait_for_results`), else ``False``.
@@ -162,6 +171,9 @@ class DataParallel:
         128
         >>> DataParallel("mesh").mesh.axis_names
         ('data',)
+        >>> DataParallel("mesh", model=2)
+        Traceback (most recent call last):
+        fnn.errors.ConfigError: parallel.model: a model axis (2) needs parallel.mode fsdp, got 'mesh'
         >>> DataParallel("data")
         Traceback (most recent call last):
         fnn.errors.ConfigError: parallel.mode: must be one of none, pmap, mesh, fsdp, got 'data'
@@ -169,8 +181,10 @@ class DataParallel:
 
     mode = ""
     axis_name: str | None = None
+    takes_model_axis = False  # whether the mode can split kernels over a "model" axis
 
-    def __new__(cls, mode: str | None = None, devices: int | Sequence[Any] | None = None):
+    def __new__(cls, mode: str | None = None, devices: int | Sequence[Any] | None = None,
+                model: int = 1):
         if cls is DataParallel:  # the mode's class
             mode = "none" if mode is None else mode
             if mode not in _BY_MODE:
@@ -179,7 +193,8 @@ class DataParallel:
             cls = _BY_MODE[mode]
         return super().__new__(cls)
 
-    def __init__(self, mode: str | None = None, devices: int | Sequence[Any] | None = None):
+    def __init__(self, mode: str | None = None, devices: int | Sequence[Any] | None = None,
+                 model: int = 1):
         if mode not in (None, self.mode):
             raise ConfigError("parallel.mode", f"{type(self).__name__} runs mode {self.mode!r}, "
                                                f"got {mode!r}")
@@ -196,13 +211,16 @@ class DataParallel:
         else:
             self.devices = self.local_devices
         self.num_devices = len(self.devices)
+        self.model = _model_axis(model, self.mode if not self.takes_model_axis else None,
+                                 per_process, self.process_count)
         self.waits_for_each_call = (len(self.local_devices) > 1
                                     and self.local_devices[0].platform == "cpu")
         self.mesh: Mesh | None = None
 
     def __repr__(self) -> str:
         procs = f", processes={self.process_count}" if self.process_count > 1 else ""
-        return f"DataParallel(mode={self.mode!r}, devices={self.num_devices}{procs})"
+        model = f", model={self.model}" if self.model > 1 else ""
+        return f"DataParallel(mode={self.mode!r}, devices={self.num_devices}{model}{procs})"
 
     @property
     def is_main(self) -> bool:
@@ -329,8 +347,9 @@ class OneDevice(DataParallel):
 
     mode = "none"
 
-    def __init__(self, mode: str | None = None, devices: int | Sequence[Any] | None = None):
-        super().__init__(mode, devices)
+    def __init__(self, mode: str | None = None, devices: int | Sequence[Any] | None = None,
+                 model: int = 1):
+        super().__init__(mode, devices, model)
         if self.process_count > 1:
             raise ConfigError("parallel.mode", f"{self.process_count} processes are running; "
                                                "choose pmap, mesh or fsdp (mode none trains on "
@@ -367,8 +386,9 @@ class PmapParallel(DataParallel):
     mode = "pmap"
     axis_name = PMAP_AXIS
 
-    def __init__(self, mode: str | None = None, devices: int | Sequence[Any] | None = None):
-        super().__init__(mode, devices)
+    def __init__(self, mode: str | None = None, devices: int | Sequence[Any] | None = None,
+                 model: int = 1):
+        super().__init__(mode, devices, model)
         local_mesh = Mesh(np.array(self.local_devices), (PMAP_AXIS,))
         self._stacked = NamedSharding(local_mesh, P(PMAP_AXIS))
         self._local_replicated = NamedSharding(local_mesh, P())
@@ -430,9 +450,12 @@ class MeshParallel(DataParallel):
 
     mode = "mesh"
 
-    def __init__(self, mode: str | None = None, devices: int | Sequence[Any] | None = None):
-        super().__init__(mode, devices)
-        self.mesh = Mesh(np.array(self.devices), (MESH_AXIS,))
+    def __init__(self, mode: str | None = None, devices: int | Sequence[Any] | None = None,
+                 model: int = 1):
+        super().__init__(mode, devices, model)
+        self.mesh = (Mesh(np.array(self.devices), (MESH_AXIS,)) if self.model == 1 else
+                     Mesh(np.array(self.devices).reshape(-1, self.model),
+                          (MESH_AXIS, MODEL_AXIS)))
         self._replicated = NamedSharding(self.mesh, P())
         self._sharded = NamedSharding(self.mesh, P(MESH_AXIS))
 
@@ -521,6 +544,11 @@ class FsdpParallel(MeshParallel):
     its largest dimension that the device count divides (:func:`fnn.train.sharding.spec_for`);
     the rest is replicated. Losses equal the mesh mode's to float rounding.
 
+    With ``model=M`` the mesh is ``N / M`` (``"data"``) x ``M`` (``"model"``) devices: batches
+    are split over ``"data"`` only, and each kernel (a leaf of 2+ dimensions) splits its last
+    axis over ``"model"`` when ``M`` divides it and its largest other dividing axis over
+    ``"data"``; every large leaf still ends up in ``1 / N`` parts when the axes divide.
+
     Example:
         >>> dp = DataParallel("fsdp")
         >>> n = dp.num_devices
@@ -531,9 +559,18 @@ class FsdpParallel(MeshParallel):
         True
         >>> dp.gather(ts)["w"].shape == (n * 256, 4)          # one whole copy
         True
+
+        A model axis of 2 (on 2, 4, 6 or 8 devices; a count it does not divide is refused):
+
+        >>> if n % 2 == 0:
+        ...     dp2 = DataParallel("fsdp", model=2)
+        ...     ts = dp2.place({"w": jnp.ones((n * 256, 4))})
+        ...     assert dp2.mesh.shape == {"data": n // 2, "model": 2}
+        ...     assert [s.data.shape for s in ts["w"].addressable_shards] == [(512, 2)] * n
     """
 
     mode = "fsdp"
+    takes_model_axis = True
 
     def state_sharding(self, tree: Any) -> Any:
         return tree_shardings(tree, self.mesh, MESH_AXIS)
@@ -545,6 +582,27 @@ class FsdpParallel(MeshParallel):
 
 _BY_MODE: dict[str, type] = {cls.mode: cls for cls in (OneDevice, PmapParallel, MeshParallel,
                                                        FsdpParallel)}
+
+
+def _model_axis(model: Any, refusing_mode: str | None, per_process: int,
+                processes: int) -> int:
+    """``model`` checked: a positive int dividing each process's devices; ``refusing_mode``:
+    the mode when it has no model axis."""
+    if isinstance(model, bool) or not isinstance(model, (int, np.integer)) or model < 1:
+        raise ConfigError("parallel.model", f"must be a positive int, got {model!r}")
+    model = int(model)
+    if model == 1:
+        return 1
+    if refusing_mode is not None:
+        raise ConfigError("parallel.model", f"a model axis ({model}) needs parallel.mode fsdp, "
+                                            f"got {refusing_mode!r}")
+    if per_process % model:
+        counts = [m for m in range(1, per_process + 1) if per_process % m == 0]
+        where = (f"the {per_process} devices of each of {processes} processes" if processes > 1
+                 else f"the {per_process} device{'s' if per_process > 1 else ''}")
+        raise ConfigError("parallel.model", f"{model} does not divide {where}; use one of "
+                                            f"{', '.join(map(str, counts))}")
+    return model
 
 
 def wait_for_results(compiled: Callable) -> Callable:
