@@ -27,7 +27,7 @@ import pytest
 
 import fnn
 from fnn.losses import softmax_cross_entropy
-from fnn.train import correct, fit
+from fnn.train import RunOptions, correct, fit
 
 PROCESSES = 2
 DIAGNOSTICS_EVERY = 4
@@ -75,9 +75,8 @@ def _diagnostics_fit(parallel, run_dir: Path, log=None):
     train, _ = _data()
     net = fnn.serial(fnn.Dense(256), fnn.Tanh, fnn.Dense(3))
     return fit(net, softmax_cross_entropy, optax.adam(3e-3), train, epochs=1, batch_size=32,
-               seed=0, mode="step", parallel=parallel, diagnostics=DIAGNOSTICS_EVERY,
-               run_dir=run_dir,
-               progress=False, log=log)
+               seed=0, mode="step", parallel=parallel,
+               run=RunOptions(run_dir, diagnostics=DIAGNOSTICS_EVERY), progress=False, log=log)
 
 
 def _diagnostics_worker(out: Path, port: int, process_id: int) -> None:
