@@ -20,9 +20,7 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import sys
-import time
 
 import jax
 import jax.numpy as jnp
@@ -101,15 +99,7 @@ def main() -> None:
     runners = {"fnn-step": run_fnn("auto"), "fnn-step scan_friendly": run_fnn("scan_friendly"),
                "hand xla": run_hand("xla"),
                "hand scan_friendly": run_hand("scan_friendly")}
-    for run in runners.values():
-        run()
-    times: dict[str, list[float]] = {name: [] for name in runners}
-    for _ in range(args.rounds):
-        for name, run in runners.items():
-            start = time.perf_counter()
-            run()
-            times[name].append((time.perf_counter() - start) / args.steps)
-    med = {name: statistics.median(t) for name, t in times.items()}
+    med = bench_peers.alternated_medians(runners, args.rounds, args.steps)
     print(f"MNIST CNN step, batch 128, Adam; median of {args.rounds} alternated rounds of "
           f"{args.steps} steps (jax {jax.__version__}, {jax.default_backend()})")
     for name, t in med.items():

@@ -540,6 +540,21 @@ def time_epochs(run_epoch, n: int) -> dict:
     return {"ex_s": n / per_epoch, "compile_s": max(first - per_epoch, 0.0)}
 
 
+def alternated_medians(runners: dict, rounds: int, steps: int) -> dict[str, float]:
+    """Seconds per step of each ``runners[name]()`` (which runs ``steps`` steps and blocks), the
+    median of ``rounds`` rounds that time every runner in turn (after one warm-up call each), so
+    that load from other jobs falls on all of them alike."""
+    for run in runners.values():
+        run()
+    times: dict[str, list[float]] = {name: [] for name in runners}
+    for _ in range(rounds):
+        for name, run in runners.items():
+            start = time.perf_counter()
+            run()
+            times[name].append((time.perf_counter() - start) / steps)
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
 def matmul_peak(n: int = 2048, repeats: int = 10) -> float:
     import jax
     import jax.numpy as jnp

@@ -13,9 +13,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import os
-import statistics
 import sys
-import time
 
 import jax
 import jax.numpy as jnp
@@ -81,15 +79,7 @@ def main() -> None:
         module = bench_peers.NEEDS.get(name)
         if module is None or importlib.util.find_spec(module) is not None:
             runners[name] = peer_runner(name, x, y, opt, args.steps)
-    for run in runners.values():
-        run()
-    times: dict[str, list[float]] = {name: [] for name in runners}
-    for _ in range(args.rounds):
-        for name, run in runners.items():
-            start = time.perf_counter()
-            run()
-            times[name].append((time.perf_counter() - start) / args.steps)
-    med = {name: statistics.median(t) for name, t in times.items()}
+    med = bench_peers.alternated_medians(runners, args.rounds, args.steps)
     best = min((n for n in med if n != "fnn-step"), key=med.get)
     print(f"Transformer step (MNIST rows, 2 pre-LN blocks, width 64), batch {bench_peers.BATCH}, "
           f"Adam; median of {args.rounds} alternated rounds of {args.steps} steps "
