@@ -173,8 +173,11 @@ def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array, *, mask: Any
         b = None if bias is None else jnp.broadcast_to(
             jnp.asarray(bias, dtype), (batch, q.shape[2], time_q, time_k))
         m = None if allowed is None else jnp.broadcast_to(allowed, (batch, q.shape[2], time_q, time_k))
-        y = jax.nn.dot_product_attention(q.astype(dtype), k.astype(dtype), v.astype(dtype),
-                                         bias=b, mask=m, scale=scale)
+        # scale the (time_q, d) queries, not the (time_q, time_k) logits: the same product to
+        # rounding, and a step ~10% faster on CPU (docs/PERFORMANCE.md, "Transformer")
+        s = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
+        y = jax.nn.dot_product_attention((q * s).astype(dtype), k.astype(dtype), v.astype(dtype),
+                                         bias=b, mask=m, scale=1.0)
         if allowed is None:
             return y
         # jax.nn gives a fully masked row the mean of v: zero it (no key, no value)

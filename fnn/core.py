@@ -269,6 +269,7 @@ class _Kind(NamedTuple):
     sublayers: tuple[str, ...]
     module: str
     layout: "Callable[[Mapping[str, Any]], Sequence[tuple[Sequence[str], Layer]]] | None" = None
+    defaults: "Callable[[Mapping[str, Any]], Mapping[str, Layer]] | None" = None
 
     def build_from(self, args: Mapping[str, Any], name: str | None) -> Layer:
         """Call the constructor with arguments given by parameter name (``*layers`` included)."""
@@ -322,7 +323,9 @@ def constructor_signature(kind: str) -> inspect.Signature:
 
 def layer_type(kind: str, *, sublayers: str | Sequence[str] = (),
                layout: Callable[[Mapping[str, Any]], Sequence[tuple[Sequence[str], Layer]]]
-               | None = None) -> Callable[[Callable[..., Layer]], Callable[..., Layer]]:
+               | None = None,
+               defaults: Callable[[Mapping[str, Any]], Mapping[str, Layer]] | None = None
+               ) -> Callable[[Callable[..., Layer]], Callable[..., Layer]]:
     """Register a layer constructor under ``kind``.
 
     The constructor takes the layer's hyper-parameters and returns ``Layer(init, apply)``. The
@@ -343,6 +346,12 @@ def layer_type(kind: str, *, sublayers: str | Sequence[str] = (),
             ``dense_0``, ``relu_0``... as ``serial`` does) and :func:`transparent` (the child's
             params are this layer's) cover most combinators. Freezing, optimizer masks,
             regularizer selections, ``summary`` and :func:`map_layers` follow this declaration.
+        defaults: for a kind whose sub-layers have defaults made from its other arguments (a
+            block that builds its own attention and norms): a function of all the arguments
+            (by name, defaults applied) returning ``{argument: layer}``; each sub-layer argument
+            given as ``None`` (or left out) gets its default layer in the build record, so the
+            layout, freezing and :func:`map_layers` reach it. Specs and ``repr`` leave out a
+            sub-layer whose spec equals its default's.
 
     Example:
         >>> @fnn.layer_type("Multiply")
@@ -384,6 +393,12 @@ def layer_type(kind: str, *, sublayers: str | Sequence[str] = (),
             except TypeError as e:
                 raise ArgumentError(kind, str(e)) from None
             arguments = dict(bound.arguments)
+            if defaults is not None:
+                full = sig.bind(*args, **kwargs)
+                full.apply_defaults()
+                for arg, layer in defaults(full.arguments).items():
+                    if arguments.get(arg) is None:
+                        arguments[arg] = layer
             for arg in sublayers:
                 if arg in arguments and sig.parameters[arg].kind is inspect.Parameter.VAR_POSITIONAL:
                     arguments[arg] = tuple(as_layer(v, f"{kind}: {arg}") for v in arguments[arg])
@@ -407,7 +422,8 @@ def layer_type(kind: str, *, sublayers: str | Sequence[str] = (),
         parameters.insert(at, inspect.Parameter("name", inspect.Parameter.KEYWORD_ONLY,
                                                 default=None, annotation="str | None"))
         build.__signature__ = sig.replace(parameters=parameters)
-        _KINDS[kind] = _Kind(kind, build, sig, sublayers, constructor.__module__, layout)
+        _KINDS[kind] = _Kind(kind, build, sig, sublayers, constructor.__module__, layout,
+                             defaults)
         _CONSTRUCTORS.add(build)
         return build
 
@@ -464,6 +480,30 @@ def non_default_arguments(sig: inspect.Signature, arguments: Mapping[str, Any]) 
     return {k: v for k, v in arguments.items()
             if sig.parameters[k].default is inspect.Parameter.empty
             or not _same(v, sig.parameters[k].default)}
+
+
+def given_arguments(record: BuildRecord, signature: inspect.Signature) -> dict[str, Any]:
+    """The arguments of ``record`` a spec or ``repr`` shows: those that differ from their
+    defaults in ``signature``, less the sub-layers equal to the defaults the kind's
+    ``defaults=`` makes (compared by spec)."""
+    given = non_default_arguments(signature, record.args)
+    kind = _KINDS.get(record.kind)
+    if kind is None or kind.defaults is None or kind.signature is not signature:
+        return given
+    full = {name: p.default for name, p in signature.parameters.items()
+            if p.default is not inspect.Parameter.empty}
+    made = kind.defaults({**full, **record.args})
+    for arg, layer in made.items():
+        if isinstance(given.get(arg), Layer) and _same_spec(given[arg], layer):
+            del given[arg]
+    return given
+
+
+def _same_spec(a: Layer, b: Layer) -> bool:
+    try:
+        return plain_spec(a) == plain_spec(b)
+    except SpecError:  # a hand-made layer is never a kind's default
+        return False
 
 
 def _same(a: Any, b: Any) -> bool:
@@ -683,7 +723,7 @@ def record_spec(record: BuildRecord, signature: inspect.Signature, path: str = "
         {'Dense': {'features': 3}}
     """
     out = {}
-    for arg, value in non_default_arguments(signature, record.args).items():
+    for arg, value in given_arguments(record, signature).items():
         out[arg] = _plain_value(value, f"{path}.{record.kind}.{arg}")
     if record.name is not None:
         out["name"] = record.name
@@ -719,7 +759,7 @@ def format_layer(layer: Layer, indent: str = "") -> str:
     parts: list[str] = []
     nested = False
     by_position = True
-    for arg, value in non_default_arguments(sig, rec.args).items():
+    for arg, value in given_arguments(rec, sig).items():
         p = sig.parameters[arg]
         text, has_layers = _format_value(value, inner)
         nested = nested or has_layers

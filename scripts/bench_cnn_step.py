@@ -2,7 +2,11 @@
 
 Runners (same CNN as scripts/bench_peers.py, Adam, batch 128, one fixed batch):
 
-* ``fnn-step``: ``fnn.train.make_train_step``;
+* ``fnn-step``: ``fnn.train.make_train_step`` (XLA's convolution gradient: the step is compiled
+  on its own, so ``make_train_step`` runs the net through
+  ``fnn.layers.conv.straight_line_gradients``);
+* ``fnn-step scan_friendly``: the same with ``Conv2D(..., gradient="scan_friendly")``, what
+  ``fnn-step`` was before that change (the gradient fnn's scanned epoch uses);
 * ``hand xla``: a hand-written ``jax.jit`` + optax step (donated) with XLA's convolution gradient;
 * ``hand scan_friendly``: the same step with ``fnn.layers.conv_ops.conv``'s custom gradient.
 
@@ -16,9 +20,7 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import sys
-import time
 
 import jax
 import jax.numpy as jnp
@@ -68,16 +70,22 @@ def main() -> None:
     y = jnp.asarray(rng.integers(0, 10, 128).astype(np.int32))
     opt = optax.adam(1e-3)
 
-    net = bench_peers.fnn_model("cnn")
-    _, ts = init_train_state(net, opt, (-1, 28, 28, 1), jax.random.key(0))
-    fnn_step = make_train_step(net, fnn.losses.softmax_cross_entropy, opt)
-    state = {"ts": ts}
     batch = {"x": x, "y": y}
 
-    def run_fnn():
-        for _ in range(args.steps):
-            state["ts"], _ = fnn_step(state["ts"], batch)
-        jax.block_until_ready(state["ts"].params)
+    def run_fnn(gradient):
+        net = bench_peers.fnn_model("cnn")
+        if gradient != "auto":
+            net = fnn.map_layers(lambda l: l.replace(gradient=gradient) if l.kind == "Conv2D"
+                                 else l, net)
+        _, ts = init_train_state(net, opt, (-1, 28, 28, 1), jax.random.key(0))
+        fnn_step = make_train_step(net, fnn.losses.softmax_cross_entropy, opt)
+        state = {"ts": ts}
+
+        def run():
+            for _ in range(args.steps):
+                state["ts"], _ = fnn_step(state["ts"], batch)
+            jax.block_until_ready(state["ts"].params)
+        return run
 
     def run_hand(method):
         step, carry = hand_step(method, opt)
@@ -88,21 +96,14 @@ def main() -> None:
             jax.block_until_ready(carry[0])
         return run
 
-    runners = {"fnn-step": run_fnn, "hand xla": run_hand("xla"),
+    runners = {"fnn-step": run_fnn("auto"), "fnn-step scan_friendly": run_fnn("scan_friendly"),
+               "hand xla": run_hand("xla"),
                "hand scan_friendly": run_hand("scan_friendly")}
-    for run in runners.values():
-        run()
-    times: dict[str, list[float]] = {name: [] for name in runners}
-    for _ in range(args.rounds):
-        for name, run in runners.items():
-            start = time.perf_counter()
-            run()
-            times[name].append((time.perf_counter() - start) / args.steps)
-    med = {name: statistics.median(t) for name, t in times.items()}
+    med = bench_peers.alternated_medians(runners, args.rounds, args.steps)
     print(f"MNIST CNN step, batch 128, Adam; median of {args.rounds} alternated rounds of "
           f"{args.steps} steps (jax {jax.__version__}, {jax.default_backend()})")
     for name, t in med.items():
-        print(f"{name:<20} {t * 1e3:7.1f} ms/step   {med['hand xla'] / t:.2f}x hand xla")
+        print(f"{name:<24} {t * 1e3:7.1f} ms/step   {med['hand xla'] / t:.2f}x hand xla")
 
 
 if __name__ == "__main__":

@@ -412,3 +412,51 @@ def test_sampling_respects_top_k_and_needs_a_key():
     bidirectional = fnn.serial(fnn.Embedding(3, 4), fnn.MultiHeadAttention(2), fnn.Dense(3))
     with pytest.raises(fnn.LayerError, match="not causal"):
         init_cache(bidirectional, {}, {}, 1, 4)
+
+
+# --------------------------------------------------------------------------- the block's declared layers
+
+def test_transformer_block_declares_its_layers_and_keeps_its_spec_and_params():
+    block = fnn.TransformerBlock(2, 16, epsilon=1e-3)
+    # the spec a file holds is unchanged: the default sub-layers are left out
+    assert block.spec == {"TransformerBlock": {"num_heads": 2, "mlp_features": 16,
+                                               "epsilon": 0.001}}
+    assert repr(block) == "TransformerBlock(2, 16, epsilon=0.001)"
+    assert [keys for keys, _ in block.layout] == [("attention",), ("norm1",), ("norm2",),
+                                                  ("mlp_in",), ("mlp_out",)]
+    _, params, _ = block.init(jax.random.key(0), (-1, 3, 8))
+    assert {k: sorted(v) for k, v in params.items()} == {
+        "attention": ["b_k", "b_o", "b_q", "b_v", "w_k", "w_o", "w_q", "w_v"],
+        "norm1": ["offset", "scale"], "norm2": ["offset", "scale"],
+        "mlp_in": ["b", "w"], "mlp_out": ["b", "w"]}
+    assert params["mlp_out"]["w"].shape == (16, 8)  # back to the block's width
+    # a changed sub-layer is in the spec and survives the round trip
+    frozen = fnn.freeze(block, "mlp_out")
+    spec = frozen.spec["TransformerBlock"]
+    assert spec["mlp_out"] == {"Frozen": {"layer": {"Dense": {"features": 16}}}}
+    assert set(spec) == {"num_heads", "mlp_features", "epsilon", "mlp_out"}
+    assert fnn.from_spec(frozen.spec).spec == frozen.spec
+
+
+def test_map_layers_reaches_the_block_layers():
+    x = jnp.asarray(np.random.default_rng(0).standard_normal((2, 3, 8)), jnp.float32)
+    block = fnn.TransformerBlock(2, 16)
+    _, params, state = block.init(jax.random.key(0), (-1, 3, 8))
+    # the norms' epsilon changed by map_layers: the same as the block built with it
+    loose = fnn.map_layers(lambda l: l.replace(epsilon=0.5) if l.kind == "LayerNorm" else l, block)
+    want = fnn.TransformerBlock(2, 16, epsilon=0.5).apply(params, state, x)[0]
+    np.testing.assert_array_equal(loose.apply(params, state, x)[0], want)
+    assert not np.allclose(block.apply(params, state, x)[0], want)
+    seen = []
+    fnn.map_layers(lambda l, path: seen.append("/".join(path)) or l, block, with_path=True)
+    assert seen == ["attention", "norm1", "norm2", "mlp_in", "mlp_out", ""]
+
+
+def test_transformer_block_takes_its_layers_and_says_when_mlp_out_has_the_wrong_width():
+    block = fnn.TransformerBlock(2, 16, attention=fnn.MultiHeadAttention(4, use_bias=False))
+    _, params, _ = block.init(jax.random.key(0), (-1, 3, 8))
+    assert sorted(params["attention"]) == ["w_k", "w_o", "w_q", "w_v"]
+    bad = fnn.TransformerBlock(2, 16, mlp_out=fnn.serial(fnn.Dense(5)))
+    with pytest.raises(fnn.core.LayerError, match=r"^TransformerBlock layer: mlp_out gives shape "
+                       r"\(-1, 3, 5\); it must give the block's shape \(-1, 3, 8\)$"):
+        bad.init(jax.random.key(0), (-1, 3, 8))

@@ -270,3 +270,73 @@ def test_bad_apply_inputs_and_path():
     net = serial(Conv2D(4, 3, w_init=np_normal), Conv2D(6, 3, groups=3, name="c"))
     with pytest.raises(LayerError, match=r"Conv2D layer 'c': groups=3 .*got shape \(-1, 5, 5, 4\)"):
         net.init(KEY, (-1, 5, 5, 3))
+
+
+# --------------------------------------------------------------------------- gradient choice
+
+def _conv_count(fn, *args) -> int:
+    return str(jax.make_jaxpr(fn)(*args)).count("conv_general_dilated")
+
+
+def test_gradient_argument_picks_the_gradient_and_both_agree():
+    """XLA's rule differentiates the first layer's kernel only (2 convolutions with the forward);
+    the scan-friendly rule computes the input gradient too (3), which XLA drops later."""
+    x = randn(1, (2, 6, 5, 3))
+    grads = {}
+    for gradient, convs in (("xla", 2), ("scan_friendly", 3)):
+        layer = Conv2D(4, 3, strides=(2, 1), gradient=gradient, w_init=np_normal)
+        _, params, _ = layer.init(KEY, (-1, 6, 5, 3))
+
+        def loss(params):
+            return jnp.sum(jnp.sin(layer.apply(params, {}, x)[0]))
+        assert _conv_count(jax.grad(loss), params) == convs, gradient
+        grads[gradient] = jax.jit(jax.grad(loss))(params)
+    chex.assert_trees_all_close(grads["xla"], grads["scan_friendly"], rtol=1e-5, atol=1e-5)
+    assert Conv2D(4, 3, gradient="xla").spec == {"Conv2D": {"features": 4, "kernel_size": 3,
+                                                            "gradient": "xla"}}
+    with pytest.raises(ValueError, match=r"^Conv2D: gradient must be one of 'auto', 'xla', "
+                                         r"'scan_friendly', got 'fast'$"):
+        Conv2D(4, 3, gradient="fast")
+
+
+def test_straight_line_gradients_leaves_loops_and_given_choices_alone():
+    from fnn.core import layer_paths
+    from fnn.layers.conv import straight_line_gradients
+    from fnn.layers.repeated import repeat
+    from fnn.layers.conv_transpose import ConvTranspose2D
+    net = serial(Conv2D(4, 3), Conv1D(2, 3, gradient="scan_friendly"), ConvTranspose2D(4, 3),
+                 repeat(serial(Conv2D(4, 3)), 2))
+    chosen = {"/".join(p): layer.record.args.get("gradient", "auto")
+              for p, layer in layer_paths(straight_line_gradients(net))
+              if layer.kind.startswith("Conv")}
+    assert chosen == {"conv2d_0": "xla", "conv1d_0": "scan_friendly",
+                      "conv_transpose2d_0": "xla", "repeat_0/conv2d_0": "auto"}
+
+
+def test_the_per_step_train_step_uses_xla_gradient_and_the_scanned_one_not():
+    import optax
+    import fnn
+    from fnn.train import init_train_state, make_train_step, train_step_fn
+    net = serial(Conv2D(2, 3), fnn.Flatten(), fnn.Dense(2))
+    opt = optax.sgd(0.1)
+    _, ts = init_train_state(net, opt, (-1, 5, 5, 1), KEY)
+    batch = {"x": jnp.ones((4, 5, 5, 1)), "y": jnp.zeros(4, jnp.int32)}
+    loss = fnn.losses.softmax_cross_entropy
+    assert _conv_count(make_train_step(net, loss, opt, donate=False), ts, batch) == 2
+    assert _conv_count(train_step_fn(net, loss, opt), ts, batch) == (
+        3 if jax.default_backend() == "cpu" else 2)
+
+
+@pytest.mark.parametrize("mode, straight", [("step", True), ("epoch", False)])
+def test_fit_differentiates_straight_line_only_in_step_mode(monkeypatch, mode, straight):
+    import optax
+    import fnn
+    import fnn.train.loop as loop
+    seen = []
+    monkeypatch.setattr(loop, "straight_line_gradients",
+                        lambda net: seen.append(net) or net)
+    net = serial(Conv2D(2, 3), fnn.Flatten(), fnn.Dense(2))
+    data = {"x": np.ones((8, 5, 5, 1), np.float32), "y": np.zeros(8, np.int32)}
+    fnn.train.fit(net, fnn.losses.softmax_cross_entropy, optax.sgd(0.1), data, epochs=1,
+                  batch_size=4, mode=mode, log=None)
+    assert bool(seen) == straight

@@ -278,3 +278,44 @@ def test_config_ema_with_freeze_trains_and_loads_the_frozen_layer_unchanged(tmp_
         assert f"{weights_key}/dense_0/{leaf}" not in arrays
         assert np.array_equal(weights["dense_1"][leaf], arrays[f"{weights_key}/dense_1/{leaf}"])
     assert not np.array_equal(weights["dense_1"]["w"], arrays["params/dense_1/w"])
+
+
+# --------------------------------------------------------------------------- TransformerBlock
+
+SEQ = {"x": X.reshape(len(X), 3, 2), "y": Y}  # the blobs as 3 tokens of 2 features
+
+
+def _block_net(**kwargs):
+    return fnn.serial(fnn.Dense(8), fnn.TransformerBlock(2, 16, **kwargs), fnn.GlobalAvgPool(),
+                      fnn.Dense(3))
+
+
+def test_transformer_block_lists_its_layers_under_the_names_summary_prints():
+    net = _block_net()
+    printed = [row.name.split("/", 1)[1] for row in fnn.summary(net, (-1, 3, 2)).rows
+               if len(row.path) == 3]
+    names = ["attention", "norm1", "norm2", "mlp_in", "mlp_out"]
+    assert printed == [f"transformer_block_0/{n}" for n in names]
+    found = [(p, layer.kind) for p, layer in fnn.core.layer_paths(net) if len(p) == 2]
+    assert found == [(("transformer_block_0", n), k) for n, k in zip(
+        names, ["MultiHeadAttention", "LayerNorm", "LayerNorm", "Dense", "Dense"])]
+    for name in printed:
+        assert frozen_paths(fnn.freeze(net, name)) == [tuple(name.split("/"))]
+
+
+@pytest.mark.parametrize("name", ["attention", "norm2", "mlp_out"])
+def test_a_frozen_transformer_block_layer_is_bit_identical_after_adamw(name):
+    net = _block_net()
+    frozen = fnn.freeze(net, name)
+    path = ("transformer_block_0", name)
+    # freezing keeps every key and every initial value (checkpoints of the block still load)
+    _, before, state = net.init(jax.random.key(0), (-1, 3, 2))
+    _, params, _ = frozen.init(jax.random.key(0), (-1, 3, 2))
+    chex.assert_trees_all_equal(params, before)
+    ts = fit(frozen, softmax_cross_entropy, optax.adamw(1e-2, weight_decay=0.5), SEQ, epochs=3,
+             batch_size=32, log=None, init=(params, state)).train_state
+    _assert_frozen(frozen, params, ts.params, path)
+    block, trained = params["transformer_block_0"], ts.params["transformer_block_0"]
+    for other in (k for k in block if k != name):  # the block's other layers trained
+        assert any(not np.array_equal(a, b) for a, b in zip(
+            jax.tree_util.tree_leaves(trained[other]), jax.tree_util.tree_leaves(block[other]))), other

@@ -33,7 +33,7 @@ from fnn.arguments import ArgumentError, flag, number, positive_int
 from fnn.attention import ROPE_MODES, attention_mask, dot_product_attention, rope as apply_rope
 from fnn.attention import attention_weights, sinusoidal_positions
 from fnn.core import (Layer, LayerError, apply_child, check_shape, draw, init_child, layer_type,
-                      split_rng)
+                      map_layers, split_rng)
 from fnn.layers.conv import as_tuple
 from fnn.layers.dense import Dense, kernel_params
 from fnn.layers.dropout import Dropout
@@ -312,10 +312,34 @@ def MultiHeadAttention(num_heads: int, head_dim: int | None = None, out_features
 
 # --------------------------------------------------------------------------- TransformerBlock
 
-@layer_type("TransformerBlock")
+BLOCK_LAYERS = ("attention", "norm1", "norm2", "mlp_in", "mlp_out")  # a TransformerBlock's
+
+
+def _block_defaults(args: Any) -> dict[str, Layer]:
+    """The sub-layers a :func:`TransformerBlock` makes from its hyper-parameters."""
+    epsilon = args["epsilon"]
+    return {"attention": MultiHeadAttention(args["num_heads"], causal=args["causal"],
+                                            dropout=args["dropout"], rope=args["rope"]),
+            "norm1": LayerNorm(epsilon=epsilon), "norm2": LayerNorm(epsilon=epsilon),
+            "mlp_in": Dense(args["mlp_features"]), "mlp_out": Dense(args["mlp_features"])}
+
+
+def _with_width(layer: Layer, features: int) -> Layer:
+    """``layer`` with the ``Dense`` at its own level (itself, or inside ``Frozen`` /
+    ``DtypePolicy``) giving ``features`` outputs."""
+    return map_layers(lambda lay, path: lay.replace(features=features)
+                      if not path and lay.kind == "Dense" else lay, layer, with_path=True)
+
+
+@layer_type("TransformerBlock", sublayers=BLOCK_LAYERS,
+            layout=lambda args: [((key,), args[key]) for key in BLOCK_LAYERS],
+            defaults=_block_defaults)
 def TransformerBlock(num_heads: int, mlp_features: int, *, norm_first: bool = True,
                      activation: str = "gelu", dropout: float = 0.0, causal: bool = False,
-                     rope: str | None = None, epsilon: float = 1e-5) -> Layer:
+                     rope: str | None = None, epsilon: float = 1e-5,
+                     attention: Layer | None = None, norm1: Layer | None = None,
+                     norm2: Layer | None = None, mlp_in: Layer | None = None,
+                     mlp_out: Layer | None = None) -> Layer:
     """A Transformer encoder block: self-attention and an MLP, each with a residual and a LayerNorm.
 
     ``norm_first=True`` (pre-LN, GPT-2 and ViT; trains without warm-up):
@@ -330,6 +354,10 @@ def TransformerBlock(num_heads: int, mlp_features: int, *, norm_first: bool = Tr
     Params: ``{"norm1": LayerNorm, "attention": MultiHeadAttention, "norm2": LayerNorm,
     "mlp_in": Dense(mlp_features), "mlp_out": Dense(F)}``.
 
+    The five are declared sub-layers (``attention``, ``norm1``, ``norm2``, ``mlp_in``,
+    ``mlp_out``, the keys ``fnn.summary`` prints): ``fnn.freeze(net, "block/attention")``
+    freezes one, ``fnn.map_layers`` reaches them, and each may be given in place of its default.
+
     Args:
         num_heads: attention heads; must divide ``F``.
         mlp_features: hidden width of the MLP (often ``4 F``).
@@ -339,6 +367,12 @@ def TransformerBlock(num_heads: int, mlp_features: int, *, norm_first: bool = Tr
         causal: causal self-attention (decoders).
         rope: rotary embeddings in the attention (``"interleaved"`` or ``"half"``).
         epsilon: of the LayerNorms (PyTorch's ``layer_norm_eps``).
+        attention: the self-attention; default ``MultiHeadAttention(num_heads, causal=causal,
+            dropout=dropout, rope=rope)`` (so these four arguments shape only the default).
+        norm1, norm2: default ``LayerNorm(epsilon=epsilon)``.
+        mlp_in: default ``Dense(mlp_features)``.
+        mlp_out: default ``Dense``; the block sets the ``features`` of the ``Dense`` at its level
+            (itself, or inside ``Frozen``) to ``F``, so that the MLP returns to the block's width.
 
     Example:
         >>> block = fnn.TransformerBlock(2, 32, causal=True)
@@ -347,6 +381,8 @@ def TransformerBlock(num_heads: int, mlp_features: int, *, norm_first: bool = Tr
         ['attention', 'mlp_in', 'mlp_out', 'norm1', 'norm2']
         >>> block.apply(params, state, jnp.ones((3, 6, 8)))[0].shape
         (3, 6, 8)
+        >>> fnn.finetune.frozen_paths(fnn.freeze(block, "attention", "mlp_in"))
+        [('attention',), ('mlp_in',)]
     """
     who = "TransformerBlock"
     num_heads = positive_int(who, "num_heads", num_heads)
@@ -356,27 +392,32 @@ def TransformerBlock(num_heads: int, mlp_features: int, *, norm_first: bool = Tr
     rate = number(who, "dropout", dropout)
     if not 0.0 <= rate < 1.0:
         raise ArgumentError(who, f"dropout must be in [0, 1), got {dropout!r}")
-    attention = MultiHeadAttention(num_heads, causal=causal, dropout=rate, rope=rope)
-    norms = {"norm1": LayerNorm(epsilon=epsilon), "norm2": LayerNorm(epsilon=epsilon)}
-    mlp_in, drop = Dense(mlp_features), Dropout(rate)
+    declared = {"attention": attention, "norm1": norm1, "norm2": norm2, "mlp_in": mlp_in}
+    drop = Dropout(rate)
+    widths: dict[int, Layer] = {}  # mlp_out at the block's width F, by F
 
     def children(features: int) -> dict[str, Layer]:
-        return {"attention": attention, **norms, "mlp_in": mlp_in, "mlp_out": Dense(features)}
+        if features not in widths:
+            widths[features] = _with_width(mlp_out, features)
+        return {**declared, "mlp_out": widths[features]}
 
     def init(rng, input_shape):
         shape, mask = _seq_and_mask_shape(input_shape)
         kids = children(shape[-1])
-        shapes = {"attention": input_shape, "norm1": shape, "norm2": shape, "mlp_in": shape,
-                  "mlp_out": shape[:2] + (mlp_features,)}
+        shapes = {"attention": input_shape, "norm1": shape, "norm2": shape, "mlp_in": shape}
         params, state = {}, {}
         for (key, layer), r in zip(kids.items(), split_rng(rng, len(kids))):
-            _, p, s = init_child(key, layer, r, shapes[key])
+            out, p, s = init_child(key, layer, r, shapes[key])
+            if key == "mlp_in":
+                shapes["mlp_out"] = out
+            if key == "mlp_out" and tuple(out) != tuple(shape):
+                raise LayerError(f"mlp_out gives shape {tuple(out)}; it must give the block's "
+                                 f"shape {tuple(shape)}")
             if p:
                 params[key] = p
             if s:
                 state[key] = s
         return _with_mask(shape, mask), params, state
-
     def apply(params, state, inputs, *, rng=None, train=False):
         x, _, mask = _split_inputs(inputs)
         if jnp.ndim(x) != 3:

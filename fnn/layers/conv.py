@@ -10,7 +10,10 @@ effective window is ``k_eff = (k - 1) * d + 1`` and the output size is
 * explicit ``(lo, hi)``: ``floor((n + lo + hi - k_eff) / s) + 1``.
 
 The convolution itself is :func:`fnn.layers.conv_ops.conv` (``lax.conv_general_dilated``, with
-a gradient that XLA:CPU runs fast inside ``lax.scan``).
+a gradient that XLA:CPU runs fast inside ``lax.scan``). That gradient pays inside loops (a
+scanned epoch, ``repeat``, gradient accumulation); in straight-line code XLA's own is as fast or
+faster, so the per-step train steps (``make_train_step``, ``fit(mode="step")``) run the network
+through :func:`straight_line_gradients` first.
 
 The helpers :func:`as_tuple`, :func:`resolve_padding`, :func:`axis_pads` and
 :func:`output_size` implement these rules once; ``fnn.layers.pooling`` uses them too.
@@ -29,12 +32,15 @@ import jax
 import jax.numpy as jnp
 
 from fnn import initializers
-from fnn.core import Layer, LayerError, check_shape, layer_type
+from fnn.core import Layer, LayerError, check_shape, layer_paths, layer_type, map_layers
 from fnn.arguments import ArgumentError
 from fnn.layers import conv_ops
 from fnn.layers.dense import kernel_params
 
-__all__ = ["Conv1D", "Conv2D", "Conv3D"]
+__all__ = ["Conv1D", "Conv2D", "Conv3D"]  # straight_line_gradients is for the train steps
+
+GRADIENTS = ("auto", "xla", "scan_friendly")  # the ``gradient=`` of the convolutions
+CONV_KINDS = ("Conv1D", "Conv2D", "Conv3D", "ConvTranspose1D", "ConvTranspose2D")
 
 Padding = str | tuple[tuple[int, int], ...]
 
@@ -156,10 +162,24 @@ def spatial_output(spatial: Sequence[int], window: Sequence[int], strides: Seque
     return tuple(out)
 
 
+def check_gradient(gradient: Any, kind: str) -> str:
+    """``gradient`` if it names a convolution gradient (``GRADIENTS``), else an ``ArgumentError``.
+
+    Example:
+        >>> check_gradient("xla", "Conv2D")
+        'xla'
+    """
+    if gradient not in GRADIENTS:
+        raise ArgumentError(kind, f"gradient must be one of {', '.join(map(repr, GRADIENTS))}, "
+                                  f"got {gradient!r}")
+    return gradient
+
+
 # --------------------------------------------------------------------------- the layers
 
 def _conv(ndim: int, kind: str, features: int, kernel_size: Any, strides: Any, padding: Any,
-          dilation: Any, groups: int, use_bias: bool, w_init: Any, b_init: Any) -> Layer:
+          dilation: Any, groups: int, use_bias: bool, w_init: Any, b_init: Any,
+          gradient: str) -> Layer:
     if not _is_int(features) or features < 1:
         raise ArgumentError(kind, f"features must be a positive int, got {features!r}")
     if not _is_int(groups) or groups < 1:
@@ -170,6 +190,7 @@ def _conv(ndim: int, kind: str, features: int, kernel_size: Any, strides: Any, p
     stride = as_tuple(strides, ndim, "strides", kind)
     dil = as_tuple(dilation, ndim, "dilation", kind)
     pad = resolve_padding(padding, ndim, kind)
+    check_gradient(gradient, kind)
     w_initializer = initializers.get(w_init)
     b_initializer = initializers.get(b_init)
     layout = f"(batch, {_AXES[ndim]}, channels)"
@@ -204,7 +225,8 @@ def _conv(ndim: int, kind: str, features: int, kernel_size: Any, strides: Any, p
         pads = [axis_pads(n, k, s, d, pad, a)
                 for a, (n, k, s, d) in enumerate(zip(shape[1:-1], window, stride, dil))]
         dtype = jnp.result_type(x.dtype, w.dtype)
-        y = conv_ops.conv(jnp.asarray(x, dtype), w.astype(dtype), stride, pads, dil, groups)
+        y = conv_ops.conv(jnp.asarray(x, dtype), w.astype(dtype), stride, pads, dil, groups,
+                          method=gradient)
         if use_bias:
             y = y + params["b"]
         return y, state
@@ -215,7 +237,8 @@ def _conv(ndim: int, kind: str, features: int, kernel_size: Any, strides: Any, p
 @layer_type("Conv1D")
 def Conv1D(features: int, kernel_size: int | Sequence[int], *, strides: int | Sequence[int] = 1,
            padding: Any = "SAME", dilation: int | Sequence[int] = 1, groups: int = 1,
-           use_bias: bool = True, w_init: Any = "glorot_uniform", b_init: Any = "zeros") -> Layer:
+           use_bias: bool = True, w_init: Any = "glorot_uniform", b_init: Any = "zeros",
+           gradient: str = "auto") -> Layer:
     """A 1-D convolution (cross-correlation, as in every deep-learning library) over length.
 
     Shapes: input ``(batch, length, in)``; output ``(batch, out_length, features)`` with
@@ -233,6 +256,10 @@ def Conv1D(features: int, kernel_size: int | Sequence[int], *, strides: int | Se
         use_bias: add a learned bias ``b``.
         w_init, b_init: initializers, by name or as functions (fan-in of ``w`` is
             ``kernel_size * in // groups``).
+        gradient: how the gradient is computed (the values are the same to float rounding):
+            ``"auto"`` (the scan-friendly one on CPU, XLA's elsewhere), ``"xla"`` or
+            ``"scan_friendly"``; see :func:`fnn.layers.conv_ops.conv` and
+            :func:`straight_line_gradients`.
 
     Example:
         >>> out_shape, params, _ = fnn.Conv1D(8, 5, strides=2).init(jax.random.key(0), (-1, 100, 3))
@@ -240,13 +267,14 @@ def Conv1D(features: int, kernel_size: int | Sequence[int], *, strides: int | Se
         ((-1, 50, 8), (5, 3, 8))
     """
     return _conv(1, "Conv1D", features, kernel_size, strides, padding, dilation, groups,
-                 use_bias, w_init, b_init)
+                 use_bias, w_init, b_init, gradient)
 
 
 @layer_type("Conv2D")
 def Conv2D(features: int, kernel_size: int | Sequence[int], *, strides: int | Sequence[int] = 1,
            padding: Any = "SAME", dilation: int | Sequence[int] = 1, groups: int = 1,
-           use_bias: bool = True, w_init: Any = "glorot_uniform", b_init: Any = "zeros") -> Layer:
+           use_bias: bool = True, w_init: Any = "glorot_uniform", b_init: Any = "zeros",
+           gradient: str = "auto") -> Layer:
     """A 2-D convolution (cross-correlation) over height and width, channels last.
 
     Shapes: input ``(batch, height, width, in)``; output ``(batch, out_h, out_w, features)``
@@ -264,6 +292,10 @@ def Conv2D(features: int, kernel_size: int | Sequence[int], *, strides: int | Se
         use_bias: add a learned bias ``b``.
         w_init, b_init: initializers, by name or as functions (fan-in of ``w`` is
             ``kh * kw * in // groups``).
+        gradient: how the gradient is computed (the values are the same to float rounding):
+            ``"auto"`` (the scan-friendly one on CPU, XLA's elsewhere), ``"xla"`` or
+            ``"scan_friendly"``; see :func:`fnn.layers.conv_ops.conv` and
+            :func:`straight_line_gradients`.
 
     Example:
         >>> out_shape, params, _ = fnn.Conv2D(32, 3).init(jax.random.key(0), (-1, 28, 28, 1))
@@ -271,13 +303,14 @@ def Conv2D(features: int, kernel_size: int | Sequence[int], *, strides: int | Se
         ((-1, 28, 28, 32), (3, 3, 1, 32))
     """
     return _conv(2, "Conv2D", features, kernel_size, strides, padding, dilation, groups,
-                 use_bias, w_init, b_init)
+                 use_bias, w_init, b_init, gradient)
 
 
 @layer_type("Conv3D")
 def Conv3D(features: int, kernel_size: int | Sequence[int], *, strides: int | Sequence[int] = 1,
            padding: Any = "SAME", dilation: int | Sequence[int] = 1, groups: int = 1,
-           use_bias: bool = True, w_init: Any = "glorot_uniform", b_init: Any = "zeros") -> Layer:
+           use_bias: bool = True, w_init: Any = "glorot_uniform", b_init: Any = "zeros",
+           gradient: str = "auto") -> Layer:
     """A 3-D convolution (cross-correlation) over depth, height and width, channels last.
 
     Shapes: input ``(batch, depth, height, width, in)``; output
@@ -296,6 +329,10 @@ def Conv3D(features: int, kernel_size: int | Sequence[int], *, strides: int | Se
         use_bias: add a learned bias ``b``.
         w_init, b_init: initializers, by name or as functions (fan-in of ``w`` is
             ``kd * kh * kw * in // groups``).
+        gradient: how the gradient is computed (the values are the same to float rounding):
+            ``"auto"`` (the scan-friendly one on CPU, XLA's elsewhere), ``"xla"`` or
+            ``"scan_friendly"``; see :func:`fnn.layers.conv_ops.conv` and
+            :func:`straight_line_gradients`.
 
     Example:
         >>> out_shape, params, _ = fnn.Conv3D(4, 3, strides=2).init(jax.random.key(0),
@@ -304,4 +341,31 @@ def Conv3D(features: int, kernel_size: int | Sequence[int], *, strides: int | Se
         ((-1, 4, 8, 8, 4), (3, 3, 3, 2, 4))
     """
     return _conv(3, "Conv3D", features, kernel_size, strides, padding, dilation, groups,
-                 use_bias, w_init, b_init)
+                 use_bias, w_init, b_init, gradient)
+
+
+def straight_line_gradients(net: Layer) -> Layer:
+    """``net`` with XLA's own gradient (``gradient="xla"``) in each convolution that runs outside
+    a loop: what a train step compiled on its own (not scanned) should differentiate.
+
+    Convolutions left as they are: those inside a ``repeat`` (a ``lax.scan`` over layers), those
+    given a ``gradient`` other than ``"auto"``, and those inside hand-made layers (no build
+    record to change). Params and state keep their keys and values: only how the gradient is
+    computed changes, to float rounding. A kind of your own that runs its sub-layers in a loop
+    should give its convolutions ``gradient="scan_friendly"``.
+
+    Example:
+        >>> net = fnn.serial(fnn.Conv2D(4, 3), fnn.repeat(fnn.Conv2D(4, 3), 2))
+        >>> [(l.kind, l.record.args.get("gradient")) for _, l in
+        ...  fnn.core.layer_paths(straight_line_gradients(net)) if l.kind == "Conv2D"]
+        [('Conv2D', 'xla'), ('Conv2D', None)]
+    """
+    loops = [path for path, layer in layer_paths(net) if layer.kind == "Repeat"]
+
+    def pick(layer: Layer, path: tuple[str, ...]) -> Layer:
+        if (layer.kind in CONV_KINDS and layer.record.args.get("gradient", "auto") == "auto"
+                and not any(path[:len(loop)] == loop for loop in loops)):
+            return layer.replace(gradient="xla")
+        return layer
+
+    return map_layers(pick, net, with_path=True)

@@ -42,7 +42,7 @@ from fnn import initializers
 from fnn.arguments import ArgumentError
 from fnn.core import Layer, LayerError, check_shape, layer_type
 from fnn.layers import conv_ops
-from fnn.layers.conv import as_tuple, resolve_padding
+from fnn.layers.conv import as_tuple, check_gradient, resolve_padding
 from fnn.layers.dense import kernel_params
 
 __all__ = ["ConvTranspose1D", "ConvTranspose2D"]
@@ -84,7 +84,7 @@ def output_size(size: int, window: int, stride: int, dilation: int, padding: Any
 
 def _conv_transpose(ndim: int, kind: str, features: int, kernel_size: Any, strides: Any,
                     padding: Any, output_padding: Any, dilation: Any, use_bias: bool,
-                    w_init: Any, b_init: Any) -> Layer:
+                    w_init: Any, b_init: Any, gradient: str) -> Layer:
     if not isinstance(features, int) or isinstance(features, bool) or features < 1:
         raise ArgumentError(kind, f"features must be a positive int, got {features!r}")
     window = as_tuple(kernel_size, ndim, "kernel_size", kind)
@@ -107,6 +107,7 @@ def _conv_transpose(ndim: int, kind: str, features: int, kernel_size: Any, strid
             raise ArgumentError(kind, f"output_padding {out_pad} must be smaller than the "
                                       f"stride {stride} or the dilation {dil} on each axis (as "
                                       f"in PyTorch)")
+    check_gradient(gradient, kind)
     w_initializer = initializers.get(w_init)
     b_initializer = initializers.get(b_init)
     layout = f"(batch, {_AXES[ndim]}, channels)"
@@ -154,7 +155,7 @@ def _conv_transpose(ndim: int, kind: str, features: int, kernel_size: Any, strid
         if any(e != (0, 0, 0) for e in explicit):
             x = lax.pad(x, jnp.zeros((), dtype), explicit)
         kernel = jnp.flip(w.astype(dtype), axis=tuple(range(ndim)))
-        y = conv_ops.conv(x, kernel, (1,) * ndim, implicit, dil)
+        y = conv_ops.conv(x, kernel, (1,) * ndim, implicit, dil, method=gradient)
         if use_bias:
             y = y + params["b"]
         return y, state
@@ -167,7 +168,7 @@ def ConvTranspose1D(features: int, kernel_size: int | Sequence[int], *,
                     strides: int | Sequence[int] = 1, padding: Any = "SAME",
                     output_padding: int | Sequence[int] = 0, dilation: int | Sequence[int] = 1,
                     use_bias: bool = True, w_init: Any = "glorot_uniform",
-                    b_init: Any = "zeros") -> Layer:
+                    b_init: Any = "zeros", gradient: str = "auto") -> Layer:
     """A 1-D transposed convolution over length (the input gradient of a ``Conv1D``).
 
     Shapes: input ``(batch, length, in)``; output ``(batch, out_length, features)`` with
@@ -186,6 +187,7 @@ def ConvTranspose1D(features: int, kernel_size: int | Sequence[int], *,
         dilation: spacing between kernel taps.
         use_bias: add a learned bias ``b``.
         w_init, b_init: initializers, by name or as functions.
+        gradient: ``"auto"``, ``"xla"`` or ``"scan_friendly"``, as for ``Conv2D``.
 
     Example:
         >>> out_shape, params, _ = fnn.ConvTranspose1D(4, 3, strides=2, padding=1,
@@ -195,7 +197,7 @@ def ConvTranspose1D(features: int, kernel_size: int | Sequence[int], *,
         ((-1, 20, 4), (3, 2, 4))
     """
     return _conv_transpose(1, "ConvTranspose1D", features, kernel_size, strides, padding,
-                           output_padding, dilation, use_bias, w_init, b_init)
+                           output_padding, dilation, use_bias, w_init, b_init, gradient)
 
 
 @layer_type("ConvTranspose2D")
@@ -203,7 +205,7 @@ def ConvTranspose2D(features: int, kernel_size: int | Sequence[int], *,
                     strides: int | Sequence[int] = 1, padding: Any = "SAME",
                     output_padding: int | Sequence[int] = 0, dilation: int | Sequence[int] = 1,
                     use_bias: bool = True, w_init: Any = "glorot_uniform",
-                    b_init: Any = "zeros") -> Layer:
+                    b_init: Any = "zeros", gradient: str = "auto") -> Layer:
     """A 2-D transposed convolution over height and width, channels last (the input gradient
     of a ``Conv2D``; "deconvolution" in decoders and U-Nets).
 
@@ -224,6 +226,7 @@ def ConvTranspose2D(features: int, kernel_size: int | Sequence[int], *,
         dilation: an int or ``(dh, dw)``.
         use_bias: add a learned bias ``b``.
         w_init, b_init: initializers, by name or as functions.
+        gradient: ``"auto"``, ``"xla"`` or ``"scan_friendly"``, as for ``Conv2D``.
 
     Example:
         >>> out_shape, params, _ = fnn.ConvTranspose2D(8, 4, strides=2, padding=1).init(
@@ -232,4 +235,4 @@ def ConvTranspose2D(features: int, kernel_size: int | Sequence[int], *,
         ((-1, 14, 14, 8), (4, 4, 16, 8))
     """
     return _conv_transpose(2, "ConvTranspose2D", features, kernel_size, strides, padding,
-                           output_padding, dilation, use_bias, w_init, b_init)
+                           output_padding, dilation, use_bias, w_init, b_init, gradient)

@@ -58,6 +58,7 @@ import optax
 
 from fnn.compile_cache import log_compile
 from fnn.core import Layer
+from fnn.layers.conv import straight_line_gradients
 from fnn.summary import summary
 from fnn.logs import check_logs
 from fnn.data.pipeline import prefetch_to_device
@@ -270,7 +271,11 @@ def fit(net: Layer, loss: Callable[..., jax.Array], optimizer: optax.GradientTra
     folder.trim_metrics(int(train_state.step) if resumed else -1)
 
     train_net = dp.prepare_net(net)  # BatchNorm axis names for the mode
-    step_fn = train_step_fn(train_net, loss, optimizer, regularizer=regularizer,
+    # a step compiled on its own differentiates convolutions with XLA's gradient; a scanned
+    # epoch or accumulation loop keeps the loop-friendly one (fnn.layers.conv)
+    step_net = straight_line_gradients(train_net) if mode == "step" and accumulate == 1 \
+        else train_net
+    step_fn = train_step_fn(step_net, loss, optimizer, regularizer=regularizer,
                             constraint=constraint, metrics=metrics, augment=augment,
                             axis_name=dp.axis_name, accumulate=accumulate,
                             stats_every=(events.log_every if run is not None and run.trackers
