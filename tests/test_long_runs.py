@@ -296,6 +296,19 @@ def test_accumulation_equals_the_large_batch(mode):
         assert micro.history[-1][key] == pytest.approx(large.history[-1][key], rel=1e-5)
 
 
+def test_accumulation_draws_the_large_batchs_dropout_masks():
+    """Each example keeps its key of the large batch in its micro-batch: with dropout, K
+    micro-batches make the large batch's update (the draws are per example, not per batch)."""
+    net = fnn.serial(fnn.Dense(16), fnn.Tanh, fnn.Dropout(0.5), fnn.Dense(3))
+    run = dict(epochs=2, batch_size=16, mode="step", log=None)
+    large = fit(net, LOSS, optax.sgd(0.1), _data(), **run)
+    micro = fit(net, LOSS, optax.sgd(0.1), _data(), accumulate=4, **run)
+    flat = lambda r: jax.flatten_util.ravel_pytree(r.train_state.params)[0]
+    np.testing.assert_allclose(flat(micro), flat(large), rtol=2e-5, atol=1e-6)
+    assert micro.history[-1]["train_loss"] == pytest.approx(large.history[-1]["train_loss"],
+                                                            rel=1e-5)
+
+
 def test_accumulated_gradient_matches_a_numpy_reference():
     # one update of plain SGD on a linear least-squares model: w' = w - lr * X^T (X w - y) * 2 / n
     rng = np.random.default_rng(1)

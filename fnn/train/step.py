@@ -88,10 +88,11 @@ def train_step_fn(net: Layer, loss: Callable[..., jax.Array],
 
     ``accumulate=K``: the batch is split into K micro-batches of consecutive rows, run one after
     another in a ``lax.scan`` (the memory of one micro-batch), and their gradients summed into
-    one update: the large batch's mean loss and gradient, to float rounding. Each micro-batch
-    gets its own dropout key; batch norm normalizes each micro-batch by its own statistics and
-    updates its running averages once per micro-batch (so a net with batch norm differs from
-    the large batch).
+    one update: the large batch's mean loss and gradient, to float rounding. Each example keeps
+    its key of the large batch (its index in the global batch), so dropout draws the large
+    batch's masks; batch norm normalizes each micro-batch by its own statistics and updates its
+    running averages once per micro-batch (so a net with batch norm differs from the large
+    batch).
     """
     metrics = {name: per_example(fn) for name, fn in (metrics or {}).items()}
     loss = per_example(loss)
@@ -108,8 +109,17 @@ def train_step_fn(net: Layer, loss: Callable[..., jax.Array],
                                            frozen_mask(net, grads), grads)
         return optax.tree.norm(grads).astype(jnp.float32)
 
+    def data_loss(params, model_state, x, y, mask, keys, count):
+        """The masked mean loss over ``count`` examples, with the outputs and new model state."""
+        outputs, new_state = net.apply(params, model_state, x, rng=keys, train=True)
+        values = _per_example(loss(outputs, y), mask.shape[0], "the loss")
+        return jnp.sum(values * mask) / count, (outputs, new_state)
 
-    def accumulated(ts, batch, mask, count, step_rng):
+    def metric_means(outputs, y, mask, count):
+        return {name: jnp.sum(_per_example(metric(outputs, y), mask.shape[0], name) * mask) / count
+                for name, metric in metrics.items()}
+
+    def accumulated(ts, batch, mask, keys, count):
         """Data loss, metric means and model state over K micro-batches; gradients summed."""
         n = mask.shape[0]
         if n % accumulate:
@@ -118,29 +128,17 @@ def train_step_fn(net: Layer, loss: Callable[..., jax.Array],
                              f"{accumulate}")
         micro = jax.tree_util.tree_map(
             lambda a: a.reshape(accumulate, a.shape[0] // accumulate, *a.shape[1:]),
-            {"x": batch["x"], "y": batch["y"], "mask": mask})
+            {"x": batch["x"], "y": batch["y"], "mask": mask, "keys": keys})
 
-        def body(carry, inputs):
+        def body(carry, mb):
             grads, model_state = carry
-            mb, k = inputs
-
-            def objective(params):
-                outputs, new_state = net.apply(params, model_state, mb["x"], train=True,
-                                               rng=jax.random.fold_in(step_rng, k))
-                values = _per_example(loss(outputs, mb["y"]), mb["mask"].shape[0], "the loss")
-                return jnp.sum(values * mb["mask"]) / count, (outputs, new_state)
-
-            (part, (outputs, new_state)), g = jax.value_and_grad(objective, has_aux=True)(
-                ts.params)
-            parts = {"loss": part}
-            for name, metric in metrics.items():
-                parts[name] = jnp.sum(_per_example(metric(outputs, mb["y"]), mb["mask"].shape[0],
-                                                   name) * mb["mask"]) / count
+            (part, (outputs, new_state)), g = jax.value_and_grad(data_loss, has_aux=True)(
+                ts.params, model_state, mb["x"], mb["y"], mb["mask"], mb["keys"], count)
+            parts = {"loss": part, **metric_means(outputs, mb["y"], mb["mask"], count)}
             return (jax.tree_util.tree_map(jnp.add, grads, g), new_state), parts
 
         zeros = jax.tree_util.tree_map(jnp.zeros_like, ts.params)
-        (grads, new_state), parts = lax.scan(body, (zeros, ts.model_state),
-                                             (micro, jnp.arange(accumulate)))
+        (grads, new_state), parts = lax.scan(body, (zeros, ts.model_state), micro)
         return grads, new_state, {k: v.sum() for k, v in parts.items()}
 
     def step(ts: TrainState, batch: Batch):
@@ -161,24 +159,20 @@ def train_step_fn(net: Layer, loss: Callable[..., jax.Array],
         count = jnp.maximum(count, 1.0)
 
         def objective(params):
-            outputs, new_state = net.apply(params, ts.model_state, batch["x"], rng=keys,
-                                           train=True)
-            values = _per_example(loss(outputs, batch["y"]), mask.shape[0], "the loss")
-            data_loss = jnp.sum(values * mask) / count
-            total = data_loss
+            mean, (outputs, new_state) = data_loss(params, ts.model_state, batch["x"],
+                                                   batch["y"], mask, keys, count)
+            total = mean
             if regularizer is not None:
                 total = total + regularizer(params) / devices
-            return total, (data_loss, outputs, new_state)
+            return total, (mean, outputs, new_state)
 
         if accumulate == 1:
-            (total, (data_loss, outputs, new_state)), grads = jax.value_and_grad(
+            (total, (mean, outputs, new_state)), grads = jax.value_and_grad(
                 objective, has_aux=True)(ts.params)
-            out = {"loss": data_loss, "objective": total}
-            for name, metric in metrics.items():
-                out[name] = jnp.sum(_per_example(metric(outputs, batch["y"]), mask.shape[0],
-                                                 name) * mask) / count
+            out = {"loss": mean, "objective": total,
+                   **metric_means(outputs, batch["y"], mask, count)}
         else:
-            grads, new_state, parts = accumulated(ts, batch, mask, count, step_rng)
+            grads, new_state, parts = accumulated(ts, batch, mask, keys, count)
             total = parts["loss"]
             if regularizer is not None:  # once per update, not per micro-batch
                 penalty, penalty_grads = jax.value_and_grad(
