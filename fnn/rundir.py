@@ -489,10 +489,9 @@ def _mlflow_store(run_dir: Path, cfg: Mapping[str, Any]) -> tuple[str, ...]:
     uri = ((cfg.get("output") or {}).get("mlflow") or {}).get("tracking_uri")
     if not isinstance(uri, str) or "://" in uri and not uri.startswith("file:"):
         return ()
-    from urllib.parse import urlparse
-    from urllib.request import url2pathname
+    from fnn.trackers import file_uri_path
 
-    path = Path(url2pathname(urlparse(uri).path)) if uri.startswith("file:") else Path(uri)
+    path = file_uri_path(uri) or Path(uri)
     try:
         inside = path.resolve().relative_to(run_dir.resolve())
     except ValueError:

@@ -68,7 +68,7 @@ import numpy as np
 from fnn.files import atomic_write
 
 __all__ = ["RunTracker", "CSVTracker", "TensorBoardTracker", "MLflowTracker", "Trackers",
-           "NAMES", "check_available", "make_tracker", "from_config", "flatten"]
+           "NAMES", "check_available", "make_tracker", "from_config", "flatten", "file_uri_path"]
 
 NAMES = ("tensorboard", "mlflow", "csv")
 _LIBRARIES = {"tensorboard": ("tensorboardX", "fnn[tensorboard]"),
@@ -451,13 +451,10 @@ class MLflowTracker:
 
     def _metrics_dir(self, uri: str) -> Path | None:
         """The run's metrics folder of a local file store, ``None`` for any other store."""
-        if not uri.startswith("file:"):
+        root = file_uri_path(uri)
+        if root is None:
             return None
-        from urllib.parse import urlparse
-        from urllib.request import url2pathname
-
         experiment = self.client.get_run(self.run_id).info.experiment_id
-        root = Path(url2pathname(urlparse(uri).path))
         folder = root / experiment / self.run_id / "metrics"
         return folder if folder.is_dir() else None
 
@@ -494,6 +491,21 @@ class MLflowTracker:
             self.flush()
             self.client.set_terminated(self.run_id)
             self.client = None
+
+
+def file_uri_path(uri: str) -> Path | None:
+    """The local path of a ``file:`` URI (an MLflow file store), ``None`` for any other URI.
+
+    Example:
+        >>> file_uri_path("file:///tmp/run/mlruns").as_posix(), file_uri_path("http://host:5000")
+        ('/tmp/run/mlruns', None)
+    """
+    if not uri.startswith("file:"):
+        return None
+    from urllib.parse import urlparse
+    from urllib.request import url2pathname
+
+    return Path(url2pathname(urlparse(uri).path))
 
 
 def _by_layer(tree: Any, prefix: str) -> dict[str, np.ndarray]:
