@@ -4,10 +4,17 @@ Layout: ``(batch, time, heads, head_dim)``, the layout of ``jax.nn.dot_product_a
 
 ``dot_product_attention`` computes ``softmax(q k^T * scale + bias, masked) v`` per head. Masks
 say which keys a query may attend to (True = attend). A query with no key left (a fully masked
-row) gets zeros, and zero gradients, never NaN. In float32, bfloat16 and float16 without
-dropout it calls ``jax.nn.dot_product_attention`` (which may pick a fused kernel); that function
-computes its softmax in float32, so float64 inputs (under ``jax.enable_x64``) take fnn's own
-formula, float64 throughout.
+row) gets zeros, and zero gradients, never NaN. The softmax runs in float32 for float32,
+bfloat16 and float16 inputs and in float64 for float64 ones (under ``jax.enable_x64``), so
+float64 stays float64 throughout.
+
+It is two einsums and a softmax, the computation ``jax.nn.dot_product_attention`` runs by
+default (its ``implementation=None`` is its XLA path; a cuDNN kernel only when asked for with
+``implementation="cudnn"``, on NVIDIA GPUs). fnn does not call it: it computes the softmax in
+float32 for float64 inputs, gives a fully masked row the mean of the values, and its layout
+reshapes made the Transformer's train step ~3% slower on CPU than the plain einsums
+(docs/PERFORMANCE.md). A layer that wants the cuDNN kernel calls ``jax.nn`` itself
+(docs/LAYERS.md, "A custom attention variant").
 
 Masks (``mask=``), in fnn's sequence-mask convention (see ``fnn.layers.sequences``):
 
@@ -43,7 +50,6 @@ __all__ = ["dot_product_attention", "attention_weights", "attention_mask", "rope
            "ROPE_MODES", "sinusoidal_positions"]
 
 ROPE_MODES = ("interleaved", "half")
-_FUSED_DTYPES = (jnp.float32, jnp.bfloat16, jnp.float16)
 
 
 def _check_qkv(q: jax.Array, k: jax.Array, v: jax.Array) -> None:
@@ -126,7 +132,10 @@ def _weights(q: jax.Array, k: jax.Array, allowed: jax.Array | None, bias: Any,
              scale: float | None) -> jax.Array:
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
     compute = _softmax_dtype(jnp.result_type(q.dtype, k.dtype))
-    logits = jnp.einsum("bqhd,bkhd->bhqk", q, k).astype(compute) * scale
+    # scale the (time_q, d) queries, not the (time_q, time_k) logits: the same product to
+    # rounding, and the Transformer's step ~5% faster on CPU (docs/PERFORMANCE.md)
+    q = (q * scale).astype(q.dtype)
+    logits = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=compute)
     if bias is not None:
         logits = logits + jnp.asarray(bias).astype(compute)
     if allowed is None:
@@ -169,20 +178,6 @@ def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array, *, mask: Any
     batch, time_q, time_k = q.shape[0], q.shape[1], k.shape[1]
     dtype = jnp.result_type(q.dtype, k.dtype, v.dtype)
     allowed = attention_mask(mask, batch, time_q, time_k, causal=causal)
-    if dropout_rate == 0.0 and dtype in _FUSED_DTYPES and q.shape[-1] == v.shape[-1]:
-        b = None if bias is None else jnp.broadcast_to(
-            jnp.asarray(bias, dtype), (batch, q.shape[2], time_q, time_k))
-        m = None if allowed is None else jnp.broadcast_to(allowed, (batch, q.shape[2], time_q, time_k))
-        # scale the (time_q, d) queries, not the (time_q, time_k) logits: the same product to
-        # rounding, and a step ~10% faster on CPU (docs/PERFORMANCE.md, "Transformer")
-        s = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
-        y = jax.nn.dot_product_attention((q * s).astype(dtype), k.astype(dtype), v.astype(dtype),
-                                         bias=b, mask=m, scale=1.0)
-        if allowed is None:
-            return y
-        # jax.nn gives a fully masked row the mean of v: zero it (no key, no value)
-        any_key = jnp.any(jnp.broadcast_to(allowed, (batch, q.shape[2], time_q, time_k)), axis=-1)
-        return jnp.where(jnp.transpose(any_key, (0, 2, 1))[..., None], y, 0).astype(dtype)
     w = _weights(q, k, allowed, bias, scale)
     if dropout_rate > 0.0:
         # one key, or one key per example (what the training step passes): see fnn.core.draw

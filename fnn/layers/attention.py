@@ -35,7 +35,7 @@ from fnn.attention import attention_weights, sinusoidal_positions
 from fnn.core import (Layer, LayerError, apply_child, check_shape, draw, init_child, layer_type,
                       map_layers, split_rng)
 from fnn.layers.conv import as_tuple
-from fnn.layers.dense import Dense, kernel_params
+from fnn.layers.dense import Dense, kernel_params, matmul_last
 from fnn.layers.dropout import Dropout
 from fnn.layers.normalization import LayerNorm
 from fnn.layers.sequences import check_mask_shape
@@ -233,7 +233,7 @@ def MultiHeadAttention(num_heads: int, head_dim: int | None = None, out_features
         return _with_mask(out_shape, m_shape if c_shape is None else None), params, state
 
     def project(params, x, name):
-        y = x @ params[f"w_{name}"]
+        y = matmul_last(x, params[f"w_{name}"])
         if use_bias:
             y = y + params[f"b_{name}"]
         return y.reshape(x.shape[:2] + (num_heads, -1))
@@ -278,7 +278,7 @@ def MultiHeadAttention(num_heads: int, head_dim: int | None = None, out_features
         return _with_mask(y, mask if context is None else None), state
 
     def project_out(params, h):
-        y = h.reshape(h.shape[:2] + (-1,)) @ params["w_o"]
+        y = matmul_last(h.reshape(h.shape[:2] + (-1,)), params["w_o"])
         return y + params["b_o"] if use_bias else y
 
     def _decode_step(params, state, q, k, v, mask, key):
@@ -595,7 +595,7 @@ def PatchEmbed(patch: int | tuple[int, int], features: int, *, use_bias: bool = 
         check(x.shape)
         b, h, wd, c = x.shape
         patches = x.reshape(b, h // ph, ph, wd // pw, pw, c).transpose(0, 1, 3, 2, 4, 5)
-        y = patches.reshape(b, (h // ph) * (wd // pw), ph * pw * c) @ w
+        y = matmul_last(patches.reshape(b, (h // ph) * (wd // pw), ph * pw * c), w)
         return (y + params["b"] if use_bias else y), state
 
     return Layer(init, apply)

@@ -31,6 +31,7 @@ from fnn.activations import get as get_activation
 from fnn.arguments import ArgumentError, flag, number, positive_int
 from fnn.core import (BuildRecord, LayerError, SpecError, check_shape, non_default_arguments,
                       record_spec)
+from fnn.layers.dense import matmul_last
 
 __all__ = ["Cell", "SimpleRNNCell", "LSTMCell", "GRUCell", "cell_from_spec"]
 
@@ -169,7 +170,7 @@ def _input_projection(kind: str) -> Callable:
         if x.ndim < 1 or x.shape[-1] != w.shape[0]:
             raise LayerError(f"{kind} expects inputs with {w.shape[0]} features on the last axis, "
                              f"got shape {tuple(x.shape)}")
-        return x @ w + params["b"]
+        return matmul_last(x, w) + params["b"]
 
     return project
 
