@@ -28,8 +28,9 @@ module path, as for ``python -m``.
 A mistake in the config, the data files, a checkpoint or the run folder ends in one line
 ``fnn <command>: error: <where>: <what>`` with exit status 2, before anything compiles and
 before the run folder is touched; ``--debug`` or ``FNN_DEBUG=1`` shows the traceback.
-``fnn train`` holds its folder's lock while it runs; Ctrl-C or SIGTERM (``kill``, a scheduler's
-preemption) release it (exit status 130 or 143).
+``fnn train`` holds its folder's lock while it runs (``fnn eval``, ``fnn export`` of a run
+folder, ``fnn cv`` and ``fnn sweep`` hold it too, and refuse a folder another run holds);
+Ctrl-C or SIGTERM (``kill``, a scheduler's preemption) release it (exit status 130 or 143).
 """
 
 from __future__ import annotations

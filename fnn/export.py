@@ -39,6 +39,7 @@ import jax.export
 import jax.numpy as jnp
 import numpy as np
 
+from fnn import rundir
 from fnn.core import Layer
 from fnn.files import atomic_write
 
@@ -286,9 +287,9 @@ def export_checkpoint(source: str | os.PathLike, *, format: str = "stablehlo",
         ExportError: ``batch`` is not ``dynamic`` or a number, the checkpoint has no
             architecture or no input shape, or the export fails its check.
         FileNotFoundError: no such run folder or checkpoint.
+        fnn.rundir.RunFolderError: another run is using the run folder (its lock is held
+            while the export reads and writes there).
     """
-    from fnn.train.checkpoint import load, read_metadata
-
     source = Path(source)
     if isinstance(batch, str) and batch != "dynamic":
         if not batch.isdigit() or int(batch) < 1:
@@ -307,14 +308,25 @@ def export_checkpoint(source: str | os.PathLike, *, format: str = "stablehlo",
         path, default_out = source, source.with_suffix(suffix)
     else:
         raise FileNotFoundError(f"{source}: no such run folder or checkpoint")
+    out = Path(out) if out is not None else default_out
+    if not source.is_dir():
+        _export_file(path, out, format, batch, dtype)
+        return out
+    with rundir.take_lock(source)[0]:  # a run training there would replace the checkpoint
+        _export_file(path, out, format, batch, dtype)
+    return out
+
+
+def _export_file(path: Path, out: Path, format: str, batch: int | str, dtype: Any) -> None:
+    """:func:`export_checkpoint`'s work on one checkpoint file."""
+    from fnn.train.checkpoint import load, read_metadata
+
     input_shape = read_metadata(path).get("input_shape")
     if input_shape is None:
         raise ExportError(f"{path}: no input shape stored with the weights; save it with "
                           f"fnn.save(path, net, params, state, input_shape=(-1, ...))")
     net, params, state = load(path)
-    out = Path(out) if out is not None else default_out
     export(net, params, state, tuple(input_shape), format, batch=batch, dtype=dtype, path=out)
-    return out
 
 
 def _read(data: bytes, where: Any) -> ExportedModel:

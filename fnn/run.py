@@ -380,14 +380,14 @@ def train_model(cfg: dict[str, Any], train_data: dict[str, np.ndarray],
         if log:
             log(f"training.batch_size {t['batch_size']} is larger than the {n} training "
                 f"examples: training on one batch of {n} per epoch")
+    table = str(summary(exp.net, input_shape)) if dp.is_main or log else ""
     if dp.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         ckpt.atomic_write(run_dir / "config.yaml", dump_config(cfg).encode())
-        ckpt.atomic_write(run_dir / "summary.txt",
-                          (str(summary(exp.net, input_shape)) + "\n").encode())
+        ckpt.atomic_write(run_dir / "summary.txt", (table + "\n").encode())
     if log:
         log(f"run folder: {run_dir}")
-        log(str(summary(exp.net, input_shape)))
+        log(table)
         if dp.mode != "none":
             log(f"data parallel: {dp.mode} over {dp.num_devices} devices"
                 + (f" in {dp.process_count} processes" if dp.process_count > 1 else "")

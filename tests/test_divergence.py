@@ -67,3 +67,18 @@ def test_metrics_jsonl_is_strict_json_with_null_for_nan(tmp_path):
         record = json.loads(line, parse_constant=refuse)
         assert record["train_odd"] is None and record["val_odd"] is None
         assert isinstance(record["train_loss"], float)
+
+
+def test_the_message_names_a_step_checkpoint_as_the_last_good_one(tmp_path):
+    data = _data()
+    single = {k: np.repeat(v, 4, axis=0)[:4] for k, v in data.items()}
+    # batch 1: four steps an epoch, the loss 9x a step; a step checkpoint every 2 steps holds
+    # step 2, and step 4 (729 x the first loss) is the first past 100x
+    with pytest.raises(TrainingDiverged) as info:
+        fit(fnn.Dense(1), _mse, optax.sgd(1.0), single, epochs=2, batch_size=1,
+            run=fnn.train.RunOptions(tmp_path, checkpoint=fnn.train.Checkpointing(every_steps=2)),
+            divergence_factor=100.0, log=None)
+    message = str(info.value)
+    assert "at step 4 (epoch 1)" in message
+    assert (f"the last good checkpoint is {tmp_path / 'checkpoints' / 'latest.safetensors'} "
+            f"(step 2, 2 steps into epoch 1)") in message

@@ -431,3 +431,18 @@ def test_cv_holds_its_folder_and_each_folds_run_folder_locked(tmp_path, capsys, 
         cli.main(["cv", XOR, *BASE, "--folds", "2", "--out", str(out)])
     assert seen == [(os.getpid(), os.getpid())]
     assert rundir.lock_holder(out) is None and rundir.lock_holder(out / "fold_1") is None
+
+
+def test_export_takes_the_run_lock(run, capsys):
+    out = run.parent / "model.stablehlo"
+    assert cli.main(["export", str(run), "--out", str(out)]) == 0
+    assert out.is_file() and rundir.lock_holder(run) is None  # released
+    out.unlink()
+    capsys.readouterr()
+    before = _snapshot(run)
+    _foreign_lock(run)
+    assert cli.main(["export", str(run), "--out", str(out)]) == 2
+    _one_line(capsys.readouterr().err, "fnn export: error:",
+              "another run is using this folder (pid 4242 on gpu-node-7")
+    assert {k: v for k, v in _snapshot(run).items() if k != rundir.LOCK} == before
+    assert not out.exists()

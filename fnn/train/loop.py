@@ -305,7 +305,8 @@ def fit(net: Layer, loss: Callable[..., jax.Array], optimizer: optax.GradientTra
                                folder.checkpoint("latest").parent,
                                checkpoint.keep if checkpoint is not None else 1)
               if folder.writes else None)
-    last_saved = {"step": int(dp.gather(train_state.step)), "time": time.monotonic()}
+    last_saved = {"step": int(dp.gather(train_state.step)), "time": time.monotonic(),
+                  "any": folder.has("latest")}  # "any": a latest written (or being written)
     checked = [0]  # losses of this epoch already given to the divergence check
 
     tracing = {"until": None}  # the step at which a --profile trace stops
@@ -350,7 +351,8 @@ def fit(net: Layer, loss: Callable[..., jax.Array], optimizer: optax.GradientTra
             return False
         metrics = _concat(chunks)
         divergence.update(metrics["loss"][checked[0]:], base + checked[0], epoch,
-                          _last_good(folder, epoch),  # a diverged state is never saved
+                          # a diverged state is never saved
+                          _last_good(folder, epoch, last_saved, base),
                           locate=locate(epoch, base, ts))
         checked[0] = len(metrics["loss"])
         writer.write(dp.gather(ts),
@@ -358,7 +360,7 @@ def fit(net: Layer, loss: Callable[..., jax.Array], optimizer: optax.GradientTra
                       "partial": {k: v.tolist() for k, v in metrics.items()},
                       **tracker.state_dict(), **divergence.state_dict(), **extra_progress()},
                      step, wait=stop)
-        last_saved.update(step=step, time=time.monotonic())
+        last_saved.update(step=step, time=time.monotonic(), any=True)
         return stop
 
     try:
@@ -388,7 +390,8 @@ def fit(net: Layer, loss: Callable[..., jax.Array], optimizer: optax.GradientTra
             stacked = _concat(chunks)
             seconds = time.perf_counter() - start
             divergence.update(stacked["loss"][checked[0]:], base + checked[0], epoch,
-                              _last_good(folder, epoch), locate=locate(epoch, base, train_state))
+                              _last_good(folder, epoch, last_saved, base),
+                              locate=locate(epoch, base, train_state))
             record = {"epoch": epoch + 1, "step": base + len(stacked["loss"]),
                       "learning_rate": _learning_rate(dp, train_state.opt_state),
                       **{f"train_{k}": float(np.mean(v)) for k, v in stacked.items()
@@ -413,7 +416,7 @@ def fit(net: Layer, loss: Callable[..., jax.Array], optimizer: optax.GradientTra
             whole = dp.gather(train_state)  # every process (a collective under fsdp)
             if folder.writes:  # one whole copy: the same file whatever the devices
                 writer.wait()  # a step checkpoint in flight is written first
-                last_saved.update(step=record["step"], time=time.monotonic())
+                last_saved.update(step=record["step"], time=time.monotonic(), any=True)
                 folder.save_epoch(history, {"epoch": epoch, **tracker.state_dict(),
                                             **divergence.state_dict(), **extra_progress()},
                                   improved, whole, net, metadata)
@@ -710,10 +713,17 @@ def _restored_best(ts: TrainState, early_stopping: EarlyStopping | None, tracker
 
 
 
-def _last_good(folder: RunFolder, epoch: int) -> str:
-    """Where a diverged run can go back to (for the divergence message)."""
-    return (f"the last good checkpoint is {folder.checkpoint('latest')} (epoch {epoch})"
-            if folder.has("latest") else "no checkpoint was written yet")
+def _last_good(folder: RunFolder, epoch: int, last_saved: dict, epoch_base: int) -> str:
+    """Where a diverged run can go back to (for the divergence message): ``latest``, written
+    at step ``last_saved["step"]`` (``last_saved["any"]``: one was written, or is being
+    written in the background), at the end of ``epoch`` epochs or inside the next (a step
+    checkpoint: the epoch began at step ``epoch_base``)."""
+    if not last_saved["any"]:
+        return "no checkpoint was written yet"
+    saved_step = last_saved["step"]
+    where = (f"epoch {epoch}" if saved_step <= epoch_base else
+             f"step {saved_step}, {saved_step - epoch_base} steps into epoch {epoch + 1}")
+    return f"the last good checkpoint is {folder.checkpoint('latest')} ({where})"
 
 
 def _learning_rate(dp: DataParallel, opt_state: Any) -> float | None:
