@@ -107,7 +107,7 @@ def _add_selection_parsers(sub) -> None:
     c = sub.add_parser("cv", help="k-fold cross-validation on the training data "
                                   "(never the test set)")
     c.add_argument("config", help="a YAML config file")
-    c.add_argument("overrides", nargs="*", help="KEY.PATH=VALUE overrides (before any --option)")
+    c.add_argument("overrides", nargs="*", help="KEY.PATH=VALUE overrides")
     c.add_argument("--folds", type=int, default=5, help="number of folds K (default 5)")
     c.add_argument("--seed", type=int, help="seed of the fold assignment (default: the config's)")
     c.add_argument("--metric", help="headline validation metric (default val_accuracy or val_loss)")
@@ -115,7 +115,7 @@ def _add_selection_parsers(sub) -> None:
     w = sub.add_parser("sweep", help="grid or random search; picks the best by validation, then "
                                      "tests only that one")
     w.add_argument("config", help="a YAML config file")
-    w.add_argument("overrides", nargs="*", help="KEY.PATH=VALUE overrides (before any --option)")
+    w.add_argument("overrides", nargs="*", help="KEY.PATH=VALUE overrides")
     for option, metavar, text in (
             ("grid", "KEY=V1,V2,...", "values to try for KEY (repeat for a product grid)"),
             ("choice", "KEY=V1,V2,...", "random search: draw KEY from these values"),
@@ -172,6 +172,19 @@ def _message(e: BaseException) -> str:
     return text
 
 
+def _parse(argv: list[str]) -> argparse.Namespace:
+    """The command line, with ``KEY.PATH=VALUE`` overrides allowed after options too
+    (``fnn train c.yaml --out runs/x training.epochs=5``), which argparse alone refuses."""
+    parser = _parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra and isinstance(getattr(args, "overrides", None), list) and all(
+            "=" in a and not a.startswith("-") for a in extra):
+        args.overrides += extra
+    elif extra:
+        parser.parse_args(argv)  # argparse's own one-line error for what is left over
+    return args
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``fnn`` command; returns the exit status.
 
@@ -183,7 +196,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv or os.environ.get("FNN_DEBUG", "") not in ("", "0")
     argv = [a for a in argv if a != "--debug"]
-    args = _parser().parse_args(argv)
+    args = _parse(argv)
     from fnn.train.checkpointing import PREEMPTED_STATUS, Preempted
 
     try:

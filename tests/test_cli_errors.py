@@ -340,3 +340,16 @@ def test_validate_without_the_mnist_files_checks_the_data_sets_shapes(no_mnist_h
                                             "model.7.Dense=5"])
     assert code == 2
     assert "labels hold" in err and "outside [0, 5)" in err, err
+
+
+def test_overrides_may_follow_the_options(capsys, tmp_path, in_root):
+    out = tmp_path / "run"
+    code = cli.main(["train", XOR, "training.epochs=1", "--out", str(out), "output.plots=false",
+                     "seed=3"])
+    assert code == 0, capsys.readouterr().err
+    saved = (out / "config.yaml").read_text()
+    assert "epochs: 1" in saved and "plots: false" in saved and "seed: 3" in saved
+    with pytest.raises(SystemExit) as e:  # argparse's exit, as for any unknown argument
+        cli.main(["train", XOR, "--out", str(tmp_path / "other"), "stray"])
+    assert e.value.code == 2
+    assert "unrecognized arguments: stray" in capsys.readouterr().err
