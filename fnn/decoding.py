@@ -96,13 +96,21 @@ def _sample(logits: jax.Array, key: jax.Array, temperature: float, top_k: int | 
 
 def generate(net: Layer, params: Any, state: Any, prompt: Any, steps: int, *,
              temperature: float = 1.0, top_k: int | None = None,
-             rng: jax.Array | None = None) -> jax.Array:
+             rng: jax.Array | None = None, context: int | None = None) -> jax.Array:
     """Continue ``prompt`` by ``steps`` tokens, one cached step at a time.
 
     The network maps tokens ``(batch, time)`` to logits ``(batch, time, vocab)``. Each new token
     is drawn from ``softmax(logits / temperature)`` of the last step, restricted to the
     ``top_k`` largest logits when given; ``temperature=0`` takes the arg-max (greedy, the same
     tokens as re-running the whole sequence at every step, without the cache).
+
+    ``context=L`` keeps the network within the length it was trained on: it never sees more
+    than ``L`` tokens at once. When the cache is full, decoding starts again from the last
+    ``L // 2`` tokens (read in one pass into a fresh cache), so every token is predicted from
+    between ``L // 2`` and ``L - 1`` tokens before it (fewer only at the start), at positions
+    ``0 .. L-1``. Without it the network sees the whole sequence: a model trained on windows
+    of 128 tokens then reads positions it never saw after 128 steps (and ``LearnedPositions``
+    refuses them).
 
     Shapes: ``prompt`` int ``(batch, T0)`` -> ``(batch, T0 + steps)`` int32 (prompt included).
 
@@ -113,6 +121,7 @@ def generate(net: Layer, params: Any, state: Any, prompt: Any, steps: int, *,
         temperature: ``>= 0``; 0 is greedy.
         top_k: sample among the ``top_k`` most likely tokens only.
         rng: the key of the sampling; needed when ``temperature > 0``.
+        context: the most tokens the network sees at once (``>= 2``); ``None``: all of them.
 
     Example:
         >>> net = fnn.serial(fnn.Embedding(7, 8), fnn.TransformerBlock(2, 16, causal=True,
@@ -135,12 +144,29 @@ def generate(net: Layer, params: Any, state: Any, prompt: Any, steps: int, *,
     if temperature > 0.0 and rng is None:
         raise ValueError("generate: sampling with temperature > 0 needs rng=key "
                          "(or temperature=0 for greedy decoding)")
-    batch, length = prompt.shape
-    cache = init_cache(net, params, state, batch, length + steps)
+    if context is not None:
+        context = positive_int("generate", "context", context)
+        if context < 2:
+            raise ValueError(f"generate: context must be an int >= 2, got {context}")
     key = jax.random.key(0) if rng is None else rng
+    if context is None or prompt.shape[1] + steps <= context:
+        return _continue(net, params, state, prompt, steps, temperature, top_k, key)
+    keep, out, segment = context // 2, prompt.astype(jnp.int32), 0
+    seed = out if out.shape[1] < context else out[:, -keep:]
+    while out.shape[1] < prompt.shape[1] + steps:
+        n = min(prompt.shape[1] + steps - out.shape[1], context - seed.shape[1])
+        new = _continue(net, params, state, seed, n, temperature, top_k,
+                        jax.random.fold_in(key, segment))
+        out, segment = jnp.concatenate([out, new[:, seed.shape[1]:]], axis=1), segment + 1
+        seed = out[:, -keep:]
+    return out
 
-    run = _compiled(net, steps, temperature, top_k)
-    return run(params, cache, prompt, key)
+
+def _continue(net: Layer, params: Any, state: Any, prompt: jax.Array, steps: int,
+              temperature: float, top_k: int | None, key: jax.Array) -> jax.Array:
+    """``prompt`` and ``steps`` tokens after it, decoded with a cache of their length."""
+    cache = init_cache(net, params, state, prompt.shape[0], prompt.shape[1] + steps)
+    return _compiled(net, steps, temperature, top_k)(params, cache, prompt, key)
 
 
 _COMPILED: "collections.OrderedDict[tuple, tuple[Layer, Any]]" = collections.OrderedDict()

@@ -2,7 +2,8 @@
 
 The run's data set decides how text becomes tokens: ``python_source`` (characters, ids 0..127)
 or ``addition`` (``0123456789+=``; the answer comes out least significant digit first, and the
-script also prints it the usual way round).
+script also prints it the usual way round). A character model sees at most its training window
+at once (``fnn.generate(..., context=)``): longer samples restart from the last half window.
 
     python scripts/generate.py runs/chars_python --prompt "def " --steps 300
     python scripts/generate.py runs/addition_transformer --prompt "123+456=" --steps 4 --temperature 0
@@ -50,19 +51,26 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--top-k", type=int, default=None, help="sample among the k most likely")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--checkpoint", default="best", choices=("best", "latest"))
+    parser.add_argument("--context", type=int, default=None,
+                        help="the most tokens the model sees at once (default: the run's "
+                             "window, data.options.length, for python_source)")
     args = parser.parse_args(argv)
     config, ckpt = args.run / "config.yaml", args.run / "checkpoints" / f"{args.checkpoint}.safetensors"
     for path in (config, ckpt):
         if not path.is_file():
             raise SystemExit(f"generate: {path}: not found; is {args.run} a run folder of fnn train?")
-    data = yaml.safe_load(config.read_text())["data"]["name"]
+    data_config = yaml.safe_load(config.read_text())["data"]
+    data = data_config["name"]
     if data not in ("addition", "python_source"):
         raise SystemExit(f"generate: {config}: data.name is {data!r}; this script knows the "
                          f"'addition' and 'python_source' token sets")
     net, params, state = fnn.load(ckpt)
     prompt = encode(args.prompt, data)[None]
+    context = args.context
+    if context is None and data == "python_source":  # trained on windows of this length
+        context = (data_config.get("options") or {}).get("length", 128)
     out = fnn.generate(net, params, state, prompt, args.steps, temperature=args.temperature,
-                       top_k=args.top_k, rng=jax.random.key(args.seed))
+                       top_k=args.top_k, rng=jax.random.key(args.seed), context=context)
     new = np.asarray(out)[0, prompt.shape[1]:]
     print(args.prompt + decode(new, data))
     if data == "addition":

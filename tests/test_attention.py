@@ -460,3 +460,31 @@ def test_transformer_block_takes_its_layers_and_says_when_mlp_out_has_the_wrong_
     with pytest.raises(fnn.core.LayerError, match=r"^TransformerBlock layer: mlp_out gives shape "
                        r"\(-1, 3, 5\); it must give the block's shape \(-1, 3, 8\)$"):
         bad.init(jax.random.key(0), (-1, 3, 8))
+
+
+@pytest.mark.parametrize("prompt_len, context", [(3, 6), (4, 5), (7, 6)])
+def test_generate_within_a_context_restarts_from_its_last_half(prompt_len, context):
+    """``context=L``: greedy tokens equal the whole network run on the window each token is
+    predicted from: the prompt (or its last L//2 tokens when it fills L), then, each time L
+    tokens are seen, the last L//2 tokens and what follows them."""
+    net = _decoder("half")
+    _, params, state = net.init(jax.random.key(3), (-1, context))
+    prompt = np.random.default_rng(2).integers(0, 11, size=(2, prompt_len))
+    steps = 13
+    out = np.asarray(generate(net, params, state, prompt, steps, temperature=0.0,
+                              context=context))
+    assert out.shape == (2, prompt_len + steps)
+    np.testing.assert_array_equal(out[:, :prompt_len], prompt)
+    full = jax.jit(lambda seq: net.apply(params, state, seq)[0])
+    seq, keep = [list(row) for row in prompt], context // 2
+    start = 0 if prompt_len < context else prompt_len - keep  # the window's first token
+    while len(seq[0]) < prompt_len + steps:
+        if len(seq[0]) - start == context:  # the window is full: restart from its last half
+            start = len(seq[0]) - keep
+        window = jnp.asarray(np.array(seq)[:, start:])
+        nxt = np.argmax(np.asarray(full(window))[:, -1], axis=-1)
+        for row, token in zip(seq, nxt):
+            row.append(int(token))
+    np.testing.assert_array_equal(out, np.array(seq))
+    with pytest.raises(ValueError, match="context must be an int >= 2"):
+        generate(net, params, state, prompt, 2, temperature=0.0, context=1)
