@@ -39,7 +39,8 @@ def matmul_last(x: jax.Array, w: jax.Array) -> jax.Array:
     ``(..., in) @ (in, out) -> (..., out)``.
 
     The same product as ``x @ w``, but XLA:CPU runs a (batch, time, in) product and its
-    gradient up to 2x slower than the (batch * time, in) one (docs/PERFORMANCE.md, "Transformer");
+    gradient up to 2x slower than the (batch * time, in) one (docs/PERFORMANCE.md, "Sequence
+    matmuls flattened");
     ``Dense``, the attention projections, ``PatchEmbed`` and the recurrent layers' input
     projection use it.
 
