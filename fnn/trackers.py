@@ -1,9 +1,10 @@
 """Trackers: a run's events sent to TensorBoard, MLflow or a CSV file while it trains.
 
 One small event interface, :class:`RunTracker` (``start``, ``scalars``, ``flush``, ``close``;
-a tracker may also have ``histograms(step, {name: array})``), and three adapters over it: :class:`CSVTracker` (no dependency: ``<run>/scalars.csv``, one
-``step,name,value`` row per value), :class:`TensorBoardTracker` (``tensorboardX``, no
-TensorFlow: event files in ``<run>/tensorboard``) and :class:`MLflowTracker` (``mlflow-skinny``:
+a tracker may also have ``histograms(step, {name: array})``), and three adapters over it:
+:class:`CSVTracker` (no dependency: ``<run>/scalars.csv``, one ``step,name,value`` row per
+value), :class:`TensorBoardTracker` (``tensorboardX``, no TensorFlow: event files in
+``<run>/tensorboard``) and :class:`MLflowTracker` (``mlflow-skinny``:
 a local ``file:`` store ``<run>/mlruns``, or any tracking URI; the MLflow run id is kept in
 ``<run>/mlflow.json``, so a resumed fnn run continues the same MLflow run).
 
@@ -14,10 +15,10 @@ a local ``file:`` store ``<run>/mlruns``, or any tracking URI; the MLflow run id
   ``step/<metric>`` (``step/accuracy``...); ``step/learning_rate``, the rate that step's update
   used, and ``step/grad_norm``, the global norm of the gradient it applied (frozen layers left
   out; see :func:`fnn.train.step.train_step_fn`'s ``stats_every``), computed in the compiled
-  step, at the logged steps only, when ``fit`` has trackers; ``step/examples_per_sec``: in ``epoch`` mode the epoch's
-  rate (the record's ``examples_per_sec``), in ``step`` mode the rate over the ``log_every``
-  steps up to that step, timed when its loss is ready (one wait per ``log_every`` steps;
-  none for the steps a resumed epoch had trained before it stopped);
+  step, at the logged steps only, when ``fit`` has trackers; ``step/examples_per_sec``: in
+  ``epoch`` mode the epoch's rate (the record's ``examples_per_sec``), in ``step`` mode the
+  rate over the ``log_every`` steps up to that step, timed when its loss is ready (one wait
+  per ``log_every`` steps; none for the steps a resumed epoch had trained before it stopped);
 * the epoch record at its step, ``epoch/<key>`` (``epoch/train_loss``, ``epoch/val_accuracy``,
   ``epoch/learning_rate``, ``epoch/examples_per_sec``...), the values of ``metrics.jsonl``
   (which gets no per-step values);

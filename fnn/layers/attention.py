@@ -418,6 +418,7 @@ def TransformerBlock(num_heads: int, mlp_features: int, *, norm_first: bool = Tr
             if s:
                 state[key] = s
         return _with_mask(shape, mask), params, state
+
     def apply(params, state, inputs, *, rng=None, train=False):
         x, _, mask = _split_inputs(inputs)
         if jnp.ndim(x) != 3:

@@ -15,7 +15,7 @@ from fnn.checks import check_run, monitored_keys
 from fnn.selection.errors import SelectionError
 from fnn.train import loop
 
-__all__ = ["Log", "check_fresh_dir", "fresh_dir", "locked_fresh_dir", "prefixed_log",
+__all__ = ["Log", "check_fresh_dir", "locked_fresh_dir", "prefixed_log",
            "train_model", "check_trial", "logged_val_metrics"]
 
 Log = Callable[[str], None] | None
@@ -24,10 +24,20 @@ Log = Callable[[str], None] | None
 def check_fresh_dir(path: str | os.PathLike) -> Path:
     """``path`` as a ``Path`` if it can become a new output folder (absent, or an empty folder);
     a ``FileExistsError`` otherwise. Writes nothing: call it before any other check, and
-    :func:`fresh_dir` once every check has passed."""
+    :func:`locked_fresh_dir` once every check has passed.
+
+    Example:
+        >>> import pathlib, tempfile
+        >>> out = pathlib.Path(tempfile.mkdtemp()) / "sweep"
+        >>> check_fresh_dir(out) == out
+        True
+        >>> out.mkdir(); _ = (out / "sweep.csv").write_text("trial\\n")
+        >>> check_fresh_dir(out)
+        Traceback (most recent call last):
+        FileExistsError: .../sweep already exists and is not empty; pass --out with a new folder
+    """
     path = Path(path)
-    if path.is_dir():
-        rundir.check_unlocked(path)  # another cv or sweep writing there: named in one line
+    rundir.check_unlocked(path)  # another cv or sweep writing there: named in one line
     _check_empty(path)
     return path
 
@@ -40,24 +50,9 @@ def _check_empty(path: Path) -> None:
                               "folder")
 
 
-def fresh_dir(path: str | os.PathLike) -> Path:
-    """Create the folder ``path`` (and its parents); an existing one must be empty.
-
-    Example:
-        >>> import pathlib, tempfile
-        >>> out = fresh_dir(pathlib.Path(tempfile.mkdtemp()) / "sweep")
-        >>> _ = (out / "sweep.csv").write_text("trial\\n")
-        >>> fresh_dir(out)
-        Traceback (most recent call last):
-        FileExistsError: .../sweep already exists and is not empty; pass --out with a new folder
-    """
-    path = check_fresh_dir(path)
-    path.mkdir(parents=True, exist_ok=True)
-    return path
-
-
 def locked_fresh_dir(path: str | os.PathLike) -> tuple[Path, rundir.RunLock]:
-    """:func:`fresh_dir` holding the folder's lock (:func:`fnn.rundir.take_lock`), which
+    """Create the new output folder ``path`` (checked by :func:`check_fresh_dir`, parents
+    too) holding its lock (:func:`fnn.rundir.take_lock`), which
     ``fnn cv`` and ``fnn sweep`` keep until they end: of two started on one folder, the second
     is refused in one line. Release the lock (or use it as a ``with`` block) when done.
 

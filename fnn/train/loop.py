@@ -22,8 +22,8 @@ after every epoch and ``checkpoints/best.safetensors`` when the monitored metric
 
 ``parallel="pmap"``, ``"mesh"`` or ``"fsdp"`` (or ``DataParallel(mode, devices)``) runs the
 same step data-parallel; the loop does not branch on the mode:
-:class:`~fnn.train.parallel.DataParallel` (one object per mode) compiles, places and gathers for every mode alike (``"none"`` is one
-device). See ``docs/DISTRIBUTED.md``.
+:class:`~fnn.train.parallel.DataParallel` (one object per mode) compiles, places and gathers
+for every mode alike (``"none"`` is one device). See ``docs/DISTRIBUTED.md``.
 
 Example:
     >>> rng = np.random.default_rng(0)
@@ -709,8 +709,6 @@ def _restored_best(ts: TrainState, early_stopping: EarlyStopping | None, tracker
         return ts
     synchronize("fnn-fit-restore-best")  # process 0 has written best.safetensors
     return folder.load("best", ts)[0] if folder.has("best") else ts
-
-
 
 
 def _last_good(folder: RunFolder, epoch: int, last_saved: dict, epoch_base: int) -> str:

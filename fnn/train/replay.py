@@ -157,7 +157,7 @@ def locate_in_fit(bad_step: int, *, net: Layer, loss: Callable, step_fn: Callabl
     else:
         try:
             start, at, note = _replay_start(folder, template, initial, epoch, first_step,
-                                         bad_step, pending)
+                                            bad_step, pending)
         except Exception as e:  # noqa: BLE001 - the stop's own message must not be lost to it
             note = (f"the last good checkpoint could not be read ({type(e).__name__}: "
                     f"{' '.join(str(e).split())})")
@@ -174,8 +174,8 @@ def locate_in_fit(bad_step: int, *, net: Layer, loss: Callable, step_fn: Callabl
 
 
 def _replay_start(folder: Any, template: Any, initial: Callable[[], Any] | None, epoch: int,
-               first_step: int, bad_step: int, pending: Callable[[], None] | None
-               ) -> tuple[Any, int, str]:
+                  first_step: int, bad_step: int, pending: Callable[[], None] | None
+                  ) -> tuple[Any, int, str]:
     """``(state, its step count, note)``: the ``latest`` checkpoint when it lies inside the
     failing epoch (``first_step <= step < bad_step``), else the initial state in the first
     epoch, else ``(None, first_step, why)``."""

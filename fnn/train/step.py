@@ -82,9 +82,9 @@ def train_step_fn(net: Layer, loss: Callable[..., jax.Array],
     clipping in the optimizer), the params of :func:`fnn.freeze` layers left out (those an
     optimizer freezes itself, the config's ``optimizer.freeze``, are counted: it receives
     their gradient and zeroes it), at the steps whose number (counted from 1) is a multiple
-    of ``N`` and NaN at the others (a
-    ``lax.cond``: the reduction runs on those steps only; on the CPU a norm over 200k
-    weights costs a fifth of a small MLP's step); and ``"learning_rate"``, the rate this
+    of ``N`` and NaN at the others (a ``lax.cond``: the reduction runs on those steps only; on
+    the CPU a norm over 200k weights costs a fifth of a small MLP's step); and
+    ``"learning_rate"``, the rate this
     step's update used (:func:`fnn.optim.learning_rate_of` of the new optimizer state; absent
     when the optimizer holds none), at every step. The params are the same bit for bit.
 
